@@ -1,0 +1,88 @@
+//! Wiring: builds the mirror, the etcd watcher and the DNS server, runs them, and shuts them
+//! down together: one cancellation token, then a bounded drain.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hickory_server::Server;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cache::Mirror;
+use crate::config::Config;
+use crate::dns::Handler;
+use crate::registry::{self, Status, Watcher};
+
+/// How long in-flight queries may take to finish after a shutdown signal.
+const GRACE: Duration = Duration::from_secs(5);
+/// Per-connection buffer for TCP responses, in messages.
+const TCP_RESPONSE_BUFFER: usize = 32;
+
+/// Runs `ruddr serve` until `shutdown` completes or the DNS server fails.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    let mirror = Arc::new(Mirror::new());
+    let status = Arc::new(Status::default());
+
+    let handler = Handler::new(&cfg.dns, mirror.clone()).context("building the DNS handler")?;
+    let zone = handler.origin().to_string();
+    let mut server = Server::new(handler);
+    for addr in &cfg.listen {
+        let (udp, tcp) = bind_pair(*addr).await?;
+        info!(
+            udp = %udp.local_addr()?,
+            tcp = %tcp.local_addr()?,
+            zone = %zone,
+            "dns listening",
+        );
+        server.register_socket(udp);
+        server.register_listener(tcp, cfg.dns.tcp_idle_timeout, TCP_RESPONSE_BUFFER);
+    }
+
+    let client = registry::connect(&cfg.etcd).await?;
+    let watcher = Watcher::new(client, &cfg.etcd, mirror.clone(), status.clone());
+    info!(endpoints = %cfg.etcd.endpoints.join(","), prefix = %cfg.etcd.prefix, "starting etcd watch");
+    let watch_task = tokio::spawn(watcher.run(token.clone()));
+
+    let served = tokio::select! {
+        _ = shutdown => {
+            info!("shutdown requested; draining");
+            Ok(())
+        }
+        res = server.block_until_done() => res.context("DNS server stopped"),
+    };
+
+    token.cancel();
+    match tokio::time::timeout(GRACE, server.shutdown_gracefully()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => warn!(%error, "DNS server ended with an error"),
+        Err(_) => warn!(grace = ?GRACE, "in-flight queries did not finish in time"),
+    }
+    if let Err(error) = watch_task.await {
+        warn!(%error, "etcd watcher task failed");
+    }
+    info!(revision = mirror.load().revision, "stopped");
+    served
+}
+
+/// Binds UDP and TCP on the same address. For port 0 the UDP socket picks the port and TCP
+/// takes the same one; if TCP finds it taken, try another.
+async fn bind_pair(addr: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
+    const ATTEMPTS: usize = 20;
+    for _ in 0..ATTEMPTS {
+        let udp = UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("binding UDP {addr}"))?;
+        let port = udp.local_addr()?.port();
+        match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(e).with_context(|| format!("binding TCP {addr}")),
+        }
+    }
+    anyhow::bail!("no port free for both UDP and TCP on {} after {ATTEMPTS} tries", addr.ip())
+}

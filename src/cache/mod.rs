@@ -1,0 +1,8 @@
+//! The in-memory service view: our own types ([`ServiceName`], [`Instance`], [`Update`]) and the
+//! [`Mirror`] that holds every registered instance. Pure data; no I/O.
+
+mod mirror;
+mod types;
+
+pub use mirror::{Mirror, Service, Snapshot};
+pub use types::{Health, Instance, InstanceId, InvalidLabel, ServiceName, Update};

@@ -1,0 +1,370 @@
+//! Settings: defaults, then the TOML file, then flags, validated into one [`Config`] before any
+//! socket is bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cli::ServeArgs;
+
+/// A configuration that cannot be used. Every message names the file or option at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid value for {option}: {reason}")]
+    Invalid { option: &'static str, reason: String },
+}
+
+fn invalid(option: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        option,
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration. Field docs are the reference; `config/ruddr.toml` mirrors them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Addresses to answer DNS on; each gets a UDP socket and a TCP listener.
+    pub listen: Vec<SocketAddr>,
+    pub etcd: EtcdConfig,
+    pub dns: DnsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redact")]
+    pub password: Option<String>,
+    pub tls: Option<TlsConfig>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// gRPC keepalive: turns a hung or partitioned etcd into an error instead of a silent stall.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Reconnect backoff: first delay, doubling up to the maximum, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub retry_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Name to verify in etcd's certificate, when it differs from the endpoint host.
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// The zone services are answered under (fully qualified, lower case after loading).
+    pub zone: String,
+    /// TTL of positive answers, seconds.
+    pub ttl: u32,
+    /// TTL of NXDOMAIN/NODATA answers and the SOA minimum, seconds.
+    pub negative_ttl: u32,
+    /// Serve instances whose health is `warning` (critical ones are never served).
+    pub serve_warning: bool,
+    /// Largest UDP answer ruddr sends, whatever the client advertises (RFC 9715 suggests 1232).
+    pub max_udp_payload: u16,
+    /// A TCP connection idle this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub tcp_idle_timeout: Duration,
+    /// Name in the apex NS record and the SOA MNAME. Default: `ns.dns.<zone>`, which resolves
+    /// when ruddr itself is registered as service `dns`, instance `ns`.
+    pub ns_name: Option<String>,
+    /// SOA RNAME (responsible mailbox as a name). Default: `hostmaster.<zone>`.
+    pub hostmaster: Option<String>,
+    /// How many built answers (per name and type) to keep; derived data, rebuilt on a miss.
+    pub answer_cache_capacity: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 53))],
+            etcd: EtcdConfig::default(),
+            dns: DnsConfig::default(),
+        }
+    }
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/ruddr/services/".into(),
+            username: None,
+            password: None,
+            tls: None,
+            connect_timeout: Duration::from_secs(3),
+            keepalive_interval: Duration::from_secs(2),
+            keepalive_timeout: Duration::from_secs(2),
+            retry_min: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            zone: "svc.internal.".into(),
+            ttl: 5,
+            negative_ttl: 5,
+            serve_warning: true,
+            max_udp_payload: 1232,
+            tcp_idle_timeout: Duration::from_secs(10),
+            ns_name: None,
+            hostmaster: None,
+            answer_cache_capacity: 100_000,
+        }
+    }
+}
+
+fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+impl Config {
+    /// Defaults, then the file named by `--config` (if any), then flags; then validation.
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let mut cfg = match &args.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        cfg.apply_flags(args)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a TOML file; relative TLS paths are taken relative to the file's directory.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(tls) = &mut cfg.etcd.tls {
+            for p in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file]
+                .into_iter()
+                .flatten()
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    fn apply_flags(&mut self, a: &ServeArgs) -> Result<(), ConfigError> {
+        if !a.listen.is_empty() {
+            self.listen = a
+                .listen
+                .iter()
+                .map(|s| {
+                    s.trim()
+                        .parse()
+                        .map_err(|_| invalid("--listen", format!("{s:?} is not ADDR:PORT")))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if !a.etcd_endpoints.is_empty() {
+            self.etcd.endpoints = a.etcd_endpoints.iter().map(|s| s.trim().to_string()).collect();
+        }
+        if let Some(p) = &a.prefix {
+            self.etcd.prefix = p.clone();
+        }
+        if let Some(z) = &a.zone {
+            self.dns.zone = z.clone();
+        }
+        if let Some(t) = a.ttl {
+            self.dns.ttl = t;
+        }
+        if let Some(t) = a.negative_ttl {
+            self.dns.negative_ttl = t;
+        }
+        if let Some(u) = &a.etcd_username {
+            self.etcd.username = Some(u.clone());
+        }
+        if let Some(p) = &a.etcd_password {
+            self.etcd.password = Some(p.clone());
+        }
+        if a.etcd_ca.is_some() || a.etcd_cert.is_some() {
+            let tls = self.etcd.tls.get_or_insert_with(TlsConfig::default);
+            if let Some(ca) = &a.etcd_ca {
+                tls.ca_file = Some(ca.clone());
+            }
+            if let (Some(c), Some(k)) = (&a.etcd_cert, &a.etcd_key) {
+                tls.cert_file = Some(c.clone());
+                tls.key_file = Some(k.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every setting and normalizes names (zone lower case and fully qualified).
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(invalid("listen", "at least one address is needed"));
+        }
+        let e = &mut self.etcd;
+        if e.endpoints.is_empty() || e.endpoints.iter().any(|s| s.is_empty()) {
+            return Err(invalid("etcd.endpoints", "at least one non-empty URL is needed"));
+        }
+        if !e.prefix.starts_with('/') || !e.prefix.ends_with('/') || e.prefix.len() < 2 {
+            return Err(invalid(
+                "etcd.prefix",
+                format!("{:?} must start and end with '/', e.g. /ruddr/services/", e.prefix),
+            ));
+        }
+        if e.username.is_some() != e.password.is_some() {
+            return Err(invalid(
+                "etcd.username",
+                "username and password must be given together",
+            ));
+        }
+        if let Some(tls) = &e.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(invalid("etcd.tls", "cert_file and key_file go together"));
+            }
+            for p in [&tls.ca_file, &tls.cert_file, &tls.key_file].into_iter().flatten() {
+                if !p.is_file() {
+                    return Err(invalid("etcd.tls", format!("{} is not a readable file", p.display())));
+                }
+            }
+        }
+        if e.retry_min.is_zero() || e.retry_max < e.retry_min {
+            return Err(invalid("etcd.retry_min", "must be above zero and at most retry_max"));
+        }
+        if e.keepalive_interval.is_zero() || e.keepalive_timeout.is_zero() {
+            return Err(invalid("etcd.keepalive_interval", "keepalive times must be above zero"));
+        }
+        let d = &mut self.dns;
+        d.zone = normalize_name("dns.zone", &d.zone)?;
+        if d.zone == "." {
+            return Err(invalid("dns.zone", "the root zone cannot be served"));
+        }
+        for (option, v) in [("dns.ns_name", &mut d.ns_name), ("dns.hostmaster", &mut d.hostmaster)] {
+            if let Some(name) = v {
+                *name = normalize_name(option, name)?;
+            }
+        }
+        const MAX_TTL: u32 = i32::MAX as u32; // RFC 2181 section 8
+        if d.ttl > MAX_TTL || d.negative_ttl > MAX_TTL {
+            return Err(invalid("dns.ttl", format!("TTLs must be at most {MAX_TTL}")));
+        }
+        if !(512..=4096).contains(&d.max_udp_payload) {
+            return Err(invalid("dns.max_udp_payload", "must be between 512 and 4096"));
+        }
+        if d.answer_cache_capacity == 0 {
+            return Err(invalid("dns.answer_cache_capacity", "must be above zero"));
+        }
+        Ok(())
+    }
+}
+
+/// Lower-cases and fully qualifies a domain name, checking its syntax.
+fn normalize_name(option: &'static str, name: &str) -> Result<String, ConfigError> {
+    let mut n = name.trim().to_ascii_lowercase();
+    if !n.ends_with('.') {
+        n.push('.');
+    }
+    let labels_ok = n == "."
+        || n[..n.len() - 1].split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !labels_ok || n.len() > 254 {
+        return Err(invalid(option, format!("{name:?} is not a domain name")));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_parses_and_equals_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ruddr.toml");
+        let mut cfg = Config::from_file(&path).expect("shipped config parses");
+        cfg.validate().expect("shipped config is valid");
+        let mut defaults = Config::default();
+        defaults.validate().unwrap();
+        assert_eq!(cfg, defaults, "config/ruddr.toml must document the defaults");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = toml::from_str::<Config>("[dns]\nzonee = \"x.\"\n").unwrap_err().to_string();
+        assert!(err.contains("zonee"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listen=[\"127.0.0.1:5300\"]\n[dns]\nzone=\"a.example\"\nttl=9\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            zone: Some("B.Example".into()),
+            etcd_endpoints: vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+            ..Default::default()
+        };
+        let cfg = Config::load(&args).unwrap();
+        assert_eq!(cfg.dns.zone, "b.example.");
+        assert_eq!(cfg.dns.ttl, 9);
+        assert_eq!(cfg.listen, ["127.0.0.1:5300".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(cfg.etcd.endpoints.len(), 2);
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let cases = [
+            ("[etcd]\nprefix = \"ruddr\"\n", "etcd.prefix"),
+            ("[dns]\nzone = \"bad zone\"\n", "dns.zone"),
+            ("[dns]\nmax_udp_payload = 100\n", "dns.max_udp_payload"),
+            ("[etcd]\nusername = \"u\"\n", "etcd.username"),
+            ("listen = []\n", "listen"),
+        ];
+        for (text, option) in cases {
+            let mut cfg: Config = toml::from_str(text).unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(option), "{text}: {err}");
+        }
+        let err = toml::from_str::<Config>("[dns]\nttl = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("ttl"), "{err}");
+    }
+}

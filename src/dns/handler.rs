@@ -1,0 +1,291 @@
+//! The hickory [`RequestHandler`]: protocol checks, zone matching, cached answers, per-response
+//! ordering and EDNS. Never touches etcd: it reads the current [`Snapshot`] of the mirror.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::{Edns, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::{DNSClass, LowerName, Name, Record, RecordType};
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use moka::sync::Cache;
+use rand::Rng;
+use tracing::{debug, warn};
+
+use super::name::{self, Target};
+use super::records::{Built, Outcome, Zone};
+use crate::cache::{Mirror, Snapshot};
+use crate::config::DnsConfig;
+
+/// Answers DNS queries for one zone from the mirror.
+pub struct Handler {
+    zone: Zone,
+    apex: LowerName,
+    mirror: Arc<Mirror>,
+    /// Built answers per (name, type). Derived data only: each entry records the service
+    /// generation it was built from, and an entry from another generation is never served.
+    answers: Cache<(LowerName, RecordType), Arc<Built>>,
+    /// The SOA for the snapshot revision it was built for (the revision is the serial).
+    soa: ArcSwap<(i64, Record)>,
+    ns: Record,
+    max_udp_payload: u16,
+}
+
+/// What to send: header, EDNS and records, owned until the response is written.
+struct Reply {
+    meta: Metadata,
+    edns: Option<Edns>,
+    built: Option<Arc<Built>>,
+    /// Indexes into `built.answers`, in response order.
+    order: Vec<usize>,
+    /// How many of the ordered answers get their SRV target address in the additional section.
+    with_additionals: usize,
+    /// Answers not from `built` (apex records).
+    extra: Vec<Record>,
+    soa: Option<Record>,
+}
+
+impl Handler {
+    pub fn new(cfg: &DnsConfig, mirror: Arc<Mirror>) -> anyhow::Result<Self> {
+        let origin = Name::from_ascii(&cfg.zone)?;
+        let default_ns = Name::from_ascii("ns.dns")?.append_name(&origin)?;
+        let default_hostmaster = Name::from_ascii("hostmaster")?.append_name(&origin)?;
+        let zone = Zone {
+            ns_name: cfg.ns_name.as_deref().map(Name::from_ascii).transpose()?.unwrap_or(default_ns),
+            hostmaster: cfg
+                .hostmaster
+                .as_deref()
+                .map(Name::from_ascii)
+                .transpose()?
+                .unwrap_or(default_hostmaster),
+            ttl: cfg.ttl,
+            negative_ttl: cfg.negative_ttl,
+            serve_warning: cfg.serve_warning,
+            origin: origin.clone(),
+        };
+        let soa = ArcSwap::from_pointee((-1, zone.soa(0)));
+        Ok(Self {
+            apex: LowerName::new(&origin),
+            ns: zone.ns(),
+            zone,
+            mirror,
+            answers: Cache::builder().max_capacity(cfg.answer_cache_capacity).build(),
+            soa,
+            max_udp_payload: cfg.max_udp_payload,
+        })
+    }
+
+    /// The zone apex this handler is authoritative for.
+    pub fn origin(&self) -> &Name {
+        &self.zone.origin
+    }
+
+    fn soa_for(&self, snapshot: &Snapshot) -> Record {
+        let current = self.soa.load();
+        if current.0 == snapshot.revision {
+            return current.1.clone();
+        }
+        // The serial follows the etcd revision (mod 2^32, as RFC 1982 serials wrap).
+        let record = self.zone.soa(snapshot.revision as u32);
+        self.soa.store(Arc::new((snapshot.revision, record.clone())));
+        record
+    }
+
+    /// Decides the whole response for one request. Never panics on any input.
+    fn reply(&self, request: &Request) -> Reply {
+        let mut meta = Metadata::response_from_request(&request.metadata);
+        let mut reply = Reply {
+            meta,
+            edns: None,
+            built: None,
+            order: Vec::new(),
+            with_additionals: 0,
+            extra: Vec::new(),
+            soa: None,
+        };
+        let mut payload = 512u16;
+        if let Some(req_edns) = &request.edns {
+            let mut edns = Edns::new();
+            payload = req_edns.max_payload().clamp(512, self.max_udp_payload);
+            edns.set_max_payload(payload);
+            reply.edns = Some(edns);
+            if req_edns.version() > 0 {
+                return reply.code(ResponseCode::BADVERS);
+            }
+        }
+        if request.metadata.op_code != OpCode::Query {
+            return reply.code(ResponseCode::NotImp);
+        }
+        let Ok(info) = request.request_info() else {
+            return reply.code(ResponseCode::FormErr);
+        };
+        let query = info.query;
+        let qname = query.name();
+        let qtype = query.query_type();
+        if !self.apex.zone_of(qname) {
+            return reply.code(ResponseCode::Refused);
+        }
+        if query.query_class() != DNSClass::IN {
+            return reply.code(ResponseCode::Refused);
+        }
+        meta.authoritative = true;
+        reply.meta = meta;
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            return reply.code(ResponseCode::Refused);
+        }
+
+        let snapshot = self.mirror.load();
+        let below = usize::from(qname.num_labels() - self.apex.num_labels());
+        let labels: Vec<&[u8]> = qname.iter().take(below).collect();
+        let target = name::parse(&labels);
+        let outcome = match target {
+            Target::Apex => {
+                match qtype {
+                    RecordType::SOA | RecordType::ANY => reply.extra.push(self.soa_for(&snapshot)),
+                    RecordType::NS => reply.extra.push(self.ns.clone()),
+                    _ => {}
+                }
+                if reply.extra.is_empty() {
+                    Outcome::NoData
+                } else {
+                    Outcome::Answer
+                }
+            }
+            Target::TcpNode if !snapshot.services.is_empty() => Outcome::NoData,
+            Target::TcpNode | Target::None => Outcome::NxDomain,
+            Target::Service(s)
+            | Target::ServiceSrv(s)
+            | Target::ServiceNode(s)
+            | Target::Instance { service: s, .. }
+            | Target::NamedPort { service: s, .. }
+            | Target::Tag { service: s, .. } => match snapshot.service(s) {
+                None => Outcome::NxDomain,
+                Some(svc) => {
+                    let key = (qname.clone(), qtype);
+                    let built = match self.answers.get(&key) {
+                        Some(b) if b.generation == svc.generation => b,
+                        _ => {
+                            let b = Arc::new(self.zone.build(svc, target, qname, qtype));
+                            self.answers.insert(key, b.clone());
+                            b
+                        }
+                    };
+                    let outcome = built.outcome;
+                    reply.order = shuffle(&built.order);
+                    reply.with_additionals = if request.protocol() == Protocol::Udp {
+                        fitting_additionals(&built, &reply.order, qname.len() + 1, usize::from(payload))
+                    } else {
+                        reply.order.len()
+                    };
+                    reply.built = Some(built);
+                    outcome
+                }
+            },
+        };
+        match outcome {
+            Outcome::Answer => {}
+            Outcome::NoData => reply.soa = Some(self.soa_for(&snapshot)),
+            Outcome::NxDomain => {
+                reply.meta.response_code = ResponseCode::NXDomain;
+                reply.soa = Some(self.soa_for(&snapshot));
+            }
+        }
+        debug!(name = %qname, %qtype, ?outcome, "query");
+        reply
+    }
+}
+
+impl Reply {
+    fn code(mut self, code: ResponseCode) -> Self {
+        self.meta.response_code = code;
+        self
+    }
+}
+
+/// A fresh random order: by priority, then weighted random (a higher weight is more likely to
+/// come first; Efraimidis-Spirakis keys `-ln(u)/w`). Weight 0 ranks last but still rotates.
+fn shuffle(order: &[(u16, u16)]) -> Vec<usize> {
+    let mut rng = rand::rng();
+    let mut keyed: Vec<(u16, f64, usize)> = order
+        .iter()
+        .enumerate()
+        .map(|(i, &(prio, weight))| {
+            let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+            let w = if weight == 0 { 0.01 } else { f64::from(weight) };
+            (prio, -u.ln() / w, i)
+        })
+        .collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    keyed.into_iter().map(|(_, _, i)| i).collect()
+}
+
+/// How many SRV target addresses fit in a UDP answer of `limit` bytes. Additional records are
+/// optional: they are cut rather than making the whole answer truncated.
+fn fitting_additionals(built: &Built, order: &[usize], qname_len: usize, limit: usize) -> usize {
+    const HEADER: usize = 12;
+    const QUESTION_FIXED: usize = 4;
+    const OPT: usize = 11;
+    let mut size = HEADER + qname_len + QUESTION_FIXED + OPT + built.answer_size;
+    if size > limit {
+        return 0;
+    }
+    for (n, &i) in order.iter().enumerate() {
+        if let Some(Some(rec)) = built.additionals.get(i) {
+            size += super::records::wire_size(rec);
+            if size > limit {
+                return n;
+            }
+        }
+    }
+    order.len()
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let reply = self.reply(request);
+        let mut builder = MessageResponseBuilder::new(&request.queries, None);
+        if let Some(edns) = &reply.edns {
+            builder.edns(edns);
+        }
+        let empty: &[Record] = &[];
+        let (answers, additionals) = match &reply.built {
+            Some(b) => (
+                b.answers.as_slice(),
+                b.additionals.as_slice(),
+            ),
+            None => (empty, &[][..]),
+        };
+        let ordered = reply.order.iter().filter_map(|&i| answers.get(i));
+        let adds = reply
+            .order
+            .iter()
+            .take(reply.with_additionals)
+            .filter_map(|&i| additionals.get(i).and_then(Option::as_ref));
+        let response = builder.build(
+            reply.meta,
+            ordered.chain(reply.extra.iter()),
+            empty.iter(),
+            reply.soa.iter(),
+            adds,
+        );
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(error) => {
+                warn!(%error, "failed to send a DNS response");
+                let mut meta = reply.meta;
+                meta.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(hickory_proto::op::Header {
+                    metadata: meta,
+                    counts: Default::default(),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The DNS side: query names parsed into [`name::Target`]s, answers built from the mirror in
+//! [`records`], and the hickory request handler in [`handler`].
+//!
+//! ```text
+//!  packet ─▶ hickory Server ─▶ Handler: checks (opcode, class, EDNS) ─▶ Target ─▶ cache or build ─▶ shuffle ─▶ packet
+//! ```
+
+pub mod handler;
+pub mod name;
+pub mod records;
+
+pub use handler::Handler;

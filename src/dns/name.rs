@@ -1,0 +1,99 @@
+//! Query names inside the zone, parsed into what they ask for. See the README "DNS names".
+//!
+//! Services and instance ids are DNS labels (no `_`), so the `_`-prefixed forms below can
+//! never be mistaken for an instance:
+//!
+//! | name (relative to the zone) | target                         |
+//! |-----------------------------|--------------------------------|
+//! | (apex)                      | SOA, NS                        |
+//! | `<svc>`                     | the service                    |
+//! | `<id>.<svc>`                | one instance                   |
+//! | `_<svc>._tcp`               | the service, RFC 2782 form     |
+//! | `_<port>._tcp.<svc>`        | the instances with named port  |
+//! | `<tag>._tag.<svc>`          | the instances carrying the tag |
+
+/// What a name inside the zone refers to. Labels are lower case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    Apex,
+    Service(&'a str),
+    Instance { service: &'a str, id: &'a str },
+    /// `_<svc>._tcp`
+    ServiceSrv(&'a str),
+    /// `_<port>._tcp.<svc>`
+    NamedPort { service: &'a str, port: &'a str },
+    /// `<tag>._tag.<svc>`
+    Tag { service: &'a str, tag: &'a str },
+    /// `_tcp` (exists when any service does)
+    TcpNode,
+    /// `_tcp.<svc>` or `_tag.<svc>`: exists when the service does
+    ServiceNode(&'a str),
+    /// A name in the zone that cannot exist.
+    None,
+}
+
+/// Parses the labels below the zone apex, leftmost first.
+pub fn parse<'a>(relative: &[&'a [u8]]) -> Target<'a> {
+    let mut labels = [""; 3];
+    if relative.len() > labels.len() {
+        return Target::None;
+    }
+    for (slot, raw) in labels.iter_mut().zip(relative) {
+        match std::str::from_utf8(raw) {
+            Ok(s) => *slot = s,
+            Err(_) => return Target::None,
+        }
+    }
+    let under = |s: &'a str| s.strip_prefix('_').filter(|r| !r.is_empty());
+    match &labels[..relative.len()] {
+        [] => Target::Apex,
+        ["_tcp"] => Target::TcpNode,
+        [svc] if !svc.starts_with('_') => Target::Service(svc),
+        [s, "_tcp"] => under(s).map_or(Target::None, Target::ServiceSrv),
+        ["_tcp" | "_tag", svc] if !svc.starts_with('_') => Target::ServiceNode(svc),
+        [id, svc] if !id.starts_with('_') && !svc.starts_with('_') => Target::Instance {
+            service: svc,
+            id,
+        },
+        [p, "_tcp", svc] if !svc.starts_with('_') => under(p).map_or(Target::None, |port| {
+            Target::NamedPort { service: svc, port }
+        }),
+        [tag, "_tag", svc] if !svc.starts_with('_') => Target::Tag { service: svc, tag },
+        _ => Target::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(name: &str) -> Target<'_> {
+        let labels: Vec<&[u8]> = if name.is_empty() {
+            vec![]
+        } else {
+            name.split('.').map(str::as_bytes).collect()
+        };
+        parse(&labels)
+    }
+
+    #[test]
+    fn forms() {
+        assert_eq!(p(""), Target::Apex);
+        assert_eq!(p("web"), Target::Service("web"));
+        assert_eq!(p("web-1.web"), Target::Instance { service: "web", id: "web-1" });
+        assert_eq!(p("_web._tcp"), Target::ServiceSrv("web"));
+        assert_eq!(p("_grpc._tcp.web"), Target::NamedPort { service: "web", port: "grpc" });
+        assert_eq!(p("v2._tag.web"), Target::Tag { service: "web", tag: "v2" });
+        assert_eq!(p("_tcp"), Target::TcpNode);
+        assert_eq!(p("_tcp.web"), Target::ServiceNode("web"));
+        assert_eq!(p("_tag.web"), Target::ServiceNode("web"));
+    }
+
+    #[test]
+    fn impossible_names() {
+        for n in ["_web", "a.b.c.d", "_._tcp", "x._tcp.web", "_a._udp.web", "a._web", "_a.web", "a.b.web"] {
+            assert_eq!(p(n), Target::None, "{n}");
+        }
+        assert_eq!(parse(&[b"\xff"]), Target::None);
+    }
+}

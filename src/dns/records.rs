@@ -1,0 +1,309 @@
+//! Builds DNS records from the mirror. Pure: no I/O, no randomness (the handler orders answers).
+
+use std::net::IpAddr;
+
+use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+use super::name::Target;
+use crate::cache::{Instance, Service};
+
+/// Zone-wide settings the records need.
+#[derive(Debug, Clone)]
+pub struct Zone {
+    pub origin: Name,
+    pub ttl: u32,
+    pub negative_ttl: u32,
+    pub serve_warning: bool,
+    pub ns_name: Name,
+    pub hostmaster: Name,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// NOERROR with records.
+    Answer,
+    /// NOERROR, no records of that type (the name exists).
+    NoData,
+    /// The name does not exist.
+    NxDomain,
+}
+
+/// A built answer for one name and type, before per-response ordering.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// Generation of the service it was built from: a different one means it is outdated.
+    pub generation: u64,
+    pub outcome: Outcome,
+    pub answers: Vec<Record>,
+    /// `(priority, weight)` per answer, for ordering.
+    pub order: Vec<(u16, u16)>,
+    /// The address record of each answer's SRV target, aligned with `answers`.
+    pub additionals: Vec<Option<Record>>,
+    /// Upper bound of the wire size of all answers (owner names compressed to a pointer).
+    pub answer_size: usize,
+}
+
+impl Built {
+    fn negative(generation: u64, outcome: Outcome) -> Self {
+        Self {
+            generation,
+            outcome,
+            answers: Vec::new(),
+            order: Vec::new(),
+            additionals: Vec::new(),
+            answer_size: 0,
+        }
+    }
+}
+
+/// Upper bound of a record's wire size when its owner name compresses to a pointer.
+pub fn wire_size(record: &Record) -> usize {
+    let rdata = match &record.data {
+        RData::A(_) => 4,
+        RData::AAAA(_) => 16,
+        RData::SRV(s) => 6 + s.target.len() + 1,
+        RData::TXT(t) => t.txt_data.iter().map(|s| s.len() + 1).sum(),
+        _ => 512,
+    };
+    2 + 10 + rdata
+}
+
+impl Zone {
+    pub fn soa(&self, serial: u32) -> Record {
+        let soa = SOA::new(
+            self.ns_name.clone(),
+            self.hostmaster.clone(),
+            serial,
+            3600,
+            600,
+            86400,
+            self.negative_ttl,
+        );
+        // RFC 2308: the SOA in a negative answer carries the negative TTL.
+        Record::from_rdata(self.origin.clone(), self.negative_ttl, RData::SOA(soa))
+    }
+
+    pub fn ns(&self) -> Record {
+        Record::from_rdata(self.origin.clone(), self.ttl, RData::NS(NS(self.ns_name.clone())))
+    }
+
+    fn address(&self, owner: &Name, ip: IpAddr) -> Record {
+        let rdata = match ip {
+            IpAddr::V4(v4) => RData::A(A(v4)),
+            IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+        };
+        Record::from_rdata(owner.clone(), self.ttl, rdata)
+    }
+
+    /// `<id>.<service>.<zone>`, the SRV target and instance name.
+    pub fn instance_name(&self, service: &str, id: &str) -> Option<Name> {
+        Name::from_ascii(id)
+            .ok()?
+            .append_name(&Name::from_ascii(service).ok()?)
+            .ok()?
+            .append_name(&self.origin)
+            .ok()
+    }
+
+    /// Builds the answer for `target` (one that names `svc`) and `qtype`, owner `qname`.
+    pub fn build(&self, svc: &Service, target: Target<'_>, qname: &Name, qtype: RecordType) -> Built {
+        let gen = svc.generation;
+        let served = svc
+            .instances
+            .values()
+            .filter(|i| i.is_served(self.serve_warning));
+        // The instances the name covers, with the port its SRV records use.
+        let selected: Vec<(&Instance, Option<u16>)> = match target {
+            Target::Service(_) | Target::ServiceSrv(_) | Target::ServiceNode(_) => {
+                served.map(|i| (i, i.port)).collect()
+            }
+            Target::Instance { id, .. } => {
+                served.filter(|i| i.id.as_str() == id).map(|i| (i, i.port)).collect()
+            }
+            Target::NamedPort { port, .. } => served
+                .filter_map(|i| i.ports.get(port).map(|p| (i, Some(*p))))
+                .collect(),
+            Target::Tag { tag, .. } => served.filter(|i| i.has_tag(tag)).map(|i| (i, i.port)).collect(),
+            Target::Apex | Target::TcpNode | Target::None => Vec::new(),
+        };
+        if selected.is_empty() {
+            return Built::negative(gen, Outcome::NxDomain);
+        }
+        let srv_only = matches!(target, Target::ServiceSrv(_) | Target::NamedPort { .. });
+        let mut built = Built::negative(gen, Outcome::NoData);
+        if matches!(target, Target::ServiceNode(_)) {
+            return built;
+        }
+        let want_addr = |ip: &IpAddr| match qtype {
+            RecordType::A => ip.is_ipv4(),
+            RecordType::AAAA => ip.is_ipv6(),
+            RecordType::ANY => true,
+            _ => false,
+        };
+        if !srv_only {
+            for (i, _) in selected.iter().filter(|(i, _)| want_addr(&i.address)) {
+                built.answers.push(self.address(qname, i.address));
+                built.order.push((0, i.weight));
+                built.additionals.push(None);
+            }
+        }
+        let want_srv = qtype == RecordType::SRV || (srv_only && qtype == RecordType::ANY);
+        if want_srv {
+            for (i, port) in &selected {
+                let (Some(port), Some(target_name)) = (port, self.instance_name(svc.name.as_str(), i.id.as_str())) else {
+                    continue;
+                };
+                let srv = SRV::new(i.priority, i.weight, *port, target_name.clone());
+                built.answers.push(Record::from_rdata(qname.clone(), self.ttl, RData::SRV(srv)));
+                built.order.push((i.priority, i.weight));
+                built.additionals.push(Some(self.address(&target_name, i.address)));
+            }
+        }
+        if qtype == RecordType::TXT {
+            if let Target::Instance { .. } = target {
+                let (i, _) = selected[0];
+                let mut strings: Vec<String> = i.meta.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                strings.extend(i.tags.iter().map(|t| format!("tag={t}")));
+                if !strings.is_empty() {
+                    built.answers.push(Record::from_rdata(qname.clone(), self.ttl, RData::TXT(TXT::new(strings))));
+                    built.order.push((0, 1));
+                    built.additionals.push(None);
+                }
+            }
+        }
+        if !built.answers.is_empty() {
+            built.outcome = Outcome::Answer;
+        }
+        built.answer_size = built.answers.iter().map(wire_size).sum();
+        built
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{Health, InstanceId, ServiceName};
+    use std::collections::BTreeMap;
+
+    fn zone() -> Zone {
+        let origin = Name::from_ascii("svc.internal.").unwrap();
+        Zone {
+            ns_name: Name::from_ascii("ns.dns.svc.internal.").unwrap(),
+            hostmaster: Name::from_ascii("hostmaster.svc.internal.").unwrap(),
+            origin,
+            ttl: 5,
+            negative_ttl: 7,
+            serve_warning: true,
+        }
+    }
+
+    fn inst(id: &str, addr: &str, health: Health) -> Instance {
+        Instance {
+            id: InstanceId::new(id).unwrap(),
+            address: addr.parse().unwrap(),
+            port: Some(8080),
+            ports: BTreeMap::from([("grpc".to_string(), 9090)]),
+            tags: vec!["v2".into()],
+            weight: 3,
+            priority: 1,
+            health,
+            meta: BTreeMap::from([("az".to_string(), "a".to_string())]),
+        }
+    }
+
+    fn web() -> Service {
+        let mut instances = BTreeMap::new();
+        for i in [
+            inst("a", "10.0.0.1", Health::Passing),
+            inst("b", "fd00::2", Health::Warning),
+            inst("c", "10.0.0.3", Health::Critical),
+        ] {
+            instances.insert(i.id.clone(), i);
+        }
+        Service {
+            name: ServiceName::new("web").unwrap(),
+            instances,
+            generation: 42,
+        }
+    }
+
+    fn q(n: &str) -> Name {
+        Name::from_ascii(n).unwrap()
+    }
+
+    #[test]
+    fn service_a_aaaa_srv_skip_critical() {
+        let z = zone();
+        let svc = web();
+        let t = Target::Service("web");
+        let a = z.build(&svc, t, &q("web.svc.internal."), RecordType::A);
+        assert_eq!((a.outcome, a.answers.len(), a.generation), (Outcome::Answer, 1, 42));
+        assert_eq!(a.answers[0].ttl, 5);
+        let aaaa = z.build(&svc, t, &q("web.svc.internal."), RecordType::AAAA);
+        assert_eq!(aaaa.answers.len(), 1);
+        let srv = z.build(&svc, t, &q("web.svc.internal."), RecordType::SRV);
+        assert_eq!(srv.answers.len(), 2);
+        let RData::SRV(s) = &srv.answers[0].data else { panic!() };
+        assert_eq!((s.priority, s.weight, s.port), (1, 3, 8080));
+        assert_eq!(s.target, q("a.web.svc.internal."));
+        let add = srv.additionals[0].as_ref().unwrap();
+        assert_eq!(&add.name, &q("a.web.svc.internal."));
+        let mx = z.build(&svc, t, &q("web.svc.internal."), RecordType::MX);
+        assert_eq!(mx.outcome, Outcome::NoData);
+    }
+
+    #[test]
+    fn warning_excluded_when_configured() {
+        let mut z = zone();
+        z.serve_warning = false;
+        let aaaa = z.build(&web(), Target::Service("web"), &q("web.svc.internal."), RecordType::AAAA);
+        assert_eq!(aaaa.outcome, Outcome::NoData);
+    }
+
+    #[test]
+    fn instance_named_port_tag_forms() {
+        let z = zone();
+        let svc = web();
+        let i = z.build(&svc, Target::Instance { service: "web", id: "a" }, &q("a.web.svc.internal."), RecordType::A);
+        assert_eq!(i.outcome, Outcome::Answer);
+        let txt = z.build(&svc, Target::Instance { service: "web", id: "a" }, &q("a.web.svc.internal."), RecordType::TXT);
+        let RData::TXT(t) = &txt.answers[0].data else { panic!() };
+        let strings: Vec<&[u8]> = t.txt_data.iter().map(|s| &s[..]).collect();
+        assert_eq!(strings, [&b"az=a"[..], b"tag=v2"]);
+        let crit = z.build(&svc, Target::Instance { service: "web", id: "c" }, &q("c.web.svc.internal."), RecordType::A);
+        assert_eq!(crit.outcome, Outcome::NxDomain, "critical instance is not served");
+        let port = z.build(&svc, Target::NamedPort { service: "web", port: "grpc" }, &q("_grpc._tcp.web.svc.internal."), RecordType::SRV);
+        assert_eq!(port.answers.len(), 2);
+        let RData::SRV(s) = &port.answers[0].data else { panic!() };
+        assert_eq!(s.port, 9090);
+        let port_a = z.build(&svc, Target::NamedPort { service: "web", port: "grpc" }, &q("_grpc._tcp.web.svc.internal."), RecordType::A);
+        assert_eq!(port_a.outcome, Outcome::NoData);
+        let none = z.build(&svc, Target::NamedPort { service: "web", port: "http" }, &q("_http._tcp.web.svc.internal."), RecordType::SRV);
+        assert_eq!(none.outcome, Outcome::NxDomain);
+        let tag = z.build(&svc, Target::Tag { service: "web", tag: "V2" }, &q("v2._tag.web.svc.internal."), RecordType::A);
+        assert_eq!(tag.answers.len(), 1);
+        let notag = z.build(&svc, Target::Tag { service: "web", tag: "v3" }, &q("v3._tag.web.svc.internal."), RecordType::A);
+        assert_eq!(notag.outcome, Outcome::NxDomain);
+    }
+
+    #[test]
+    fn no_healthy_instance_is_nxdomain() {
+        let z = zone();
+        let mut svc = web();
+        for i in svc.instances.values_mut() {
+            i.health = Health::Critical;
+        }
+        let b = z.build(&svc, Target::Service("web"), &q("web.svc.internal."), RecordType::A);
+        assert_eq!(b.outcome, Outcome::NxDomain);
+    }
+
+    #[test]
+    fn soa_carries_negative_ttl() {
+        let z = zone();
+        let soa = z.soa(9);
+        assert_eq!(soa.ttl, 7);
+        let RData::SOA(s) = &soa.data else { panic!() };
+        assert_eq!((s.serial, s.minimum), (9, 7));
+    }
+}

@@ -1,0 +1,23 @@
+//! ruddr: a DNS server for service discovery, answering from a live in-memory mirror of etcd.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//!  etcd ──list+watch──▶ registry::Watcher ──Update──▶ cache::Mirror ──Snapshot──▶ dns::Handler ──▶ client
+//!                        (reconnect, resume,          (every instance,          (moka cache of built
+//!                         re-list on compaction)       swapped atomically)        answers per name/type)
+//! ```
+//!
+//! - [`cli`]: clap flags, raw and unvalidated.
+//! - [`config`]: defaults, TOML file and flags merged into one validated [`config::Config`].
+//! - [`app`]: wiring; builds the parts, spawns the tasks, owns shutdown.
+//! - [`registry`]: everything that talks to etcd: connection, list, watch, key and value parsing.
+//! - [`cache`]: the in-memory service view; applies updates; no I/O, no etcd or DNS types.
+//! - [`dns`]: the hickory request handler, record building and query-name parsing.
+
+pub mod app;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod dns;
+pub mod registry;

@@ -1,0 +1,96 @@
+//! The `ruddr` binary: parse flags, set up logging, run, and map errors to exit codes
+//! (64 for bad usage or configuration, 1 for anything else).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ruddr::cli::{Cli, Command, LogFormat};
+use ruddr::config::{Config, ConfigError};
+use tracing_subscriber::EnvFilter;
+
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EX_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_tracing(&cli);
+    match cli.command {
+        Command::CheckConfig(args) => match Config::load(&args) {
+            Ok(cfg) => {
+                match toml::to_string_pretty(&cfg) {
+                    Ok(text) => print!("{text}"),
+                    Err(e) => eprintln!("ruddr: cannot print the configuration: {e}"),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_failed(&e),
+        },
+        Command::Serve(args) => {
+            let cfg = match Config::load(&args) {
+                Ok(cfg) => cfg,
+                Err(e) => return config_failed(&e),
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("ruddr: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(ruddr::app::run(cfg, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("ruddr: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn config_failed(e: &ConfigError) -> ExitCode {
+    eprintln!("ruddr: {e}");
+    ExitCode::from(EX_USAGE)
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
+    }
+}
+
+fn init_tracing(cli: &Cli) {
+    let level = match (cli.verbose, cli.quiet) {
+        (0, 0) => "info",
+        (1, _) => "debug",
+        (v, _) if v >= 2 => "trace",
+        (_, 1) => "warn",
+        _ => "error",
+    };
+    // hickory-server logs every query at INFO; keep that for -vv and RUST_LOG.
+    let default = if cli.verbose >= 2 {
+        level.to_string()
+    } else {
+        format!("{level},hickory_server=warn,hickory_proto=warn,hickory_net=warn,h2=warn,tower=warn,hyper=warn")
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,25 @@
+//! Everything that talks to etcd: the connection, the initial list, the watch with reconnect
+//! and re-list, and the parsing of keys and values into [`crate::cache`] types.
+
+mod backoff;
+mod parse;
+mod status;
+mod watcher;
+
+pub use backoff::Backoff;
+pub use parse::{parse_entry, parse_key, parse_value, EntryError};
+pub use status::Status;
+pub use watcher::{connect, Watcher};
+
+/// Errors that end one watch session; the watcher retries after each.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("etcd request failed: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("watch stream closed by etcd")]
+    StreamClosed,
+    #[error("watch canceled by etcd: {0}")]
+    Canceled(String),
+    #[error("revision {wanted} was compacted (oldest kept: {compacted}); re-listing")]
+    Compacted { wanted: i64, compacted: i64 },
+}

@@ -1,0 +1,185 @@
+//! The registry contract: keys `<prefix><service>/<instance-id>`, values JSON objects.
+//! See the README section "Registry contract".
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::Deserialize;
+
+use crate::cache::{Health, Instance, InstanceId, InvalidLabel, ServiceName};
+
+/// Why a key/value pair under the prefix was skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    #[error("key is not <prefix><service>/<instance-id>")]
+    KeyShape,
+    #[error("bad service name: {0}")]
+    Service(InvalidLabel),
+    #[error("bad instance id: {0}")]
+    Id(InvalidLabel),
+    #[error("value is not valid UTF-8")]
+    NotUtf8,
+    #[error("value is not a valid registration: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("address {0:?} is not an IPv4 or IPv6 literal")]
+    Address(String),
+    #[error("health {0:?} is not one of passing, warning, critical")]
+    Health(String),
+    #[error("port name {0:?} is not a DNS label")]
+    PortName(String),
+    #[error("port 0 is not a usable port")]
+    PortZero,
+    #[error("meta {0:?} must be a string, number or boolean")]
+    Meta(String),
+}
+
+/// The JSON value as written by registrants. Unknown fields are ignored so that newer
+/// registrants can add fields without breaking older servers.
+#[derive(Debug, Deserialize)]
+struct RawValue {
+    address: String,
+    port: Option<u16>,
+    #[serde(default)]
+    ports: BTreeMap<String, u16>,
+    #[serde(default)]
+    tags: Vec<String>,
+    weight: Option<u16>,
+    priority: Option<u16>,
+    health: Option<String>,
+    #[serde(default)]
+    meta: BTreeMap<String, serde_json::Value>,
+}
+
+/// Splits `<prefix><service>/<instance-id>` into its parts.
+pub fn parse_key(prefix: &str, key: &[u8]) -> Result<(ServiceName, InstanceId), EntryError> {
+    let key = std::str::from_utf8(key).map_err(|_| EntryError::KeyShape)?;
+    let rest = key.strip_prefix(prefix).ok_or(EntryError::KeyShape)?;
+    let (service, id) = rest.split_once('/').ok_or(EntryError::KeyShape)?;
+    if id.contains('/') {
+        return Err(EntryError::KeyShape);
+    }
+    let service = ServiceName::new(service).map_err(EntryError::Service)?;
+    let id = InstanceId::new(id).map_err(EntryError::Id)?;
+    Ok((service, id))
+}
+
+/// Parses and validates one value for the instance `id`.
+pub fn parse_value(id: InstanceId, value: &[u8]) -> Result<Instance, EntryError> {
+    let text = std::str::from_utf8(value).map_err(|_| EntryError::NotUtf8)?;
+    let raw: RawValue = serde_json::from_str(text)?;
+    let address: IpAddr = raw
+        .address
+        .parse()
+        .map_err(|_| EntryError::Address(raw.address.clone()))?;
+    let health = match raw.health.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("passing") => Health::Passing,
+        Some("warning") => Health::Warning,
+        Some("critical") => Health::Critical,
+        Some(_) => return Err(EntryError::Health(raw.health.unwrap_or_default())),
+    };
+    if raw.port == Some(0) || raw.ports.values().any(|p| *p == 0) {
+        return Err(EntryError::PortZero);
+    }
+    let mut ports = BTreeMap::new();
+    for (name, port) in raw.ports {
+        let label = ServiceName::new(&name).map_err(|_| EntryError::PortName(name.clone()))?;
+        ports.insert(label.as_str().to_string(), port);
+    }
+    let mut meta = BTreeMap::new();
+    for (k, v) in raw.meta {
+        let v = match v {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            _ => return Err(EntryError::Meta(k)),
+        };
+        meta.insert(k, v);
+    }
+    Ok(Instance {
+        id,
+        address,
+        port: raw.port,
+        ports,
+        tags: raw.tags,
+        weight: raw.weight.unwrap_or(1),
+        priority: raw.priority.unwrap_or(0),
+        health,
+        meta,
+    })
+}
+
+/// Parses one key/value pair into the service it belongs to and the instance.
+pub fn parse_entry(
+    prefix: &str,
+    key: &[u8],
+    value: &[u8],
+) -> Result<(ServiceName, Instance), EntryError> {
+    let (service, id) = parse_key(prefix, key)?;
+    Ok((service, parse_value(id, value)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "/ruddr/services/";
+
+    #[test]
+    fn full_value_from_the_contract() {
+        let v = br#"{"address":"10.0.0.5","port":8080,"ports":{"http":8080,"grpc":9090},"tags":["v2"],"weight":10,"priority":0,"health":"passing","meta":{"az":"a"}}"#;
+        let (svc, i) = parse_entry(P, b"/ruddr/services/Web/web-1", v).unwrap();
+        assert_eq!(svc.as_str(), "web");
+        assert_eq!(i.id.as_str(), "web-1");
+        assert_eq!(i.address, "10.0.0.5".parse::<IpAddr>().unwrap());
+        assert_eq!(i.port, Some(8080));
+        assert_eq!(i.ports["grpc"], 9090);
+        assert_eq!(i.tags, ["v2"]);
+        assert_eq!((i.weight, i.priority, i.health), (10, 0, Health::Passing));
+        assert_eq!(i.meta["az"], "a");
+    }
+
+    #[test]
+    fn defaults_and_ipv6() {
+        let (_, i) = parse_entry(P, b"/ruddr/services/db/x", br#"{"address":"fd00::1"}"#).unwrap();
+        assert!(i.address.is_ipv6());
+        assert_eq!((i.port, i.weight, i.priority, i.health), (None, 1, 0, Health::Passing));
+        let (_, i) = parse_entry(P, b"/ruddr/services/db/x", br#"{"address":"fd00::1","health":"Warning","meta":{"n":3,"b":true}}"#).unwrap();
+        assert_eq!(i.health, Health::Warning);
+        assert_eq!(i.meta["n"], "3");
+    }
+
+    #[test]
+    fn bad_keys() {
+        for k in [
+            &b"/other/web/a"[..],
+            b"/ruddr/services/web",
+            b"/ruddr/services/web/a/b",
+            b"/ruddr/services/we_b/a",
+            b"/ruddr/services/web/",
+            b"/ruddr/services/\xff/a",
+        ] {
+            assert!(parse_key(P, k).is_err(), "{:?} accepted", String::from_utf8_lossy(k));
+        }
+    }
+
+    #[test]
+    fn bad_values_name_the_reason() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"not json", "not a valid registration"),
+            (br#"{"port":80}"#, "missing field `address`"),
+            (br#"{"address":"web.example"}"#, "not an IPv4 or IPv6 literal"),
+            (br#"{"address":"10.0.0.1","port":70000}"#, "not a valid registration"),
+            (br#"{"address":"10.0.0.1","port":0}"#, "port 0"),
+            (br#"{"address":"10.0.0.1","health":"dead"}"#, "health \"dead\""),
+            (br#"{"address":"10.0.0.1","ports":{"h_t":1}}"#, "port name"),
+            (br#"{"address":"10.0.0.1","meta":{"x":[1]}}"#, "meta \"x\""),
+            (br#"{"address":"10.0.0.1","weight":-1}"#, "not a valid registration"),
+            (b"\xff\xfe", "UTF-8"),
+            (b"", "not a valid registration"),
+        ];
+        for (v, want) in cases {
+            let err = parse_value(InstanceId::new("a").unwrap(), v).unwrap_err().to_string();
+            assert!(err.contains(want), "{:?}: {err}", String::from_utf8_lossy(v));
+        }
+    }
+}
