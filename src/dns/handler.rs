@@ -175,7 +175,7 @@ impl Handler {
                     let outcome = built.outcome;
                     reply.order = shuffle(&built.order);
                     reply.with_additionals = if request.protocol() == Protocol::Udp {
-                        fitting_additionals(&built, &reply.order, qname.len() + 1, usize::from(payload))
+                        fitting_additionals(&built, &reply.order, qname, usize::from(payload))
                     } else {
                         reply.order.len()
                     };
@@ -223,11 +223,11 @@ fn shuffle(order: &[(u16, u16)]) -> Vec<usize> {
 
 /// How many SRV target addresses fit in a UDP answer of `limit` bytes. Additional records are
 /// optional: they are cut rather than making the whole answer truncated.
-fn fitting_additionals(built: &Built, order: &[usize], qname_len: usize, limit: usize) -> usize {
+fn fitting_additionals(built: &Built, order: &[usize], qname: &Name, limit: usize) -> usize {
     const HEADER: usize = 12;
     const QUESTION_FIXED: usize = 4;
     const OPT: usize = 11;
-    let mut size = HEADER + qname_len + QUESTION_FIXED + OPT + built.answer_size;
+    let mut size = HEADER + qname.len() + 1 + QUESTION_FIXED + OPT + built.answer_size;
     if size > limit {
         return 0;
     }

@@ -40,7 +40,7 @@ pub struct Built {
     pub order: Vec<(u16, u16)>,
     /// The address record of each answer's SRV target, aligned with `answers`.
     pub additionals: Vec<Option<Record>>,
-    /// Upper bound of the wire size of all answers (owner names compressed to a pointer).
+    /// Upper bound of the wire size of all answers (their owner is the question's name).
     pub answer_size: usize,
 }
 
@@ -57,7 +57,8 @@ impl Built {
     }
 }
 
-/// Upper bound of a record's wire size when its owner name compresses to a pointer.
+/// Upper bound of a record's wire size. Owner names are counted in full (an upper bound: the
+/// encoder may compress them); SRV targets are never compressed (RFC 2782).
 pub fn wire_size(record: &Record) -> usize {
     let rdata = match &record.data {
         RData::A(_) => 4,
@@ -66,7 +67,7 @@ pub fn wire_size(record: &Record) -> usize {
         RData::TXT(t) => t.txt_data.iter().map(|s| s.len() + 1).sum(),
         _ => 512,
     };
-    2 + 10 + rdata
+    record.name.len() + 1 + 10 + rdata
 }
 
 impl Zone {
@@ -175,7 +176,12 @@ impl Zone {
         if !built.answers.is_empty() {
             built.outcome = Outcome::Answer;
         }
-        built.answer_size = built.answers.iter().map(wire_size).sum();
+        // Answers share the question's name: count them as a 2-byte pointer.
+        built.answer_size = built
+            .answers
+            .iter()
+            .map(|r| wire_size(r) - qname.len() - 1 + 2)
+            .sum();
         built
     }
 }

@@ -1,0 +1,399 @@
+//! Real processes for the tests: an etcd on free loopback ports with a temp data dir, the
+//! `ruddr` binary, and DNS clients (dig and a hickory-proto client over UDP and TCP).
+//! Every child is killed on drop; on a failing test their logs are printed.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+
+/// Fails with instructions when a required tool is missing; tests never skip silently.
+pub fn require(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is not installed: run `apt-get install -y {package}` (the README's test command does)"
+    );
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+fn dump_log(name: &str, path: &Path) {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let tail: Vec<&str> = text.lines().rev().take(60).collect();
+        eprintln!("----- {name} log ({}) -----", path.display());
+        for line in tail.into_iter().rev() {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// One etcd member (or a single-node cluster) on loopback.
+pub struct Etcd {
+    pub client_port: u16,
+    peer_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    pub fn start() -> Self {
+        require("etcd", "etcd-server");
+        let mut etcd = Etcd {
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        etcd.spawn();
+        etcd
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    fn spawn(&mut self) {
+        let c = format!("http://127.0.0.1:{}", self.client_port);
+        let p = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", "n1", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
+            .args(["--initial-cluster", &format!("n1={p}"), "--initial-cluster-state", "new"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+        eventually(Duration::from_secs(20), "etcd to accept requests", || {
+            self.try_get("/health-probe").ok().map(|_| ())
+        });
+    }
+
+    /// Kills etcd (SIGKILL), keeping its data dir.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn client(&self) -> etcd_client::Client {
+        let ep = self.endpoint();
+        runtime()
+            .block_on(etcd_client::Client::connect([ep], None))
+            .expect("etcd client")
+    }
+
+    fn try_get(&self, key: &str) -> Result<i64, etcd_client::Error> {
+        let ep = self.endpoint();
+        runtime().block_on(async move {
+            let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(1));
+            let mut c = etcd_client::Client::connect([ep], Some(opts)).await?;
+            let r = c.get(key, None).await?;
+            Ok(r.header().map(|h| h.revision()).unwrap_or(0))
+        })
+    }
+
+    /// Writes a key; returns the new revision.
+    pub fn put(&self, key: &str, value: &str) -> i64 {
+        let mut c = self.client();
+        runtime().block_on(async {
+            let r = c.put(key, value, None).await.expect("etcd put");
+            r.header().unwrap().revision()
+        })
+    }
+
+    /// Writes many keys in few round trips.
+    pub fn put_many(&self, kvs: &[(String, String)]) {
+        let mut c = self.client();
+        runtime().block_on(async {
+            for chunk in kvs.chunks(100) {
+                let ops: Vec<_> = chunk
+                    .iter()
+                    .map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None))
+                    .collect();
+                c.txn(etcd_client::Txn::new().and_then(ops)).await.expect("etcd txn");
+            }
+        })
+    }
+
+    pub fn delete(&self, key: &str) {
+        let mut c = self.client();
+        runtime().block_on(async { c.delete(key, None).await.expect("etcd delete") });
+    }
+
+    /// Compacts history up to the current revision (physically).
+    pub fn compact(&self) -> i64 {
+        let mut c = self.client();
+        runtime().block_on(async {
+            let rev = c.get("/", None).await.unwrap().header().unwrap().revision();
+            c.compact(rev, Some(etcd_client::CompactionOptions::new().with_physical()))
+                .await
+                .expect("etcd compact");
+            rev
+        })
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            dump_log("etcd", &self.log_path());
+        }
+    }
+}
+
+pub fn ruddr_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ruddr")
+}
+
+/// A running `ruddr serve`, with the port it bound (read from its "dns listening" log line).
+pub struct Ruddr {
+    pub port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Ruddr {
+    /// Starts `ruddr serve --listen 127.0.0.1:0 --etcd-endpoints <etcd>` plus `extra` flags.
+    pub fn start(etcd_endpoints: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("ruddr.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(ruddr_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--etcd-endpoints", etcd_endpoints])
+            .args(extra)
+            .env("RUST_LOG", "info,ruddr=debug,hickory_server=warn")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start ruddr");
+        let mut r = Ruddr {
+            port: 0,
+            child: Some(child),
+            log,
+            _dir: dir,
+        };
+        r.port = eventually(Duration::from_secs(20), "ruddr to log its port", || {
+            let text = std::fs::read_to_string(&r.log).ok()?;
+            let line = text.lines().find(|l| l.contains("dns listening"))?;
+            let at = line.find("udp=127.0.0.1:")? + "udp=127.0.0.1:".len();
+            let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        });
+        r
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        eventually(Duration::from_secs(20), needle, || {
+            self.log_text().contains(needle).then_some(())
+        });
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("ruddr running").id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take().expect("ruddr running");
+        let status = eventually(timeout, "ruddr to exit", || child.try_wait().unwrap());
+        status.code()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Ruddr {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            dump_log("ruddr", &self.log);
+        }
+    }
+}
+
+/// Runs dig against ruddr with short timeouts.
+pub fn dig(port: u16, args: &[&str]) -> String {
+    require("dig", "bind9-dnsutils");
+    let out: Output = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=2", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("run dig");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `dig +short`, lines sorted.
+pub fn dig_short(port: u16, name: &str, qtype: &str) -> Vec<String> {
+    let mut lines: Vec<String> = dig(port, &[name, qtype, "+short"])
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// Builds a query for `name`/`qtype`, with EDNS advertising `edns_payload` if given.
+pub fn query_message(name: &str, qtype: RecordType, edns_payload: Option<u16>) -> Message {
+    let mut m = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = false;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    if let Some(p) = edns_payload {
+        let mut e = Edns::new();
+        e.set_max_payload(p);
+        m.set_edns(e);
+    }
+    m
+}
+
+/// Sends raw bytes and returns the raw response, if any arrives within the timeout.
+pub fn exchange_raw(addr: SocketAddr, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    let timeout = Duration::from_secs(2);
+    match transport {
+        Transport::Udp => {
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.set_read_timeout(Some(timeout)).unwrap();
+            sock.send_to(bytes, addr).unwrap();
+            let mut buf = vec![0u8; 65535];
+            let (n, _) = sock.recv_from(&mut buf).ok()?;
+            buf.truncate(n);
+            Some(buf)
+        }
+        Transport::Tcp => {
+            let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
+            s.set_read_timeout(Some(timeout)).unwrap();
+            let len = u16::try_from(bytes.len()).unwrap().to_be_bytes();
+            s.write_all(&len).ok()?;
+            s.write_all(bytes).ok()?;
+            let mut lb = [0u8; 2];
+            s.read_exact(&mut lb).ok()?;
+            let mut buf = vec![0u8; usize::from(u16::from_be_bytes(lb))];
+            s.read_exact(&mut buf).ok()?;
+            Some(buf)
+        }
+    }
+}
+
+/// Sends a query and parses the response; panics if none arrives.
+pub fn exchange(addr: SocketAddr, msg: &Message, transport: Transport) -> Message {
+    let bytes = msg.to_vec().unwrap();
+    let resp = exchange_raw(addr, &bytes, transport).expect("a DNS response");
+    let parsed = Message::from_vec(&resp).expect("a parseable DNS response");
+    assert_eq!(parsed.metadata.id, msg.metadata.id, "response id matches");
+    parsed
+}
+
+/// A-record query over UDP with EDNS 1232, as most stub resolvers send it.
+pub fn query(addr: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    exchange(addr, &query_message(name, qtype, Some(1232)), Transport::Udp)
+}
+
+/// The answer section's data as sorted strings (addresses, or "prio weight port target").
+pub fn answer_strings(m: &Message) -> Vec<String> {
+    let mut v: Vec<String> = m.answers.iter().map(|r| rdata_string(&r.data)).collect();
+    v.sort();
+    v
+}
+
+pub fn rdata_string(d: &RData) -> String {
+    match d {
+        RData::A(a) => a.0.to_string(),
+        RData::AAAA(a) => a.0.to_string(),
+        RData::SRV(s) => format!("{} {} {} {}", s.priority, s.weight, s.port, s.target),
+        other => other.to_string(),
+    }
+}
+
+pub fn rcode(m: &Message) -> ResponseCode {
+    m.metadata.response_code
+}
