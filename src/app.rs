@@ -84,5 +84,8 @@ async fn bind_pair(addr: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)>
             Err(e) => return Err(e).with_context(|| format!("binding TCP {addr}")),
         }
     }
-    anyhow::bail!("no port free for both UDP and TCP on {} after {ATTEMPTS} tries", addr.ip())
+    anyhow::bail!(
+        "no port free for both UDP and TCP on {} after {ATTEMPTS} tries",
+        addr.ip()
+    )
 }

@@ -55,7 +55,12 @@ pub struct ServeArgs {
     pub listen: Vec<String>,
 
     /// etcd client URLs, comma-separated, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379.
-    #[arg(long, value_name = "URLS", value_delimiter = ',', env = "RUDDR_ETCD_ENDPOINTS")]
+    #[arg(
+        long,
+        value_name = "URLS",
+        value_delimiter = ',',
+        env = "RUDDR_ETCD_ENDPOINTS"
+    )]
     pub etcd_endpoints: Vec<String>,
 
     /// etcd key prefix that holds the registrations; must end with '/'.
@@ -79,7 +84,12 @@ pub struct ServeArgs {
     pub etcd_username: Option<String>,
 
     /// etcd password; prefer the environment variable over the flag.
-    #[arg(long, value_name = "PASSWORD", env = "RUDDR_ETCD_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "RUDDR_ETCD_PASSWORD",
+        hide_env_values = true
+    )]
     pub etcd_password: Option<String>,
 
     /// CA certificate (PEM) to verify etcd's TLS certificate; enables TLS.

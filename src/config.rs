@@ -23,7 +23,10 @@ pub enum ConfigError {
         source: toml::de::Error,
     },
     #[error("invalid value for {option}: {reason}")]
-    Invalid { option: &'static str, reason: String },
+    Invalid {
+        option: &'static str,
+        reason: String,
+    },
 }
 
 fn invalid(option: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -200,7 +203,11 @@ impl Config {
                 .collect::<Result<_, _>>()?;
         }
         if !a.etcd_endpoints.is_empty() {
-            self.etcd.endpoints = a.etcd_endpoints.iter().map(|s| s.trim().to_string()).collect();
+            self.etcd.endpoints = a
+                .etcd_endpoints
+                .iter()
+                .map(|s| s.trim().to_string())
+                .collect();
         }
         if let Some(p) = &a.prefix {
             self.etcd.prefix = p.clone();
@@ -240,12 +247,18 @@ impl Config {
         }
         let e = &mut self.etcd;
         if e.endpoints.is_empty() || e.endpoints.iter().any(|s| s.is_empty()) {
-            return Err(invalid("etcd.endpoints", "at least one non-empty URL is needed"));
+            return Err(invalid(
+                "etcd.endpoints",
+                "at least one non-empty URL is needed",
+            ));
         }
         if !e.prefix.starts_with('/') || !e.prefix.ends_with('/') || e.prefix.len() < 2 {
             return Err(invalid(
                 "etcd.prefix",
-                format!("{:?} must start and end with '/', e.g. /ruddr/services/", e.prefix),
+                format!(
+                    "{:?} must start and end with '/', e.g. /ruddr/services/",
+                    e.prefix
+                ),
             ));
         }
         if e.username.is_some() != e.password.is_some() {
@@ -258,34 +271,55 @@ impl Config {
             if tls.cert_file.is_some() != tls.key_file.is_some() {
                 return Err(invalid("etcd.tls", "cert_file and key_file go together"));
             }
-            for p in [&tls.ca_file, &tls.cert_file, &tls.key_file].into_iter().flatten() {
+            for p in [&tls.ca_file, &tls.cert_file, &tls.key_file]
+                .into_iter()
+                .flatten()
+            {
                 if !p.is_file() {
-                    return Err(invalid("etcd.tls", format!("{} is not a readable file", p.display())));
+                    return Err(invalid(
+                        "etcd.tls",
+                        format!("{} is not a readable file", p.display()),
+                    ));
                 }
             }
         }
         if e.retry_min.is_zero() || e.retry_max < e.retry_min {
-            return Err(invalid("etcd.retry_min", "must be above zero and at most retry_max"));
+            return Err(invalid(
+                "etcd.retry_min",
+                "must be above zero and at most retry_max",
+            ));
         }
         if e.keepalive_interval.is_zero() || e.keepalive_timeout.is_zero() {
-            return Err(invalid("etcd.keepalive_interval", "keepalive times must be above zero"));
+            return Err(invalid(
+                "etcd.keepalive_interval",
+                "keepalive times must be above zero",
+            ));
         }
         let d = &mut self.dns;
         d.zone = normalize_name("dns.zone", &d.zone)?;
         if d.zone == "." {
             return Err(invalid("dns.zone", "the root zone cannot be served"));
         }
-        for (option, v) in [("dns.ns_name", &mut d.ns_name), ("dns.hostmaster", &mut d.hostmaster)] {
+        for (option, v) in [
+            ("dns.ns_name", &mut d.ns_name),
+            ("dns.hostmaster", &mut d.hostmaster),
+        ] {
             if let Some(name) = v {
                 *name = normalize_name(option, name)?;
             }
         }
         const MAX_TTL: u32 = i32::MAX as u32; // RFC 2181 section 8
         if d.ttl > MAX_TTL || d.negative_ttl > MAX_TTL {
-            return Err(invalid("dns.ttl", format!("TTLs must be at most {MAX_TTL}")));
+            return Err(invalid(
+                "dns.ttl",
+                format!("TTLs must be at most {MAX_TTL}"),
+            ));
         }
         if !(512..=4096).contains(&d.max_udp_payload) {
-            return Err(invalid("dns.max_udp_payload", "must be between 512 and 4096"));
+            return Err(invalid(
+                "dns.max_udp_payload",
+                "must be between 512 and 4096",
+            ));
         }
         if d.answer_cache_capacity == 0 {
             return Err(invalid("dns.answer_cache_capacity", "must be above zero"));
@@ -304,7 +338,8 @@ fn normalize_name(option: &'static str, name: &str) -> Result<String, ConfigErro
         || n[..n.len() - 1].split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if !labels_ok || n.len() > 254 {
         return Err(invalid(option, format!("{name:?} is not a domain name")));
@@ -323,12 +358,17 @@ mod tests {
         cfg.validate().expect("shipped config is valid");
         let mut defaults = Config::default();
         defaults.validate().unwrap();
-        assert_eq!(cfg, defaults, "config/ruddr.toml must document the defaults");
+        assert_eq!(
+            cfg, defaults,
+            "config/ruddr.toml must document the defaults"
+        );
     }
 
     #[test]
     fn unknown_key_is_an_error_naming_it() {
-        let err = toml::from_str::<Config>("[dns]\nzonee = \"x.\"\n").unwrap_err().to_string();
+        let err = toml::from_str::<Config>("[dns]\nzonee = \"x.\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("zonee"), "{err}");
     }
 
@@ -336,7 +376,11 @@ mod tests {
     fn flags_override_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "listen=[\"127.0.0.1:5300\"]\n[dns]\nzone=\"a.example\"\nttl=9\n").unwrap();
+        std::fs::write(
+            &path,
+            "listen=[\"127.0.0.1:5300\"]\n[dns]\nzone=\"a.example\"\nttl=9\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             config: Some(path),
             zone: Some("B.Example".into()),
@@ -346,7 +390,10 @@ mod tests {
         let cfg = Config::load(&args).unwrap();
         assert_eq!(cfg.dns.zone, "b.example.");
         assert_eq!(cfg.dns.ttl, 9);
-        assert_eq!(cfg.listen, ["127.0.0.1:5300".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            cfg.listen,
+            ["127.0.0.1:5300".parse::<SocketAddr>().unwrap()]
+        );
         assert_eq!(cfg.etcd.endpoints.len(), 2);
     }
 
@@ -364,7 +411,9 @@ mod tests {
             let err = cfg.validate().unwrap_err().to_string();
             assert!(err.contains(option), "{text}: {err}");
         }
-        let err = toml::from_str::<Config>("[dns]\nttl = \"x\"\n").unwrap_err().to_string();
+        let err = toml::from_str::<Config>("[dns]\nttl = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ttl"), "{err}");
     }
 }

@@ -145,10 +145,8 @@ impl Mirror {
 
         touched.sort();
         touched.dedup();
-        self.current.store(Arc::new(Snapshot {
-            services,
-            revision,
-        }));
+        self.current
+            .store(Arc::new(Snapshot { services, revision }));
         Applied { changed: touched }
     }
 }
@@ -229,5 +227,4 @@ mod tests {
         let names: Vec<_> = applied.changed.iter().map(|n| n.as_str()).collect();
         assert_eq!(names, ["cache", "db"]);
     }
-
 }

@@ -109,11 +109,19 @@ impl Instance {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
     /// An instance was written (created or replaced).
-    Put { service: ServiceName, instance: Instance },
+    Put {
+        service: ServiceName,
+        instance: Instance,
+    },
     /// An instance was removed.
-    Delete { service: ServiceName, id: InstanceId },
+    Delete {
+        service: ServiceName,
+        id: InstanceId,
+    },
     /// The whole registry as listed at one revision; replaces everything.
-    Reset { instances: Vec<(ServiceName, Instance)> },
+    Reset {
+        instances: Vec<(ServiceName, Instance)>,
+    },
 }
 
 #[cfg(test)]

@@ -53,7 +53,12 @@ impl Handler {
         let default_ns = Name::from_ascii("ns.dns")?.append_name(&origin)?;
         let default_hostmaster = Name::from_ascii("hostmaster")?.append_name(&origin)?;
         let zone = Zone {
-            ns_name: cfg.ns_name.as_deref().map(Name::from_ascii).transpose()?.unwrap_or(default_ns),
+            ns_name: cfg
+                .ns_name
+                .as_deref()
+                .map(Name::from_ascii)
+                .transpose()?
+                .unwrap_or(default_ns),
             hostmaster: cfg
                 .hostmaster
                 .as_deref()
@@ -71,7 +76,9 @@ impl Handler {
             ns: zone.ns(),
             zone,
             mirror,
-            answers: Cache::builder().max_capacity(cfg.answer_cache_capacity).build(),
+            answers: Cache::builder()
+                .max_capacity(cfg.answer_cache_capacity)
+                .build(),
             soa,
             max_udp_payload: cfg.max_udp_payload,
         })
@@ -89,7 +96,8 @@ impl Handler {
         }
         // The serial follows the etcd revision (mod 2^32, as RFC 1982 serials wrap).
         let record = self.zone.soa(snapshot.revision as u32);
-        self.soa.store(Arc::new((snapshot.revision, record.clone())));
+        self.soa
+            .store(Arc::new((snapshot.revision, record.clone())));
         record
     }
 
@@ -137,9 +145,16 @@ impl Handler {
         }
 
         let snapshot = self.mirror.load();
-        let below = usize::from(qname.num_labels() - self.apex.num_labels());
-        let labels: Vec<&[u8]> = qname.iter().take(below).collect();
-        let target = name::parse(&labels);
+        let below = usize::from(qname.num_labels().saturating_sub(self.apex.num_labels()));
+        let mut labels: [&[u8]; 3] = [&[]; 3];
+        let target = if below > labels.len() {
+            Target::None
+        } else {
+            for (slot, label) in labels.iter_mut().zip(qname.iter()) {
+                *slot = label;
+            }
+            name::parse(&labels[..below])
+        };
         let outcome = match target {
             Target::Apex => {
                 match qtype {
@@ -256,10 +271,7 @@ impl RequestHandler for Handler {
         }
         let empty: &[Record] = &[];
         let (answers, additionals) = match &reply.built {
-            Some(b) => (
-                b.answers.as_slice(),
-                b.additionals.as_slice(),
-            ),
+            Some(b) => (b.answers.as_slice(), b.additionals.as_slice()),
             None => (empty, &[][..]),
         };
         let ordered = reply.order.iter().filter_map(|&i| answers.get(i));

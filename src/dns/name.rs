@@ -17,13 +17,22 @@
 pub enum Target<'a> {
     Apex,
     Service(&'a str),
-    Instance { service: &'a str, id: &'a str },
+    Instance {
+        service: &'a str,
+        id: &'a str,
+    },
     /// `_<svc>._tcp`
     ServiceSrv(&'a str),
     /// `_<port>._tcp.<svc>`
-    NamedPort { service: &'a str, port: &'a str },
+    NamedPort {
+        service: &'a str,
+        port: &'a str,
+    },
     /// `<tag>._tag.<svc>`
-    Tag { service: &'a str, tag: &'a str },
+    Tag {
+        service: &'a str,
+        tag: &'a str,
+    },
     /// `_tcp` (exists when any service does)
     TcpNode,
     /// `_tcp.<svc>` or `_tag.<svc>`: exists when the service does
@@ -51,10 +60,9 @@ pub fn parse<'a>(relative: &[&'a [u8]]) -> Target<'a> {
         [svc] if !svc.starts_with('_') => Target::Service(svc),
         [s, "_tcp"] => under(s).map_or(Target::None, Target::ServiceSrv),
         ["_tcp" | "_tag", svc] if !svc.starts_with('_') => Target::ServiceNode(svc),
-        [id, svc] if !id.starts_with('_') && !svc.starts_with('_') => Target::Instance {
-            service: svc,
-            id,
-        },
+        [id, svc] if !id.starts_with('_') && !svc.starts_with('_') => {
+            Target::Instance { service: svc, id }
+        }
         [p, "_tcp", svc] if !svc.starts_with('_') => under(p).map_or(Target::None, |port| {
             Target::NamedPort { service: svc, port }
         }),
@@ -80,10 +88,28 @@ mod tests {
     fn forms() {
         assert_eq!(p(""), Target::Apex);
         assert_eq!(p("web"), Target::Service("web"));
-        assert_eq!(p("web-1.web"), Target::Instance { service: "web", id: "web-1" });
+        assert_eq!(
+            p("web-1.web"),
+            Target::Instance {
+                service: "web",
+                id: "web-1"
+            }
+        );
         assert_eq!(p("_web._tcp"), Target::ServiceSrv("web"));
-        assert_eq!(p("_grpc._tcp.web"), Target::NamedPort { service: "web", port: "grpc" });
-        assert_eq!(p("v2._tag.web"), Target::Tag { service: "web", tag: "v2" });
+        assert_eq!(
+            p("_grpc._tcp.web"),
+            Target::NamedPort {
+                service: "web",
+                port: "grpc"
+            }
+        );
+        assert_eq!(
+            p("v2._tag.web"),
+            Target::Tag {
+                service: "web",
+                tag: "v2"
+            }
+        );
         assert_eq!(p("_tcp"), Target::TcpNode);
         assert_eq!(p("_tcp.web"), Target::ServiceNode("web"));
         assert_eq!(p("_tag.web"), Target::ServiceNode("web"));
@@ -91,7 +117,16 @@ mod tests {
 
     #[test]
     fn impossible_names() {
-        for n in ["_web", "a.b.c.d", "_._tcp", "x._tcp.web", "_a._udp.web", "a._web", "_a.web", "a.b.web"] {
+        for n in [
+            "_web",
+            "a.b.c.d",
+            "_._tcp",
+            "x._tcp.web",
+            "_a._udp.web",
+            "a._web",
+            "_a.web",
+            "a.b.web",
+        ] {
             assert_eq!(p(n), Target::None, "{n}");
         }
         assert_eq!(parse(&[b"\xff"]), Target::None);

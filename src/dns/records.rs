@@ -86,7 +86,11 @@ impl Zone {
     }
 
     pub fn ns(&self) -> Record {
-        Record::from_rdata(self.origin.clone(), self.ttl, RData::NS(NS(self.ns_name.clone())))
+        Record::from_rdata(
+            self.origin.clone(),
+            self.ttl,
+            RData::NS(NS(self.ns_name.clone())),
+        )
     }
 
     fn address(&self, owner: &Name, ip: IpAddr) -> Record {
@@ -108,7 +112,13 @@ impl Zone {
     }
 
     /// Builds the answer for `target` (one that names `svc`) and `qtype`, owner `qname`.
-    pub fn build(&self, svc: &Service, target: Target<'_>, qname: &Name, qtype: RecordType) -> Built {
+    pub fn build(
+        &self,
+        svc: &Service,
+        target: Target<'_>,
+        qname: &Name,
+        qtype: RecordType,
+    ) -> Built {
         let gen = svc.generation;
         let served = svc
             .instances
@@ -119,13 +129,17 @@ impl Zone {
             Target::Service(_) | Target::ServiceSrv(_) | Target::ServiceNode(_) => {
                 served.map(|i| (i, i.port)).collect()
             }
-            Target::Instance { id, .. } => {
-                served.filter(|i| i.id.as_str() == id).map(|i| (i, i.port)).collect()
-            }
+            Target::Instance { id, .. } => served
+                .filter(|i| i.id.as_str() == id)
+                .map(|i| (i, i.port))
+                .collect(),
             Target::NamedPort { port, .. } => served
                 .filter_map(|i| i.ports.get(port).map(|p| (i, Some(*p))))
                 .collect(),
-            Target::Tag { tag, .. } => served.filter(|i| i.has_tag(tag)).map(|i| (i, i.port)).collect(),
+            Target::Tag { tag, .. } => served
+                .filter(|i| i.has_tag(tag))
+                .map(|i| (i, i.port))
+                .collect(),
             Target::Apex | Target::TcpNode | Target::None => Vec::new(),
         };
         if selected.is_empty() {
@@ -152,22 +166,33 @@ impl Zone {
         let want_srv = qtype == RecordType::SRV || (srv_only && qtype == RecordType::ANY);
         if want_srv {
             for (i, port) in &selected {
-                let (Some(port), Some(target_name)) = (port, self.instance_name(svc.name.as_str(), i.id.as_str())) else {
+                let (Some(port), Some(target_name)) =
+                    (port, self.instance_name(svc.name.as_str(), i.id.as_str()))
+                else {
                     continue;
                 };
                 let srv = SRV::new(i.priority, i.weight, *port, target_name.clone());
-                built.answers.push(Record::from_rdata(qname.clone(), self.ttl, RData::SRV(srv)));
+                built
+                    .answers
+                    .push(Record::from_rdata(qname.clone(), self.ttl, RData::SRV(srv)));
                 built.order.push((i.priority, i.weight));
-                built.additionals.push(Some(self.address(&target_name, i.address)));
+                built
+                    .additionals
+                    .push(Some(self.address(&target_name, i.address)));
             }
         }
         if qtype == RecordType::TXT {
             if let Target::Instance { .. } = target {
                 let (i, _) = selected[0];
-                let mut strings: Vec<String> = i.meta.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let mut strings: Vec<String> =
+                    i.meta.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 strings.extend(i.tags.iter().map(|t| format!("tag={t}")));
                 if !strings.is_empty() {
-                    built.answers.push(Record::from_rdata(qname.clone(), self.ttl, RData::TXT(TXT::new(strings))));
+                    built.answers.push(Record::from_rdata(
+                        qname.clone(),
+                        self.ttl,
+                        RData::TXT(TXT::new(strings)),
+                    ));
                     built.order.push((0, 1));
                     built.additionals.push(None);
                 }
@@ -244,13 +269,18 @@ mod tests {
         let svc = web();
         let t = Target::Service("web");
         let a = z.build(&svc, t, &q("web.svc.internal."), RecordType::A);
-        assert_eq!((a.outcome, a.answers.len(), a.generation), (Outcome::Answer, 1, 42));
+        assert_eq!(
+            (a.outcome, a.answers.len(), a.generation),
+            (Outcome::Answer, 1, 42)
+        );
         assert_eq!(a.answers[0].ttl, 5);
         let aaaa = z.build(&svc, t, &q("web.svc.internal."), RecordType::AAAA);
         assert_eq!(aaaa.answers.len(), 1);
         let srv = z.build(&svc, t, &q("web.svc.internal."), RecordType::SRV);
         assert_eq!(srv.answers.len(), 2);
-        let RData::SRV(s) = &srv.answers[0].data else { panic!() };
+        let RData::SRV(s) = &srv.answers[0].data else {
+            panic!()
+        };
         assert_eq!((s.priority, s.weight, s.port), (1, 3, 8080));
         assert_eq!(s.target, q("a.web.svc.internal."));
         let add = srv.additionals[0].as_ref().unwrap();
@@ -263,7 +293,12 @@ mod tests {
     fn warning_excluded_when_configured() {
         let mut z = zone();
         z.serve_warning = false;
-        let aaaa = z.build(&web(), Target::Service("web"), &q("web.svc.internal."), RecordType::AAAA);
+        let aaaa = z.build(
+            &web(),
+            Target::Service("web"),
+            &q("web.svc.internal."),
+            RecordType::AAAA,
+        );
         assert_eq!(aaaa.outcome, Outcome::NoData);
     }
 
@@ -271,25 +306,97 @@ mod tests {
     fn instance_named_port_tag_forms() {
         let z = zone();
         let svc = web();
-        let i = z.build(&svc, Target::Instance { service: "web", id: "a" }, &q("a.web.svc.internal."), RecordType::A);
+        let i = z.build(
+            &svc,
+            Target::Instance {
+                service: "web",
+                id: "a",
+            },
+            &q("a.web.svc.internal."),
+            RecordType::A,
+        );
         assert_eq!(i.outcome, Outcome::Answer);
-        let txt = z.build(&svc, Target::Instance { service: "web", id: "a" }, &q("a.web.svc.internal."), RecordType::TXT);
-        let RData::TXT(t) = &txt.answers[0].data else { panic!() };
+        let txt = z.build(
+            &svc,
+            Target::Instance {
+                service: "web",
+                id: "a",
+            },
+            &q("a.web.svc.internal."),
+            RecordType::TXT,
+        );
+        let RData::TXT(t) = &txt.answers[0].data else {
+            panic!()
+        };
         let strings: Vec<&[u8]> = t.txt_data.iter().map(|s| &s[..]).collect();
         assert_eq!(strings, [&b"az=a"[..], b"tag=v2"]);
-        let crit = z.build(&svc, Target::Instance { service: "web", id: "c" }, &q("c.web.svc.internal."), RecordType::A);
-        assert_eq!(crit.outcome, Outcome::NxDomain, "critical instance is not served");
-        let port = z.build(&svc, Target::NamedPort { service: "web", port: "grpc" }, &q("_grpc._tcp.web.svc.internal."), RecordType::SRV);
+        let crit = z.build(
+            &svc,
+            Target::Instance {
+                service: "web",
+                id: "c",
+            },
+            &q("c.web.svc.internal."),
+            RecordType::A,
+        );
+        assert_eq!(
+            crit.outcome,
+            Outcome::NxDomain,
+            "critical instance is not served"
+        );
+        let port = z.build(
+            &svc,
+            Target::NamedPort {
+                service: "web",
+                port: "grpc",
+            },
+            &q("_grpc._tcp.web.svc.internal."),
+            RecordType::SRV,
+        );
         assert_eq!(port.answers.len(), 2);
-        let RData::SRV(s) = &port.answers[0].data else { panic!() };
+        let RData::SRV(s) = &port.answers[0].data else {
+            panic!()
+        };
         assert_eq!(s.port, 9090);
-        let port_a = z.build(&svc, Target::NamedPort { service: "web", port: "grpc" }, &q("_grpc._tcp.web.svc.internal."), RecordType::A);
+        let port_a = z.build(
+            &svc,
+            Target::NamedPort {
+                service: "web",
+                port: "grpc",
+            },
+            &q("_grpc._tcp.web.svc.internal."),
+            RecordType::A,
+        );
         assert_eq!(port_a.outcome, Outcome::NoData);
-        let none = z.build(&svc, Target::NamedPort { service: "web", port: "http" }, &q("_http._tcp.web.svc.internal."), RecordType::SRV);
+        let none = z.build(
+            &svc,
+            Target::NamedPort {
+                service: "web",
+                port: "http",
+            },
+            &q("_http._tcp.web.svc.internal."),
+            RecordType::SRV,
+        );
         assert_eq!(none.outcome, Outcome::NxDomain);
-        let tag = z.build(&svc, Target::Tag { service: "web", tag: "V2" }, &q("v2._tag.web.svc.internal."), RecordType::A);
+        let tag = z.build(
+            &svc,
+            Target::Tag {
+                service: "web",
+                tag: "V2",
+            },
+            &q("v2._tag.web.svc.internal."),
+            RecordType::A,
+        );
         assert_eq!(tag.answers.len(), 1);
-        let notag = z.build(&svc, Target::Tag { service: "web", tag: "v3" }, &q("v3._tag.web.svc.internal."), RecordType::A);
+        let notag = z.build(
+            &svc,
+            Target::Tag {
+                service: "web",
+                tag: "v3",
+            },
+            &q("v3._tag.web.svc.internal."),
+            RecordType::A,
+        );
         assert_eq!(notag.outcome, Outcome::NxDomain);
     }
 
@@ -300,7 +407,12 @@ mod tests {
         for i in svc.instances.values_mut() {
             i.health = Health::Critical;
         }
-        let b = z.build(&svc, Target::Service("web"), &q("web.svc.internal."), RecordType::A);
+        let b = z.build(
+            &svc,
+            Target::Service("web"),
+            &q("web.svc.internal."),
+            RecordType::A,
+        );
         assert_eq!(b.outcome, Outcome::NxDomain);
     }
 

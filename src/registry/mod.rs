@@ -20,6 +20,8 @@ pub enum RegistryError {
     StreamClosed,
     #[error("watch canceled by etcd: {0}")]
     Canceled(String),
+    #[error("{0}; re-listing")]
+    History(String),
     #[error("revision {wanted} was compacted (oldest kept: {compacted}); re-listing")]
     Compacted { wanted: i64, compacted: i64 },
 }

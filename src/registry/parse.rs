@@ -71,7 +71,12 @@ pub fn parse_value(id: InstanceId, value: &[u8]) -> Result<Instance, EntryError>
         .address
         .parse()
         .map_err(|_| EntryError::Address(raw.address.clone()))?;
-    let health = match raw.health.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    let health = match raw
+        .health
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None | Some("passing") => Health::Passing,
         Some("warning") => Health::Warning,
         Some("critical") => Health::Critical,
@@ -142,8 +147,16 @@ mod tests {
     fn defaults_and_ipv6() {
         let (_, i) = parse_entry(P, b"/ruddr/services/db/x", br#"{"address":"fd00::1"}"#).unwrap();
         assert!(i.address.is_ipv6());
-        assert_eq!((i.port, i.weight, i.priority, i.health), (None, 1, 0, Health::Passing));
-        let (_, i) = parse_entry(P, b"/ruddr/services/db/x", br#"{"address":"fd00::1","health":"Warning","meta":{"n":3,"b":true}}"#).unwrap();
+        assert_eq!(
+            (i.port, i.weight, i.priority, i.health),
+            (None, 1, 0, Health::Passing)
+        );
+        let (_, i) = parse_entry(
+            P,
+            b"/ruddr/services/db/x",
+            br#"{"address":"fd00::1","health":"Warning","meta":{"n":3,"b":true}}"#,
+        )
+        .unwrap();
         assert_eq!(i.health, Health::Warning);
         assert_eq!(i.meta["n"], "3");
     }
@@ -158,7 +171,11 @@ mod tests {
             b"/ruddr/services/web/",
             b"/ruddr/services/\xff/a",
         ] {
-            assert!(parse_key(P, k).is_err(), "{:?} accepted", String::from_utf8_lossy(k));
+            assert!(
+                parse_key(P, k).is_err(),
+                "{:?} accepted",
+                String::from_utf8_lossy(k)
+            );
         }
     }
 
@@ -167,19 +184,37 @@ mod tests {
         let cases: &[(&[u8], &str)] = &[
             (b"not json", "not a valid registration"),
             (br#"{"port":80}"#, "missing field `address`"),
-            (br#"{"address":"web.example"}"#, "not an IPv4 or IPv6 literal"),
-            (br#"{"address":"10.0.0.1","port":70000}"#, "not a valid registration"),
+            (
+                br#"{"address":"web.example"}"#,
+                "not an IPv4 or IPv6 literal",
+            ),
+            (
+                br#"{"address":"10.0.0.1","port":70000}"#,
+                "not a valid registration",
+            ),
             (br#"{"address":"10.0.0.1","port":0}"#, "port 0"),
-            (br#"{"address":"10.0.0.1","health":"dead"}"#, "health \"dead\""),
+            (
+                br#"{"address":"10.0.0.1","health":"dead"}"#,
+                "health \"dead\"",
+            ),
             (br#"{"address":"10.0.0.1","ports":{"h_t":1}}"#, "port name"),
             (br#"{"address":"10.0.0.1","meta":{"x":[1]}}"#, "meta \"x\""),
-            (br#"{"address":"10.0.0.1","weight":-1}"#, "not a valid registration"),
+            (
+                br#"{"address":"10.0.0.1","weight":-1}"#,
+                "not a valid registration",
+            ),
             (b"\xff\xfe", "UTF-8"),
             (b"", "not a valid registration"),
         ];
         for (v, want) in cases {
-            let err = parse_value(InstanceId::new("a").unwrap(), v).unwrap_err().to_string();
-            assert!(err.contains(want), "{:?}: {err}", String::from_utf8_lossy(v));
+            let err = parse_value(InstanceId::new("a").unwrap(), v)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(want),
+                "{:?}: {err}",
+                String::from_utf8_lossy(v)
+            );
         }
     }
 }

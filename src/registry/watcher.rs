@@ -30,7 +30,8 @@ pub async fn connect(cfg: &EtcdConfig) -> anyhow::Result<Client> {
     if let Some(tls) = &cfg.tls {
         let mut t = etcd_client::TlsOptions::new();
         if let Some(ca) = &tls.ca_file {
-            let pem = std::fs::read(ca).with_context(|| format!("reading etcd CA {}", ca.display()))?;
+            let pem =
+                std::fs::read(ca).with_context(|| format!("reading etcd CA {}", ca.display()))?;
             t = t.ca_certificate(etcd_client::Certificate::from_pem(pem));
         }
         if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
@@ -59,16 +60,13 @@ pub struct Watcher {
     backoff: Backoff,
     /// Last revision applied to the mirror; `None` means the next session must list first.
     revision: Option<i64>,
+    /// The etcd cluster the mirror came from; another one means its revisions mean nothing here.
+    cluster_id: Option<u64>,
     last_stale_log: Option<Instant>,
 }
 
 impl Watcher {
-    pub fn new(
-        client: Client,
-        cfg: &EtcdConfig,
-        mirror: Arc<Mirror>,
-        status: Arc<Status>,
-    ) -> Self {
+    pub fn new(client: Client, cfg: &EtcdConfig, mirror: Arc<Mirror>, status: Arc<Status>) -> Self {
         Self {
             client,
             prefix: cfg.prefix.clone(),
@@ -76,6 +74,7 @@ impl Watcher {
             status,
             backoff: Backoff::new(cfg.retry_min, cfg.retry_max),
             revision: None,
+            cluster_id: None,
             last_stale_log: None,
         }
     }
@@ -87,7 +86,7 @@ impl Watcher {
                 _ = shutdown.cancelled() => return,
                 Err(e) = self.session() => e,
             };
-            if let RegistryError::Compacted { .. } = err {
+            if let RegistryError::Compacted { .. } | RegistryError::History(_) = err {
                 // Not an outage: etcd is there, our resume point is gone. Re-list at once.
                 warn!(error = %err, prefix = %self.prefix, "watch lost its revision");
                 self.revision = None;
@@ -141,6 +140,20 @@ impl Watcher {
                 return Err(RegistryError::Canceled(resp.cancel_reason().to_string()));
             }
             if resp.created() {
+                // An etcd rebuilt from scratch (or another cluster behind the same address) has
+                // revisions below ours or another cluster id: resuming would miss everything.
+                if let Some(h) = resp.header() {
+                    if self.cluster_id.is_some_and(|id| id != h.cluster_id()) {
+                        return Err(RegistryError::History("etcd cluster id changed".into()));
+                    }
+                    if h.revision() < start - 1 {
+                        return Err(RegistryError::History(format!(
+                            "etcd is at revision {}, behind the {} already applied",
+                            h.revision(),
+                            start - 1
+                        )));
+                    }
+                }
                 self.on_connected(start - 1);
                 continue;
             }
@@ -178,6 +191,7 @@ impl Watcher {
             .get(self.prefix.clone(), Some(GetOptions::new().with_prefix()))
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        self.cluster_id = resp.header().map(|h| h.cluster_id());
         let current = self.mirror.load_full();
         let mut instances = Vec::with_capacity(resp.kvs().len());
         let mut skipped = 0usize;
@@ -189,7 +203,9 @@ impl Watcher {
                     warn_skipped(kv.key(), &error);
                     // A bad value over a good one keeps the good one, as the watch path does.
                     if let Ok((service, id)) = parse_key(&self.prefix, kv.key()) {
-                        let prev = current.service(service.as_str()).and_then(|s| s.instances.get(&id));
+                        let prev = current
+                            .service(service.as_str())
+                            .and_then(|s| s.instances.get(&id));
                         if let Some(prev) = prev {
                             instances.push((service, prev.clone()));
                         }

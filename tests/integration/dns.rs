@@ -25,7 +25,10 @@ fn setup(extra: &[&str]) -> (Etcd, Ruddr) {
 #[test]
 fn dig_a_and_srv_with_additionals() {
     let (_etcd, r) = setup(&[]);
-    assert_eq!(dig_short(r.port, "web.svc.internal", "A"), ["10.0.0.5", "10.0.0.6"]);
+    assert_eq!(
+        dig_short(r.port, "web.svc.internal", "A"),
+        ["10.0.0.5", "10.0.0.6"]
+    );
     assert_eq!(dig_short(r.port, "web.svc.internal", "AAAA"), ["fd00::7"]);
     assert_eq!(
         dig_short(r.port, "web.svc.internal", "SRV"),
@@ -41,12 +44,27 @@ fn dig_a_and_srv_with_additionals() {
         dig_short(r.port, "_grpc._tcp.web.svc.internal", "SRV"),
         ["0 10 9090 web-1.web.svc.internal."]
     );
-    assert_eq!(dig_short(r.port, "_http._tcp.web.svc.internal", "SRV").len(), 2);
+    assert_eq!(
+        dig_short(r.port, "_http._tcp.web.svc.internal", "SRV").len(),
+        2
+    );
     // Instance and tag forms.
-    assert_eq!(dig_short(r.port, "web-2.web.svc.internal", "A"), ["10.0.0.6"]);
-    assert_eq!(dig_short(r.port, "WEB-3.Web.SVC.internal", "AAAA"), ["fd00::7"]);
-    assert_eq!(dig_short(r.port, "v2._tag.web.svc.internal", "A"), ["10.0.0.5"]);
-    assert_eq!(dig_short(r.port, "web-1.web.svc.internal", "TXT"), ["\"az=a\" \"tag=v2\""]);
+    assert_eq!(
+        dig_short(r.port, "web-2.web.svc.internal", "A"),
+        ["10.0.0.6"]
+    );
+    assert_eq!(
+        dig_short(r.port, "WEB-3.Web.SVC.internal", "AAAA"),
+        ["fd00::7"]
+    );
+    assert_eq!(
+        dig_short(r.port, "v2._tag.web.svc.internal", "A"),
+        ["10.0.0.5"]
+    );
+    assert_eq!(
+        dig_short(r.port, "web-1.web.svc.internal", "TXT"),
+        ["\"az=a\" \"tag=v2\""]
+    );
 
     // SRV answers carry the targets' addresses in the additional section.
     let m = query(r.addr(), "web.svc.internal.", RecordType::SRV);
@@ -82,13 +100,15 @@ fn negative_answers_soa_aa_and_refused() {
         assert_eq!(m.authorities.len(), 1, "one SOA in authority: {m:?}");
         let soa = &m.authorities[0];
         assert_eq!(soa.ttl, 9);
-        let RData::SOA(s) = &soa.data else { panic!("not an SOA: {soa:?}") };
+        let RData::SOA(s) = &soa.data else {
+            panic!("not an SOA: {soa:?}")
+        };
         assert_eq!(s.minimum, 9);
         assert_eq!(soa.name.to_string(), "svc.internal.");
     };
     for name in [
         "nope.svc.internal.",
-        "web-4.web.svc.internal.",   // critical instance
+        "web-4.web.svc.internal.", // critical instance
         "nope.web.svc.internal.",
         "v9._tag.web.svc.internal.",
         "_smtp._tcp.web.svc.internal.",
@@ -123,7 +143,11 @@ fn negative_answers_soa_aa_and_refused() {
     let m = query(a, "example.com.", RecordType::A);
     assert_eq!(rcode(&m), ResponseCode::Refused);
     assert!(!m.metadata.authoritative);
-    let axfr = exchange(a, &query_message("svc.internal.", RecordType::AXFR, None), Transport::Tcp);
+    let axfr = exchange(
+        a,
+        &query_message("svc.internal.", RecordType::AXFR, None),
+        Transport::Tcp,
+    );
     assert_eq!(rcode(&axfr), ResponseCode::Refused);
 }
 
@@ -133,9 +157,17 @@ fn edns_is_honoured() {
     let with = query(r.addr(), "web.svc.internal.", RecordType::A);
     let edns = with.edns.expect("OPT in the response to an EDNS query");
     assert_eq!(edns.max_payload(), 1232);
-    let small = exchange(r.addr(), &query_message("web.svc.internal.", RecordType::A, Some(600)), Transport::Udp);
+    let small = exchange(
+        r.addr(),
+        &query_message("web.svc.internal.", RecordType::A, Some(600)),
+        Transport::Udp,
+    );
     assert_eq!(small.edns.unwrap().max_payload(), 600);
-    let without = exchange(r.addr(), &query_message("web.svc.internal.", RecordType::A, None), Transport::Udp);
+    let without = exchange(
+        r.addr(),
+        &query_message("web.svc.internal.", RecordType::A, None),
+        Transport::Udp,
+    );
     assert!(without.edns.is_none(), "no OPT when the query had none");
     // EDNS version 1 gets BADVERS (RFC 6891 6.1.3).
     let out = dig(r.port, &["web.svc.internal", "A", "+edns=1", "+noednsneg"]);
@@ -149,7 +181,12 @@ fn truncation_over_udp_and_complete_answer_over_tcp() {
         .map(|i| {
             (
                 format!("/ruddr/services/big/i{i}"),
-                format!(r#"{{"address":"10.1.{}.{}","port":{}}}"#, i / 250, i % 250 + 1, 8000 + i),
+                format!(
+                    r#"{{"address":"10.1.{}.{}","port":{}}}"#,
+                    i / 250,
+                    i % 250 + 1,
+                    8000 + i
+                ),
             )
         })
         .collect();
@@ -158,16 +195,34 @@ fn truncation_over_udp_and_complete_answer_over_tcp() {
     r.wait_log("watching etcd");
 
     for qtype in [RecordType::A, RecordType::SRV] {
-        let udp = exchange(r.addr(), &query_message("big.svc.internal.", qtype, Some(1232)), Transport::Udp);
+        let udp = exchange(
+            r.addr(),
+            &query_message("big.svc.internal.", qtype, Some(1232)),
+            Transport::Udp,
+        );
         assert!(udp.metadata.truncation, "{qtype}: TC set over UDP");
         assert!(udp.answers.len() < 300);
-        let plain = exchange(r.addr(), &query_message("big.svc.internal.", qtype, None), Transport::Udp);
+        let plain = exchange(
+            r.addr(),
+            &query_message("big.svc.internal.", qtype, None),
+            Transport::Udp,
+        );
         assert!(plain.metadata.truncation);
-        let tcp = exchange(r.addr(), &query_message("big.svc.internal.", qtype, Some(1232)), Transport::Tcp);
+        let tcp = exchange(
+            r.addr(),
+            &query_message("big.svc.internal.", qtype, Some(1232)),
+            Transport::Tcp,
+        );
         assert!(!tcp.metadata.truncation, "{qtype}: no TC over TCP");
         assert_eq!(tcp.answers.len(), 300, "{qtype}: all instances over TCP");
         if qtype == RecordType::SRV {
-            assert_eq!(tcp.additionals.iter().filter(|r| matches!(r.data, RData::A(_))).count(), 300);
+            assert_eq!(
+                tcp.additionals
+                    .iter()
+                    .filter(|r| matches!(r.data, RData::A(_)))
+                    .count(),
+                300
+            );
         }
     }
     // dig sees TC on UDP and retries over TCP by itself.
@@ -177,16 +232,42 @@ fn truncation_over_udp_and_complete_answer_over_tcp() {
 
     // An SRV answer that fits without its additionals is sent whole, additionals cut, no TC.
     let kvs: Vec<(String, String)> = (0..12)
-        .map(|i| (format!("/ruddr/services/mid/instance-number-{i}"), format!(r#"{{"address":"10.2.0.{}","port":80}}"#, i + 1)))
+        .map(|i| {
+            (
+                format!("/ruddr/services/mid/instance-number-{i}"),
+                format!(r#"{{"address":"10.2.0.{}","port":80}}"#, i + 1),
+            )
+        })
         .collect();
     etcd.put_many(&kvs);
     let m = eventually(std::time::Duration::from_secs(5), "12 SRV answers", || {
-        let m = exchange(r.addr(), &query_message("mid.svc.internal.", RecordType::SRV, Some(1232)), Transport::Udp);
+        let m = exchange(
+            r.addr(),
+            &query_message("mid.svc.internal.", RecordType::SRV, Some(1232)),
+            Transport::Udp,
+        );
         (m.answers.len() == 12).then_some(m)
     });
     assert!(!m.metadata.truncation, "SRV answers fit: no TC");
-    let adds = m.additionals.iter().filter(|r| matches!(r.data, RData::A(_))).count();
-    assert!(adds > 0 && adds < 12, "additionals cut to fit, not all dropped: {adds}");
-    let tcp = exchange(r.addr(), &query_message("mid.svc.internal.", RecordType::SRV, Some(1232)), Transport::Tcp);
-    assert_eq!(tcp.additionals.iter().filter(|r| matches!(r.data, RData::A(_))).count(), 12);
+    let adds = m
+        .additionals
+        .iter()
+        .filter(|r| matches!(r.data, RData::A(_)))
+        .count();
+    assert!(
+        adds > 0 && adds < 12,
+        "additionals cut to fit, not all dropped: {adds}"
+    );
+    let tcp = exchange(
+        r.addr(),
+        &query_message("mid.svc.internal.", RecordType::SRV, Some(1232)),
+        Transport::Tcp,
+    );
+    assert_eq!(
+        tcp.additionals
+            .iter()
+            .filter(|r| matches!(r.data, RData::A(_)))
+            .count(),
+        12
+    );
 }

@@ -27,7 +27,11 @@ pub fn require(tool: &str, package: &str) {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
@@ -37,7 +41,10 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -104,8 +111,18 @@ impl Etcd {
             .args(["--name", "n1", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-            .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
-            .args(["--initial-cluster", &format!("n1={p}"), "--initial-cluster-state", "new"])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("n1={p}"),
+                "--initial-cluster-state",
+                "new",
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -127,6 +144,13 @@ impl Etcd {
     /// Starts etcd again on the same ports and data.
     pub fn restart(&mut self) {
         self.kill();
+        self.spawn();
+    }
+
+    /// Starts a brand-new etcd (empty data, new cluster id) on the same ports.
+    pub fn wipe_and_restart(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(self.dir.path().join("data")).unwrap();
         self.spawn();
     }
 
@@ -165,7 +189,9 @@ impl Etcd {
                     .iter()
                     .map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None))
                     .collect();
-                c.txn(etcd_client::Txn::new().and_then(ops)).await.expect("etcd txn");
+                c.txn(etcd_client::Txn::new().and_then(ops))
+                    .await
+                    .expect("etcd txn");
             }
         })
     }
@@ -180,9 +206,12 @@ impl Etcd {
         let mut c = self.client();
         runtime().block_on(async {
             let rev = c.get("/", None).await.unwrap().header().unwrap().revision();
-            c.compact(rev, Some(etcd_client::CompactionOptions::new().with_physical()))
-                .await
-                .expect("etcd compact");
+            c.compact(
+                rev,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await
+            .expect("etcd compact");
             rev
         })
     }
@@ -216,7 +245,13 @@ impl Ruddr {
         let log = dir.path().join("ruddr.log");
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(ruddr_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--etcd-endpoints", etcd_endpoints])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--etcd-endpoints",
+                etcd_endpoints,
+            ])
             .args(extra)
             .env("RUST_LOG", "info,ruddr=debug,hickory_server=warn")
             .stdout(Stdio::null())
@@ -233,7 +268,10 @@ impl Ruddr {
             let text = std::fs::read_to_string(&r.log).ok()?;
             let line = text.lines().find(|l| l.contains("dns listening"))?;
             let at = line.find("udp=127.0.0.1:")? + "udp=127.0.0.1:".len();
-            let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
+            let digits: String = line[at..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
             digits.parse().ok()
         });
         r
@@ -375,7 +413,11 @@ pub fn exchange(addr: SocketAddr, msg: &Message, transport: Transport) -> Messag
 
 /// A-record query over UDP with EDNS 1232, as most stub resolvers send it.
 pub fn query(addr: SocketAddr, name: &str, qtype: RecordType) -> Message {
-    exchange(addr, &query_message(name, qtype, Some(1232)), Transport::Udp)
+    exchange(
+        addr,
+        &query_message(name, qtype, Some(1232)),
+        Transport::Udp,
+    )
 }
 
 /// The answer section's data as sorted strings (addresses, or "prio weight port target").

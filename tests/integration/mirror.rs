@@ -26,24 +26,51 @@ fn register_update_health_delete() {
     let r = Ruddr::start(&etcd.endpoint(), &[]);
     r.wait_log("watching etcd");
     let name = "api.svc.internal.";
-    assert_eq!(rcode(&query(r.addr(), name, RecordType::A)), ResponseCode::NXDomain);
+    assert_eq!(
+        rcode(&query(r.addr(), name, RecordType::A)),
+        ResponseCode::NXDomain
+    );
 
-    etcd.put("/ruddr/services/api/a1", r#"{"address":"10.9.0.1","port":80}"#);
+    etcd.put(
+        "/ruddr/services/api/a1",
+        r#"{"address":"10.9.0.1","port":80}"#,
+    );
     wait_for_a(&r, name, &["10.9.0.1"]);
-    etcd.put("/ruddr/services/api/a2", r#"{"address":"10.9.0.2","port":80}"#);
+    etcd.put(
+        "/ruddr/services/api/a2",
+        r#"{"address":"10.9.0.2","port":80}"#,
+    );
     wait_for_a(&r, name, &["10.9.0.1", "10.9.0.2"]);
     // Update: new address.
-    etcd.put("/ruddr/services/api/a1", r#"{"address":"10.9.0.11","port":80}"#);
+    etcd.put(
+        "/ruddr/services/api/a1",
+        r#"{"address":"10.9.0.11","port":80}"#,
+    );
     wait_for_a(&r, name, &["10.9.0.11", "10.9.0.2"]);
     // Health: critical disappears, warning stays, passing comes back.
-    etcd.put("/ruddr/services/api/a2", r#"{"address":"10.9.0.2","port":80,"health":"critical"}"#);
+    etcd.put(
+        "/ruddr/services/api/a2",
+        r#"{"address":"10.9.0.2","port":80,"health":"critical"}"#,
+    );
     wait_for_a(&r, name, &["10.9.0.11"]);
-    etcd.put("/ruddr/services/api/a1", r#"{"address":"10.9.0.11","port":80,"health":"warning"}"#);
-    etcd.put("/ruddr/services/api/a2", r#"{"address":"10.9.0.2","port":80,"health":"passing"}"#);
+    etcd.put(
+        "/ruddr/services/api/a1",
+        r#"{"address":"10.9.0.11","port":80,"health":"warning"}"#,
+    );
+    etcd.put(
+        "/ruddr/services/api/a2",
+        r#"{"address":"10.9.0.2","port":80,"health":"passing"}"#,
+    );
     wait_for_a(&r, name, &["10.9.0.11", "10.9.0.2"]);
     // All critical: NXDOMAIN.
-    etcd.put("/ruddr/services/api/a1", r#"{"address":"10.9.0.11","health":"critical"}"#);
-    etcd.put("/ruddr/services/api/a2", r#"{"address":"10.9.0.2","health":"critical"}"#);
+    etcd.put(
+        "/ruddr/services/api/a1",
+        r#"{"address":"10.9.0.11","health":"critical"}"#,
+    );
+    etcd.put(
+        "/ruddr/services/api/a2",
+        r#"{"address":"10.9.0.2","health":"critical"}"#,
+    );
     eventually(WAIT, "NXDOMAIN when no instance is healthy", || {
         (rcode(&query(r.addr(), name, RecordType::A)) == ResponseCode::NXDomain).then_some(())
     });
@@ -56,7 +83,10 @@ fn register_update_health_delete() {
         (rcode(&query(r.addr(), name, RecordType::A)) == ResponseCode::NXDomain).then_some(())
     });
     // dig sees the same over UDP and TCP.
-    etcd.put("/ruddr/services/api/a3", r#"{"address":"10.9.0.3","port":80}"#);
+    etcd.put(
+        "/ruddr/services/api/a3",
+        r#"{"address":"10.9.0.3","port":80}"#,
+    );
     wait_for_a(&r, name, &["10.9.0.3"]);
     assert_eq!(dig_short(r.port, "api.svc.internal", "A"), ["10.9.0.3"]);
     let out = dig(r.port, &["api.svc.internal", "SRV", "+tcp", "+short"]);
@@ -66,18 +96,33 @@ fn register_update_health_delete() {
 #[test]
 fn bad_values_are_skipped_and_the_rest_served() {
     let etcd = Etcd::start();
-    etcd.put("/ruddr/services/web/good", r#"{"address":"10.3.0.1","port":80}"#);
+    etcd.put(
+        "/ruddr/services/web/good",
+        r#"{"address":"10.3.0.1","port":80}"#,
+    );
     etcd.put("/ruddr/services/web/bad-json", "{not json");
-    etcd.put("/ruddr/services/web/bad-addr", r#"{"address":"web.example","port":80}"#);
+    etcd.put(
+        "/ruddr/services/web/bad-addr",
+        r#"{"address":"web.example","port":80}"#,
+    );
     etcd.put("/ruddr/services/web_x/y", r#"{"address":"10.3.0.9"}"#);
     etcd.put("/ruddr/services/web/too/deep", r#"{"address":"10.3.0.9"}"#);
     let r = Ruddr::start(&etcd.endpoint(), &[]);
     r.wait_log("watching etcd");
     assert_eq!(a_records(&r, "web.svc.internal."), ["10.3.0.1"]);
     let log = r.log_text();
-    for key in ["/ruddr/services/web/bad-json", "/ruddr/services/web/bad-addr", "/ruddr/services/web_x/y", "/ruddr/services/web/too/deep"] {
+    for key in [
+        "/ruddr/services/web/bad-json",
+        "/ruddr/services/web/bad-addr",
+        "/ruddr/services/web_x/y",
+        "/ruddr/services/web/too/deep",
+    ] {
         assert_eq!(
-            log.lines().filter(|l| l.contains("skipping registry entry") && l.contains(&format!("key={key} "))).count(),
+            log.lines()
+                .filter(
+                    |l| l.contains("skipping registry entry") && l.contains(&format!("key={key} "))
+                )
+                .count(),
             1,
             "one warning naming {key}"
         );
@@ -85,24 +130,51 @@ fn bad_values_are_skipped_and_the_rest_served() {
     assert!(log.contains("not an IPv4 or IPv6 literal"));
 
     // Through the watch: a bad value for a new key is skipped, the others stay.
-    etcd.put("/ruddr/services/web/good2", r#"{"address":"10.3.0.2","port":80}"#);
-    etcd.put("/ruddr/services/web/new-bad", r#"{"address":"10.3.0.3","port":99999}"#);
-    etcd.put("/ruddr/services/web/good3", r#"{"address":"10.3.0.4","port":80}"#);
-    wait_for_a(&r, "web.svc.internal.", &["10.3.0.1", "10.3.0.2", "10.3.0.4"]);
+    etcd.put(
+        "/ruddr/services/web/good2",
+        r#"{"address":"10.3.0.2","port":80}"#,
+    );
+    etcd.put(
+        "/ruddr/services/web/new-bad",
+        r#"{"address":"10.3.0.3","port":99999}"#,
+    );
+    etcd.put(
+        "/ruddr/services/web/good3",
+        r#"{"address":"10.3.0.4","port":80}"#,
+    );
+    wait_for_a(
+        &r,
+        "web.svc.internal.",
+        &["10.3.0.1", "10.3.0.2", "10.3.0.4"],
+    );
     // A bad value over a good one keeps the last good one; a later good value replaces it.
     etcd.put("/ruddr/services/web/good", "garbage");
     etcd.put("/ruddr/services/web/marker", r#"{"address":"10.3.0.5"}"#);
-    wait_for_a(&r, "web.svc.internal.", &["10.3.0.1", "10.3.0.2", "10.3.0.4", "10.3.0.5"]);
+    wait_for_a(
+        &r,
+        "web.svc.internal.",
+        &["10.3.0.1", "10.3.0.2", "10.3.0.4", "10.3.0.5"],
+    );
     etcd.put("/ruddr/services/web/good", r#"{"address":"10.3.0.6"}"#);
-    wait_for_a(&r, "web.svc.internal.", &["10.3.0.2", "10.3.0.4", "10.3.0.5", "10.3.0.6"]);
+    wait_for_a(
+        &r,
+        "web.svc.internal.",
+        &["10.3.0.2", "10.3.0.4", "10.3.0.5", "10.3.0.6"],
+    );
     assert!(r.log_text().contains("key=/ruddr/services/web/new-bad "));
 }
 
 #[test]
 fn etcd_killed_answers_unchanged_then_changes_flow_again() {
     let mut etcd = Etcd::start();
-    etcd.put("/ruddr/services/web/w1", r#"{"address":"10.4.0.1","port":80}"#);
-    etcd.put("/ruddr/services/web/w2", r#"{"address":"10.4.0.2","port":80}"#);
+    etcd.put(
+        "/ruddr/services/web/w1",
+        r#"{"address":"10.4.0.1","port":80}"#,
+    );
+    etcd.put(
+        "/ruddr/services/web/w2",
+        r#"{"address":"10.4.0.2","port":80}"#,
+    );
     let r = Ruddr::start(&etcd.endpoint(), &[]);
     r.wait_log("watching etcd");
     let before = a_records(&r, "web.svc.internal.");
@@ -116,20 +188,38 @@ fn etcd_killed_answers_unchanged_then_changes_flow_again() {
     let mut n = 0;
     while start.elapsed() < Duration::from_secs(3) {
         for t in [Transport::Udp, Transport::Tcp] {
-            let m = exchange(r.addr(), &query_message("web.svc.internal.", RecordType::A, Some(1232)), t);
+            let m = exchange(
+                r.addr(),
+                &query_message("web.svc.internal.", RecordType::A, Some(1232)),
+                t,
+            );
             assert_eq!(rcode(&m), ResponseCode::NoError);
-            assert_eq!(answer_strings(&m), before, "answer unchanged while etcd is down");
+            assert_eq!(
+                answer_strings(&m),
+                before,
+                "answer unchanged while etcd is down"
+            );
             n += 1;
         }
-        assert_eq!(answer_strings(&query(r.addr(), "web.svc.internal.", RecordType::SRV)), srv_before);
+        assert_eq!(
+            answer_strings(&query(r.addr(), "web.svc.internal.", RecordType::SRV)),
+            srv_before
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(n > 20);
 
     etcd.restart();
     r.wait_log("etcd reachable again");
-    etcd.put("/ruddr/services/web/w3", r#"{"address":"10.4.0.3","port":80}"#);
-    wait_for_a(&r, "web.svc.internal.", &["10.4.0.1", "10.4.0.2", "10.4.0.3"]);
+    etcd.put(
+        "/ruddr/services/web/w3",
+        r#"{"address":"10.4.0.3","port":80}"#,
+    );
+    wait_for_a(
+        &r,
+        "web.svc.internal.",
+        &["10.4.0.1", "10.4.0.2", "10.4.0.3"],
+    );
     etcd.delete("/ruddr/services/web/w1");
     wait_for_a(&r, "web.svc.internal.", &["10.4.0.2", "10.4.0.3"]);
     let lists = r.log_text().matches("registry listed").count();
@@ -160,11 +250,41 @@ fn compaction_while_disconnected_rebuilds_state() {
     r.wait_log("watch lost its revision");
     wait_for_a(&r, "web.svc.internal.", &["10.5.0.22", "10.5.0.3"]);
     assert_eq!(a_records(&r, "new.svc.internal."), ["10.5.2.1"]);
-    assert_eq!(rcode(&query(r.addr(), "old.svc.internal.", RecordType::A)), ResponseCode::NXDomain);
+    assert_eq!(
+        rcode(&query(r.addr(), "old.svc.internal.", RecordType::A)),
+        ResponseCode::NXDomain
+    );
     // And the watch follows changes after the re-list.
     etcd.put("/ruddr/services/web/w4", r#"{"address":"10.5.0.4"}"#);
-    wait_for_a(&r, "web.svc.internal.", &["10.5.0.22", "10.5.0.3", "10.5.0.4"]);
+    wait_for_a(
+        &r,
+        "web.svc.internal.",
+        &["10.5.0.22", "10.5.0.3", "10.5.0.4"],
+    );
     assert!(r.is_alive());
+}
+
+#[test]
+fn etcd_rebuilt_from_scratch_is_relisted() {
+    let mut etcd = Etcd::start();
+    for i in 1..=5 {
+        etcd.put(
+            &format!("/ruddr/services/web/w{i}"),
+            &format!(r#"{{"address":"10.5.9.{i}"}}"#),
+        );
+    }
+    let r = Ruddr::start(&etcd.endpoint(), &[]);
+    r.wait_log("watching etcd");
+    wait_for_a(
+        &r,
+        "web.svc.internal.",
+        &["10.5.9.1", "10.5.9.2", "10.5.9.3", "10.5.9.4", "10.5.9.5"],
+    );
+    // A new, empty cluster at a lower revision: resuming the watch there would miss everything.
+    etcd.wipe_and_restart();
+    etcd.put("/ruddr/services/web/fresh", r#"{"address":"10.5.9.99"}"#);
+    wait_for_a(&r, "web.svc.internal.", &["10.5.9.99"]);
+    assert!(r.log_text().contains("re-listing"));
 }
 
 /// Measures how long a write to etcd takes to show in answers (printed, not asserted: timing
@@ -180,9 +300,14 @@ fn propagation_latency_is_measured() {
     for i in 0..30u32 {
         let addr = format!("10.6.{}.{}", i / 200, i % 200 + 1);
         let start = Instant::now();
-        etcd.put("/ruddr/services/lat/x", &format!(r#"{{"address":"{addr}"}}"#));
+        etcd.put(
+            "/ruddr/services/lat/x",
+            &format!(r#"{{"address":"{addr}"}}"#),
+        );
         let put_done = start.elapsed();
-        let q = query_message("lat.svc.internal.", RecordType::A, Some(1232)).to_vec().unwrap();
+        let q = query_message("lat.svc.internal.", RecordType::A, Some(1232))
+            .to_vec()
+            .unwrap();
         let mut buf = [0u8; 1500];
         loop {
             sock.send_to(&q, r.addr()).unwrap();

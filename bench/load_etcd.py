@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+"""Loads N services x M instances into etcd through its JSON gateway (stdlib only).
+
+Usage: load_etcd.py ENDPOINT SERVICES INSTANCES
+Writes /ruddr/services/svc<i>/i<j> = {"address":"10.<i/250>.<i%250>.<j+1>","port":<8080+j>}.
+"""
+import base64
+import json
+import sys
+import urllib.request
+
+
+def b64(s: str) -> str:
+    return base64.b64encode(s.encode()).decode()
+
+
+def main() -> None:
+    endpoint, services, instances = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    ops = []
+    for i in range(services):
+        for j in range(instances):
+            value = json.dumps({"address": f"10.{i // 250}.{i % 250}.{j + 1}", "port": 8080 + j})
+            ops.append({"request_put": {"key": b64(f"/ruddr/services/svc{i}/i{j}"), "value": b64(value)}})
+    for start in range(0, len(ops), 100):
+        body = json.dumps({"success": ops[start:start + 100]}).encode()
+        req = urllib.request.Request(endpoint + "/v3/kv/txn", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+    print(f"loaded {len(ops)} instances of {services} services")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# ruddr demo: starts etcd on loopback, starts ruddr, registers sample services, shows dig answers,
+# then waits for Ctrl-C and cleans up. `--check` exits after verifying the answers (used by tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CHECK=0
+[ "${1:-}" = "--check" ] && CHECK=1
+ETCD_PORT=${ETCD_PORT:-23790}
+ETCD_PEER_PORT=${ETCD_PEER_PORT:-23800}
+DNS_PORT=${DNS_PORT:-5300}
+ETCD="http://127.0.0.1:${ETCD_PORT}"
+
+scripts/deps.sh
+echo "building ruddr (release)..."
+cargo build --release --locked --quiet
+RUDDR=target/release/ruddr
+
+WORK=$(mktemp -d /tmp/ruddr-demo.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'echo; echo "stopping demo"; exit 0' INT TERM
+
+echo "starting etcd on ${ETCD} (data in ${WORK})"
+etcd --name demo --data-dir "$WORK/etcd" \
+  --listen-client-urls "$ETCD" --advertise-client-urls "$ETCD" \
+  --listen-peer-urls "http://127.0.0.1:${ETCD_PEER_PORT}" \
+  --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER_PORT}" \
+  --initial-cluster "demo=http://127.0.0.1:${ETCD_PEER_PORT}" \
+  --initial-cluster-state new >"$WORK/etcd.log" 2>&1 &
+PIDS+=($!)
+export ETCDCTL_API=3 ETCDCTL_ENDPOINTS="$ETCD"
+for _ in $(seq 100); do etcdctl endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
+etcdctl endpoint health >/dev/null 2>&1 || { echo "etcd did not start:"; tail "$WORK/etcd.log"; exit 1; }
+
+echo "registering sample instances under /ruddr/services/"
+reg() { etcdctl put "/ruddr/services/$1" "$2" >/dev/null; echo "  $1 = $2"; }
+reg web/web-1 '{"address":"10.0.0.5","port":8080,"ports":{"http":8080,"grpc":9090},"tags":["v2"],"weight":10,"meta":{"az":"a"}}'
+reg web/web-2 '{"address":"10.0.0.6","port":8080,"ports":{"http":8080},"tags":["v1"],"weight":1}'
+reg web/web-3 '{"address":"fd00::7","port":8080,"health":"warning"}'
+reg web/web-4 '{"address":"10.0.0.8","port":8080,"health":"critical"}'
+reg db/db-1 '{"address":"10.0.1.10","port":5432}'
+
+echo "starting ruddr on 127.0.0.1:${DNS_PORT}"
+RUST_LOG=${RUST_LOG:-info} "$RUDDR" serve --listen "127.0.0.1:${DNS_PORT}" --etcd-endpoints "$ETCD" \
+  >"$WORK/ruddr.log" 2>&1 &
+PIDS+=($!)
+D="dig @127.0.0.1 -p ${DNS_PORT}"
+for _ in $(seq 100); do [ -n "$($D +short db.svc.internal A 2>/dev/null)" ] && break; sleep 0.1; done
+
+show() { echo; echo "\$ $D $*"; $D "$@"; }
+show +short web.svc.internal A
+show +short web.svc.internal AAAA
+show +short web.svc.internal SRV
+show +noall +answer +additional _grpc._tcp.web.svc.internal SRV
+show +short v2._tag.web.svc.internal A
+echo; echo "\$ $D nope.svc.internal A    # unknown name: NXDOMAIN with the SOA"
+$D +noall +comments +authority nope.svc.internal A | grep -E "status|SOA"
+
+if [ "$CHECK" = 1 ]; then
+  a=$($D +short web.svc.internal A | sort | tr '\n' ' ')
+  srv=$($D +short _web._tcp.svc.internal SRV | wc -l)
+  if [ "$a" != "10.0.0.5 10.0.0.6 " ] || [ "$srv" != 3 ]; then
+    echo "demo check FAILED: A='$a' SRV count=$srv"; cat "$WORK/ruddr.log"; exit 1
+  fi
+  echo; echo "demo check passed"
+  exit 0
+fi
+
+cat <<MSG
+
+ruddr is serving. Try, in another terminal:
+  export ETCDCTL_API=3 ETCDCTL_ENDPOINTS=$ETCD
+  etcdctl put /ruddr/services/web/web-5 '{"address":"10.0.0.9","port":8080}'
+  $D +short web.svc.internal A               # web-5 is there at once
+  etcdctl del /ruddr/services/web/web-1
+  $D +short _web._tcp.svc.internal SRV       # RFC 2782 form
+  $D web-1.web.svc.internal TXT              # instance meta and tags
+  kill -STOP \$(pgrep -x etcd)                # etcd hung: answers keep coming
+Logs: $WORK/ruddr.log  $WORK/etcd.log
+Press Ctrl-C to stop etcd and ruddr and clean up.
+MSG
+wait
