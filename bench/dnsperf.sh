@@ -64,6 +64,9 @@ mkdir -p "$WORK/zones"
 cat >"$WORK/hickory.toml" <<TOML
 listen_addrs_ipv4 = ["127.0.0.1"]
 listen_port = ${HICKORY_PORT}
+# hickory-dns checks these accounts exist even when it does not switch to them.
+user = "$(id -un)"
+group = "$(id -gn)"
 [[zones]]
 zone = "svc.internal"
 zone_type = "Primary"
