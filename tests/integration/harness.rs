@@ -70,29 +70,126 @@ fn dump_log(name: &str, path: &Path) {
     }
 }
 
+/// Certificates for an etcd with TLS and client-certificate authentication, made by openssl.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        require("openssl", "openssl");
+        let dir = tempfile::tempdir().unwrap();
+        let script = r#"
+set -e
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=ruddr-test-ca
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' > ext
+for n in server client; do
+  openssl req -newkey rsa:2048 -nodes -keyout $n.key -out $n.csr -subj /CN=$n
+  openssl x509 -req -in $n.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $n.pem -days 2 -extfile ext
+done
+"#;
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Pki { dir }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_string()
+    }
+}
+
 /// One etcd member (or a single-node cluster) on loopback.
 pub struct Etcd {
     pub client_port: u16,
     peer_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// CA, client cert and key paths when etcd serves TLS with client-certificate auth.
+    tls: Option<(String, String, String)>,
+    server_tls: Vec<String>,
+    /// User and password once authentication is enabled.
+    auth: Option<(String, String)>,
 }
 
 impl Etcd {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// An etcd that only speaks TLS and requires a client certificate signed by `pki`'s CA.
+    pub fn start_tls(pki: &Pki) -> Self {
+        Self::start_with(Some(pki))
+    }
+
+    fn start_with(pki: Option<&Pki>) -> Self {
         require("etcd", "etcd-server");
         let mut etcd = Etcd {
             client_port: free_port(),
             peer_port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            tls: pki.map(|p| (p.path("ca.pem"), p.path("client.pem"), p.path("client.key"))),
+            server_tls: pki
+                .map(|p| {
+                    vec![
+                        "--cert-file".into(),
+                        p.path("server.pem"),
+                        "--key-file".into(),
+                        p.path("server.key"),
+                        "--trusted-ca-file".into(),
+                        p.path("ca.pem"),
+                        "--client-cert-auth".into(),
+                    ]
+                })
+                .unwrap_or_default(),
+            auth: None,
         };
         etcd.spawn();
         etcd
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Creates user `root` with `password` and turns authentication on.
+    pub fn enable_auth(&mut self, password: &str) {
+        let mut c = self.client();
+        runtime().block_on(async {
+            c.user_add("root", password, None).await.expect("user add");
+            c.user_grant_role("root", "root").await.expect("grant root");
+            c.auth_enable().await.expect("auth enable");
+        });
+        self.auth = Some(("root".into(), password.into()));
+    }
+
+    fn connect_options(&self) -> etcd_client::ConnectOptions {
+        let mut opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(2));
+        if let Some((ca, cert, key)) = &self.tls {
+            let tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(
+                    std::fs::read(ca).unwrap(),
+                ))
+                .identity(etcd_client::Identity::from_pem(
+                    std::fs::read(cert).unwrap(),
+                    std::fs::read(key).unwrap(),
+                ));
+            opts = opts.with_tls(tls);
+        }
+        if let Some((user, password)) = &self.auth {
+            opts = opts.with_user(user.clone(), password.clone());
+        }
+        opts
     }
 
     fn log_path(&self) -> PathBuf {
@@ -100,7 +197,7 @@ impl Etcd {
     }
 
     fn spawn(&mut self) {
-        let c = format!("http://127.0.0.1:{}", self.client_port);
+        let c = self.endpoint();
         let p = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -123,6 +220,7 @@ impl Etcd {
                 "--initial-cluster-state",
                 "new",
             ])
+            .args(&self.server_tls)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -156,15 +254,16 @@ impl Etcd {
 
     fn client(&self) -> etcd_client::Client {
         let ep = self.endpoint();
+        let opts = self.connect_options();
         runtime()
-            .block_on(etcd_client::Client::connect([ep], None))
+            .block_on(etcd_client::Client::connect([ep], Some(opts)))
             .expect("etcd client")
     }
 
     fn try_get(&self, key: &str) -> Result<i64, etcd_client::Error> {
         let ep = self.endpoint();
+        let opts = self.connect_options();
         runtime().block_on(async move {
-            let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(1));
             let mut c = etcd_client::Client::connect([ep], Some(opts)).await?;
             let r = c.get(key, None).await?;
             Ok(r.header().map(|h| h.revision()).unwrap_or(0))
@@ -241,6 +340,11 @@ pub struct Ruddr {
 impl Ruddr {
     /// Starts `ruddr serve --listen 127.0.0.1:0 --etcd-endpoints <etcd>` plus `extra` flags.
     pub fn start(etcd_endpoints: &str, extra: &[&str]) -> Self {
+        Self::start_env(etcd_endpoints, extra, &[])
+    }
+
+    /// Like [`Ruddr::start`], with extra environment variables for the child only.
+    pub fn start_env(etcd_endpoints: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("ruddr.log");
         let file = std::fs::File::create(&log).unwrap();
@@ -254,6 +358,7 @@ impl Ruddr {
             ])
             .args(extra)
             .env("RUST_LOG", "info,ruddr=debug,hickory_server=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

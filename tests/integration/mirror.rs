@@ -265,6 +265,63 @@ fn compaction_while_disconnected_rebuilds_state() {
 }
 
 #[test]
+fn several_endpoints_one_dead() {
+    let etcd = Etcd::start();
+    etcd.put("/ruddr/services/web/w1", r#"{"address":"10.5.8.1"}"#);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let endpoints = format!("{dead},{}", etcd.endpoint());
+    let r = Ruddr::start(&endpoints, &[]);
+    wait_for_a(&r, "web.svc.internal.", &["10.5.8.1"]);
+    etcd.put("/ruddr/services/web/w2", r#"{"address":"10.5.8.2"}"#);
+    wait_for_a(&r, "web.svc.internal.", &["10.5.8.1", "10.5.8.2"]);
+}
+
+#[test]
+fn tls_with_client_certificate_and_password_auth() {
+    let pki = Pki::new();
+    let mut etcd = Etcd::start_tls(&pki);
+    etcd.enable_auth("s3cret");
+    etcd.put("/ruddr/services/sec/s1", r#"{"address":"10.5.7.1"}"#);
+
+    // Without credentials, etcd refuses the list: nothing is served, the reason is logged.
+    let (ca, cert, key) = (
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+    );
+    let tls = ["--etcd-ca", &ca, "--etcd-cert", &cert, "--etcd-key", &key];
+    let denied = Ruddr::start(&etcd.endpoint(), &tls);
+    denied.wait_log("etcd unreachable");
+    assert_eq!(
+        rcode(&query(denied.addr(), "sec.svc.internal.", RecordType::A)),
+        ResponseCode::NXDomain
+    );
+    drop(denied);
+
+    // With a config file naming the TLS files (relative to the file) and the password from the
+    // environment, it lists and watches.
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["ca.pem", "client.pem", "client.key"] {
+        std::fs::copy(pki.path(f), dir.path().join(f)).unwrap();
+    }
+    let cfg = dir.path().join("ruddr.toml");
+    std::fs::write(
+        &cfg,
+        "[etcd]\nusername = \"root\"\n[etcd.tls]\nca_file = \"ca.pem\"\ncert_file = \"client.pem\"\nkey_file = \"client.key\"\n",
+    )
+    .unwrap();
+    let r = Ruddr::start_env(
+        &etcd.endpoint(),
+        &["--config", cfg.to_str().unwrap()],
+        &[("RUDDR_ETCD_PASSWORD", "s3cret")],
+    );
+    wait_for_a(&r, "sec.svc.internal.", &["10.5.7.1"]);
+    etcd.put("/ruddr/services/sec/s2", r#"{"address":"10.5.7.2"}"#);
+    wait_for_a(&r, "sec.svc.internal.", &["10.5.7.1", "10.5.7.2"]);
+    assert!(!r.log_text().contains("s3cret"), "password never logged");
+}
+
+#[test]
 fn etcd_rebuilt_from_scratch_is_relisted() {
     let mut etcd = Etcd::start();
     for i in 1..=5 {
