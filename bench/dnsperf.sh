@@ -99,7 +99,7 @@ ruddr_qps=()
 hickory_qps=()
 last="svc$((SERVICES - 1)).svc.internal"
 for ((round = 1; round <= ROUNDS; round++)); do
-  "$RUDDR" -q serve --listen "127.0.0.1:${RUDDR_PORT}" --etcd-endpoints "$ETCD" >"$WORK/ruddr.log" 2>&1 &
+  "$RUDDR" -q serve --listen "127.0.0.1:${RUDDR_PORT}" --etcd-endpoints "$ETCD" --admin-listen "" >"$WORK/ruddr.log" 2>&1 &
   pid=$!
   wait_answer "$RUDDR_PORT" "$last"
   echo "round $round: ruddr" >&2

@@ -9,6 +9,7 @@ CHECK=0
 ETCD_PORT=${ETCD_PORT:-23790}
 ETCD_PEER_PORT=${ETCD_PEER_PORT:-23800}
 DNS_PORT=${DNS_PORT:-5300}
+ADMIN_PORT=${ADMIN_PORT:-9301}
 ETCD="http://127.0.0.1:${ETCD_PORT}"
 
 scripts/deps.sh
@@ -48,6 +49,7 @@ reg db/db-1 '{"address":"10.0.1.10","port":5432}'
 
 echo "starting ruddr on 127.0.0.1:${DNS_PORT}"
 RUST_LOG=${RUST_LOG:-info} "$RUDDR" serve --listen "127.0.0.1:${DNS_PORT}" --etcd-endpoints "$ETCD" \
+  --admin-listen "127.0.0.1:${ADMIN_PORT}" \
   >"$WORK/ruddr.log" 2>&1 &
 PIDS+=($!)
 D="dig @127.0.0.1 -p ${DNS_PORT}"
@@ -82,6 +84,8 @@ ruddr is serving. Try, in another terminal:
   $D +short _web._tcp.svc.internal SRV       # RFC 2782 form
   $D web-1.web.svc.internal TXT              # instance meta and tags
   kill -STOP \$(pgrep -x etcd)                # etcd hung: answers keep coming
+  curl -s 127.0.0.1:${ADMIN_PORT}/ready          # readiness and staleness
+  curl -s 127.0.0.1:${ADMIN_PORT}/metrics | grep ^ruddr_
 Logs: $WORK/ruddr.log  $WORK/etcd.log
 Press Ctrl-C to stop etcd and ruddr and clean up.
 MSG

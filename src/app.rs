@@ -12,9 +12,11 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::admin::{self, Admin};
 use crate::cache::Mirror;
 use crate::config::Config;
 use crate::dns::Handler;
+use crate::metrics::Metrics;
 use crate::registry::{self, Status, Watcher};
 
 /// How long in-flight queries may take to finish after a shutdown signal.
@@ -27,8 +29,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let token = CancellationToken::new();
     let mirror = Arc::new(Mirror::new());
     let status = Arc::new(Status::default());
+    let metrics = Arc::new(Metrics::new());
+    let started = std::time::Instant::now();
 
-    let handler = Handler::new(&cfg.dns, mirror.clone()).context("building the DNS handler")?;
+    let handler = Handler::new(&cfg.dns, mirror.clone(), status.clone(), metrics.clone())
+        .context("building the DNS handler")?;
     let zone = handler.origin().to_string();
     let mut server = Server::new(handler);
     for addr in &cfg.listen {
@@ -43,8 +48,26 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         server.register_listener(tcp, cfg.dns.tcp_idle_timeout, TCP_RESPONSE_BUFFER);
     }
 
+    let admin_task = match admin::bind(cfg.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin listener {:?}", cfg.admin_listen))?
+    {
+        Some(listener) => {
+            info!(addr = %listener.local_addr()?, "admin listening");
+            let admin = Admin {
+                mirror: mirror.clone(),
+                status: status.clone(),
+                metrics: metrics.clone(),
+                serve_warning: cfg.dns.serve_warning,
+                started,
+            };
+            Some(tokio::spawn(admin.serve(listener, token.clone())))
+        }
+        None => None,
+    };
+
     let client = registry::connect(&cfg.etcd).await?;
-    let watcher = Watcher::new(client, &cfg.etcd, mirror.clone(), status.clone());
+    let watcher = Watcher::new(client, &cfg.etcd, mirror.clone(), status.clone(), metrics);
     info!(endpoints = %cfg.etcd.endpoints.join(","), prefix = %cfg.etcd.prefix, "starting etcd watch");
     let watch_task = tokio::spawn(watcher.run(token.clone()));
 
@@ -64,6 +87,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     }
     if let Err(error) = watch_task.await {
         warn!(%error, "etcd watcher task failed");
+    }
+    if let Some(task) = admin_task {
+        match tokio::time::timeout(GRACE, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => warn!(%error, "admin listener failed"),
+            Ok(Err(error)) => warn!(%error, "admin task failed"),
+            Err(_) => warn!("admin listener did not stop in time"),
+        }
     }
     info!(revision = mirror.load().revision, "stopped");
     served

@@ -9,21 +9,33 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Services register under an etcd prefix; ruddr watches it and answers A, AAAA, SRV and TXT
 /// queries from memory, so lookups keep working while etcd is unreachable.
 #[derive(Debug, Parser)]
-#[command(name = "ruddr", version, propagate_version = true)]
+#[command(
+    name = "ruddr",
+    version,
+    propagate_version = true,
+    after_help = "Example:\n  ruddr serve --listen 127.0.0.1:5300 --etcd-endpoints http://127.0.0.1:2379\n  dig @127.0.0.1 -p 5300 web.svc.internal SRV"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 
     /// More log output (-v debug, -vv trace). RUST_LOG, when set, takes precedence.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Logging")]
     pub verbose: u8,
 
     /// Less log output (-q warnings and errors only, -qq errors only).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        action = clap::ArgAction::Count,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Logging"
+    )]
     pub quiet: u8,
 
     /// Log line format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, help_heading = "Logging")]
     pub log_format: LogFormat,
 }
 
@@ -53,6 +65,10 @@ pub struct ServeArgs {
     /// Port 0 picks a free port (the log line "dns listening" shows it).
     #[arg(short, long, value_name = "ADDR:PORT", value_delimiter = ',')]
     pub listen: Vec<String>,
+
+    /// HTTP address for /metrics, /health and /ready; "" turns it off.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin_listen: Option<String>,
 
     /// etcd client URLs, comma-separated, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379.
     #[arg(

@@ -42,6 +42,9 @@ fn invalid(option: &'static str, reason: impl Into<String>) -> ConfigError {
 pub struct Config {
     /// Addresses to answer DNS on; each gets a UDP socket and a TCP listener.
     pub listen: Vec<SocketAddr>,
+    /// HTTP listener for /metrics, /health and /ready; empty string turns it off.
+    #[serde(with = "optional_addr")]
+    pub admin_listen: Option<SocketAddr>,
     pub etcd: EtcdConfig,
     pub dns: DnsConfig,
 }
@@ -108,6 +111,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 53))],
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9153))),
             etcd: EtcdConfig::default(),
             dns: DnsConfig::default(),
         }
@@ -144,6 +148,32 @@ impl Default for DnsConfig {
             hostmaster: None,
             answer_cache_capacity: 100_000,
         }
+    }
+}
+
+/// `admin_listen` in TOML: an `ADDR:PORT` string, or `""` for off.
+mod optional_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.map(|a| a.to_string()).unwrap_or_default())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+
+    pub fn parse(s: &str) -> Result<Option<SocketAddr>, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse()
+            .map(Some)
+            .map_err(|_| format!("{s:?} is not ADDR:PORT (or \"\" for off)"))
     }
 }
 
@@ -201,6 +231,10 @@ impl Config {
                         .map_err(|_| invalid("--listen", format!("{s:?} is not ADDR:PORT")))
                 })
                 .collect::<Result<_, _>>()?;
+        }
+        if let Some(admin) = &a.admin_listen {
+            self.admin_listen =
+                optional_addr::parse(admin).map_err(|reason| invalid("--admin-listen", reason))?;
         }
         if !a.etcd_endpoints.is_empty() {
             self.etcd.endpoints = a

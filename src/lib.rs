@@ -14,10 +14,13 @@
 //! - [`registry`]: everything that talks to etcd: connection, list, watch, key and value parsing.
 //! - [`cache`]: the in-memory service view; applies updates; no I/O, no etcd or DNS types.
 //! - [`dns`]: the hickory request handler, record building and query-name parsing.
+//! - [`metrics`]: Prometheus metrics; [`admin`]: the HTTP listener for metrics, health, readiness.
 
+pub mod admin;
 pub mod app;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dns;
+pub mod metrics;
 pub mod registry;

@@ -18,6 +18,8 @@ use super::name::{self, Target};
 use super::records::{Built, Outcome, Zone};
 use crate::cache::{Mirror, Snapshot};
 use crate::config::DnsConfig;
+use crate::metrics::{self, Metrics, QueryLabels};
+use crate::registry::Status;
 
 /// Answers DNS queries for one zone from the mirror.
 pub struct Handler {
@@ -31,6 +33,8 @@ pub struct Handler {
     soa: ArcSwap<(i64, Record)>,
     ns: Record,
     max_udp_payload: u16,
+    status: Arc<Status>,
+    metrics: Arc<Metrics>,
 }
 
 /// What to send: header, EDNS and records, owned until the response is written.
@@ -45,10 +49,17 @@ struct Reply {
     /// Answers not from `built` (apex records).
     extra: Vec<Record>,
     soa: Option<Record>,
+    /// Whether the answer came from registry data.
+    from_registry: bool,
 }
 
 impl Handler {
-    pub fn new(cfg: &DnsConfig, mirror: Arc<Mirror>) -> anyhow::Result<Self> {
+    pub fn new(
+        cfg: &DnsConfig,
+        mirror: Arc<Mirror>,
+        status: Arc<Status>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let origin = Name::from_ascii(&cfg.zone)?;
         let default_ns = Name::from_ascii("ns.dns")?.append_name(&origin)?;
         let default_hostmaster = Name::from_ascii("hostmaster")?.append_name(&origin)?;
@@ -81,6 +92,8 @@ impl Handler {
                 .build(),
             soa,
             max_udp_payload: cfg.max_udp_payload,
+            status,
+            metrics,
         })
     }
 
@@ -112,6 +125,7 @@ impl Handler {
             with_additionals: 0,
             extra: Vec::new(),
             soa: None,
+            from_registry: false,
         };
         let mut payload = 512u16;
         if let Some(req_edns) = &request.edns {
@@ -155,6 +169,7 @@ impl Handler {
             }
             name::parse(&labels[..below])
         };
+        reply.from_registry = !matches!(target, Target::Apex);
         let outcome = match target {
             Target::Apex => {
                 match qtype {
@@ -264,6 +279,7 @@ impl RequestHandler for Handler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
+        let started = std::time::Instant::now();
         let reply = self.reply(request);
         let mut builder = MessageResponseBuilder::new(&request.queries, None);
         if let Some(edns) = &reply.edns {
@@ -287,8 +303,32 @@ impl RequestHandler for Handler {
             reply.soa.iter(),
             adds,
         );
+        let qtype = request
+            .queries
+            .queries()
+            .first()
+            .map_or(metrics::QType::OTHER, |q| {
+                metrics::QType::from_u16(q.query_type().into())
+            });
+        let proto = match request.protocol() {
+            Protocol::Udp => metrics::Proto::udp,
+            _ => metrics::Proto::tcp,
+        };
+        let from_registry = reply.from_registry;
         match response_handle.send_response(response).await {
-            Ok(info) => info,
+            Ok(info) => {
+                let labels = QueryLabels {
+                    qtype,
+                    rcode: metrics::Rcode::from_u16(info.response_code.into()),
+                    proto,
+                };
+                self.metrics
+                    .observe_query(&labels, started.elapsed(), info.truncation);
+                if from_registry && !self.status.is_connected() && self.status.is_synced() {
+                    self.metrics.stale_answers.inc();
+                }
+                info
+            }
             Err(error) => {
                 warn!(%error, "failed to send a DNS response");
                 let mut meta = reply.meta;

@@ -1,13 +1,14 @@
-//! Connection state of the registry, shared with whoever reports health.
+//! Connection state of the registry, shared with the DNS handler, metrics and readiness.
 
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct State {
     connected: bool,
     synced: bool,
     stale_since: Option<SystemTime>,
+    last_confirmed: Option<Instant>,
 }
 
 /// Whether the mirror is current. A std `Mutex`: tiny critical sections, never across an await.
@@ -28,7 +29,13 @@ impl Status {
             s.connected = true;
             s.synced = true;
             s.stale_since = None;
+            s.last_confirmed = Some(Instant::now());
         })
+    }
+
+    /// etcd confirmed the mirror is current (an event or a progress notification arrived).
+    pub fn confirm(&self) {
+        self.with(|s| s.last_confirmed = Some(Instant::now()))
     }
 
     /// The connection was lost; returns since when the data is stale (kept from the first loss).
@@ -51,5 +58,16 @@ impl Status {
     /// Since when answers come from a mirror that may be behind etcd, if they do.
     pub fn stale_since(&self) -> Option<SystemTime> {
         self.with(|s| s.stale_since)
+    }
+
+    /// How long the mirror has been possibly behind etcd, if it is.
+    pub fn stale_for(&self) -> Option<Duration> {
+        self.stale_since()
+            .map(|t| SystemTime::now().duration_since(t).unwrap_or_default())
+    }
+
+    /// Time since etcd last confirmed the mirror current, if it ever did.
+    pub fn confirmed_age(&self) -> Option<Duration> {
+        self.with(|s| s.last_confirmed.map(|t| t.elapsed()))
     }
 }

@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 use super::{parse_entry, parse_key, Backoff, RegistryError, Status};
 use crate::cache::{Mirror, Update};
 use crate::config::EtcdConfig;
+use crate::metrics::Metrics;
 
 /// How often to repeat the "still stale" warning while etcd stays unreachable.
 const STALE_REMINDER: Duration = Duration::from_secs(30);
@@ -57,7 +58,11 @@ pub struct Watcher {
     prefix: String,
     mirror: Arc<Mirror>,
     status: Arc<Status>,
+    metrics: Arc<Metrics>,
     backoff: Backoff,
+    /// How often to ask etcd to confirm the watch is current.
+    progress_interval: Duration,
+    lists: u64,
     /// Last revision applied to the mirror; `None` means the next session must list first.
     revision: Option<i64>,
     /// The etcd cluster the mirror came from; another one means its revisions mean nothing here.
@@ -66,12 +71,21 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub fn new(client: Client, cfg: &EtcdConfig, mirror: Arc<Mirror>, status: Arc<Status>) -> Self {
+    pub fn new(
+        client: Client,
+        cfg: &EtcdConfig,
+        mirror: Arc<Mirror>,
+        status: Arc<Status>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             client,
             prefix: cfg.prefix.clone(),
             mirror,
             status,
+            metrics,
+            progress_interval: cfg.keepalive_interval.max(Duration::from_secs(1)) * 2,
+            lists: 0,
             backoff: Backoff::new(cfg.retry_min, cfg.retry_max),
             revision: None,
             cluster_id: None,
@@ -128,8 +142,18 @@ impl Watcher {
             .with_start_revision(start)
             .with_progress_notify();
         let mut stream = self.client.watch(self.prefix.clone(), Some(opts)).await?;
+        let mut progress = tokio::time::interval(self.progress_interval);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let resp = stream.message().await?.ok_or(RegistryError::StreamClosed)?;
+            let msg = tokio::select! {
+                msg = stream.message() => msg,
+                _ = progress.tick() => {
+                    // etcd answers with a progress notification: proof the mirror is current.
+                    stream.request_progress().await?;
+                    continue;
+                }
+            };
+            let resp = msg?.ok_or(RegistryError::StreamClosed)?;
             if resp.canceled() {
                 if resp.compact_revision() > 0 {
                     return Err(RegistryError::Compacted {
@@ -164,7 +188,10 @@ impl Watcher {
                 match event.event_type() {
                     EventType::Put => match parse_entry(&self.prefix, kv.key(), kv.value()) {
                         Ok((service, instance)) => updates.push(Update::Put { service, instance }),
-                        Err(error) => warn_skipped(kv.key(), &error),
+                        Err(error) => {
+                            self.metrics.invalid_values.inc();
+                            warn_skipped(kv.key(), &error);
+                        }
                     },
                     // Keys that never parsed were never in the mirror: nothing to delete.
                     EventType::Delete => {
@@ -175,6 +202,7 @@ impl Watcher {
                 }
             }
             // Progress notifications carry no events but still confirm we are current.
+            self.status.confirm();
             let revision = revision.max(self.revision.unwrap_or(0));
             let applied = self.mirror.apply(updates, revision);
             self.revision = Some(revision);
@@ -190,6 +218,10 @@ impl Watcher {
             .client
             .get(self.prefix.clone(), Some(GetOptions::new().with_prefix()))
             .await?;
+        self.lists += 1;
+        if self.lists > 1 {
+            self.metrics.relists.inc();
+        }
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         self.cluster_id = resp.header().map(|h| h.cluster_id());
         let current = self.mirror.load_full();
@@ -200,6 +232,7 @@ impl Watcher {
                 Ok(entry) => instances.push(entry),
                 Err(error) => {
                     skipped += 1;
+                    self.metrics.invalid_values.inc();
                     warn_skipped(kv.key(), &error);
                     // A bad value over a good one keeps the good one, as the watch path does.
                     if let Ok((service, id)) = parse_key(&self.prefix, kv.key()) {

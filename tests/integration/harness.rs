@@ -125,6 +125,21 @@ impl Etcd {
         Self::start_with(None)
     }
 
+    /// An etcd serving clients on `client_port`.
+    pub fn start_at(client_port: u16) -> Self {
+        let mut etcd = Etcd {
+            client_port,
+            peer_port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            tls: None,
+            server_tls: Vec::new(),
+            auth: None,
+        };
+        etcd.spawn();
+        etcd
+    }
+
     /// An etcd that only speaks TLS and requires a client certificate signed by `pki`'s CA.
     pub fn start_tls(pki: &Pki) -> Self {
         Self::start_with(Some(pki))
@@ -332,6 +347,8 @@ pub fn ruddr_bin() -> &'static str {
 /// A running `ruddr serve`, with the port it bound (read from its "dns listening" log line).
 pub struct Ruddr {
     pub port: u16,
+    /// Port of the admin HTTP listener (/metrics, /health, /ready).
+    pub admin_port: u16,
     child: Option<Child>,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -355,6 +372,8 @@ impl Ruddr {
                 "127.0.0.1:0",
                 "--etcd-endpoints",
                 etcd_endpoints,
+                "--admin-listen",
+                "127.0.0.1:0",
             ])
             .args(extra)
             .env("RUST_LOG", "info,ruddr=debug,hickory_server=warn")
@@ -365,6 +384,7 @@ impl Ruddr {
             .expect("start ruddr");
         let mut r = Ruddr {
             port: 0,
+            admin_port: 0,
             child: Some(child),
             log,
             _dir: dir,
@@ -379,7 +399,47 @@ impl Ruddr {
                 .collect();
             digits.parse().ok()
         });
+        r.admin_port = eventually(
+            Duration::from_secs(20),
+            "ruddr to log its admin port",
+            || {
+                let text = std::fs::read_to_string(&r.log).ok()?;
+                let line = text.lines().find(|l| l.contains("admin listening"))?;
+                let at = line.find("addr=127.0.0.1:")? + "addr=127.0.0.1:".len();
+                let digits: String = line[at..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                digits.parse().ok()
+            },
+        );
         r
+    }
+
+    /// GET on the admin listener: status code and body.
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let mut resp = agent
+            .get(format!("http://127.0.0.1:{}{path}", self.admin_port))
+            .call()
+            .expect("admin HTTP request");
+        let code = resp.status().as_u16();
+        (code, resp.body_mut().read_to_string().expect("HTTP body"))
+    }
+
+    /// The value of one sample in /metrics, e.g. `ruddr_registry_connected` or
+    /// `ruddr_dns_queries_total{qtype="A",rcode="NOERROR",proto="udp"}`; 0 when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let (code, body) = self.http_get("/metrics");
+        assert_eq!(code, 200);
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .map(|v| v.split_whitespace().next().unwrap().parse().unwrap())
+            .unwrap_or(0.0)
     }
 
     pub fn addr(&self) -> SocketAddr {

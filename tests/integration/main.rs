@@ -1,11 +1,13 @@
 //! Integration tests: real etcd, the real `ruddr` binary, real DNS clients. One test binary.
 //!
 //! - `harness`: processes (etcd, ruddr) and DNS clients (dig, hickory-proto over UDP/TCP).
+//! - `admin`: /metrics, /health, /ready and check-config on shipped configs.
 //! - `dns`: the DNS contract: name forms, NXDOMAIN/NODATA with SOA, AA, REFUSED, EDNS, TC/TCP.
 //! - `mirror`: registry changes reaching answers; bad values; etcd outages; compaction.
 //! - `ordering`: randomized, weighted answer order.
 //! - `robustness`: malformed packets, CLI and config errors, signals.
 
+mod admin;
 mod dns;
 mod harness;
 mod mirror;

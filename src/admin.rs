@@ -1,0 +1,124 @@
+//! The admin HTTP listener: `/metrics` (Prometheus text), `/health` (liveness) and `/ready`
+//! (readiness: 200 once the mirror was filled from etcd, 503 before).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::Mirror;
+use crate::metrics::Metrics;
+use crate::registry::Status;
+
+/// What the endpoints read.
+#[derive(Clone)]
+pub struct Admin {
+    pub mirror: Arc<Mirror>,
+    pub status: Arc<Status>,
+    pub metrics: Arc<Metrics>,
+    pub serve_warning: bool,
+    pub started: Instant,
+}
+
+impl Admin {
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route("/health", get(health))
+            .route("/ready", get(ready))
+            .with_state(self)
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    }
+
+    /// Readiness as JSON, and whether it counts as ready.
+    ///
+    /// Ready means the mirror was filled from etcd at least once. A mirror that is stale because
+    /// etcd is unreachable still counts as ready: serving the last known state is the point of
+    /// ruddr, and taking every replica out of rotation during an etcd outage would turn it into
+    /// the outage it is meant to absorb. The body shows the staleness.
+    pub fn readiness(&self) -> (bool, serde_json::Value) {
+        let snapshot = self.mirror.load();
+        let synced = self.status.is_synced();
+        let connected = self.status.is_connected();
+        let stale_since = self.status.stale_since();
+        let reason = if !synced {
+            "waiting for the first sync from etcd"
+        } else if !connected {
+            "serving the last known state; etcd unreachable"
+        } else {
+            "in sync with etcd"
+        };
+        let body = json!({
+            "status": if synced { "ready" } else { "not ready" },
+            "reason": reason,
+            "synced": synced,
+            "connected": connected,
+            "revision": snapshot.revision,
+            "services": snapshot.services.len(),
+            "instances": snapshot.instance_count(),
+            "stale_since": stale_since.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+            "stale_seconds": self.status.stale_for().map(|d| d.as_secs_f64()),
+            "confirmed_seconds_ago": self.status.confirmed_age().map(|d| d.as_secs_f64()),
+        });
+        (synced, body)
+    }
+}
+
+async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
+    let snapshot = admin.mirror.load_full();
+    let text = admin
+        .metrics
+        .render(&snapshot, &admin.status, admin.serve_warning);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+async fn health(State(admin): State<Admin>) -> impl IntoResponse {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": admin.started.elapsed().as_secs_f64(),
+        "time": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+    }))
+}
+
+async fn ready(State(admin): State<Admin>) -> impl IntoResponse {
+    let (ok, body) = admin.readiness();
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body))
+}
+
+/// Binds the admin listener; `None` when disabled (empty address).
+pub async fn bind(addr: Option<SocketAddr>) -> std::io::Result<Option<TcpListener>> {
+    match addr {
+        Some(a) => TcpListener::bind(a).await.map(Some),
+        None => Ok(None),
+    }
+}

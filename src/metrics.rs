@@ -1,0 +1,259 @@
+//! Prometheus metrics. Counters are updated where things happen (DNS handler, registry watcher);
+//! gauges that describe state (services, instances, staleness) are computed at scrape time.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::cache::Snapshot;
+use crate::registry::Status;
+
+/// Query types with their own label value; anything else is `OTHER`, so a client cannot
+/// create unbounded label sets.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum QType {
+    A,
+    AAAA,
+    SRV,
+    TXT,
+    PTR,
+    SOA,
+    NS,
+    CNAME,
+    ANY,
+    AXFR,
+    IXFR,
+    OTHER,
+}
+
+impl QType {
+    pub fn from_u16(t: u16) -> Self {
+        match t {
+            1 => Self::A,
+            28 => Self::AAAA,
+            33 => Self::SRV,
+            16 => Self::TXT,
+            12 => Self::PTR,
+            6 => Self::SOA,
+            2 => Self::NS,
+            5 => Self::CNAME,
+            255 => Self::ANY,
+            252 => Self::AXFR,
+            251 => Self::IXFR,
+            _ => Self::OTHER,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum Rcode {
+    NOERROR,
+    FORMERR,
+    SERVFAIL,
+    NXDOMAIN,
+    NOTIMP,
+    REFUSED,
+    BADVERS,
+    OTHER,
+}
+
+impl Rcode {
+    pub fn from_u16(code: u16) -> Self {
+        match code {
+            0 => Self::NOERROR,
+            1 => Self::FORMERR,
+            2 => Self::SERVFAIL,
+            3 => Self::NXDOMAIN,
+            4 => Self::NOTIMP,
+            5 => Self::REFUSED,
+            16 => Self::BADVERS,
+            _ => Self::OTHER,
+        }
+    }
+}
+
+/// Label values are the variant names, hence lower case.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Proto {
+    udp,
+    tcp,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueryLabels {
+    pub qtype: QType,
+    pub rcode: Rcode,
+    pub proto: Proto,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+enum Health {
+    all,
+    healthy,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthLabels {
+    health: Health,
+}
+
+/// Every metric ruddr exports.
+pub struct Metrics {
+    registry: Registry,
+    pub queries: Family<QueryLabels, Counter>,
+    pub latency: Histogram,
+    pub udp_truncated: Counter,
+    pub stale_answers: Counter,
+    pub invalid_values: Counter,
+    pub relists: Counter,
+    connected: Gauge,
+    revision: Gauge,
+    confirmed_age: Gauge<f64, AtomicU64>,
+    stale_seconds: Gauge<f64, AtomicU64>,
+    services: Family<HealthLabels, Gauge>,
+    instances: Family<HealthLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ruddr");
+        let m = Self {
+            queries: Family::default(),
+            // 10 µs .. ~650 ms
+            latency: Histogram::new(exponential_buckets(0.000_01, 3.0, 11)),
+            udp_truncated: Counter::default(),
+            stale_answers: Counter::default(),
+            invalid_values: Counter::default(),
+            relists: Counter::default(),
+            connected: Gauge::default(),
+            revision: Gauge::default(),
+            confirmed_age: Gauge::default(),
+            stale_seconds: Gauge::default(),
+            services: Family::default(),
+            instances: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "dns_queries",
+            "DNS queries answered, by query type, response code and transport",
+            m.queries.clone(),
+        );
+        registry.register(
+            "dns_response_duration_seconds",
+            "Time from a parsed query to its response being sent",
+            m.latency.clone(),
+        );
+        registry.register(
+            "dns_udp_truncated",
+            "UDP responses sent with the TC bit set",
+            m.udp_truncated.clone(),
+        );
+        registry.register(
+            "dns_stale_answers",
+            "Answers for registry names given while etcd was unreachable",
+            m.stale_answers.clone(),
+        );
+        registry.register(
+            "registry_invalid_values",
+            "Registry entries skipped because their key or value broke the contract",
+            m.invalid_values.clone(),
+        );
+        registry.register(
+            "registry_relists",
+            "Full re-lists of the registry after the first (compaction, etcd rebuilt)",
+            m.relists.clone(),
+        );
+        registry.register(
+            "registry_connected",
+            "1 while the etcd watch is established, else 0",
+            m.connected.clone(),
+        );
+        registry.register(
+            "registry_revision",
+            "Last etcd revision applied to the mirror",
+            m.revision.clone(),
+        );
+        registry.register(
+            "registry_confirmed_age_seconds",
+            "Seconds since etcd last confirmed the mirror current (-1: never)",
+            m.confirmed_age.clone(),
+        );
+        registry.register(
+            "registry_stale_seconds",
+            "Seconds the mirror has been possibly behind etcd (0 when connected)",
+            m.stale_seconds.clone(),
+        );
+        registry.register(
+            "services",
+            "Services in the mirror; healthy ones have at least one served instance",
+            m.services.clone(),
+        );
+        registry.register(
+            "instances",
+            "Instances in the mirror; healthy ones are served",
+            m.instances.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Records one answered query.
+    pub fn observe_query(&self, labels: &QueryLabels, elapsed: Duration, truncated: bool) {
+        self.queries.get_or_create(labels).inc();
+        self.latency.observe(elapsed.as_secs_f64());
+        if truncated && labels.proto == Proto::udp {
+            self.udp_truncated.inc();
+        }
+    }
+
+    /// Refreshes the state gauges and renders the Prometheus text format.
+    pub fn render(&self, snapshot: &Snapshot, status: &Status, serve_warning: bool) -> String {
+        self.connected.set(i64::from(status.is_connected()));
+        self.revision.set(snapshot.revision);
+        self.confirmed_age
+            .set(status.confirmed_age().map_or(-1.0, |d| d.as_secs_f64()));
+        self.stale_seconds
+            .set(status.stale_for().map_or(0.0, |d| d.as_secs_f64()));
+        let (mut services, mut healthy_services, mut instances, mut healthy_instances) =
+            (0, 0, 0, 0);
+        for svc in snapshot.services.values() {
+            services += 1;
+            let healthy = svc
+                .instances
+                .values()
+                .filter(|i| i.is_served(serve_warning))
+                .count();
+            instances += svc.instances.len() as i64;
+            healthy_instances += healthy as i64;
+            if healthy > 0 {
+                healthy_services += 1;
+            }
+        }
+        let set = |f: &Family<HealthLabels, Gauge>, health, v| {
+            f.get_or_create(&HealthLabels { health }).set(v);
+        };
+        set(&self.services, Health::all, services);
+        set(&self.services, Health::healthy, healthy_services);
+        set(&self.instances, Health::all, instances);
+        set(&self.instances, Health::healthy, healthy_instances);
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,181 @@
+//! The admin listener: /metrics moves with queries, outages and bad values; /ready follows the
+//! first sync; /health is up; every shipped config passes check-config.
+
+use std::time::Duration;
+
+use hickory_proto::rr::RecordType;
+
+use crate::harness::*;
+
+const A_OK_UDP: &str = r#"ruddr_dns_queries_total{qtype="A",rcode="NOERROR",proto="udp"}"#;
+const A_NX_UDP: &str = r#"ruddr_dns_queries_total{qtype="A",rcode="NXDOMAIN",proto="udp"}"#;
+const SRV_OK_TCP: &str = r#"ruddr_dns_queries_total{qtype="SRV",rcode="NOERROR",proto="tcp"}"#;
+
+#[test]
+fn ready_is_503_until_the_first_sync_then_200() {
+    let port = free_port();
+    let r = Ruddr::start(&format!("http://127.0.0.1:{port}"), &[]);
+    let (code, body) = r.http_get("/ready");
+    assert_eq!(code, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "not ready");
+    assert!(
+        v["reason"].as_str().unwrap().contains("first sync"),
+        "{body}"
+    );
+    let (code, body) = r.http_get("/health");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "ok");
+
+    let mut etcd = Etcd::start_at(port);
+    etcd.put("/ruddr/services/web/w1", r#"{"address":"10.10.0.1"}"#);
+    let body = eventually(Duration::from_secs(20), "/ready 200", || {
+        let (code, body) = r.http_get("/ready");
+        (code == 200).then_some(body)
+    });
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["connected"], true);
+    assert_eq!(v["stale_since"], serde_json::Value::Null);
+
+    // Stale is still ready (documented), and the body says since when.
+    etcd.kill();
+    let body = eventually(Duration::from_secs(20), "stale readiness body", || {
+        let (code, body) = r.http_get("/ready");
+        assert_eq!(code, 200, "stale counts as ready: {body}");
+        body.contains("\"connected\":false").then_some(body)
+    });
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["stale_since"].is_string(), "{body}");
+    assert!(v["reason"].as_str().unwrap().contains("last known state"));
+}
+
+#[test]
+fn metrics_move_with_queries_outages_and_bad_values() {
+    let mut etcd = Etcd::start();
+    etcd.put(
+        "/ruddr/services/web/w1",
+        r#"{"address":"10.10.1.1","port":80}"#,
+    );
+    etcd.put(
+        "/ruddr/services/web/w2",
+        r#"{"address":"10.10.1.2","port":80,"health":"critical"}"#,
+    );
+    etcd.put(
+        "/ruddr/services/db/d1",
+        r#"{"address":"10.10.2.1","port":5432}"#,
+    );
+    let r = Ruddr::start(&etcd.endpoint(), &[]);
+    r.wait_log("watching etcd");
+
+    assert_eq!(r.metric("ruddr_registry_connected"), 1.0);
+    assert_eq!(r.metric(r#"ruddr_services{health="all"}"#), 2.0);
+    assert_eq!(r.metric(r#"ruddr_instances{health="all"}"#), 3.0);
+    assert_eq!(r.metric(r#"ruddr_instances{health="healthy"}"#), 2.0);
+    let rev = etcd.put("/ruddr/services/db/d2", r#"{"address":"10.10.2.2"}"#);
+    eventually(Duration::from_secs(10), "revision gauge", || {
+        (r.metric("ruddr_registry_revision") == rev as f64).then_some(())
+    });
+    assert!(r.metric("ruddr_registry_confirmed_age_seconds") >= 0.0);
+
+    // Queries by type, code and transport; latency histogram counts every one.
+    let ok0 = r.metric(A_OK_UDP);
+    let nx0 = r.metric(A_NX_UDP);
+    let lat0 = r.metric("ruddr_dns_response_duration_seconds_count");
+    for _ in 0..5 {
+        query(r.addr(), "web.svc.internal.", RecordType::A);
+    }
+    for _ in 0..3 {
+        query(r.addr(), "nope.svc.internal.", RecordType::A);
+    }
+    exchange(
+        r.addr(),
+        &query_message("web.svc.internal.", RecordType::SRV, None),
+        Transport::Tcp,
+    );
+    assert_eq!(r.metric(A_OK_UDP) - ok0, 5.0);
+    assert_eq!(r.metric(A_NX_UDP) - nx0, 3.0);
+    assert_eq!(r.metric(SRV_OK_TCP), 1.0);
+    assert_eq!(
+        r.metric("ruddr_dns_response_duration_seconds_count") - lat0,
+        9.0
+    );
+
+    // Truncation: 60 A records do not fit in 512 bytes.
+    let kvs: Vec<(String, String)> = (0..60)
+        .map(|i| {
+            (
+                format!("/ruddr/services/big/b{i}"),
+                format!(r#"{{"address":"10.10.3.{}"}}"#, i + 1),
+            )
+        })
+        .collect();
+    etcd.put_many(&kvs);
+    eventually(Duration::from_secs(10), "big service", || {
+        (r.metric(r#"ruddr_services{health="all"}"#) == 3.0).then_some(())
+    });
+    let tc0 = r.metric("ruddr_dns_udp_truncated_total");
+    let m = exchange(
+        r.addr(),
+        &query_message("big.svc.internal.", RecordType::A, None),
+        Transport::Udp,
+    );
+    assert!(m.metadata.truncation);
+    assert_eq!(r.metric("ruddr_dns_udp_truncated_total") - tc0, 1.0);
+
+    // A bad value is counted.
+    let bad0 = r.metric("ruddr_registry_invalid_values_total");
+    etcd.put("/ruddr/services/web/broken", "nope");
+    eventually(Duration::from_secs(10), "invalid value counted", || {
+        (r.metric("ruddr_registry_invalid_values_total") - bad0 == 1.0).then_some(())
+    });
+
+    // Outage: disconnected, stale answers counted, staleness grows; then back.
+    etcd.kill();
+    eventually(Duration::from_secs(20), "registry_connected 0", || {
+        (r.metric("ruddr_registry_connected") == 0.0).then_some(())
+    });
+    let stale0 = r.metric("ruddr_dns_stale_answers_total");
+    for _ in 0..4 {
+        query(r.addr(), "web.svc.internal.", RecordType::A);
+    }
+    assert_eq!(r.metric("ruddr_dns_stale_answers_total") - stale0, 4.0);
+    assert!(r.metric("ruddr_registry_stale_seconds") > 0.0);
+    etcd.restart();
+    eventually(Duration::from_secs(20), "registry_connected 1", || {
+        (r.metric("ruddr_registry_connected") == 1.0).then_some(())
+    });
+    assert_eq!(r.metric("ruddr_registry_stale_seconds"), 0.0);
+    let (_, text) = r.http_get("/metrics");
+    for name in [
+        "# HELP ruddr_dns_queries",
+        "# TYPE ruddr_dns_response_duration_seconds histogram",
+        "ruddr_registry_relists_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+}
+
+#[test]
+fn every_shipped_config_passes_check_config() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = std::process::Command::new(ruddr_bin())
+                .args(["check-config", "--config"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
+}
