@@ -25,6 +25,7 @@ pub struct Admin {
     pub status: Arc<Status>,
     pub metrics: Arc<Metrics>,
     pub serve_warning: bool,
+    pub max_stale: Option<std::time::Duration>,
     pub started: Instant,
 }
 
@@ -50,26 +51,35 @@ impl Admin {
 
     /// Readiness as JSON, and whether it counts as ready.
     ///
-    /// Ready means the mirror was filled from etcd at least once. A mirror that is stale because
-    /// etcd is unreachable still counts as ready: serving the last known state is the point of
-    /// ruddr, and taking every replica out of rotation during an etcd outage would turn it into
-    /// the outage it is meant to absorb. The body shows the staleness.
+    /// Ready means the mirror holds data: filled from etcd at least once, or from the snapshot
+    /// file. A mirror that is stale because etcd is unreachable still counts as ready: serving
+    /// the last known state is the point of ruddr, and taking every replica out of rotation
+    /// during an etcd outage would turn it into the outage it is meant to absorb. Past
+    /// `max_stale`, registry names get SERVFAIL, and the process is not ready any more.
     pub fn readiness(&self) -> (bool, serde_json::Value) {
         let snapshot = self.mirror.load();
         let synced = self.status.is_synced();
+        let from_snapshot = self.status.is_from_snapshot();
         let connected = self.status.is_connected();
         let stale_since = self.status.stale_since();
-        let reason = if !synced {
+        let too_stale = self.status.is_too_stale(self.max_stale);
+        let ready = self.status.has_data() && !too_stale;
+        let reason = if !self.status.has_data() {
             "waiting for the first sync from etcd"
+        } else if too_stale {
+            "data older than max_stale; registry names answer SERVFAIL"
+        } else if from_snapshot {
+            "serving the snapshot file; etcd not reached yet"
         } else if !connected {
             "serving the last known state; etcd unreachable"
         } else {
             "in sync with etcd"
         };
         let body = json!({
-            "status": if synced { "ready" } else { "not ready" },
+            "status": if ready { "ready" } else { "not ready" },
             "reason": reason,
             "synced": synced,
+            "from_snapshot": from_snapshot,
             "connected": connected,
             "revision": snapshot.revision,
             "services": snapshot.services.len(),
@@ -78,7 +88,7 @@ impl Admin {
             "stale_seconds": self.status.stale_for().map(|d| d.as_secs_f64()),
             "confirmed_seconds_ago": self.status.confirmed_age().map(|d| d.as_secs_f64()),
         });
-        (synced, body)
+        (ready, body)
     }
 }
 

@@ -13,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::{self, Admin};
-use crate::cache::Mirror;
+use crate::cache::{Mirror, Update};
 use crate::config::Config;
 use crate::dns::Handler;
 use crate::metrics::Metrics;
+use crate::persist;
 use crate::registry::{self, Status, Watcher};
 
 /// How long in-flight queries may take to finish after a shutdown signal.
@@ -59,6 +60,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                 status: status.clone(),
                 metrics: metrics.clone(),
                 serve_warning: cfg.dns.serve_warning,
+                max_stale: cfg.dns.max_stale,
                 started,
             };
             Some(tokio::spawn(admin.serve(listener, token.clone())))
@@ -66,8 +68,23 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         None => None,
     };
 
+    let snapshot_task = match &cfg.snapshot.file {
+        Some(path) => {
+            restore_snapshot(path, &mirror, &status);
+            Some(tokio::spawn(persist::run_writer(
+                path.clone(),
+                cfg.snapshot.min_interval,
+                mirror.clone(),
+                status.clone(),
+                token.clone(),
+            )))
+        }
+        None => None,
+    };
+
     let client = registry::connect(&cfg.etcd).await?;
-    let watcher = Watcher::new(client, &cfg.etcd, mirror.clone(), status.clone(), metrics);
+    let watcher = Watcher::new(client, &cfg.etcd, mirror.clone(), status.clone(), metrics)
+        .with_max_stale(cfg.dns.max_stale);
     info!(endpoints = %cfg.etcd.endpoints.join(","), prefix = %cfg.etcd.prefix, "starting etcd watch");
     let watch_task = tokio::spawn(watcher.run(token.clone()));
 
@@ -88,6 +105,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     if let Err(error) = watch_task.await {
         warn!(%error, "etcd watcher task failed");
     }
+    if let Some(task) = snapshot_task {
+        if let Err(error) = task.await {
+            warn!(%error, "snapshot writer task failed");
+        }
+    }
     if let Some(task) = admin_task {
         match tokio::time::timeout(GRACE, task).await {
             Ok(Ok(Ok(()))) => {}
@@ -98,6 +120,35 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     }
     info!(revision = mirror.load().revision, "stopped");
     served
+}
+
+/// Fills the mirror from the snapshot file, if there is a valid one. The data counts as stale
+/// since it was written; the first list from etcd replaces it whole.
+fn restore_snapshot(path: &std::path::Path, mirror: &Mirror, status: &Status) {
+    match persist::load(path) {
+        Ok(Some(p)) => {
+            let age = std::time::SystemTime::now()
+                .duration_since(p.written_at())
+                .unwrap_or_default();
+            let (revision, instances) = (p.revision, p.instances.len());
+            status.set_from_snapshot(p.written_at());
+            mirror.apply(
+                [Update::Reset {
+                    instances: p.instances,
+                }],
+                revision,
+            );
+            warn!(
+                path = %path.display(),
+                revision,
+                instances,
+                age = ?Duration::from_secs(age.as_secs()),
+                "serving from the snapshot file until etcd answers",
+            );
+        }
+        Ok(None) => info!(path = %path.display(), "no snapshot file yet"),
+        Err(error) => warn!(path = %path.display(), %error, "ignoring the snapshot file"),
+    }
 }
 
 /// Binds UDP and TCP on the same address. For port 0 the UDP socket picks the port and TCP

@@ -95,6 +95,23 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS")]
     pub negative_ttl: Option<u32>,
 
+    /// Longest time to answer registry names from data etcd has not confirmed (e.g. 10m);
+    /// past it they get SERVFAIL. Default: no limit.
+    #[arg(long, value_name = "DURATION")]
+    pub max_stale: Option<String>,
+
+    /// TTL of answers given from stale data, in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub stale_ttl: Option<u32>,
+
+    /// Below this share of healthy instances (0.0-1.0), answer with all instances of a service.
+    #[arg(long, value_name = "SHARE")]
+    pub panic_threshold: Option<f64>,
+
+    /// Keep a copy of the mirror in this file, and serve from it at start while etcd is down.
+    #[arg(long, value_name = "FILE")]
+    pub snapshot_file: Option<PathBuf>,
+
     /// etcd user name (needs a password too).
     #[arg(long, value_name = "USER", env = "RUDDR_ETCD_USERNAME")]
     pub etcd_username: Option<String>,

@@ -47,6 +47,28 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     pub etcd: EtcdConfig,
     pub dns: DnsConfig,
+    pub snapshot: SnapshotConfig,
+}
+
+/// The on-disk copy of the mirror, for starting while etcd is unreachable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// File to keep the mirror in; `""` turns snapshots off. Relative to the config file.
+    #[serde(with = "optional_path")]
+    pub file: Option<PathBuf>,
+    /// At most one write per this interval (the latest state is always written eventually).
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            min_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,6 +127,15 @@ pub struct DnsConfig {
     pub hostmaster: Option<String>,
     /// How many built answers (per name and type) to keep; derived data, rebuilt on a miss.
     pub answer_cache_capacity: u64,
+    /// Longest time to keep answering registry names from data etcd has not confirmed; past
+    /// it they get SERVFAIL. `None` (`""` in TOML): no limit.
+    #[serde(with = "optional_duration")]
+    pub max_stale: Option<Duration>,
+    /// TTL of answers given while the data is stale, seconds (RFC 8767 suggests 30).
+    pub stale_ttl: u32,
+    /// When the share of healthy instances of a service is below this (0.0-1.0), answer with all
+    /// its instances instead of the few healthy ones. 0 turns it off.
+    pub panic_threshold: f64,
 }
 
 impl Default for Config {
@@ -114,6 +145,7 @@ impl Default for Config {
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9153))),
             etcd: EtcdConfig::default(),
             dns: DnsConfig::default(),
+            snapshot: SnapshotConfig::default(),
         }
     }
 }
@@ -147,6 +179,9 @@ impl Default for DnsConfig {
             ns_name: None,
             hostmaster: None,
             answer_cache_capacity: 100_000,
+            max_stale: None,
+            stale_ttl: 30,
+            panic_threshold: 0.0,
         }
     }
 }
@@ -174,6 +209,54 @@ mod optional_addr {
         s.parse()
             .map(Some)
             .map_err(|_| format!("{s:?} is not ADDR:PORT (or \"\" for off)"))
+    }
+}
+
+/// Durations that may be absent: `""` in TOML.
+mod optional_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(
+            &v.map(|d| humantime::format_duration(d).to_string())
+                .unwrap_or_default(),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+
+    pub fn parse(s: &str) -> Result<Option<Duration>, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        humantime::parse_duration(s)
+            .map(Some)
+            .map_err(|e| format!("{s:?} is not a duration like 30s or 5m ({e})"))
+    }
+}
+
+/// Paths that may be absent: `""` in TOML.
+mod optional_path {
+    use std::path::PathBuf;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(
+            &v.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok((!s.trim().is_empty()).then(|| PathBuf::from(s.trim())))
     }
 }
 
@@ -207,6 +290,11 @@ impl Config {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(p) = &mut cfg.snapshot.file {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         if let Some(tls) = &mut cfg.etcd.tls {
             for p in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file]
                 .into_iter()
@@ -254,6 +342,19 @@ impl Config {
         }
         if let Some(t) = a.negative_ttl {
             self.dns.negative_ttl = t;
+        }
+        if let Some(m) = &a.max_stale {
+            self.dns.max_stale =
+                optional_duration::parse(m).map_err(|reason| invalid("--max-stale", reason))?;
+        }
+        if let Some(t) = a.stale_ttl {
+            self.dns.stale_ttl = t;
+        }
+        if let Some(t) = a.panic_threshold {
+            self.dns.panic_threshold = t;
+        }
+        if let Some(f) = &a.snapshot_file {
+            self.snapshot.file = (!f.as_os_str().is_empty()).then(|| f.clone());
         }
         if let Some(u) = &a.etcd_username {
             self.etcd.username = Some(u.clone());
@@ -355,6 +456,22 @@ impl Config {
                 "must be between 512 and 4096",
             ));
         }
+        if d.stale_ttl > MAX_TTL {
+            return Err(invalid(
+                "dns.stale_ttl",
+                format!("must be at most {MAX_TTL}"),
+            ));
+        }
+        if !(0.0..=1.0).contains(&d.panic_threshold) {
+            return Err(invalid(
+                "dns.panic_threshold",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        if self.snapshot.min_interval.is_zero() {
+            return Err(invalid("snapshot.min_interval", "must be above zero"));
+        }
+        let d = &mut self.dns;
         if d.answer_cache_capacity == 0 {
             return Err(invalid("dns.answer_cache_capacity", "must be above zero"));
         }

@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub services: HashMap<ServiceName, Arc<Service>>,
     /// The last etcd revision applied (0 before the first sync).
     pub revision: i64,
+    /// Counts the applies that changed something: equal values mean equal contents.
+    pub changes: u64,
 }
 
 impl Snapshot {
@@ -145,8 +147,11 @@ impl Mirror {
 
         touched.sort();
         touched.dedup();
-        self.current
-            .store(Arc::new(Snapshot { services, revision }));
+        self.current.store(Arc::new(Snapshot {
+            services,
+            revision,
+            changes: old.changes + u64::from(!touched.is_empty()),
+        }));
         Applied { changed: touched }
     }
 }

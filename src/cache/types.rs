@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
+use serde::{Deserialize, Serialize};
+
 /// A name is not a DNS label (1-63 of letters, digits and `-`, not starting or ending with `-`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not a DNS label (1-63 letters, digits or '-', not starting or ending with '-')")]
@@ -27,8 +29,22 @@ fn label(s: &str) -> Result<String, InvalidLabel> {
 macro_rules! label_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidLabel;
+            fn try_from(s: String) -> Result<Self, InvalidLabel> {
+                Self::new(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(n: $name) -> String {
+                n.0
+            }
+        }
 
         impl $name {
             /// Validates `s` as a DNS label; the stored form is lower case.
@@ -65,7 +81,8 @@ label_type!(
 );
 
 /// Health as registered. Only `Critical` is never served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Health {
     #[default]
     Passing,
@@ -74,7 +91,7 @@ pub enum Health {
 }
 
 /// One registered instance of a service, already validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
     pub id: InstanceId,
     pub address: IpAddr,

@@ -26,13 +26,15 @@ pub struct Handler {
     zone: Zone,
     apex: LowerName,
     mirror: Arc<Mirror>,
-    /// Built answers per (name, type). Derived data only: each entry records the service
+    /// Built answers per (name, type, stale). Derived data only: each entry records the service
     /// generation it was built from, and an entry from another generation is never served.
-    answers: Cache<(LowerName, RecordType), Arc<Built>>,
+    answers: Cache<(LowerName, RecordType, bool), Arc<Built>>,
     /// The SOA for the snapshot revision it was built for (the revision is the serial).
     soa: ArcSwap<(i64, Record)>,
     ns: Record,
     max_udp_payload: u16,
+    max_stale: Option<std::time::Duration>,
+    stale_ttl: u32,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
 }
@@ -79,6 +81,7 @@ impl Handler {
             ttl: cfg.ttl,
             negative_ttl: cfg.negative_ttl,
             serve_warning: cfg.serve_warning,
+            panic_threshold: cfg.panic_threshold,
             origin: origin.clone(),
         };
         let soa = ArcSwap::from_pointee((-1, zone.soa(0)));
@@ -92,6 +95,8 @@ impl Handler {
                 .build(),
             soa,
             max_udp_payload: cfg.max_udp_payload,
+            max_stale: cfg.max_stale,
+            stale_ttl: cfg.stale_ttl,
             status,
             metrics,
         })
@@ -185,6 +190,11 @@ impl Handler {
             }
             Target::TcpNode if !snapshot.services.is_empty() => Outcome::NoData,
             Target::TcpNode | Target::None => Outcome::NxDomain,
+            // Every other name is a registry name. Past max_stale its data is not trusted.
+            _ if self.status.is_too_stale(self.max_stale) => {
+                reply.meta.authoritative = false;
+                return reply.code(ResponseCode::ServFail);
+            }
             Target::Service(s)
             | Target::ServiceSrv(s)
             | Target::ServiceNode(s)
@@ -193,11 +203,20 @@ impl Handler {
             | Target::Tag { service: s, .. } => match snapshot.service(s) {
                 None => Outcome::NxDomain,
                 Some(svc) => {
-                    let key = (qname.clone(), qtype);
+                    let stale = !self.status.is_connected();
+                    let key = (qname.clone(), qtype, stale);
                     let built = match self.answers.get(&key) {
                         Some(b) if b.generation == svc.generation => b,
                         _ => {
-                            let b = Arc::new(self.zone.build(svc, target, qname, qtype));
+                            let ttl = if stale { self.stale_ttl } else { self.zone.ttl };
+                            let b = Arc::new(self.zone.build(svc, target, qname, qtype, ttl));
+                            if b.panic {
+                                warn!(
+                                    service = %svc.name,
+                                    threshold = self.zone.panic_threshold,
+                                    "too few healthy instances: answering with all of them",
+                                );
+                            }
                             self.answers.insert(key, b.clone());
                             b
                         }
@@ -324,7 +343,7 @@ impl RequestHandler for Handler {
                 };
                 self.metrics
                     .observe_query(&labels, started.elapsed(), info.truncation);
-                if from_registry && !self.status.is_connected() && self.status.is_synced() {
+                if from_registry && !self.status.is_connected() && self.status.has_data() {
                     self.metrics.stale_answers.inc();
                 }
                 info

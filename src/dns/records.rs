@@ -15,6 +15,8 @@ pub struct Zone {
     pub ttl: u32,
     pub negative_ttl: u32,
     pub serve_warning: bool,
+    /// Below this share of served instances, serve all of them (0: never).
+    pub panic_threshold: f64,
     pub ns_name: Name,
     pub hostmaster: Name,
 }
@@ -42,6 +44,8 @@ pub struct Built {
     pub additionals: Vec<Option<Record>>,
     /// Upper bound of the wire size of all answers (their owner is the question's name).
     pub answer_size: usize,
+    /// Built in panic mode: too few healthy instances, so all were used.
+    pub panic: bool,
 }
 
 impl Built {
@@ -53,6 +57,7 @@ impl Built {
             order: Vec::new(),
             additionals: Vec::new(),
             answer_size: 0,
+            panic: false,
         }
     }
 }
@@ -93,12 +98,23 @@ impl Zone {
         )
     }
 
-    fn address(&self, owner: &Name, ip: IpAddr) -> Record {
+    fn address(&self, owner: &Name, ip: IpAddr, ttl: u32) -> Record {
         let rdata = match ip {
             IpAddr::V4(v4) => RData::A(A(v4)),
             IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
         };
-        Record::from_rdata(owner.clone(), self.ttl, rdata)
+        Record::from_rdata(owner.clone(), ttl, rdata)
+    }
+
+    /// Whether `svc` has so few served instances that all of them should be answered.
+    fn in_panic(&self, svc: &Service) -> bool {
+        let total = svc.instances.len();
+        let served = svc
+            .instances
+            .values()
+            .filter(|i| i.is_served(self.serve_warning))
+            .count();
+        total > 0 && (served as f64) < self.panic_threshold * total as f64
     }
 
     /// `<id>.<service>.<zone>`, the SRV target and instance name.
@@ -111,19 +127,22 @@ impl Zone {
             .ok()
     }
 
-    /// Builds the answer for `target` (one that names `svc`) and `qtype`, owner `qname`.
+    /// Builds the answer for `target` (one that names `svc`) and `qtype`, owner `qname`,
+    /// with records of TTL `ttl`.
     pub fn build(
         &self,
         svc: &Service,
         target: Target<'_>,
         qname: &Name,
         qtype: RecordType,
+        ttl: u32,
     ) -> Built {
         let gen = svc.generation;
+        let panic = self.in_panic(svc);
         let served = svc
             .instances
             .values()
-            .filter(|i| i.is_served(self.serve_warning));
+            .filter(|i| panic || i.is_served(self.serve_warning));
         // The instances the name covers, with the port its SRV records use.
         let selected: Vec<(&Instance, Option<u16>)> = match target {
             Target::Service(_) | Target::ServiceSrv(_) | Target::ServiceNode(_) => {
@@ -147,6 +166,7 @@ impl Zone {
         }
         let srv_only = matches!(target, Target::ServiceSrv(_) | Target::NamedPort { .. });
         let mut built = Built::negative(gen, Outcome::NoData);
+        built.panic = panic;
         if matches!(target, Target::ServiceNode(_)) {
             return built;
         }
@@ -158,7 +178,7 @@ impl Zone {
         };
         if !srv_only {
             for (i, _) in selected.iter().filter(|(i, _)| want_addr(&i.address)) {
-                built.answers.push(self.address(qname, i.address));
+                built.answers.push(self.address(qname, i.address, ttl));
                 built.order.push((0, i.weight));
                 built.additionals.push(None);
             }
@@ -174,11 +194,11 @@ impl Zone {
                 let srv = SRV::new(i.priority, i.weight, *port, target_name.clone());
                 built
                     .answers
-                    .push(Record::from_rdata(qname.clone(), self.ttl, RData::SRV(srv)));
+                    .push(Record::from_rdata(qname.clone(), ttl, RData::SRV(srv)));
                 built.order.push((i.priority, i.weight));
                 built
                     .additionals
-                    .push(Some(self.address(&target_name, i.address)));
+                    .push(Some(self.address(&target_name, i.address, ttl)));
             }
         }
         if qtype == RecordType::TXT {
@@ -190,7 +210,7 @@ impl Zone {
                 if !strings.is_empty() {
                     built.answers.push(Record::from_rdata(
                         qname.clone(),
-                        self.ttl,
+                        ttl,
                         RData::TXT(TXT::new(strings)),
                     ));
                     built.order.push((0, 1));
@@ -226,6 +246,7 @@ mod tests {
             ttl: 5,
             negative_ttl: 7,
             serve_warning: true,
+            panic_threshold: 0.0,
         }
     }
 
@@ -268,15 +289,15 @@ mod tests {
         let z = zone();
         let svc = web();
         let t = Target::Service("web");
-        let a = z.build(&svc, t, &q("web.svc.internal."), RecordType::A);
+        let a = z.build(&svc, t, &q("web.svc.internal."), RecordType::A, 5);
         assert_eq!(
             (a.outcome, a.answers.len(), a.generation),
             (Outcome::Answer, 1, 42)
         );
         assert_eq!(a.answers[0].ttl, 5);
-        let aaaa = z.build(&svc, t, &q("web.svc.internal."), RecordType::AAAA);
+        let aaaa = z.build(&svc, t, &q("web.svc.internal."), RecordType::AAAA, 5);
         assert_eq!(aaaa.answers.len(), 1);
-        let srv = z.build(&svc, t, &q("web.svc.internal."), RecordType::SRV);
+        let srv = z.build(&svc, t, &q("web.svc.internal."), RecordType::SRV, 5);
         assert_eq!(srv.answers.len(), 2);
         let RData::SRV(s) = &srv.answers[0].data else {
             panic!()
@@ -285,7 +306,7 @@ mod tests {
         assert_eq!(s.target, q("a.web.svc.internal."));
         let add = srv.additionals[0].as_ref().unwrap();
         assert_eq!(&add.name, &q("a.web.svc.internal."));
-        let mx = z.build(&svc, t, &q("web.svc.internal."), RecordType::MX);
+        let mx = z.build(&svc, t, &q("web.svc.internal."), RecordType::MX, 5);
         assert_eq!(mx.outcome, Outcome::NoData);
     }
 
@@ -298,6 +319,7 @@ mod tests {
             Target::Service("web"),
             &q("web.svc.internal."),
             RecordType::AAAA,
+            5,
         );
         assert_eq!(aaaa.outcome, Outcome::NoData);
     }
@@ -314,6 +336,7 @@ mod tests {
             },
             &q("a.web.svc.internal."),
             RecordType::A,
+            5,
         );
         assert_eq!(i.outcome, Outcome::Answer);
         let txt = z.build(
@@ -324,6 +347,7 @@ mod tests {
             },
             &q("a.web.svc.internal."),
             RecordType::TXT,
+            5,
         );
         let RData::TXT(t) = &txt.answers[0].data else {
             panic!()
@@ -338,6 +362,7 @@ mod tests {
             },
             &q("c.web.svc.internal."),
             RecordType::A,
+            5,
         );
         assert_eq!(
             crit.outcome,
@@ -352,6 +377,7 @@ mod tests {
             },
             &q("_grpc._tcp.web.svc.internal."),
             RecordType::SRV,
+            5,
         );
         assert_eq!(port.answers.len(), 2);
         let RData::SRV(s) = &port.answers[0].data else {
@@ -366,6 +392,7 @@ mod tests {
             },
             &q("_grpc._tcp.web.svc.internal."),
             RecordType::A,
+            5,
         );
         assert_eq!(port_a.outcome, Outcome::NoData);
         let none = z.build(
@@ -376,6 +403,7 @@ mod tests {
             },
             &q("_http._tcp.web.svc.internal."),
             RecordType::SRV,
+            5,
         );
         assert_eq!(none.outcome, Outcome::NxDomain);
         let tag = z.build(
@@ -386,6 +414,7 @@ mod tests {
             },
             &q("v2._tag.web.svc.internal."),
             RecordType::A,
+            5,
         );
         assert_eq!(tag.answers.len(), 1);
         let notag = z.build(
@@ -396,6 +425,7 @@ mod tests {
             },
             &q("v3._tag.web.svc.internal."),
             RecordType::A,
+            5,
         );
         assert_eq!(notag.outcome, Outcome::NxDomain);
     }
@@ -412,8 +442,41 @@ mod tests {
             Target::Service("web"),
             &q("web.svc.internal."),
             RecordType::A,
+            5,
         );
         assert_eq!(b.outcome, Outcome::NxDomain);
+    }
+
+    #[test]
+    fn panic_mode_serves_all_when_too_few_are_healthy() {
+        let mut z = zone();
+        let svc = web(); // 2 of 3 served
+        let name = q("web.svc.internal.");
+        z.panic_threshold = 0.5;
+        let b = z.build(&svc, Target::Service("web"), &name, RecordType::A, 5);
+        assert!(!b.panic);
+        assert_eq!(b.answers.len(), 1, "critical 10.0.0.3 not served");
+        z.panic_threshold = 0.8;
+        let b = z.build(&svc, Target::Service("web"), &name, RecordType::A, 5);
+        assert!(b.panic);
+        assert_eq!(
+            b.answers.len(),
+            2,
+            "in panic mode the critical instance is served too"
+        );
+    }
+
+    #[test]
+    fn ttl_is_the_one_asked_for() {
+        let b = zone().build(
+            &web(),
+            Target::Service("web"),
+            &q("web.svc.internal."),
+            RecordType::SRV,
+            30,
+        );
+        assert!(b.answers.iter().all(|r| r.ttl == 30));
+        assert!(b.additionals.iter().flatten().all(|r| r.ttl == 30));
     }
 
     #[test]

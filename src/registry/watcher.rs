@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{parse_entry, parse_key, Backoff, RegistryError, Status};
 use crate::cache::{Mirror, Update};
@@ -63,6 +63,9 @@ pub struct Watcher {
     /// How often to ask etcd to confirm the watch is current.
     progress_interval: Duration,
     lists: u64,
+    max_stale: Option<Duration>,
+    /// Whether "past max_stale" was logged for the current outage.
+    too_stale_logged: bool,
     /// Last revision applied to the mirror; `None` means the next session must list first.
     revision: Option<i64>,
     /// The etcd cluster the mirror came from; another one means its revisions mean nothing here.
@@ -86,11 +89,19 @@ impl Watcher {
             metrics,
             progress_interval: cfg.keepalive_interval.max(Duration::from_secs(1)) * 2,
             lists: 0,
+            max_stale: None,
+            too_stale_logged: false,
             backoff: Backoff::new(cfg.retry_min, cfg.retry_max),
             revision: None,
             cluster_id: None,
             last_stale_log: None,
         }
+    }
+
+    /// Past `max_stale` without etcd, say so (once per outage): registry names answer SERVFAIL.
+    pub fn with_max_stale(mut self, max_stale: Option<Duration>) -> Self {
+        self.max_stale = max_stale;
+        self
     }
 
     /// Runs until `shutdown` is cancelled. Never returns an error: etcd outages are normal.
@@ -107,6 +118,14 @@ impl Watcher {
                 continue;
             }
             let since = self.status.set_disconnected();
+            if !self.too_stale_logged && self.status.is_too_stale(self.max_stale) {
+                self.too_stale_logged = true;
+                error!(
+                    stale_since = %humantime::format_rfc3339_seconds(since),
+                    max_stale = ?self.max_stale.unwrap_or_default(),
+                    "data older than max_stale: registry names now answer SERVFAIL until etcd is back",
+                );
+            }
             let delay = self.backoff.next_delay();
             let remind = self
                 .last_stale_log
@@ -267,6 +286,7 @@ impl Watcher {
         self.status.set_connected();
         self.backoff.reset();
         self.last_stale_log = None;
+        self.too_stale_logged = false;
         match was_stale {
             Some(since) => info!(
                 revision,
