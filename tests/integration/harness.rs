@@ -604,3 +604,215 @@ pub fn rdata_string(d: &RData) -> String {
 pub fn rcode(m: &Message) -> ResponseCode {
     m.metadata.response_code
 }
+
+impl Etcd {
+    /// Grants a lease of `ttl` seconds; returns its id.
+    pub fn grant(&self, ttl: i64) -> i64 {
+        let mut c = self.client();
+        runtime().block_on(async { c.lease_grant(ttl, None).await.expect("lease grant").id() })
+    }
+
+    pub fn put_with_lease(&self, key: &str, value: &str, lease: i64) {
+        let mut c = self.client();
+        let opts = etcd_client::PutOptions::new().with_lease(lease);
+        runtime().block_on(async { c.put(key, value, Some(opts)).await.expect("etcd put") });
+    }
+
+    /// A handle to an etcd this test does not own (no process, nothing killed on drop).
+    pub fn handle_for(client_port: u16) -> Self {
+        Etcd {
+            client_port,
+            peer_port: 0,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            tls: None,
+            server_tls: Vec::new(),
+            auth: None,
+        }
+    }
+
+    /// Sends one keepalive for `lease`; false if etcd could not be reached.
+    pub fn keep_alive_once(&self, lease: i64) -> bool {
+        let ep = self.endpoint();
+        let opts = self.connect_options();
+        runtime().block_on(async move {
+            let attempt = async {
+                let mut c = etcd_client::Client::connect([ep], Some(opts)).await?;
+                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                stream.message().await?;
+                Ok::<_, etcd_client::Error>(())
+            };
+            matches!(
+                tokio::time::timeout(Duration::from_secs(2), attempt).await,
+                Ok(Ok(()))
+            )
+        })
+    }
+
+    pub fn defragment(&self) {
+        let mut c = self.client();
+        runtime().block_on(async { c.defragment().await.expect("etcd defragment") });
+    }
+}
+
+/// A multi-member etcd cluster on loopback, one data dir per member.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    members: Vec<(u16, u16)>,
+    children: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    pub fn start(n: usize) -> Self {
+        require("etcd", "etcd-server");
+        let mut c = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            members: (0..n).map(|_| (free_port(), free_port())).collect(),
+            children: (0..n).map(|_| None).collect(),
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c.wait_healthy();
+        c
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn endpoint(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].0)
+    }
+
+    /// Every member's client URL, comma-separated.
+    pub fn endpoints(&self) -> String {
+        (0..self.members.len())
+            .map(|i| self.endpoint(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let (cp, pp) = self.members[i];
+        let c = format!("http://127.0.0.1:{cp}");
+        let p = format!("http://127.0.0.1:{pp}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("m{i}.log")))
+            .unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", &format!("m{i}"), "--data-dir"])
+            .arg(self.dir.path().join(format!("m{i}")))
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args(["--initial-cluster", &self.initial_cluster()])
+            .args([
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "ruddr-test",
+            ])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd member");
+        self.children[i] = Some(child);
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|i| self.children[*i].is_some())
+            .collect()
+    }
+
+    /// Waits until every live member answers and agrees on a leader.
+    pub fn wait_healthy(&self) {
+        eventually(
+            Duration::from_secs(30),
+            "etcd cluster healthy with a leader",
+            || {
+                let leaders: Vec<u64> = self
+                    .live()
+                    .into_iter()
+                    .map(|i| self.status(i).map(|(leader, _)| leader))
+                    .collect::<Option<_>>()?;
+                (leaders.iter().all(|l| *l != 0 && *l == leaders[0])).then_some(())
+            },
+        );
+    }
+
+    /// (leader id, own member id) as member `i` sees it.
+    fn status(&self, i: usize) -> Option<(u64, u64)> {
+        let ep = self.endpoint(i);
+        runtime().block_on(async move {
+            let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(1));
+            let mut c = etcd_client::Client::connect([ep], Some(opts)).await.ok()?;
+            let s = c.status().await.ok()?;
+            Some((s.leader(), s.header()?.member_id()))
+        })
+    }
+
+    /// Index of the current leader.
+    pub fn leader(&self) -> usize {
+        eventually(Duration::from_secs(20), "a leader", || {
+            self.live()
+                .into_iter()
+                .find(|i| matches!(self.status(*i), Some((l, me)) if l == me))
+        })
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+    }
+
+    /// Writes a key through any live member, retrying (etcd-client does not retry unary calls).
+    pub fn put(&self, key: &str, value: &str) {
+        let eps: Vec<String> = self.live().into_iter().map(|i| self.endpoint(i)).collect();
+        eventually(Duration::from_secs(20), "a put to the cluster", || {
+            let eps = eps.clone();
+            runtime().block_on(async {
+                let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(2));
+                let mut c = etcd_client::Client::connect(eps, Some(opts)).await.ok()?;
+                c.put(key, value, None).await.ok().map(|_| ())
+            })
+        });
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        if std::thread::panicking() {
+            for i in 0..self.members.len() {
+                dump_log(
+                    &format!("etcd m{i}"),
+                    &self.dir.path().join(format!("m{i}.log")),
+                );
+            }
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! - `admin`: /metrics, /health, /ready and check-config on shipped configs.
 //! - `dns`: the DNS contract: name forms, NXDOMAIN/NODATA with SOA, AA, REFUSED, EDNS, TC/TCP.
 //! - `mirror`: registry changes reaching answers; bad values; etcd outages; compaction.
+//! - `outage`: 3-member cluster failover under load, leases across outages, snapshots, max_stale.
 //! - `ordering`: randomized, weighted answer order.
 //! - `robustness`: malformed packets, CLI and config errors, signals.
 
@@ -12,4 +13,5 @@ mod dns;
 mod harness;
 mod mirror;
 mod ordering;
+mod outage;
 mod robustness;

@@ -245,6 +245,7 @@ fn compaction_while_disconnected_rebuilds_state() {
     etcd.put("/ruddr/services/new/n1", r#"{"address":"10.5.2.1"}"#);
     etcd.put("/ruddr/services/web/w2", r#"{"address":"10.5.0.22"}"#);
     etcd.compact();
+    etcd.defragment();
     r.signal("CONT");
 
     r.wait_log("watch lost its revision");
