@@ -606,50 +606,6 @@ pub fn rcode(m: &Message) -> ResponseCode {
 }
 
 impl Etcd {
-    /// Grants a lease of `ttl` seconds; returns its id.
-    pub fn grant(&self, ttl: i64) -> i64 {
-        let mut c = self.client();
-        runtime().block_on(async { c.lease_grant(ttl, None).await.expect("lease grant").id() })
-    }
-
-    pub fn put_with_lease(&self, key: &str, value: &str, lease: i64) {
-        let mut c = self.client();
-        let opts = etcd_client::PutOptions::new().with_lease(lease);
-        runtime().block_on(async { c.put(key, value, Some(opts)).await.expect("etcd put") });
-    }
-
-    /// A handle to an etcd this test does not own (no process, nothing killed on drop).
-    pub fn handle_for(client_port: u16) -> Self {
-        Etcd {
-            client_port,
-            peer_port: 0,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-            tls: None,
-            server_tls: Vec::new(),
-            auth: None,
-        }
-    }
-
-    /// Sends one keepalive for `lease`; false if etcd could not be reached.
-    pub fn keep_alive_once(&self, lease: i64) -> bool {
-        let ep = self.endpoint();
-        let opts = self.connect_options();
-        runtime().block_on(async move {
-            let attempt = async {
-                let mut c = etcd_client::Client::connect([ep], Some(opts)).await?;
-                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
-                keeper.keep_alive().await?;
-                stream.message().await?;
-                Ok::<_, etcd_client::Error>(())
-            };
-            matches!(
-                tokio::time::timeout(Duration::from_secs(2), attempt).await,
-                Ok(Ok(()))
-            )
-        })
-    }
-
     pub fn defragment(&self) {
         let mut c = self.client();
         runtime().block_on(async { c.defragment().await.expect("etcd defragment") });
@@ -787,19 +743,93 @@ impl Cluster {
         self.spawn(i);
     }
 
-    /// Writes a key through any live member, retrying (etcd-client does not retry unary calls).
-    pub fn put(&self, key: &str, value: &str) {
+    /// Kills every member.
+    pub fn stop_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+
+    /// Starts every stopped member and waits for a leader.
+    pub fn start_all(&mut self) {
+        for i in 0..self.members.len() {
+            if self.children[i].is_none() {
+                self.spawn(i);
+            }
+        }
+        self.wait_healthy();
+    }
+
+    /// Runs `op` against the live members, retrying for up to 20 s (etcd-client does not retry
+    /// unary calls when a member is down).
+    fn with_retry<T>(
+        &self,
+        what: &str,
+        op: impl for<'c> Fn(
+            &'c mut etcd_client::Client,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<T>> + 'c>>,
+    ) -> T {
         let eps: Vec<String> = self.live().into_iter().map(|i| self.endpoint(i)).collect();
-        eventually(Duration::from_secs(20), "a put to the cluster", || {
+        eventually(Duration::from_secs(20), what, || {
             let eps = eps.clone();
             runtime().block_on(async {
                 let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(2));
                 let mut c = etcd_client::Client::connect(eps, Some(opts)).await.ok()?;
-                c.put(key, value, None).await.ok().map(|_| ())
+                op(&mut c).await
             })
-        });
+        })
+    }
+
+    pub fn put(&self, key: &str, value: &str) {
+        self.with_retry("a put to the cluster", |c| {
+            let (k, v) = (key.to_string(), value.to_string());
+            Box::pin(async move { c.put(k, v, None).await.ok().map(|_| ()) })
+        })
+    }
+
+    pub fn grant(&self, ttl: i64) -> i64 {
+        self.with_retry("a lease grant", |c| {
+            Box::pin(async move { c.lease_grant(ttl, None).await.ok().map(|r| r.id()) })
+        })
+    }
+
+    pub fn put_with_lease(&self, key: &str, value: &str, lease: i64) {
+        self.with_retry("a put with lease", |c| {
+            let (k, v) = (key.to_string(), value.to_string());
+            Box::pin(async move {
+                let opts = etcd_client::PutOptions::new().with_lease(lease);
+                c.put(k, v, Some(opts)).await.ok().map(|_| ())
+            })
+        })
+    }
+
+    /// The client URLs of every member, for a registrant running in another thread.
+    pub fn endpoint_list(&self) -> Vec<String> {
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
     }
 }
+
+/// Sends one keepalive for `lease` to any of `endpoints`; false if none could be reached.
+pub fn keep_alive_once(endpoints: &[String], lease: i64) -> bool {
+    let eps = endpoints.to_vec();
+    runtime().block_on(async move {
+        let attempt = async {
+            let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(1));
+            let mut c = etcd_client::Client::connect(eps, Some(opts)).await?;
+            let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+            keeper.keep_alive().await?;
+            stream.message().await?;
+            Ok::<_, etcd_client::Error>(())
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), attempt).await,
+            Ok(Ok(()))
+        )
+    })
+}
+
+impl Cluster {}
 
 impl Drop for Cluster {
     fn drop(&mut self) {
