@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::admin::{self, Admin};
 use crate::cache::{Mirror, Update};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::dns::Handler;
 use crate::metrics::Metrics;
 use crate::persist;
@@ -170,4 +170,310 @@ async fn bind_pair(addr: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)>
         "no port free for both UDP and TCP on {} after {ATTEMPTS} tries",
         addr.ip()
     )
+}
+
+/// Turns `ruddr register` flags or its config file into validated registrations. Nothing is
+/// written to etcd when this fails.
+pub fn register_plan(
+    args: &crate::cli::RegisterArgs,
+) -> Result<
+    (
+        crate::config::EtcdConfig,
+        Vec<crate::register::Registration>,
+    ),
+    ConfigError,
+> {
+    use crate::register::{InstanceSpec, RegisterFile};
+    let (mut etcd, specs) = match &args.config {
+        Some(path) => {
+            let file = RegisterFile::load(path)?;
+            let mut etcd = file.etcd;
+            etcd.resolve_paths(path.parent().unwrap_or(std::path::Path::new(".")));
+            if file.instance.is_empty() {
+                return Err(ConfigError::Invalid {
+                    option: "instance",
+                    reason: format!("{} has no [[instance]] table", path.display()),
+                });
+            }
+            (etcd, file.instance)
+        }
+        None => {
+            let pairs = |option: &'static str, items: &[String]| {
+                items
+                    .iter()
+                    .map(|item| {
+                        item.split_once('=')
+                            .filter(|(k, _)| !k.is_empty())
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .ok_or_else(|| ConfigError::Invalid {
+                                option,
+                                reason: format!("{item:?} is not NAME=VALUE"),
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            let mut ports = std::collections::BTreeMap::new();
+            for (name, port) in pairs("--port-name", &args.port_names)? {
+                let port: u16 = port.parse().map_err(|_| ConfigError::Invalid {
+                    option: "--port-name",
+                    reason: format!("{port:?} is not a port number"),
+                })?;
+                ports.insert(name, port);
+            }
+            let spec = InstanceSpec {
+                service: args.service.clone().unwrap_or_default(),
+                id: args.id.clone().unwrap_or_default(),
+                address: args.address.clone().unwrap_or_default(),
+                port: args.port,
+                ports,
+                tags: args.tags.clone(),
+                weight: args.weight,
+                priority: args.priority,
+                meta: pairs("--meta", &args.meta)?.into_iter().collect(),
+                ttl: args.ttl,
+                check_http: args.check_http.clone(),
+                check_tcp: args.check_tcp.clone(),
+                check_cmd: args.check_cmd.clone(),
+                interval: args.interval,
+                timeout: args.timeout,
+                fail_after: args.fail_after,
+                pass_after: args.pass_after,
+                deregister_after: args.deregister_after,
+                drain: args.drain,
+            };
+            (crate::config::EtcdConfig::default(), vec![spec])
+        }
+    };
+    etcd.apply_flags(&args.etcd);
+    etcd.validate()?;
+    let regs = specs
+        .iter()
+        .map(InstanceSpec::validate)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut seen = std::collections::HashSet::new();
+    for r in &regs {
+        if !seen.insert((r.service.clone(), r.id.clone())) {
+            return Err(ConfigError::Invalid {
+                option: "--id",
+                reason: format!("{}/{} is registered twice", r.service, r.id),
+            });
+        }
+    }
+    Ok((etcd, regs))
+}
+
+/// Waits for SIGTERM or SIGINT and returns which.
+pub async fn next_signal() -> nix::sys::signal::Signal {
+    use nix::sys::signal::Signal;
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => Signal::SIGTERM,
+        _ = int.recv() => Signal::SIGINT,
+    }
+}
+
+/// `ruddr register`: keeps the registrations until a signal (or the child's exit), then
+/// deregisters. Returns the process exit code: 0, or the child's status.
+pub async fn register(
+    etcd: crate::config::EtcdConfig,
+    registrations: Vec<crate::register::Registration>,
+    command: Vec<String>,
+) -> anyhow::Result<i32> {
+    use std::sync::atomic::Ordering;
+    let token = CancellationToken::new();
+    let registrar = crate::register::Registrar::connect(&etcd, registrations).await?;
+    let skip_drain = registrar.skip_drain_flag();
+    let mut agents = tokio::spawn(registrar.run(token.clone()));
+
+    if command.is_empty() {
+        let sig = next_signal().await;
+        info!(signal = %sig, "deregistering");
+        token.cancel();
+        agents.await.context("registration task")?;
+        return Ok(0);
+    }
+
+    // Its own process group: a Ctrl-C in the terminal reaches ruddr only, which deregisters
+    // and drains before passing the signal on.
+    let mut child = tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {:?}", command[0]))?;
+    let pid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
+    info!(command = ?command, pid = ?pid, "started the service");
+    let status = tokio::select! {
+        status = child.wait() => {
+            let status = status.context("waiting for the service")?;
+            warn!(%status, "the service exited; deregistering at once");
+            skip_drain.store(true, Ordering::Relaxed);
+            token.cancel();
+            agents.await.context("registration task")?;
+            status
+        }
+        sig = next_signal() => {
+            info!(signal = %sig, "deregistering, draining, then signalling the service");
+            token.cancel();
+            // Deregister and drain first, so no new traffic reaches the service when it stops.
+            let status = tokio::select! {
+                done = &mut agents => {
+                    done.context("registration task")?;
+                    if let Some(pid) = pid {
+                        if let Err(e) = nix::sys::signal::kill(pid, sig) {
+                            warn!(error = %e, "cannot signal the service");
+                        }
+                    }
+                    child.wait().await.context("waiting for the service")?
+                }
+                status = child.wait() => {
+                    // The service stopped on its own while draining; finish deregistering.
+                    let status = status.context("waiting for the service")?;
+                    agents.await.context("registration task")?;
+                    status
+                }
+            };
+            status
+        }
+    };
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1))
+}
+
+/// `ruddr services`: the registry as an operator sees it.
+pub async fn services(
+    etcd: crate::config::EtcdConfig,
+    service: Option<String>,
+    output: crate::cli::Output,
+) -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+
+    use etcd_client::GetOptions;
+    use serde_json::json;
+
+    let mut client = registry::connect(&etcd).await?;
+    let resp = client
+        .get(etcd.prefix.clone(), Some(GetOptions::new().with_prefix()))
+        .await
+        .with_context(|| format!("listing {} from {}", etcd.prefix, etcd.endpoints.join(",")))?;
+    let mut by_service: BTreeMap<String, Vec<(crate::cache::Instance, i64)>> = BTreeMap::new();
+    let mut invalid = 0;
+    for kv in resp.kvs() {
+        match registry::parse_entry(&etcd.prefix, kv.key(), kv.value()) {
+            Ok((svc, inst)) => by_service
+                .entry(svc.to_string())
+                .or_default()
+                .push((inst, kv.lease())),
+            Err(_) => invalid += 1,
+        }
+    }
+    let json_out = output == crate::cli::Output::Json;
+    match service {
+        None => {
+            let rows: Vec<_> = by_service
+                .iter()
+                .map(|(name, insts)| {
+                    let healthy = insts.iter().filter(|(i, _)| i.is_served(true)).count();
+                    (name, healthy, insts.len())
+                })
+                .collect();
+            if json_out {
+                let list: Vec<_> = rows
+                    .iter()
+                    .map(|(n, h, t)| json!({"service": n, "healthy": h, "total": t}))
+                    .collect();
+                println!("{}", json!({"services": list, "invalid_entries": invalid}));
+            } else {
+                println!("{:<32} {:>7} {:>7}", "SERVICE", "HEALTHY", "TOTAL");
+                for (n, h, t) in rows {
+                    println!("{n:<32} {h:>7} {t:>7}");
+                }
+                if invalid > 0 {
+                    println!(
+                        "({invalid} entries under {} break the registry contract)",
+                        etcd.prefix
+                    );
+                }
+            }
+        }
+        Some(name) => {
+            let name = name.to_ascii_lowercase();
+            let Some(insts) = by_service.get(&name) else {
+                anyhow::bail!("no service {name:?} under {}", etcd.prefix);
+            };
+            let mut rows = Vec::new();
+            for (inst, lease) in insts {
+                let ttl_left = if *lease == 0 {
+                    None
+                } else {
+                    client
+                        .lease_time_to_live(*lease, None)
+                        .await
+                        .ok()
+                        .map(|r| r.ttl())
+                        .filter(|t| *t >= 0)
+                };
+                rows.push((inst, ttl_left));
+            }
+            if json_out {
+                let list: Vec<_> = rows
+                    .iter()
+                    .map(|(i, ttl)| {
+                        json!({
+                            "id": i.id.as_str(),
+                            "address": i.address.to_string(),
+                            "port": i.port,
+                            "ports": i.ports,
+                            "tags": i.tags,
+                            "weight": i.weight,
+                            "priority": i.priority,
+                            "health": format!("{:?}", i.health).to_lowercase(),
+                            "meta": i.meta,
+                            "lease_ttl_seconds": ttl,
+                        })
+                    })
+                    .collect();
+                println!("{}", json!({"service": name, "instances": list}));
+            } else {
+                println!(
+                    "{:<24} {:<40} {:>5} {:<9} {:>9}  TAGS",
+                    "ID", "ADDRESS", "PORT", "HEALTH", "LEASE TTL"
+                );
+                for (i, ttl) in rows {
+                    println!(
+                        "{:<24} {:<40} {:>5} {:<9} {:>9}  {}",
+                        i.id.as_str(),
+                        i.address,
+                        i.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                        format!("{:?}", i.health).to_lowercase(),
+                        ttl.map(|t| format!("{t}s")).unwrap_or_else(|| "-".into()),
+                        i.tags.join(","),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The etcd settings for `ruddr services`: defaults, the [etcd] table of a config file, flags.
+pub fn services_etcd(
+    args: &crate::cli::ServicesArgs,
+) -> Result<crate::config::EtcdConfig, ConfigError> {
+    let mut etcd = match &args.config {
+        Some(path) => Config::from_file(path)?.etcd,
+        None => crate::config::EtcdConfig::default(),
+    };
+    etcd.apply_flags(&args.etcd);
+    etcd.validate()?;
+    Ok(etcd)
 }

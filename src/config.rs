@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::ServeArgs;
+use crate::cli::{EtcdArgs, ServeArgs};
 
 /// A configuration that cannot be used. Every message names the file or option at fault.
 #[derive(Debug, thiserror::Error)]
@@ -267,103 +267,27 @@ fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Er
     }
 }
 
-impl Config {
-    /// Defaults, then the file named by `--config` (if any), then flags; then validation.
-    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
-        let mut cfg = match &args.config {
-            Some(path) => Self::from_file(path)?,
-            None => Self::default(),
-        };
-        cfg.apply_flags(args)?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// Reads a TOML file; relative TLS paths are taken relative to the file's directory.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut cfg: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        if let Some(p) = &mut cfg.snapshot.file {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
-        if let Some(tls) = &mut cfg.etcd.tls {
-            for p in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file]
-                .into_iter()
-                .flatten()
-            {
-                if p.is_relative() {
-                    *p = base.join(&*p);
-                }
-            }
-        }
-        Ok(cfg)
-    }
-
-    fn apply_flags(&mut self, a: &ServeArgs) -> Result<(), ConfigError> {
-        if !a.listen.is_empty() {
-            self.listen = a
-                .listen
-                .iter()
-                .map(|s| {
-                    s.trim()
-                        .parse()
-                        .map_err(|_| invalid("--listen", format!("{s:?} is not ADDR:PORT")))
-                })
-                .collect::<Result<_, _>>()?;
-        }
-        if let Some(admin) = &a.admin_listen {
-            self.admin_listen =
-                optional_addr::parse(admin).map_err(|reason| invalid("--admin-listen", reason))?;
-        }
+impl EtcdConfig {
+    /// Overrides settings with the etcd flags that were given.
+    pub fn apply_flags(&mut self, a: &EtcdArgs) {
         if !a.etcd_endpoints.is_empty() {
-            self.etcd.endpoints = a
+            self.endpoints = a
                 .etcd_endpoints
                 .iter()
                 .map(|s| s.trim().to_string())
                 .collect();
         }
         if let Some(p) = &a.prefix {
-            self.etcd.prefix = p.clone();
-        }
-        if let Some(z) = &a.zone {
-            self.dns.zone = z.clone();
-        }
-        if let Some(t) = a.ttl {
-            self.dns.ttl = t;
-        }
-        if let Some(t) = a.negative_ttl {
-            self.dns.negative_ttl = t;
-        }
-        if let Some(m) = &a.max_stale {
-            self.dns.max_stale =
-                optional_duration::parse(m).map_err(|reason| invalid("--max-stale", reason))?;
-        }
-        if let Some(t) = a.stale_ttl {
-            self.dns.stale_ttl = t;
-        }
-        if let Some(t) = a.panic_threshold {
-            self.dns.panic_threshold = t;
-        }
-        if let Some(f) = &a.snapshot_file {
-            self.snapshot.file = (!f.as_os_str().is_empty()).then(|| f.clone());
+            self.prefix = p.clone();
         }
         if let Some(u) = &a.etcd_username {
-            self.etcd.username = Some(u.clone());
+            self.username = Some(u.clone());
         }
         if let Some(p) = &a.etcd_password {
-            self.etcd.password = Some(p.clone());
+            self.password = Some(p.clone());
         }
         if a.etcd_ca.is_some() || a.etcd_cert.is_some() {
-            let tls = self.etcd.tls.get_or_insert_with(TlsConfig::default);
+            let tls = self.tls.get_or_insert_with(TlsConfig::default);
             if let Some(ca) = &a.etcd_ca {
                 tls.ca_file = Some(ca.clone());
             }
@@ -372,15 +296,11 @@ impl Config {
                 tls.key_file = Some(k.clone());
             }
         }
-        Ok(())
     }
 
-    /// Checks every setting and normalizes names (zone lower case and fully qualified).
-    pub fn validate(&mut self) -> Result<(), ConfigError> {
-        if self.listen.is_empty() {
-            return Err(invalid("listen", "at least one address is needed"));
-        }
-        let e = &mut self.etcd;
+    /// Checks the etcd settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let e = self;
         if e.endpoints.is_empty() || e.endpoints.iter().any(|s| s.is_empty()) {
             return Err(invalid(
                 "etcd.endpoints",
@@ -430,6 +350,104 @@ impl Config {
                 "keepalive times must be above zero",
             ));
         }
+        Ok(())
+    }
+
+    /// Makes relative TLS paths relative to `base` (the config file's directory).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        if let Some(tls) = &mut self.tls {
+            for p in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file]
+                .into_iter()
+                .flatten()
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file named by `--config` (if any), then flags; then validation.
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let mut cfg = match &args.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        cfg.apply_flags(args)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a TOML file; relative TLS paths are taken relative to the file's directory.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(p) = &mut cfg.snapshot.file {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.etcd.resolve_paths(base);
+        Ok(cfg)
+    }
+
+    fn apply_flags(&mut self, a: &ServeArgs) -> Result<(), ConfigError> {
+        if !a.listen.is_empty() {
+            self.listen = a
+                .listen
+                .iter()
+                .map(|s| {
+                    s.trim()
+                        .parse()
+                        .map_err(|_| invalid("--listen", format!("{s:?} is not ADDR:PORT")))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(admin) = &a.admin_listen {
+            self.admin_listen =
+                optional_addr::parse(admin).map_err(|reason| invalid("--admin-listen", reason))?;
+        }
+        self.etcd.apply_flags(&a.etcd);
+        if let Some(z) = &a.zone {
+            self.dns.zone = z.clone();
+        }
+        if let Some(t) = a.ttl {
+            self.dns.ttl = t;
+        }
+        if let Some(t) = a.negative_ttl {
+            self.dns.negative_ttl = t;
+        }
+        if let Some(m) = &a.max_stale {
+            self.dns.max_stale =
+                optional_duration::parse(m).map_err(|reason| invalid("--max-stale", reason))?;
+        }
+        if let Some(t) = a.stale_ttl {
+            self.dns.stale_ttl = t;
+        }
+        if let Some(t) = a.panic_threshold {
+            self.dns.panic_threshold = t;
+        }
+        if let Some(f) = &a.snapshot_file {
+            self.snapshot.file = (!f.as_os_str().is_empty()).then(|| f.clone());
+        }
+        Ok(())
+    }
+
+    /// Checks every setting and normalizes names (zone lower case and fully qualified).
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(invalid("listen", "at least one address is needed"));
+        }
+        self.etcd.validate()?;
         let d = &mut self.dns;
         d.zone = normalize_name("dns.zone", &d.zone)?;
         if d.zone == "." {
@@ -535,7 +553,10 @@ mod tests {
         let args = ServeArgs {
             config: Some(path),
             zone: Some("B.Example".into()),
-            etcd_endpoints: vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+            etcd: EtcdArgs {
+                etcd_endpoints: vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+                ..Default::default()
+            },
             ..Default::default()
         };
         let cfg = Config::load(&args).unwrap();

@@ -14,6 +14,7 @@
 //! - [`registry`]: everything that talks to etcd: connection, list, watch, key and value parsing.
 //! - [`cache`]: the in-memory service view; applies updates; no I/O, no etcd or DNS types.
 //! - [`dns`]: the hickory request handler, record building and query-name parsing.
+//! - [`register`]: the registration side (lease, keepalive, health checks, deregistration).
 //! - [`persist`]: the snapshot file, for starting while etcd is unreachable.
 //! - [`metrics`]: Prometheus metrics; [`admin`]: the HTTP listener for metrics, health, readiness.
 
@@ -25,4 +26,5 @@ pub mod config;
 pub mod dns;
 pub mod metrics;
 pub mod persist;
+pub mod register;
 pub mod registry;

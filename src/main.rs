@@ -31,6 +31,28 @@ fn main() -> ExitCode {
             }
             Err(e) => config_failed(&e),
         },
+        Command::Register(args) => {
+            let (etcd, regs) = match ruddr::app::register_plan(&args) {
+                Ok(plan) => plan,
+                Err(e) => return config_failed(&e),
+            };
+            match runtime().map(|rt| rt.block_on(ruddr::app::register(etcd, regs, args.command))) {
+                Ok(Ok(code)) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Ok(Err(e)) | Err(e) => failed(&e),
+            }
+        }
+        Command::Services(args) => {
+            let etcd = match ruddr::app::services_etcd(&args) {
+                Ok(etcd) => etcd,
+                Err(e) => return config_failed(&e),
+            };
+            match runtime()
+                .map(|rt| rt.block_on(ruddr::app::services(etcd, args.service, args.output)))
+            {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(e)) | Err(e) => failed(&e),
+            }
+        }
         Command::Serve(args) => {
             let cfg = match Config::load(&args) {
                 Ok(cfg) => cfg,
@@ -53,6 +75,17 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Runtime::new().context("starting the async runtime")
+}
+
+fn failed(e: &anyhow::Error) -> ExitCode {
+    tracing::error!("{e:#}");
+    eprintln!("ruddr: {e:#}");
+    ExitCode::FAILURE
 }
 
 fn config_failed(e: &ConfigError) -> ExitCode {

@@ -60,6 +60,10 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+pub fn ruddr_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ruddr")
+}
+
 fn dump_log(name: &str, path: &Path) {
     if let Ok(text) = std::fs::read_to_string(path) {
         let tail: Vec<&str> = text.lines().rev().take(60).collect();
@@ -310,6 +314,39 @@ impl Etcd {
         })
     }
 
+    /// Every key under `prefix`.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let mut c = self.client();
+        runtime().block_on(async {
+            let r = c
+                .get(
+                    prefix,
+                    Some(
+                        etcd_client::GetOptions::new()
+                            .with_prefix()
+                            .with_keys_only(),
+                    ),
+                )
+                .await
+                .expect("etcd get");
+            r.kvs()
+                .iter()
+                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                .collect()
+        })
+    }
+
+    /// The value of `key`, if present.
+    pub fn value(&self, key: &str) -> Option<String> {
+        let mut c = self.client();
+        runtime().block_on(async {
+            let r = c.get(key, None).await.expect("etcd get");
+            r.kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+        })
+    }
+
     pub fn delete(&self, key: &str) {
         let mut c = self.client();
         runtime().block_on(async { c.delete(key, None).await.expect("etcd delete") });
@@ -340,18 +377,121 @@ impl Drop for Etcd {
     }
 }
 
-pub fn ruddr_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_ruddr")
+/// A child process of ours with its stderr in a log file; killed on drop, log printed on a
+/// failing test.
+pub struct Proc {
+    name: &'static str,
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
-/// A running `ruddr serve`, with the port it bound (read from its "dns listening" log line).
+impl Proc {
+    /// Starts `ruddr` with `args` and extra environment variables.
+    pub fn ruddr(name: &'static str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(ruddr_bin())
+            .args(args)
+            .env("RUST_LOG", "info,ruddr=debug,hickory_server=warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start ruddr");
+        Proc {
+            name,
+            child: Some(child),
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        eventually(Duration::from_secs(20), needle, || {
+            self.log_text().contains(needle).then_some(())
+        });
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("process running").id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take().expect("process running");
+        let status = eventually(timeout, "the process to exit", || child.try_wait().unwrap());
+        status.code()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            dump_log(self.name, &self.log);
+        }
+    }
+}
+
+/// A running `ruddr serve`, with the ports it bound (read from its log).
 pub struct Ruddr {
     pub port: u16,
     /// Port of the admin HTTP listener (/metrics, /health, /ready).
     pub admin_port: u16,
-    child: Option<Child>,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+    proc: Proc,
+}
+
+impl std::ops::Deref for Ruddr {
+    type Target = Proc;
+    fn deref(&self) -> &Proc {
+        &self.proc
+    }
+}
+
+impl std::ops::DerefMut for Ruddr {
+    fn deref_mut(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+}
+
+fn logged_port(p: &Proc, line_has: &str, key: &str) -> u16 {
+    eventually(Duration::from_secs(20), line_has, || {
+        let text = p.log_text();
+        let line = text.lines().find(|l| l.contains(line_has))?;
+        let at = line.find(key)? + key.len();
+        let digits: String = line[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    })
 }
 
 impl Ruddr {
@@ -362,58 +502,28 @@ impl Ruddr {
 
     /// Like [`Ruddr::start`], with extra environment variables for the child only.
     pub fn start_env(etcd_endpoints: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("ruddr.log");
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(ruddr_bin())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--etcd-endpoints",
-                etcd_endpoints,
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .args(extra)
-            .env("RUST_LOG", "info,ruddr=debug,hickory_server=warn")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start ruddr");
-        let mut r = Ruddr {
-            port: 0,
-            admin_port: 0,
-            child: Some(child),
-            log,
-            _dir: dir,
-        };
-        r.port = eventually(Duration::from_secs(20), "ruddr to log its port", || {
-            let text = std::fs::read_to_string(&r.log).ok()?;
-            let line = text.lines().find(|l| l.contains("dns listening"))?;
-            let at = line.find("udp=127.0.0.1:")? + "udp=127.0.0.1:".len();
-            let digits: String = line[at..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            digits.parse().ok()
-        });
-        r.admin_port = eventually(
-            Duration::from_secs(20),
-            "ruddr to log its admin port",
-            || {
-                let text = std::fs::read_to_string(&r.log).ok()?;
-                let line = text.lines().find(|l| l.contains("admin listening"))?;
-                let at = line.find("addr=127.0.0.1:")? + "addr=127.0.0.1:".len();
-                let digits: String = line[at..]
-                    .chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect();
-                digits.parse().ok()
-            },
-        );
-        r
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--etcd-endpoints",
+            etcd_endpoints,
+            "--admin-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let proc = Proc::ruddr("ruddr", &args, env);
+        let port = logged_port(&proc, "dns listening", "udp=127.0.0.1:");
+        let admin_port = logged_port(&proc, "admin listening", "addr=127.0.0.1:");
+        Ruddr {
+            port,
+            admin_port,
+            proc,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// GET on the admin listener: status code and body.
@@ -440,61 +550,6 @@ impl Ruddr {
             .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
             .map(|v| v.split_whitespace().next().unwrap().parse().unwrap())
             .unwrap_or(0.0)
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the log contains `needle`.
-    pub fn wait_log(&self, needle: &str) {
-        eventually(Duration::from_secs(20), needle, || {
-            self.log_text().contains(needle).then_some(())
-        });
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("ruddr running").id()
-    }
-
-    pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} failed");
-    }
-
-    /// Waits for the process to exit and returns its exit code.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let mut child = self.child.take().expect("ruddr running");
-        let status = eventually(timeout, "ruddr to exit", || child.try_wait().unwrap());
-        status.code()
-    }
-
-    /// Whether the process is still running.
-    pub fn is_alive(&mut self) -> bool {
-        match &mut self.child {
-            Some(c) => c.try_wait().unwrap().is_none(),
-            None => false,
-        }
-    }
-}
-
-impl Drop for Ruddr {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            dump_log("ruddr", &self.log);
-        }
     }
 }
 

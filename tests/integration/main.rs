@@ -6,6 +6,7 @@
 //! - `mirror`: registry changes reaching answers; bad values; etcd outages; compaction.
 //! - `outage`: 3-member cluster failover under load, leases across outages, snapshots, max_stale.
 //! - `ordering`: randomized, weighted answer order.
+//! - `register`: `ruddr register` (leases, health checks, signals, child mode) and `ruddr services`.
 //! - `robustness`: malformed packets, CLI and config errors, signals.
 
 mod admin;
@@ -14,4 +15,5 @@ mod harness;
 mod mirror;
 mod ordering;
 mod outage;
+mod register;
 mod robustness;
