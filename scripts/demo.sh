@@ -49,7 +49,7 @@ reg db/db-1 '{"address":"10.0.1.10","port":5432}'
 
 echo "starting ruddr on 127.0.0.1:${DNS_PORT}"
 RUST_LOG=${RUST_LOG:-info} "$RUDDR" serve --listen "127.0.0.1:${DNS_PORT}" --etcd-endpoints "$ETCD" \
-  --admin-listen "127.0.0.1:${ADMIN_PORT}" \
+  --admin-listen "127.0.0.1:${ADMIN_PORT}" --zones-dir zones \
   >"$WORK/ruddr.log" 2>&1 &
 PIDS+=($!)
 D="dig @127.0.0.1 -p ${DNS_PORT}"
@@ -61,14 +61,17 @@ show +short web.svc.internal AAAA
 show +short web.svc.internal SRV
 show +noall +answer +additional _grpc._tcp.web.svc.internal SRV
 show +short v2._tag.web.svc.internal A
+show +short -x 10.0.0.5
+show +short www.example.internal A      # static zone from zones/example.internal.zone
 echo; echo "\$ $D nope.svc.internal A    # unknown name: NXDOMAIN with the SOA"
 $D +noall +comments +authority nope.svc.internal A | grep -E "status|SOA"
 
 if [ "$CHECK" = 1 ]; then
   a=$($D +short web.svc.internal A | sort | tr '\n' ' ')
   srv=$($D +short _web._tcp.svc.internal SRV | wc -l)
-  if [ "$a" != "10.0.0.5 10.0.0.6 " ] || [ "$srv" != 3 ]; then
-    echo "demo check FAILED: A='$a' SRV count=$srv"; cat "$WORK/ruddr.log"; exit 1
+  static=$($D +short www.example.internal A)
+  if [ "$a" != "10.0.0.5 10.0.0.6 " ] || [ "$srv" != 3 ] || [ "$static" != 192.0.2.10 ]; then
+    echo "demo check FAILED: A='$a' SRV count=$srv static='$static'"; cat "$WORK/ruddr.log"; exit 1
   fi
   echo; echo "demo check passed"
   exit 0

@@ -23,3 +23,11 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 # The Debian package registers a service; nothing here relies on it running.
+
+# dnspython, for the test that resolves and connects like a Python client would.
+if ! python3 -c "import dns.resolver" 2>/dev/null; then
+  echo "installing: dnspython"
+  python3 -m pip install --quiet --disable-pip-version-check dnspython
+fi
+# unshare (util-linux) and getent (libc-bin) run glibc against a private resolv.conf.
+command -v unshare >/dev/null || { echo "unshare missing: apt-get install -y util-linux"; exit 1; }

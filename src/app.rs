@@ -15,6 +15,8 @@ use tracing::{info, warn};
 use crate::admin::{self, Admin};
 use crate::cache::{Mirror, Update};
 use crate::config::{Config, ConfigError};
+use crate::dns::forward::Forwarder;
+use crate::dns::zones::StaticZones;
 use crate::dns::Handler;
 use crate::metrics::Metrics;
 use crate::persist;
@@ -25,16 +27,41 @@ const GRACE: Duration = Duration::from_secs(5);
 /// Per-connection buffer for TCP responses, in messages.
 const TCP_RESPONSE_BUFFER: usize = 32;
 
-/// Runs `ruddr serve` until `shutdown` completes or the DNS server fails.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Runs `ruddr serve` until `shutdown` completes or the DNS server fails. `zones` are the
+/// static zones, loaded (and checked) by the caller before anything else starts.
+pub async fn run(
+    cfg: Config,
+    zones: StaticZones,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     let mirror = Arc::new(Mirror::new());
     let status = Arc::new(Status::default());
     let metrics = Arc::new(Metrics::new());
     let started = std::time::Instant::now();
 
+    for (zone, records) in &zones.summary {
+        info!(%zone, records, "serving static zone");
+    }
+    let zones = Arc::new(arc_swap::ArcSwap::from_pointee(zones));
+    let forwarder = (!cfg.forward.upstreams.is_empty())
+        .then(|| Forwarder::new(&cfg.forward.upstreams, cfg.forward.timeout));
+    if let Some(f) = &forwarder {
+        let upstreams: Vec<String> = f.upstreams().map(|a| a.to_string()).collect();
+        info!(upstreams = %upstreams.join(","), timeout = ?cfg.forward.timeout, "forwarding other names");
+    }
     let handler = Handler::new(&cfg.dns, mirror.clone(), status.clone(), metrics.clone())
-        .context("building the DNS handler")?;
+        .context("building the DNS handler")?
+        .with_outside(
+            zones.clone(),
+            forwarder,
+            cfg.forward.allow_recursion.clone(),
+        );
+    let reload_task = tokio::spawn(reload_zones_on_sighup(
+        cfg.zones_dir.clone(),
+        zones,
+        token.clone(),
+    ));
     let zone = handler.origin().to_string();
     let mut server = Server::new(handler);
     for addr in &cfg.listen {
@@ -105,6 +132,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     if let Err(error) = watch_task.await {
         warn!(%error, "etcd watcher task failed");
     }
+    let _ = reload_task.await;
     if let Some(task) = snapshot_task {
         if let Err(error) = task.await {
             warn!(%error, "snapshot writer task failed");
@@ -120,6 +148,36 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     }
     info!(revision = mirror.load().revision, "stopped");
     served
+}
+
+/// Reloads the zone files on SIGHUP; a broken reload keeps the old zones and says why.
+async fn reload_zones_on_sighup(
+    dir: std::path::PathBuf,
+    zones: Arc<arc_swap::ArcSwap<StaticZones>>,
+    shutdown: CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP; zone reloads need a restart");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hup.recv() => {}
+        }
+        let dir2 = dir.clone();
+        match tokio::task::spawn_blocking(move || StaticZones::load_dir(&dir2)).await {
+            Ok(Ok(fresh)) => {
+                info!(dir = %dir.display(), zones = ?fresh.summary, "zones reloaded");
+                zones.store(Arc::new(fresh));
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "zone reload failed; keeping the zones already loaded")
+            }
+            Err(error) => tracing::error!(%error, "zone reload task failed"),
+        }
+    }
 }
 
 /// Fills the mirror from the snapshot file, if there is a valid one. The data counts as stale

@@ -100,6 +100,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SHARE")]
     pub panic_threshold: Option<f64>,
 
+    /// Upstream resolver for names outside ruddr's zones (ADDR[:PORT]); repeat or separate
+    /// with commas, tried in order. Without one, such names get REFUSED.
+    #[arg(long = "upstream", value_name = "ADDR:PORT", value_delimiter = ',')]
+    pub upstreams: Vec<String>,
+
+    /// Directory of zone files (<zone>.zone) to serve authoritatively.
+    #[arg(long, value_name = "DIR")]
+    pub zones_dir: Option<PathBuf>,
+
     /// Keep a copy of the mirror in this file, and serve from it at start while etcd is down.
     #[arg(long, value_name = "FILE")]
     pub snapshot_file: Option<PathBuf>,

@@ -48,6 +48,44 @@ pub struct Config {
     pub etcd: EtcdConfig,
     pub dns: DnsConfig,
     pub snapshot: SnapshotConfig,
+    pub forward: ForwardConfig,
+    /// Directory of RFC 1035 zone files (`<zone>.zone`) served beside the discovery zone; a
+    /// missing directory means no static zones. Relative to the config file.
+    pub zones_dir: PathBuf,
+}
+
+/// Names outside ruddr's zones: where to forward them, and for whom.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// Upstream resolvers, tried in order; none means REFUSED for names outside ruddr's zones.
+    pub upstreams: Vec<SocketAddr>,
+    /// Time to wait for one upstream before trying the next.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Client networks that may use forwarding (never an open resolver by default).
+    pub allow_recursion: Vec<ipnet::IpNet>,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        Self {
+            upstreams: Vec::new(),
+            timeout: Duration::from_secs(2),
+            allow_recursion: [
+                "127.0.0.0/8",
+                "::1/128",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "fc00::/7",
+                "fe80::/10",
+            ]
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect(),
+        }
+    }
 }
 
 /// The on-disk copy of the mirror, for starting while etcd is unreachable.
@@ -146,6 +184,8 @@ impl Default for Config {
             etcd: EtcdConfig::default(),
             dns: DnsConfig::default(),
             snapshot: SnapshotConfig::default(),
+            forward: ForwardConfig::default(),
+            zones_dir: PathBuf::from("zones"),
         }
     }
 }
@@ -391,6 +431,9 @@ impl Config {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        if cfg.zones_dir.is_relative() {
+            cfg.zones_dir = base.join(&cfg.zones_dir);
+        }
         if let Some(p) = &mut cfg.snapshot.file {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -435,6 +478,16 @@ impl Config {
         }
         if let Some(t) = a.panic_threshold {
             self.dns.panic_threshold = t;
+        }
+        if !a.upstreams.is_empty() {
+            self.forward.upstreams = a
+                .upstreams
+                .iter()
+                .map(|u| parse_upstream(u).map_err(|reason| invalid("--upstream", reason)))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(z) = &a.zones_dir {
+            self.zones_dir = z.clone();
         }
         if let Some(f) = &a.snapshot_file {
             self.snapshot.file = (!f.as_os_str().is_empty()).then(|| f.clone());
@@ -486,6 +539,9 @@ impl Config {
                 "must be between 0.0 and 1.0",
             ));
         }
+        if self.forward.timeout.is_zero() {
+            return Err(invalid("forward.timeout", "must be above zero"));
+        }
         if self.snapshot.min_interval.is_zero() {
             return Err(invalid("snapshot.min_interval", "must be above zero"));
         }
@@ -495,6 +551,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `ADDR:PORT`, or a bare address meaning port 53.
+fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    s.parse::<SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("{s:?} is not ADDR[:PORT]"))
 }
 
 /// Lower-cases and fully qualifies a domain name, checking its syntax.
@@ -527,6 +594,8 @@ mod tests {
         cfg.validate().expect("shipped config is valid");
         let mut defaults = Config::default();
         defaults.validate().unwrap();
+        // Relative paths in a file are relative to the file.
+        defaults.zones_dir = path.parent().unwrap().join("zones");
         assert_eq!(
             cfg, defaults,
             "config/ruddr.toml must document the defaults"

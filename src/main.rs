@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use ruddr::cli::{Cli, Command, LogFormat};
 use ruddr::config::{Config, ConfigError};
+use ruddr::dns::zones::StaticZones;
 use tracing_subscriber::EnvFilter;
 
 const EX_USAGE: u8 = 64;
@@ -23,9 +24,16 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig(args) => match Config::load(&args) {
             Ok(cfg) => {
+                let zones = match StaticZones::load_dir(&cfg.zones_dir) {
+                    Ok(z) => z,
+                    Err(e) => return usage_failed(&e),
+                };
                 match toml::to_string_pretty(&cfg) {
                     Ok(text) => print!("{text}"),
                     Err(e) => eprintln!("ruddr: cannot print the configuration: {e}"),
+                }
+                for (zone, records) in &zones.summary {
+                    println!("# static zone {zone}: {records} records");
                 }
                 ExitCode::SUCCESS
             }
@@ -58,6 +66,10 @@ fn main() -> ExitCode {
                 Ok(cfg) => cfg,
                 Err(e) => return config_failed(&e),
             };
+            let zones = match StaticZones::load_dir(&cfg.zones_dir) {
+                Ok(z) => z,
+                Err(e) => return usage_failed(&e),
+            };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -65,7 +77,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(ruddr::app::run(cfg, shutdown_signal())) {
+            match runtime.block_on(ruddr::app::run(cfg, zones, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -89,6 +101,10 @@ fn failed(e: &anyhow::Error) -> ExitCode {
 }
 
 fn config_failed(e: &ConfigError) -> ExitCode {
+    usage_failed(e)
+}
+
+fn usage_failed(e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("ruddr: {e}");
     ExitCode::from(EX_USAGE)
 }

@@ -107,6 +107,21 @@ struct HealthLabels {
     health: Health,
 }
 
+/// How one upstream attempt ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ForwardResult {
+    answered,
+    timeout,
+    error,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ForwardLabels {
+    upstream: String,
+    result: ForwardResult,
+}
+
 /// Every metric ruddr exports.
 pub struct Metrics {
     registry: Registry,
@@ -116,6 +131,7 @@ pub struct Metrics {
     pub stale_answers: Counter,
     pub invalid_values: Counter,
     pub relists: Counter,
+    forwarded: Family<ForwardLabels, Counter>,
     connected: Gauge,
     revision: Gauge,
     confirmed_age: Gauge<f64, AtomicU64>,
@@ -141,6 +157,7 @@ impl Metrics {
             stale_answers: Counter::default(),
             invalid_values: Counter::default(),
             relists: Counter::default(),
+            forwarded: Family::default(),
             connected: Gauge::default(),
             revision: Gauge::default(),
             confirmed_age: Gauge::default(),
@@ -149,6 +166,11 @@ impl Metrics {
             instances: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "dns_forwarded",
+            "Attempts to forward a query to an upstream, by upstream and result",
+            m.forwarded.clone(),
+        );
         registry.register(
             "dns_queries",
             "DNS queries answered, by query type, response code and transport",
@@ -219,6 +241,16 @@ impl Metrics {
         if truncated && labels.proto == Proto::udp {
             self.udp_truncated.inc();
         }
+    }
+
+    /// Records one attempt at an upstream (label values come from the configured list only).
+    pub fn observe_forward(&self, upstream: std::net::SocketAddr, result: ForwardResult) {
+        self.forwarded
+            .get_or_create(&ForwardLabels {
+                upstream: upstream.to_string(),
+                result,
+            })
+            .inc();
     }
 
     /// Refreshes the state gauges and renders the Prometheus text format.

@@ -5,7 +5,8 @@
 //! never sees half of a re-list.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::{ArcSwap, Guard};
 
@@ -28,6 +29,8 @@ pub struct Snapshot {
     pub revision: i64,
     /// Counts the applies that changed something: equal values mean equal contents.
     pub changes: u64,
+    /// Address -> instances, built on first use (reverse lookups are rare next to forward ones).
+    reverse: OnceLock<HashMap<IpAddr, Vec<(ServiceName, InstanceId)>>>,
 }
 
 impl Snapshot {
@@ -37,6 +40,26 @@ impl Snapshot {
 
     pub fn instance_count(&self) -> usize {
         self.services.values().map(|s| s.instances.len()).sum()
+    }
+
+    /// The instances registered with address `ip`, sorted.
+    pub fn instances_at(&self, ip: IpAddr) -> &[(ServiceName, InstanceId)] {
+        let index = self.reverse.get_or_init(|| {
+            let mut index: HashMap<IpAddr, Vec<(ServiceName, InstanceId)>> = HashMap::new();
+            for svc in self.services.values() {
+                for inst in svc.instances.values() {
+                    index
+                        .entry(inst.address)
+                        .or_default()
+                        .push((svc.name.clone(), inst.id.clone()));
+                }
+            }
+            for v in index.values_mut() {
+                v.sort();
+            }
+            index
+        });
+        index.get(&ip).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -151,6 +174,7 @@ impl Mirror {
             services,
             revision,
             changes: old.changes + u64::from(!touched.is_empty()),
+            reverse: OnceLock::new(),
         }));
         Applied { changed: touched }
     }
@@ -209,6 +233,11 @@ mod tests {
         };
         m.apply([del], 8);
         assert!(m.load().service("db").is_none(), "empty service removed");
+        let s = m.load();
+        let at = s.instances_at("10.0.0.2".parse().unwrap());
+        assert_eq!(at.len(), 1);
+        assert_eq!((at[0].0.as_str(), at[0].1.as_str()), ("web", "b"));
+        assert!(s.instances_at("10.0.0.9".parse().unwrap()).is_empty());
         assert!(db_gen > 0);
     }
 

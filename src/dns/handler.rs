@@ -14,8 +14,10 @@ use moka::sync::Cache;
 use rand::Rng;
 use tracing::{debug, warn};
 
+use super::forward::{Failure, Forwarder};
 use super::name::{self, Target};
 use super::records::{Built, Outcome, Zone};
+use super::zones::StaticZones;
 use crate::cache::{Mirror, Snapshot};
 use crate::config::DnsConfig;
 use crate::metrics::{self, Metrics, QueryLabels};
@@ -37,6 +39,21 @@ pub struct Handler {
     stale_ttl: u32,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
+    /// Static zones, swapped whole on reload.
+    zones: Arc<ArcSwap<StaticZones>>,
+    forwarder: Option<Forwarder>,
+    allow_recursion: Vec<ipnet::IpNet>,
+}
+
+/// Who answers a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// ruddr itself, with the records in the [`Reply`].
+    Reply,
+    /// A static zone, through hickory's catalog.
+    Static,
+    /// An upstream resolver.
+    Forward,
 }
 
 /// What to send: header, EDNS and records, owned until the response is written.
@@ -53,6 +70,9 @@ struct Reply {
     soa: Option<Record>,
     /// Whether the answer came from registry data.
     from_registry: bool,
+    route: Route,
+    /// UDP payload limit for this client.
+    payload: u16,
 }
 
 impl Handler {
@@ -99,7 +119,56 @@ impl Handler {
             stale_ttl: cfg.stale_ttl,
             status,
             metrics,
+            zones: Arc::new(ArcSwap::from_pointee(StaticZones::empty())),
+            forwarder: None,
+            allow_recursion: Vec::new(),
         })
+    }
+
+    /// Serves `zones` (shared, so a reload can swap them) and forwards other names to
+    /// `forwarder` for clients in `allow_recursion`.
+    pub fn with_outside(
+        mut self,
+        zones: Arc<ArcSwap<StaticZones>>,
+        forwarder: Option<Forwarder>,
+        allow_recursion: Vec<ipnet::IpNet>,
+    ) -> Self {
+        self.zones = zones;
+        self.forwarder = forwarder;
+        self.allow_recursion = allow_recursion;
+        self
+    }
+
+    fn may_recurse(&self, request: &Request) -> bool {
+        let ip = request.src().ip().to_canonical();
+        self.allow_recursion.iter().any(|net| net.contains(&ip))
+    }
+
+    /// PTR records for a registered (and served) address, if `qname` is its reverse name.
+    fn reverse(&self, snapshot: &Snapshot, qname: &LowerName) -> Vec<Record> {
+        let labels: Vec<&[u8]> = qname.iter().collect();
+        let Some(ip) = name::reverse_address(&labels) else {
+            return Vec::new();
+        };
+        let owner = Name::from(qname);
+        snapshot
+            .instances_at(ip)
+            .iter()
+            .filter(|(svc, id)| {
+                snapshot
+                    .service(svc.as_str())
+                    .and_then(|s| s.instances.get(id))
+                    .is_some_and(|i| i.is_served(self.zone.serve_warning))
+            })
+            .filter_map(|(svc, id)| self.zone.instance_name(svc.as_str(), id.as_str()))
+            .map(|target| {
+                Record::from_rdata(
+                    owner.clone(),
+                    self.zone.ttl,
+                    hickory_proto::rr::RData::PTR(hickory_proto::rr::rdata::PTR(target)),
+                )
+            })
+            .collect()
     }
 
     /// The zone apex this handler is authoritative for.
@@ -131,6 +200,8 @@ impl Handler {
             extra: Vec::new(),
             soa: None,
             from_registry: false,
+            route: Route::Reply,
+            payload: 512,
         };
         let mut payload = 512u16;
         if let Some(req_edns) = &request.edns {
@@ -138,6 +209,7 @@ impl Handler {
             payload = req_edns.max_payload().clamp(512, self.max_udp_payload);
             edns.set_max_payload(payload);
             reply.edns = Some(edns);
+            reply.payload = payload;
             if req_edns.version() > 0 {
                 return reply.code(ResponseCode::BADVERS);
             }
@@ -151,10 +223,42 @@ impl Handler {
         let query = info.query;
         let qname = query.name();
         let qtype = query.query_type();
-        if !self.apex.zone_of(qname) {
+        if query.query_class() != DNSClass::IN {
             return reply.code(ResponseCode::Refused);
         }
-        if query.query_class() != DNSClass::IN {
+        // Static zones are explicit configuration: they win over the discovery zone.
+        if self.zones.load().contains(qname) {
+            if qtype == RecordType::ANY {
+                // RFC 8482: a minimal answer instead of every record set.
+                reply.meta.authoritative = true;
+                let hinfo = hickory_proto::rr::rdata::HINFO::new("RFC8482".into(), String::new());
+                reply.extra.push(Record::from_rdata(
+                    Name::from(qname),
+                    self.zone.ttl,
+                    hickory_proto::rr::RData::HINFO(hinfo),
+                ));
+                return reply;
+            }
+            reply.route = Route::Static;
+            return reply;
+        }
+        if !self.apex.zone_of(qname) {
+            if qtype == RecordType::PTR {
+                let ptrs = self.reverse(&self.mirror.load(), qname);
+                if !ptrs.is_empty() {
+                    reply.meta.authoritative = true;
+                    reply.extra = ptrs;
+                    return reply;
+                }
+            }
+            if self.forwarder.is_some()
+                && request.metadata.recursion_desired
+                && !matches!(qtype, RecordType::AXFR | RecordType::IXFR)
+                && self.may_recurse(request)
+            {
+                reply.route = Route::Forward;
+                return reply;
+            }
             return reply.code(ResponseCode::Refused);
         }
         meta.authoritative = true;
@@ -291,6 +395,115 @@ fn fitting_additionals(built: &Built, order: &[usize], qname: &Name, limit: usiz
     order.len()
 }
 
+impl Handler {
+    /// Counts one answered query by type, response code and transport, with its latency.
+    fn observe(&self, request: &Request, started: std::time::Instant, info: &ResponseInfo) {
+        let qtype = request
+            .queries
+            .queries()
+            .first()
+            .map_or(metrics::QType::OTHER, |q| {
+                metrics::QType::from_u16(q.query_type().into())
+            });
+        let proto = match request.protocol() {
+            Protocol::Udp => metrics::Proto::udp,
+            _ => metrics::Proto::tcp,
+        };
+        let labels = QueryLabels {
+            qtype,
+            rcode: metrics::Rcode::from_u16(info.response_code.into()),
+            proto,
+        };
+        self.metrics
+            .observe_query(&labels, started.elapsed(), info.truncation);
+    }
+
+    /// Sends the upstream's answer through, or SERVFAIL when no upstream answered.
+    async fn forward<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        reply: Reply,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let Some(forwarder) = &self.forwarder else {
+            return send_code(request, reply, ResponseCode::Refused, response_handle).await;
+        };
+        let metrics = &self.metrics;
+        let upstream = forwarder
+            .forward(request, |addr, result| {
+                let result = match result {
+                    Ok(()) => metrics::ForwardResult::answered,
+                    Err(Failure::Timeout) => metrics::ForwardResult::timeout,
+                    Err(Failure::Error) => metrics::ForwardResult::error,
+                };
+                metrics.observe_forward(addr, result);
+            })
+            .await;
+        let Some((_, message)) = upstream else {
+            warn!(name = ?request.queries.queries().first().map(|q| q.name().to_string()), "no upstream answered");
+            let mut reply = reply;
+            reply.meta.recursion_available = true;
+            return send_code(request, reply, ResponseCode::ServFail, response_handle).await;
+        };
+        let mut meta = message.metadata;
+        meta.id = request.metadata.id;
+        meta.message_type = hickory_proto::op::MessageType::Response;
+        // Our own OPT towards the client: its buffer size, the upstream's DO bit.
+        let edns = request.edns.as_ref().map(|_| {
+            let mut e = Edns::new();
+            e.set_max_payload(reply.payload);
+            if let Some(up) = &message.edns {
+                e.set_dnssec_ok(up.flags().dnssec_ok);
+            }
+            e
+        });
+        let mut builder = MessageResponseBuilder::new(&request.queries, None);
+        if let Some(e) = &edns {
+            builder.edns(e);
+        }
+        let empty: &[Record] = &[];
+        let response = builder.build(
+            meta,
+            message.answers.iter(),
+            message.authorities.iter(),
+            empty.iter(),
+            message.additionals.iter(),
+        );
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(error) => {
+                warn!(%error, "failed to send a forwarded response");
+                ResponseInfo::from(hickory_proto::op::Header {
+                    metadata: meta,
+                    counts: Default::default(),
+                })
+            }
+        }
+    }
+}
+
+/// Sends `reply` with no records and response code `code`.
+async fn send_code<R: ResponseHandler>(
+    request: &Request,
+    mut reply: Reply,
+    code: ResponseCode,
+    mut response_handle: R,
+) -> ResponseInfo {
+    reply.meta.response_code = code;
+    let mut builder = MessageResponseBuilder::new(&request.queries, None);
+    if let Some(e) = &reply.edns {
+        builder.edns(e);
+    }
+    let response = builder.build_no_records(reply.meta);
+    match response_handle.send_response(response).await {
+        Ok(info) => info,
+        Err(_) => ResponseInfo::from(hickory_proto::op::Header {
+            metadata: reply.meta,
+            counts: Default::default(),
+        }),
+    }
+}
+
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(
@@ -300,6 +513,23 @@ impl RequestHandler for Handler {
     ) -> ResponseInfo {
         let started = std::time::Instant::now();
         let reply = self.reply(request);
+        match reply.route {
+            Route::Reply => {}
+            Route::Static => {
+                let zones = self.zones.load_full();
+                let info = zones
+                    .catalog
+                    .handle_request::<R, T>(request, response_handle)
+                    .await;
+                self.observe(request, started, &info);
+                return info;
+            }
+            Route::Forward => {
+                let info = self.forward(request, reply, response_handle).await;
+                self.observe(request, started, &info);
+                return info;
+            }
+        }
         let mut builder = MessageResponseBuilder::new(&request.queries, None);
         if let Some(edns) = &reply.edns {
             builder.edns(edns);
@@ -322,27 +552,10 @@ impl RequestHandler for Handler {
             reply.soa.iter(),
             adds,
         );
-        let qtype = request
-            .queries
-            .queries()
-            .first()
-            .map_or(metrics::QType::OTHER, |q| {
-                metrics::QType::from_u16(q.query_type().into())
-            });
-        let proto = match request.protocol() {
-            Protocol::Udp => metrics::Proto::udp,
-            _ => metrics::Proto::tcp,
-        };
         let from_registry = reply.from_registry;
         match response_handle.send_response(response).await {
             Ok(info) => {
-                let labels = QueryLabels {
-                    qtype,
-                    rcode: metrics::Rcode::from_u16(info.response_code.into()),
-                    proto,
-                };
-                self.metrics
-                    .observe_query(&labels, started.elapsed(), info.truncation);
+                self.observe(request, started, &info);
                 if from_registry && !self.status.is_connected() && self.status.has_data() {
                     self.metrics.stale_answers.inc();
                 }

@@ -5,8 +5,10 @@
 //!  packet ─▶ hickory Server ─▶ Handler: checks (opcode, class, EDNS) ─▶ Target ─▶ cache or build ─▶ shuffle ─▶ packet
 //! ```
 
+pub mod forward;
 pub mod handler;
 pub mod name;
 pub mod records;
+pub mod zones;
 
 pub use handler::Handler;

@@ -71,6 +71,39 @@ pub fn parse<'a>(relative: &[&'a [u8]]) -> Target<'a> {
     }
 }
 
+/// The address a reverse name (`4.3.2.1.in-addr.arpa.`, nibbles `.ip6.arpa.`) stands for;
+/// `None` for anything else, including partial names.
+pub fn reverse_address(labels: &[&[u8]]) -> Option<std::net::IpAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let lower: Vec<String> = labels
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+        .collect();
+    match lower.as_slice() {
+        [d, c, b, a, inaddr, arpa] if inaddr == "in-addr" && arpa == "arpa" => {
+            let octet = |s: &String| {
+                // No leading zeros: "01" is not a valid label here.
+                (s == "0" || !s.starts_with('0'))
+                    .then(|| s.parse::<u8>().ok())
+                    .flatten()
+            };
+            Some(Ipv4Addr::new(octet(a)?, octet(b)?, octet(c)?, octet(d)?).into())
+        }
+        [nibbles @ .., ip6, arpa] if nibbles.len() == 32 && ip6 == "ip6" && arpa == "arpa" => {
+            let mut value: u128 = 0;
+            for n in nibbles.iter().rev() {
+                let mut chars = n.chars();
+                let (Some(c), None) = (chars.next(), chars.next()) else {
+                    return None;
+                };
+                value = (value << 4) | u128::from(c.to_digit(16)?);
+            }
+            Some(Ipv6Addr::from(value).into())
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +146,33 @@ mod tests {
         assert_eq!(p("_tcp"), Target::TcpNode);
         assert_eq!(p("_tcp.web"), Target::ServiceNode("web"));
         assert_eq!(p("_tag.web"), Target::ServiceNode("web"));
+    }
+
+    #[test]
+    fn reverse_names() {
+        let r = |n: &str| {
+            let labels: Vec<&[u8]> = n
+                .trim_end_matches('.')
+                .split('.')
+                .map(str::as_bytes)
+                .collect();
+            reverse_address(&labels)
+        };
+        assert_eq!(
+            r("5.0.0.10.in-addr.arpa."),
+            Some("10.0.0.5".parse().unwrap())
+        );
+        assert_eq!(
+            r("5.0.0.10.IN-ADDR.ARPA."),
+            Some("10.0.0.5".parse().unwrap())
+        );
+        assert_eq!(r("0.0.10.in-addr.arpa."), None);
+        assert_eq!(r("256.0.0.10.in-addr.arpa."), None);
+        assert_eq!(r("05.0.0.10.in-addr.arpa."), None);
+        let v6 = "7.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.";
+        assert_eq!(r(v6), Some("fd00::7".parse().unwrap()));
+        assert_eq!(r("7.0.ip6.arpa."), None);
+        assert_eq!(r("web.svc.internal."), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - `outage`: 3-member cluster failover under load, leases across outages, snapshots, max_stale.
 //! - `ordering`: randomized, weighted answer order.
 //! - `register`: `ruddr register` (leases, health checks, signals, child mode) and `ruddr services`.
+//! - `resolver`: static zones, forwarding, allow list, AXFR/ANY/PTR, glibc and dnspython clients.
 //! - `robustness`: malformed packets, CLI and config errors, signals.
 
 mod admin;
@@ -16,4 +17,5 @@ mod mirror;
 mod ordering;
 mod outage;
 mod register;
+mod resolver;
 mod robustness;

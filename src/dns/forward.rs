@@ -1,0 +1,164 @@
+//! Forwarding names outside ruddr's zones to upstream resolvers, in order, with a timeout each;
+//! UDP first and TCP when the upstream truncates. The upstream's answer is passed through:
+//! rcode, flags, TTLs and every record (DNSSEC ones included) as received.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hickory_proto::op::{DnsRequest, DnsRequestOptions, Message, MessageType, OpCode};
+use hickory_server::net::runtime::TokioRuntimeProvider;
+use hickory_server::net::tcp::TcpClientStream;
+use hickory_server::net::udp::UdpClientStream;
+use hickory_server::net::xfer::{DnsExchange, DnsHandle};
+use hickory_server::server::Request;
+use tracing::debug;
+
+/// Upstream resolvers, tried in order; one that failed recently is tried after the others
+/// (for `PENALTY`), so a dead first upstream does not cost every query a timeout.
+pub struct Forwarder {
+    upstreams: Vec<(SocketAddr, DnsExchange<TokioRuntimeProvider>)>,
+    /// Per upstream: milliseconds after `epoch` of its last failure, 0 for none.
+    failed_at: Vec<AtomicU64>,
+    epoch: Instant,
+    timeout: Duration,
+}
+
+const PENALTY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Timeout,
+    Error,
+}
+
+impl Forwarder {
+    /// Prepares a UDP exchange per upstream. Must run inside the Tokio runtime.
+    pub fn new(upstreams: &[SocketAddr], timeout: Duration) -> Self {
+        let upstreams = upstreams
+            .iter()
+            .map(|addr| {
+                let exchange = UdpClientStream::builder(*addr, TokioRuntimeProvider::new())
+                    .with_timeout(Some(timeout))
+                    .exchange();
+                (*addr, exchange)
+            })
+            .collect::<Vec<_>>();
+        Self {
+            failed_at: upstreams.iter().map(|_| AtomicU64::new(0)).collect(),
+            upstreams,
+            epoch: Instant::now(),
+            timeout,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Upstream indexes: the ones without a recent failure first, each group in config order.
+    fn order(&self) -> Vec<usize> {
+        let now = self.now_ms();
+        let recent = |i: &usize| {
+            let at = self.failed_at[*i].load(Relaxed);
+            at != 0 && now.saturating_sub(at) < PENALTY.as_millis() as u64
+        };
+        let (bad, good): (Vec<usize>, Vec<usize>) = (0..self.upstreams.len()).partition(recent);
+        good.into_iter().chain(bad).collect()
+    }
+
+    pub fn upstreams(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.upstreams.iter().map(|(a, _)| *a)
+    }
+
+    /// The upstream message for the request's question, as sent by the first upstream that
+    /// answers; each failure is reported through `on_attempt`.
+    pub async fn forward(
+        &self,
+        request: &Request,
+        mut on_attempt: impl FnMut(SocketAddr, Result<(), Failure>),
+    ) -> Option<(SocketAddr, Message)> {
+        let query = request.queries.queries().first()?.original().clone();
+        let mut msg = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+        msg.metadata.recursion_desired = request.metadata.recursion_desired;
+        msg.metadata.checking_disabled = request.metadata.checking_disabled;
+        msg.add_query(query);
+        let mut options = DnsRequestOptions::default();
+        options.recursion_desired = request.metadata.recursion_desired;
+        options.use_edns = request.edns.is_some();
+        if let Some(edns) = &request.edns {
+            options.edns_payload_len = edns.max_payload().max(512);
+            options.edns_set_dnssec_ok = edns.flags().dnssec_ok;
+            msg.set_edns(edns.clone());
+        }
+        for i in self.order() {
+            let (addr, udp) = &self.upstreams[i];
+            let req = DnsRequest::new(msg.clone(), options);
+            let result = tokio::time::timeout(self.timeout, first_response(udp, req)).await;
+            let message = match result {
+                Ok(Some(m)) if m.metadata.truncation => {
+                    // Truncated over UDP: ask the same upstream over TCP for the whole answer.
+                    match self
+                        .over_tcp(*addr, DnsRequest::new(msg.clone(), options))
+                        .await
+                    {
+                        Some(m) => m,
+                        None => m,
+                    }
+                }
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    self.failed_at[i].store(self.now_ms(), Relaxed);
+                    debug!(upstream = %addr, "upstream failed");
+                    on_attempt(*addr, Err(Failure::Error));
+                    continue;
+                }
+                Err(_) => {
+                    self.failed_at[i].store(self.now_ms(), Relaxed);
+                    debug!(upstream = %addr, timeout = ?self.timeout, "upstream timed out");
+                    on_attempt(*addr, Err(Failure::Timeout));
+                    continue;
+                }
+            };
+            self.failed_at[i].store(0, Relaxed);
+            on_attempt(*addr, Ok(()));
+            return Some((*addr, message));
+        }
+        None
+    }
+
+    async fn over_tcp(&self, addr: SocketAddr, req: DnsRequest) -> Option<Message> {
+        let attempt = async {
+            let tcp = TcpClientStream::exchange(
+                addr,
+                None,
+                self.timeout,
+                None,
+                TokioRuntimeProvider::new(),
+            )
+            .await
+            .ok()?;
+            first_response(&tcp, req).await
+        };
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+async fn first_response(
+    exchange: &DnsExchange<TokioRuntimeProvider>,
+    req: DnsRequest,
+) -> Option<Message> {
+    let mut responses = exchange.send(req);
+    match responses.next().await {
+        Some(Ok(resp)) => Some(resp.into_message()),
+        Some(Err(error)) => {
+            debug!(%error, "upstream exchange failed");
+            None
+        }
+        None => None,
+    }
+}

@@ -1,0 +1,362 @@
+//! ruddr as the nameserver in resolv.conf: static zones, forwarding with failover, the
+//! recursion allow list, AXFR/ANY/PTR, and real clients (glibc through a private resolv.conf,
+//! dnspython).
+
+use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
+
+use crate::harness::*;
+
+const UPSTREAM_ZONE: &str = "$TTL 300\n@ IN SOA ns hostmaster 7 3600 600 86400 60\n@ IN NS ns\nns IN A 127.0.0.1\nwww IN A 192.0.2.10\n";
+
+/// A second DNS server standing in for an upstream resolver: a ruddr serving `upstream.test.`
+/// from a zone file (and nothing from etcd).
+fn upstream(dir: &tempfile::TempDir) -> Ruddr {
+    let zones = dir.path().join("zones");
+    std::fs::create_dir_all(&zones).unwrap();
+    std::fs::write(zones.join("upstream.test.zone"), UPSTREAM_ZONE).unwrap();
+    let dead_etcd = format!("http://127.0.0.1:{}", free_port());
+    Ruddr::start(
+        &dead_etcd,
+        &[
+            "--zones-dir",
+            zones.to_str().unwrap(),
+            "--zone",
+            "upstream-registry.test",
+        ],
+    )
+}
+
+fn udp_query_from(src: &str, to: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    let sock = UdpSocket::bind(src).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut q = query_message(name, qtype, Some(1232));
+    q.metadata.recursion_desired = true;
+    sock.send_to(&q.to_vec().unwrap(), to).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).expect("a response");
+    Message::from_vec(&buf[..n]).unwrap()
+}
+
+fn rd_query(addr: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    udp_query_from("127.0.0.1:0", addr, name, qtype)
+}
+
+#[test]
+fn forwarding_passes_answers_through_and_fails_over() {
+    let etcd = Etcd::start();
+    etcd.put("/ruddr/services/web/w1", r#"{"address":"10.40.0.1"}"#);
+    let dir = tempfile::tempdir().unwrap();
+    let up = upstream(&dir);
+    let dead = format!("127.0.0.1:{}", free_port());
+    let upstreams = format!("{dead},127.0.0.1:{}", up.port);
+    let r = Ruddr::start(&etcd.endpoint(), &["--upstream", &upstreams]);
+    r.wait_log("watching etcd");
+
+    // Through the dead first upstream to the second; TTL and AA come from the upstream.
+    let m = rd_query(r.addr(), "www.upstream.test.", RecordType::A);
+    assert_eq!(rcode(&m), ResponseCode::NoError);
+    assert_eq!(answer_strings(&m), ["192.0.2.10"]);
+    assert_eq!(m.answers[0].ttl, 300, "TTL passed through");
+    assert!(
+        m.metadata.authoritative,
+        "flags passed through (upstream is authoritative)"
+    );
+    let nx = rd_query(r.addr(), "nope.upstream.test.", RecordType::A);
+    assert_eq!(rcode(&nx), ResponseCode::NXDomain, "rcode passed through");
+    assert!(matches!(nx.authorities[0].data, RData::SOA(_)));
+    // The discovery zone is still answered by ruddr itself.
+    assert_eq!(
+        answer_strings(&rd_query(r.addr(), "web.svc.internal.", RecordType::A)),
+        ["10.40.0.1"]
+    );
+    // Over TCP too, and with dig.
+    assert_eq!(dig_short(r.port, "www.upstream.test", "A"), ["192.0.2.10"]);
+    let out = dig(r.port, &["www.upstream.test", "A", "+tcp", "+short"]);
+    assert_eq!(out.trim(), "192.0.2.10");
+    let failed = |result: &str| {
+        r.metric(&format!(
+            r#"ruddr_dns_forwarded_total{{upstream="{dead}",result="{result}"}}"#
+        ))
+    };
+    assert!(
+        failed("error") + failed("timeout") >= 1.0,
+        "the dead upstream's failure is counted: {}",
+        r.http_get("/metrics").1
+    );
+    let answered = format!(
+        r#"ruddr_dns_forwarded_total{{upstream="127.0.0.1:{}",result="answered"}}"#,
+        up.port
+    );
+    assert!(r.metric(&answered) >= 4.0, "answers counted per upstream");
+
+    // All upstreams down: SERVFAIL within the timeout.
+    drop(up);
+    let t = Instant::now();
+    let m = rd_query(r.addr(), "www.upstream.test.", RecordType::A);
+    assert_eq!(rcode(&m), ResponseCode::ServFail);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "SERVFAIL after {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn no_upstreams_or_outside_allow_list_is_refused_but_discovery_answers() {
+    let etcd = Etcd::start();
+    etcd.put("/ruddr/services/web/w1", r#"{"address":"10.41.0.1"}"#);
+    let dir = tempfile::tempdir().unwrap();
+    let up = upstream(&dir);
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("ruddr.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[forward]\nupstreams = [\"127.0.0.1:{}\"]\nallow_recursion = [\"127.0.0.1/32\"]\n",
+            up.port
+        ),
+    )
+    .unwrap();
+    let r = Ruddr::start(&etcd.endpoint(), &["--config", cfg.to_str().unwrap()]);
+    r.wait_log("watching etcd");
+    let allowed = udp_query_from("127.0.0.1:0", r.addr(), "www.upstream.test.", RecordType::A);
+    assert_eq!(answer_strings(&allowed), ["192.0.2.10"]);
+    let outsider = udp_query_from("127.0.0.2:0", r.addr(), "www.upstream.test.", RecordType::A);
+    assert_eq!(
+        rcode(&outsider),
+        ResponseCode::Refused,
+        "not an open resolver"
+    );
+    let discovery = udp_query_from("127.0.0.2:0", r.addr(), "web.svc.internal.", RecordType::A);
+    assert_eq!(
+        answer_strings(&discovery),
+        ["10.41.0.1"],
+        "discovery answers for everyone"
+    );
+
+    // Without upstreams: REFUSED, as before.
+    let plain = Ruddr::start(&etcd.endpoint(), &[]);
+    assert_eq!(
+        rcode(&rd_query(plain.addr(), "www.upstream.test.", RecordType::A)),
+        ResponseCode::Refused
+    );
+}
+
+#[test]
+fn static_zones_axfr_any_ptr_and_reload() {
+    let etcd = Etcd::start();
+    etcd.put(
+        "/ruddr/services/web/w1",
+        r#"{"address":"10.42.0.1","port":80}"#,
+    );
+    etcd.put(
+        "/ruddr/services/api/a1",
+        r#"{"address":"10.42.0.1","port":81}"#,
+    );
+    etcd.put("/ruddr/services/v6/x", r#"{"address":"fd00::42"}"#);
+    let dir = tempfile::tempdir().unwrap();
+    let zones = dir.path().join("zones");
+    std::fs::create_dir_all(&zones).unwrap();
+    let zone_file = zones.join("static.test.zone");
+    std::fs::write(&zone_file, UPSTREAM_ZONE).unwrap();
+    let r = Ruddr::start(&etcd.endpoint(), &["--zones-dir", zones.to_str().unwrap()]);
+    r.wait_log("watching etcd");
+
+    assert_eq!(dig_short(r.port, "www.static.test", "A"), ["192.0.2.10"]);
+    let m = query(r.addr(), "www.static.test.", RecordType::A);
+    assert!(m.metadata.authoritative);
+    assert_eq!(
+        rcode(&query(r.addr(), "nope.static.test.", RecordType::A)),
+        ResponseCode::NXDomain
+    );
+
+    // AXFR refused, for the static zone and the discovery zone.
+    for zone in ["static.test", "svc.internal"] {
+        let out = dig(r.port, &[zone, "AXFR"]);
+        assert!(
+            out.contains("Transfer failed") || out.contains("REFUSED"),
+            "{zone}: {out}"
+        );
+    }
+    // ANY: a minimal answer (RFC 8482).
+    let any = query(r.addr(), "static.test.", RecordType::ANY);
+    assert_eq!(any.answers.len(), 1);
+    assert!(matches!(&any.answers[0].data, RData::HINFO(h) if &h.cpu[..] == b"RFC8482"));
+
+    // PTR for registered addresses (two instances share one address).
+    let mut ptr = dig_short(r.port, "-x", "10.42.0.1");
+    ptr.sort();
+    assert_eq!(ptr, ["a1.api.svc.internal.", "w1.web.svc.internal."]);
+    assert_eq!(dig_short(r.port, "-x", "fd00::42"), ["x.v6.svc.internal."]);
+    assert_eq!(
+        rcode(&rd_query(
+            r.addr(),
+            "9.9.9.10.in-addr.arpa.",
+            RecordType::PTR
+        )),
+        ResponseCode::Refused
+    );
+
+    // SIGHUP reloads; a broken file keeps the old data and says why.
+    std::fs::write(
+        &zone_file,
+        UPSTREAM_ZONE.replace("192.0.2.10", "192.0.2.11"),
+    )
+    .unwrap();
+    r.signal("HUP");
+    eventually(Duration::from_secs(10), "reloaded zone", || {
+        (dig_short(r.port, "www.static.test", "A") == ["192.0.2.11"]).then_some(())
+    });
+    std::fs::write(
+        &zone_file,
+        format!("{UPSTREAM_ZONE}bad IN A not-an-address\n"),
+    )
+    .unwrap();
+    r.signal("HUP");
+    r.wait_log("zone reload failed");
+    assert!(r.log_text().contains("line 6"), "{}", r.log_text());
+    assert_eq!(dig_short(r.port, "www.static.test", "A"), ["192.0.2.11"]);
+
+    // A bad zone file is a startup error naming the file and line: check-config exits 64.
+    let out = Command::new(ruddr_bin())
+        .args(["check-config", "--zones-dir", zones.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("static.test.zone") && err.contains("line 6"),
+        "{err}"
+    );
+}
+
+/// glibc through a private resolv.conf (a private mount namespace with a bind mount), including
+/// a short name through `search` and a forwarded name.
+#[test]
+fn glibc_getent_through_a_private_resolv_conf() {
+    require("unshare", "util-linux");
+    require("getent", "libc-bin");
+    let etcd = Etcd::start();
+    etcd.put("/ruddr/services/web/w1", r#"{"address":"10.43.0.1"}"#);
+    etcd.put("/ruddr/services/web/w2", r#"{"address":"10.43.0.2"}"#);
+    let dir = tempfile::tempdir().unwrap();
+    let up = upstream(&dir);
+    // glibc only talks to port 53: use an address of our own in 127/8.
+    let ns = format!(
+        "127.53.{}.{}",
+        std::process::id() % 250,
+        1 + free_port() % 250
+    );
+    let listen = format!("{ns}:53");
+    let r = Ruddr::start(
+        &etcd.endpoint(),
+        &[
+            "--listen",
+            &listen,
+            "--upstream",
+            &format!("127.0.0.1:{}", up.port),
+        ],
+    );
+    r.wait_log("watching etcd");
+    r.wait_log(&format!("udp={listen}"));
+    let conf = dir.path().join("resolv.conf");
+    let mut f = std::fs::File::create(&conf).unwrap();
+    writeln!(
+        f,
+        "nameserver {ns}\nsearch svc.internal\noptions ndots:1 timeout:2 attempts:2"
+    )
+    .unwrap();
+
+    let getent = |name: &str| -> Vec<String> {
+        let script = format!(
+            "mount --bind {} /etc/resolv.conf && getent ahostsv4 {name}",
+            conf.display()
+        );
+        let out = Command::new("unshare")
+            .args(["-m", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        let mut addrs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("STREAM"))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        addrs
+    };
+    assert_eq!(getent("web.svc.internal"), ["10.43.0.1", "10.43.0.2"]);
+    assert_eq!(
+        getent("web"),
+        ["10.43.0.1", "10.43.0.2"],
+        "short name through search"
+    );
+    assert_eq!(
+        getent("www.upstream.test"),
+        ["192.0.2.10"],
+        "forwarded name"
+    );
+}
+
+/// dnspython: SRV lookup, then connect to the returned host and port of a real TCP server.
+#[test]
+fn dnspython_srv_lookup_and_connect() {
+    let found = Command::new("python3")
+        .args(["-c", "import dns.resolver"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(
+        found,
+        "dnspython missing: python3 -m pip install dnspython (scripts/deps.sh does)"
+    );
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let serve = std::thread::spawn(move || {
+        let (mut conn, _) = server.accept().unwrap();
+        conn.write_all(b"hello from the registered instance\n")
+            .unwrap();
+    });
+    let etcd = Etcd::start();
+    etcd.put(
+        "/ruddr/services/echo/e1",
+        &format!(r#"{{"address":"127.0.0.1","port":{port}}}"#),
+    );
+    let r = Ruddr::start(&etcd.endpoint(), &[]);
+    r.wait_log("watching etcd");
+    let script = format!(
+        r#"
+import socket, dns.resolver
+res = dns.resolver.Resolver(configure=False)
+res.nameservers = ["127.0.0.1"]
+res.port = {dns_port}
+srv = res.resolve("_echo._tcp.svc.internal", "SRV")
+rr = sorted(srv, key=lambda r: (r.priority, -r.weight))[0]
+addr = res.resolve(rr.target, "A")[0].address
+with socket.create_connection((addr, rr.port), timeout=5) as s:
+    print(rr.target, rr.port, s.recv(100).decode().strip())
+"#,
+        dns_port = r.port
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        format!("e1.echo.svc.internal. {port} hello from the registered instance")
+    );
+    serve.join().unwrap();
+}
