@@ -238,16 +238,19 @@ impl Agent {
     async fn deregister(mut self, skip_drain: bool) {
         let key = self.key();
         let mut removed = false;
+        // Bounded: a hung etcd must not keep the service from stopping.
+        const CALL: Duration = Duration::from_secs(2);
         for attempt in 0..3 {
-            match self.client.delete(key.clone(), None).await {
-                Ok(_) => {
+            match tokio::time::timeout(CALL, self.client.delete(key.clone(), None)).await {
+                Ok(Ok(_)) => {
                     removed = true;
                     break;
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
                     warn!(%key, %error, attempt, "deregistration failed");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
+                Err(_) => warn!(%key, attempt, "deregistration timed out"),
             }
         }
         if removed {
@@ -259,8 +262,10 @@ impl Agent {
         }
         if let Some(id) = self.lease {
             // Revoking also removes the key if the delete above did not get through.
-            if let Err(error) = self.client.lease_revoke(id).await {
-                warn!(%key, %error, "lease revoke failed; it expires by itself");
+            match tokio::time::timeout(CALL, self.client.lease_revoke(id)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => warn!(%key, %error, "lease revoke failed; it expires by itself"),
+                Err(_) => warn!(%key, "lease revoke timed out; it expires by itself"),
             }
         }
     }

@@ -485,3 +485,37 @@ fn config_file_registers_several_and_bad_usage_writes_nothing() {
         "nothing written by bad invocations"
     );
 }
+
+#[test]
+fn unreachable_etcd_is_retried_not_fatal() {
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut sidecar = register(
+        &endpoint,
+        &[
+            "--service",
+            "late",
+            "--id",
+            "l1",
+            "--address",
+            "10.36.0.1",
+            "--drain",
+            "0s",
+        ],
+    );
+    sidecar.wait_log("cannot update etcd; retrying");
+    thread::sleep(Duration::from_secs(3));
+    assert!(
+        sidecar.is_alive(),
+        "etcd being away is not a reason to exit"
+    );
+    let etcd = Etcd::start_at(port);
+    eventually(
+        Duration::from_secs(20),
+        "registration once etcd is up",
+        || etcd.value("/ruddr/services/late/l1").map(|_| ()),
+    );
+    sidecar.signal("TERM");
+    assert_eq!(sidecar.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(etcd.value("/ruddr/services/late/l1").is_none());
+}
