@@ -40,6 +40,22 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let started = std::time::Instant::now();
 
+    // The snapshot goes in before any socket is bound: a restart never answers from an
+    // empty mirror when a good snapshot is on disk.
+    let snapshot_task = match &cfg.snapshot.file {
+        Some(path) => {
+            restore_snapshot(path, &mirror, &status);
+            Some(tokio::spawn(persist::run_writer(
+                path.clone(),
+                cfg.snapshot.min_interval,
+                mirror.clone(),
+                status.clone(),
+                token.clone(),
+            )))
+        }
+        None => None,
+    };
+
     for (zone, records) in &zones.summary {
         info!(%zone, records, "serving static zone");
     }
@@ -91,20 +107,6 @@ pub async fn run(
                 started,
             };
             Some(tokio::spawn(admin.serve(listener, token.clone())))
-        }
-        None => None,
-    };
-
-    let snapshot_task = match &cfg.snapshot.file {
-        Some(path) => {
-            restore_snapshot(path, &mirror, &status);
-            Some(tokio::spawn(persist::run_writer(
-                path.clone(),
-                cfg.snapshot.min_interval,
-                mirror.clone(),
-                status.clone(),
-                token.clone(),
-            )))
         }
         None => None,
     };
@@ -365,6 +367,8 @@ pub async fn register(
         .process_group(0)
         .spawn()
         .with_context(|| format!("starting {:?}", command[0]))?;
+    // The child leads its own process group: signal the whole group, so workers a shell or
+    // supervisor started get it too.
     let pid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
     info!(command = ?command, pid = ?pid, "started the service");
     let status = tokio::select! {
@@ -384,7 +388,7 @@ pub async fn register(
                 done = &mut agents => {
                     done.context("registration task")?;
                     if let Some(pid) = pid {
-                        if let Err(e) = nix::sys::signal::kill(pid, sig) {
+                        if let Err(e) = nix::sys::signal::killpg(pid, sig) {
                             warn!(error = %e, "cannot signal the service");
                         }
                     }

@@ -105,6 +105,10 @@ pub struct ServeArgs {
     #[arg(long = "upstream", value_name = "ADDR:PORT", value_delimiter = ',')]
     pub upstreams: Vec<String>,
 
+    /// How long to wait for one upstream before trying the next (e.g. 2s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub forward_timeout: Option<std::time::Duration>,
+
     /// Directory of zone files (<zone>.zone) to serve authoritatively.
     #[arg(long, value_name = "DIR")]
     pub zones_dir: Option<PathBuf>,

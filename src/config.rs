@@ -486,6 +486,9 @@ impl Config {
                 .map(|u| parse_upstream(u).map_err(|reason| invalid("--upstream", reason)))
                 .collect::<Result<_, _>>()?;
         }
+        if let Some(t) = a.forward_timeout {
+            self.forward.timeout = t;
+        }
         if let Some(z) = &a.zones_dir {
             self.zones_dir = z.clone();
         }

@@ -18,6 +18,8 @@ use crate::cache::{Instance, Mirror, ServiceName, Snapshot};
 use crate::registry::Status;
 
 const MAGIC: &str = "ruddr-snapshot";
+/// How often unchanged but confirmed data is rewritten.
+const REFRESH: Duration = Duration::from_secs(30);
 const VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -162,13 +164,19 @@ pub async fn run_writer(
     shutdown: CancellationToken,
 ) {
     let mut written = mirror.load().changes;
+    let mut last_write: Option<std::time::Instant> = None;
     loop {
         let stop = tokio::select! {
             _ = shutdown.cancelled() => true,
             _ = tokio::time::sleep(min_interval) => false,
         };
         let snapshot = mirror.load_full();
-        if snapshot.changes != written && status.is_synced() && !status.is_from_snapshot() {
+        // Rewrite unchanged data now and then while etcd confirms it, so that the file's time
+        // says when the data was last known good (a restart counts staleness from it).
+        let confirmed_old = status.is_connected()
+            && last_write.is_none_or(|t| t.elapsed() >= REFRESH.max(min_interval));
+        let changed = snapshot.changes != written;
+        if (changed || confirmed_old) && status.is_synced() && !status.is_from_snapshot() {
             let changes = snapshot.changes;
             let path2 = path.clone();
             let result = tokio::task::spawn_blocking(move || {
@@ -179,6 +187,7 @@ pub async fn run_writer(
             match result {
                 Ok(Ok((revision, instances))) => {
                     written = changes;
+                    last_write = Some(std::time::Instant::now());
                     debug!(path = %path.display(), revision, instances, "snapshot written");
                 }
                 Ok(Err(error)) => warn!(path = %path.display(), %error, "cannot write snapshot"),

@@ -74,9 +74,11 @@ impl Forwarder {
 
     /// The upstream message for the request's question, as sent by the first upstream that
     /// answers; each failure is reported through `on_attempt`.
+    /// `payload` is the UDP size ruddr accepts from upstreams on this client's behalf.
     pub async fn forward(
         &self,
         request: &Request,
+        payload: u16,
         mut on_attempt: impl FnMut(SocketAddr, Result<(), Failure>),
     ) -> Option<(SocketAddr, Message)> {
         let query = request.queries.queries().first()?.original().clone();
@@ -88,9 +90,14 @@ impl Forwarder {
         options.recursion_desired = request.metadata.recursion_desired;
         options.use_edns = request.edns.is_some();
         if let Some(edns) = &request.edns {
-            options.edns_payload_len = edns.max_payload().max(512);
+            // A fresh OPT: our buffer size and the client's DO bit, none of its options
+            // (cookies and client subnet are between the client and us).
+            let mut ours = hickory_proto::op::Edns::new();
+            ours.set_max_payload(payload.max(512));
+            ours.set_dnssec_ok(edns.flags().dnssec_ok);
+            options.edns_payload_len = payload.max(512);
             options.edns_set_dnssec_ok = edns.flags().dnssec_ok;
-            msg.set_edns(edns.clone());
+            msg.set_edns(ours);
         }
         for i in self.order() {
             let (addr, udp) = &self.upstreams[i];

@@ -226,8 +226,13 @@ impl Handler {
         if query.query_class() != DNSClass::IN {
             return reply.code(ResponseCode::Refused);
         }
-        // Static zones are explicit configuration: they win over the discovery zone.
-        if self.zones.load().contains(qname) {
+        // The most specific zone answers: a static zone inside the discovery zone wins there,
+        // a static parent of the discovery zone does not shadow it.
+        let static_zone =
+            self.zones.load().origin_of(qname).is_some_and(|o| {
+                !self.apex.zone_of(qname) || o.num_labels() > self.apex.num_labels()
+            });
+        if static_zone {
             if qtype == RecordType::ANY {
                 // RFC 8482: a minimal answer instead of every record set.
                 reply.meta.authoritative = true;
@@ -243,7 +248,7 @@ impl Handler {
             return reply;
         }
         if !self.apex.zone_of(qname) {
-            if qtype == RecordType::PTR {
+            if qtype == RecordType::PTR && !self.status.is_too_stale(self.max_stale) {
                 let ptrs = self.reverse(&self.mirror.load(), qname);
                 if !ptrs.is_empty() {
                     reply.meta.authoritative = true;
@@ -294,8 +299,10 @@ impl Handler {
             }
             Target::TcpNode if !snapshot.services.is_empty() => Outcome::NoData,
             Target::TcpNode | Target::None => Outcome::NxDomain,
-            // Every other name is a registry name. Past max_stale its data is not trusted.
-            _ if self.status.is_too_stale(self.max_stale) => {
+            // Every other name is a registry name. With no data yet (no sync, no snapshot) or
+            // past max_stale, ruddr cannot say that a name does not exist: SERVFAIL, not a
+            // cacheable NXDOMAIN.
+            _ if !self.status.has_data() || self.status.is_too_stale(self.max_stale) => {
                 reply.meta.authoritative = false;
                 return reply.code(ResponseCode::ServFail);
             }
@@ -430,7 +437,7 @@ impl Handler {
         };
         let metrics = &self.metrics;
         let upstream = forwarder
-            .forward(request, |addr, result| {
+            .forward(request, reply.payload, |addr, result| {
                 let result = match result {
                     Ok(()) => metrics::ForwardResult::answered,
                     Err(Failure::Timeout) => metrics::ForwardResult::timeout,

@@ -62,6 +62,20 @@ impl Built {
     }
 }
 
+/// Splits `s` into pieces of at most 255 bytes, on character boundaries.
+fn split_255(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for c in s.chars() {
+        if cur.len() + c.len_utf8() > 255 {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.push(c);
+    }
+    out.push(cur);
+    out
+}
+
 /// Upper bound of a record's wire size. Owner names are counted in full (an upper bound: the
 /// encoder may compress them); SRV targets are never compressed (RFC 2782).
 pub fn wire_size(record: &Record) -> usize {
@@ -207,6 +221,8 @@ impl Zone {
                 let mut strings: Vec<String> =
                     i.meta.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 strings.extend(i.tags.iter().map(|t| format!("tag={t}")));
+                // A TXT character-string holds at most 255 bytes: split longer ones.
+                let strings: Vec<String> = strings.iter().flat_map(|s| split_255(s)).collect();
                 if !strings.is_empty() {
                     built.answers.push(Record::from_rdata(
                         qname.clone(),
@@ -477,6 +493,43 @@ mod tests {
         );
         assert!(b.answers.iter().all(|r| r.ttl == 30));
         assert!(b.additionals.iter().flatten().all(|r| r.ttl == 30));
+    }
+
+    #[test]
+    fn long_txt_strings_are_split() {
+        let mut svc = web();
+        let a = InstanceId::new("a").unwrap();
+        svc.instances
+            .get_mut(&a)
+            .unwrap()
+            .meta
+            .insert("big".into(), "é".repeat(300));
+        let t = zone().build(
+            &svc,
+            Target::Instance {
+                service: "web",
+                id: "a",
+            },
+            &q("a.web.svc.internal."),
+            RecordType::TXT,
+            5,
+        );
+        let RData::TXT(txt) = &t.answers[0].data else {
+            panic!()
+        };
+        assert!(txt.txt_data.iter().all(|s| s.len() <= 255));
+        assert_eq!(
+            txt.txt_data.iter().map(|s| s.len()).sum::<usize>(),
+            "az=a".len() + "big=".len() + 600 + "tag=v2".len()
+        );
+        // And it encodes.
+        let mut m = hickory_proto::op::Message::new(
+            1,
+            hickory_proto::op::MessageType::Response,
+            hickory_proto::op::OpCode::Query,
+        );
+        m.add_answers(t.answers.clone());
+        assert!(m.to_vec().is_ok());
     }
 
     #[test]

@@ -54,7 +54,13 @@ impl StaticZones {
 
     /// Whether `name` is in one of the static zones.
     pub fn contains(&self, name: &LowerName) -> bool {
-        self.origins.iter().any(|o| o.zone_of(name))
+        self.origin_of(name).is_some()
+    }
+
+    /// The most specific static zone holding `name`.
+    pub fn origin_of(&self, name: &LowerName) -> Option<&LowerName> {
+        // Sorted longest first.
+        self.origins.iter().find(|o| o.zone_of(name))
     }
 
     /// Loads every `*.zone` file in `dir`. A missing directory means no zones.

@@ -87,8 +87,12 @@ impl Agent {
             }
             self.set_detail(outcome.detail);
         }
+        // Delay, not burst: after a stall, checks stay `interval` apart, so fail-after and
+        // pass-after keep meaning "over time".
         let mut keepalive = tokio::time::interval(self.reg.ttl / 3);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut checks = tokio::time::interval(self.reg.interval);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         checks.tick().await; // the first check ran above
         loop {
             if let Err(error) = self.sync().await {
@@ -182,8 +186,10 @@ impl Agent {
         let gone = matches!(&result, Err(e) if is_lease_not_found(e));
         match result {
             Ok(Some(ttl)) if ttl > 0 => {}
-            Ok(_) => self.lease_lost(id),
+            Ok(Some(_)) => self.lease_lost(id),
             _ if gone => self.lease_lost(id),
+            // The stream ended (leader change, reconnect): open a new one next time.
+            Ok(None) => self.keeper = None,
             Err(error) => {
                 self.keeper = None;
                 warn!(key = %self.key(), %error, "keepalive failed; retrying");

@@ -66,6 +66,8 @@ pub struct Watcher {
     max_stale: Option<Duration>,
     /// Whether "past max_stale" was logged for the current outage.
     too_stale_logged: bool,
+    /// Re-lists since the last established watch.
+    relists_in_a_row: u32,
     /// Last revision applied to the mirror; `None` means the next session must list first.
     revision: Option<i64>,
     /// The etcd cluster the mirror came from; another one means its revisions mean nothing here.
@@ -91,6 +93,7 @@ impl Watcher {
             lists: 0,
             max_stale: None,
             too_stale_logged: false,
+            relists_in_a_row: 0,
             backoff: Backoff::new(cfg.retry_min, cfg.retry_max),
             revision: None,
             cluster_id: None,
@@ -112,9 +115,18 @@ impl Watcher {
                 Err(e) = self.session() => e,
             };
             if let RegistryError::Compacted { .. } | RegistryError::History(_) = err {
-                // Not an outage: etcd is there, our resume point is gone. Re-list at once.
+                // Not an outage: etcd is there, our resume point is gone. Re-list at once the
+                // first time; if it keeps happening (endpoints of two clusters?), back off.
                 warn!(error = %err, prefix = %self.prefix, "watch lost its revision");
                 self.revision = None;
+                self.relists_in_a_row += 1;
+                if self.relists_in_a_row > 1 {
+                    let delay = self.backoff.next_delay();
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
                 continue;
             }
             let since = self.status.set_disconnected();
@@ -190,17 +202,36 @@ impl Watcher {
                         return Err(RegistryError::History("etcd cluster id changed".into()));
                     }
                     if h.revision() < start - 1 {
-                        return Err(RegistryError::History(format!(
-                            "etcd is at revision {}, behind the {} already applied",
-                            h.revision(),
-                            start - 1
-                        )));
+                        // A follower can lag a little; ask through the leader (a linearizable
+                        // read) before concluding that etcd was rebuilt with a lower history.
+                        let now = self
+                            .client
+                            .get(
+                                self.prefix.clone(),
+                                Some(GetOptions::new().with_prefix().with_limit(1)),
+                            )
+                            .await?
+                            .header()
+                            .map_or(i64::MAX, |h| h.revision());
+                        if now < start - 1 {
+                            return Err(RegistryError::History(format!(
+                                "etcd is at revision {now}, behind the {} already applied",
+                                start - 1
+                            )));
+                        }
                     }
                 }
                 self.on_connected(start - 1);
                 continue;
             }
-            let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            // Resume point: the last event actually received. The header revision is the store's
+            // current one and can run ahead of events etcd still has queued for a catching-up
+            // watcher (and, before etcd 3.4.24, of progress notifications), so it is never used.
+            let last_event = resp
+                .events()
+                .iter()
+                .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
+                .max();
             let mut updates = Vec::with_capacity(resp.events().len());
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };
@@ -222,6 +253,7 @@ impl Watcher {
             }
             // Progress notifications carry no events but still confirm we are current.
             self.status.confirm();
+            let Some(revision) = last_event else { continue };
             let revision = revision.max(self.revision.unwrap_or(0));
             let applied = self.mirror.apply(updates, revision);
             self.revision = Some(revision);
@@ -287,6 +319,7 @@ impl Watcher {
         self.backoff.reset();
         self.last_stale_log = None;
         self.too_stale_logged = false;
+        self.relists_in_a_row = 0;
         match was_stale {
             Some(since) => info!(
                 revision,

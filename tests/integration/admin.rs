@@ -13,8 +13,8 @@ const SRV_OK_TCP: &str = r#"ruddr_dns_queries_total{qtype="SRV",rcode="NOERROR",
 
 #[test]
 fn ready_is_503_until_the_first_sync_then_200() {
-    let port = free_port();
-    let r = Ruddr::start(&format!("http://127.0.0.1:{port}"), &[]);
+    let mut etcd = Etcd::unstarted();
+    let r = Ruddr::start(&etcd.endpoint(), &[]);
     let (code, body) = r.http_get("/ready");
     assert_eq!(code, 503, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -28,7 +28,7 @@ fn ready_is_503_until_the_first_sync_then_200() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["status"], "ok");
 
-    let mut etcd = Etcd::start_at(port);
+    etcd.start_now();
     etcd.put("/ruddr/services/web/w1", r#"{"address":"10.10.0.1"}"#);
     let body = eventually(Duration::from_secs(20), "/ready 200", || {
         let (code, body) = r.http_get("/ready");
@@ -93,13 +93,12 @@ fn metrics_move_with_queries_outages_and_bad_values() {
         &query_message("web.svc.internal.", RecordType::SRV, None),
         Transport::Tcp,
     );
-    assert_eq!(r.metric(A_OK_UDP) - ok0, 5.0);
-    assert_eq!(r.metric(A_NX_UDP) - nx0, 3.0);
-    assert_eq!(r.metric(SRV_OK_TCP), 1.0);
-    assert_eq!(
-        r.metric("ruddr_dns_response_duration_seconds_count") - lat0,
-        9.0
-    );
+    r.wait_metric(A_OK_UDP, |v| v - ok0 == 5.0);
+    r.wait_metric(A_NX_UDP, |v| v - nx0 == 3.0);
+    r.wait_metric(SRV_OK_TCP, |v| v == 1.0);
+    r.wait_metric("ruddr_dns_response_duration_seconds_count", |v| {
+        v - lat0 == 9.0
+    });
 
     // Truncation: 60 A records do not fit in 512 bytes.
     let kvs: Vec<(String, String)> = (0..60)
@@ -121,7 +120,7 @@ fn metrics_move_with_queries_outages_and_bad_values() {
         Transport::Udp,
     );
     assert!(m.metadata.truncation);
-    assert_eq!(r.metric("ruddr_dns_udp_truncated_total") - tc0, 1.0);
+    r.wait_metric("ruddr_dns_udp_truncated_total", |v| v - tc0 == 1.0);
 
     // A bad value is counted.
     let bad0 = r.metric("ruddr_registry_invalid_values_total");
@@ -139,7 +138,7 @@ fn metrics_move_with_queries_outages_and_bad_values() {
     for _ in 0..4 {
         query(r.addr(), "web.svc.internal.", RecordType::A);
     }
-    assert_eq!(r.metric("ruddr_dns_stale_answers_total") - stale0, 4.0);
+    r.wait_metric("ruddr_dns_stale_answers_total", |v| v - stale0 == 4.0);
     assert!(r.metric("ruddr_registry_stale_seconds") > 0.0);
     etcd.restart();
     eventually(Duration::from_secs(20), "registry_connected 1", || {

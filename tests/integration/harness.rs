@@ -34,6 +34,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback address of its own for one etcd (127.x.y.z; all of 127/8 is local), so its ports
+/// cannot collide with ephemeral ports other tests take on 127.0.0.1.
+pub fn own_loopback() -> String {
+    let n: u32 = rand::random();
+    // 127.60-199.x.y: clear of 127.0.0.1 and of 127.53.x.y, which the glibc test uses.
+    format!(
+        "127.{}.{}.{}",
+        60 + n % 140,
+        (n >> 8) % 250,
+        1 + (n >> 16) % 250
+    )
+}
+
+fn free_port_on(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
 pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -113,6 +134,7 @@ done
 
 /// One etcd member (or a single-node cluster) on loopback.
 pub struct Etcd {
+    ip: String,
     pub client_port: u16,
     peer_port: u16,
     dir: tempfile::TempDir,
@@ -129,19 +151,25 @@ impl Etcd {
         Self::start_with(None)
     }
 
-    /// An etcd serving clients on `client_port`.
-    pub fn start_at(client_port: u16) -> Self {
-        let mut etcd = Etcd {
-            client_port,
-            peer_port: free_port(),
+    /// An etcd with its address and ports chosen but not started yet (see [`Etcd::start_now`]):
+    /// for tests where ruddr comes up first.
+    pub fn unstarted() -> Self {
+        require("etcd", "etcd-server");
+        let ip = own_loopback();
+        Etcd {
+            client_port: free_port_on(&ip),
+            peer_port: free_port_on(&ip),
+            ip,
             dir: tempfile::tempdir().unwrap(),
             child: None,
             tls: None,
             server_tls: Vec::new(),
             auth: None,
-        };
-        etcd.spawn();
-        etcd
+        }
+    }
+
+    pub fn start_now(&mut self) {
+        self.spawn();
     }
 
     /// An etcd that only speaks TLS and requires a client certificate signed by `pki`'s CA.
@@ -151,9 +179,12 @@ impl Etcd {
 
     fn start_with(pki: Option<&Pki>) -> Self {
         require("etcd", "etcd-server");
+        // The test certificates name 127.0.0.1.
+        let ip = if pki.is_some() { "127.0.0.1".to_string() } else { own_loopback() };
         let mut etcd = Etcd {
-            client_port: free_port(),
-            peer_port: free_port(),
+            client_port: free_port_on(&ip),
+            peer_port: free_port_on(&ip),
+            ip,
             dir: tempfile::tempdir().unwrap(),
             child: None,
             tls: pki.map(|p| (p.path("ca.pem"), p.path("client.pem"), p.path("client.key"))),
@@ -178,7 +209,7 @@ impl Etcd {
 
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.client_port)
+        format!("{scheme}://{}:{}", self.ip, self.client_port)
     }
 
     /// Creates user `root` with `password` and turns authentication on.
@@ -217,7 +248,7 @@ impl Etcd {
 
     fn spawn(&mut self) {
         let c = self.endpoint();
-        let p = format!("http://127.0.0.1:{}", self.peer_port);
+        let p = format!("http://{}:{}", self.ip, self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -541,6 +572,14 @@ impl Ruddr {
         (code, resp.body_mut().read_to_string().expect("HTTP body"))
     }
 
+    /// Waits until the sample satisfies `ok` (metrics are recorded just after a response is
+    /// sent, so a scrape right after an answer can precede its count).
+    pub fn wait_metric(&self, sample: &str, ok: impl Fn(f64) -> bool) {
+        eventually(Duration::from_secs(10), sample, || {
+            ok(self.metric(sample)).then_some(())
+        });
+    }
+
     /// The value of one sample in /metrics, e.g. `ruddr_registry_connected` or
     /// `ruddr_dns_queries_total{qtype="A",rcode="NOERROR",proto="udp"}`; 0 when absent.
     pub fn metric(&self, sample: &str) -> f64 {
@@ -670,6 +709,7 @@ impl Etcd {
 /// A multi-member etcd cluster on loopback, one data dir per member.
 pub struct Cluster {
     dir: tempfile::TempDir,
+    ip: String,
     members: Vec<(u16, u16)>,
     children: Vec<Option<Child>>,
 }
@@ -677,9 +717,13 @@ pub struct Cluster {
 impl Cluster {
     pub fn start(n: usize) -> Self {
         require("etcd", "etcd-server");
+        let ip = own_loopback();
         let mut c = Cluster {
             dir: tempfile::tempdir().unwrap(),
-            members: (0..n).map(|_| (free_port(), free_port())).collect(),
+            members: (0..n)
+                .map(|_| (free_port_on(&ip), free_port_on(&ip)))
+                .collect(),
+            ip,
             children: (0..n).map(|_| None).collect(),
         };
         for i in 0..n {
@@ -693,13 +737,13 @@ impl Cluster {
         self.members
             .iter()
             .enumerate()
-            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .map(|(i, (_, p))| format!("m{i}=http://{}:{p}", self.ip))
             .collect::<Vec<_>>()
             .join(",")
     }
 
     fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].0)
+        format!("http://{}:{}", self.ip, self.members[i].0)
     }
 
     /// Every member's client URL, comma-separated.
@@ -712,8 +756,8 @@ impl Cluster {
 
     fn spawn(&mut self, i: usize) {
         let (cp, pp) = self.members[i];
-        let c = format!("http://127.0.0.1:{cp}");
-        let p = format!("http://127.0.0.1:{pp}");
+        let c = format!("http://{}:{cp}", self.ip);
+        let p = format!("http://{}:{pp}", self.ip);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -271,9 +271,10 @@ fn restart_while_etcd_is_down_serves_the_snapshot() {
     let r = Ruddr::start(&etcd.endpoint(), &args);
     r.wait_log("ignoring the snapshot file");
     assert!(r.log_text().contains("truncated"), "{}", r.log_text());
+    // No data at all: SERVFAIL, not a cacheable NXDOMAIN.
     assert_eq!(
         rcode(&query(r.addr(), "web.svc.internal.", RecordType::A)),
-        ResponseCode::NXDomain
+        ResponseCode::ServFail
     );
     assert_eq!(r.http_get("/ready").0, 503);
 

@@ -488,8 +488,8 @@ fn config_file_registers_several_and_bad_usage_writes_nothing() {
 
 #[test]
 fn unreachable_etcd_is_retried_not_fatal() {
-    let port = free_port();
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut etcd = Etcd::unstarted();
+    let endpoint = etcd.endpoint();
     let mut sidecar = register(
         &endpoint,
         &[
@@ -509,7 +509,7 @@ fn unreachable_etcd_is_retried_not_fatal() {
         sidecar.is_alive(),
         "etcd being away is not a reason to exit"
     );
-    let etcd = Etcd::start_at(port);
+    etcd.start_now();
     eventually(
         Duration::from_secs(20),
         "registration once etcd is up",

@@ -20,7 +20,7 @@ fn upstream(dir: &tempfile::TempDir) -> Ruddr {
     let zones = dir.path().join("zones");
     std::fs::create_dir_all(&zones).unwrap();
     std::fs::write(zones.join("upstream.test.zone"), UPSTREAM_ZONE).unwrap();
-    let dead_etcd = format!("http://127.0.0.1:{}", free_port());
+    let dead_etcd = format!("http://{}:2379", own_loopback());
     Ruddr::start(
         &dead_etcd,
         &[
@@ -53,9 +53,13 @@ fn forwarding_passes_answers_through_and_fails_over() {
     etcd.put("/ruddr/services/web/w1", r#"{"address":"10.40.0.1"}"#);
     let dir = tempfile::tempdir().unwrap();
     let up = upstream(&dir);
-    let dead = format!("127.0.0.1:{}", free_port());
+    // Nobody listens on port 53 of an address of our own.
+    let dead = format!("{}:53", own_loopback());
     let upstreams = format!("{dead},127.0.0.1:{}", up.port);
-    let r = Ruddr::start(&etcd.endpoint(), &["--upstream", &upstreams]);
+    let r = Ruddr::start(
+        &etcd.endpoint(),
+        &["--upstream", &upstreams, "--forward-timeout", "500ms"],
+    );
     r.wait_log("watching etcd");
 
     // Through the dead first upstream to the second; TTL and AA come from the upstream.
