@@ -85,6 +85,7 @@ impl Forwarder {
         let mut msg = Message::new(rand::random(), MessageType::Query, OpCode::Query);
         msg.metadata.recursion_desired = request.metadata.recursion_desired;
         msg.metadata.checking_disabled = request.metadata.checking_disabled;
+        msg.metadata.authentic_data = request.metadata.authentic_data;
         msg.add_query(query);
         let mut options = DnsRequestOptions::default();
         options.recursion_desired = request.metadata.recursion_desired;

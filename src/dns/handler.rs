@@ -335,7 +335,17 @@ impl Handler {
                     let outcome = built.outcome;
                     reply.order = shuffle(&built.order);
                     reply.with_additionals = if request.protocol() == Protocol::Udp {
-                        fitting_additionals(&built, &reply.order, qname, usize::from(payload))
+                        let limit = usize::from(payload);
+                        let fit = fitting_answers(&built, &reply.order, qname, limit);
+                        if fit < reply.order.len() {
+                            // Cut here rather than let the encoder run out of room: that way the
+                            // OPT record always fits (RFC 6891 7) and TC says the rest is on TCP.
+                            reply.order.truncate(fit);
+                            reply.meta.truncation = true;
+                            0
+                        } else {
+                            fitting_additionals(&built, &reply.order, qname, limit)
+                        }
                     } else {
                         reply.order.len()
                     };
@@ -381,13 +391,34 @@ fn shuffle(order: &[(u16, u16)]) -> Vec<usize> {
     keyed.into_iter().map(|(_, _, i)| i).collect()
 }
 
+/// How many of the ordered answers fit in a UDP message of `limit` bytes, with the question
+/// and an OPT record (upper bounds: owners count as a 2-byte pointer to the question).
+fn fitting_answers(built: &Built, order: &[usize], qname: &Name, limit: usize) -> usize {
+    const HEADER: usize = 12;
+    const QUESTION_FIXED: usize = 4;
+    const OPT: usize = 11;
+    // The question is copied from the request as raw bytes, so the first owner name is written
+    // in full: count the name twice.
+    let mut size = HEADER + 2 * (qname.len() + 1) + QUESTION_FIXED + OPT;
+    for (n, &i) in order.iter().enumerate() {
+        let Some(rec) = built.answers.get(i) else {
+            continue;
+        };
+        size += super::records::wire_size(rec) - (qname.len() + 1) + 2;
+        if size > limit {
+            return n;
+        }
+    }
+    order.len()
+}
+
 /// How many SRV target addresses fit in a UDP answer of `limit` bytes. Additional records are
 /// optional: they are cut rather than making the whole answer truncated.
 fn fitting_additionals(built: &Built, order: &[usize], qname: &Name, limit: usize) -> usize {
     const HEADER: usize = 12;
     const QUESTION_FIXED: usize = 4;
     const OPT: usize = 11;
-    let mut size = HEADER + qname.len() + 1 + QUESTION_FIXED + OPT + built.answer_size;
+    let mut size = HEADER + 2 * (qname.len() + 1) + QUESTION_FIXED + OPT + built.answer_size;
     if size > limit {
         return 0;
     }

@@ -116,7 +116,9 @@ fn load_file(path: &Path) -> Result<(Name, Arc<dyn ZoneHandler>, usize), ZoneErr
             .parse()
             .map_err(|e| e.to_string())
     };
-    let (origin, records) = parse(&text).map_err(|reason| ZoneError::Parse {
+    // parse() returns the $ORIGIN in effect at the end of the file; the zone's origin is the
+    // one from the file name.
+    let (_, records) = parse(&text).map_err(|reason| ZoneError::Parse {
         path: path.to_path_buf(),
         line: failing_line(&text, &parse),
         reason,

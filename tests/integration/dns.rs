@@ -201,6 +201,11 @@ fn truncation_over_udp_and_complete_answer_over_tcp() {
             Transport::Udp,
         );
         assert!(udp.metadata.truncation, "{qtype}: TC set over UDP");
+        assert!(
+            udp.edns.is_some(),
+            "{qtype}: the OPT record survives truncation"
+        );
+        assert!(!udp.answers.is_empty(), "{qtype}: as many answers as fit");
         assert!(udp.answers.len() < 300);
         let plain = exchange(
             r.addr(),

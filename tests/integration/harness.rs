@@ -180,7 +180,11 @@ impl Etcd {
     fn start_with(pki: Option<&Pki>) -> Self {
         require("etcd", "etcd-server");
         // The test certificates name 127.0.0.1.
-        let ip = if pki.is_some() { "127.0.0.1".to_string() } else { own_loopback() };
+        let ip = if pki.is_some() {
+            "127.0.0.1".to_string()
+        } else {
+            own_loopback()
+        };
         let mut etcd = Etcd {
             client_port: free_port_on(&ip),
             peer_port: free_port_on(&ip),
