@@ -322,20 +322,29 @@ pub fn register_plan(
     Ok((etcd, regs))
 }
 
-/// Waits for SIGTERM or SIGINT and returns which.
-pub async fn next_signal() -> nix::sys::signal::Signal {
-    use nix::sys::signal::Signal;
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => Signal::SIGTERM,
-        _ = int.recv() => Signal::SIGINT,
+/// SIGTERM and SIGINT, listened to from creation on: signals that arrive before anyone waits
+/// are kept, not lost to the default action.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT.
+    pub async fn next(&mut self) -> nix::sys::signal::Signal {
+        use nix::sys::signal::Signal;
+        tokio::select! {
+            _ = self.term.recv() => Signal::SIGTERM,
+            _ = self.int.recv() => Signal::SIGINT,
+        }
     }
 }
 
@@ -347,13 +356,15 @@ pub async fn register(
     command: Vec<String>,
 ) -> anyhow::Result<i32> {
     use std::sync::atomic::Ordering;
+    // Before anything is registered: a signal from now on always leads to deregistration.
+    let mut signals = Signals::install()?;
     let token = CancellationToken::new();
     let registrar = crate::register::Registrar::connect(&etcd, registrations).await?;
     let skip_drain = registrar.skip_drain_flag();
     let mut agents = tokio::spawn(registrar.run(token.clone()));
 
     if command.is_empty() {
-        let sig = next_signal().await;
+        let sig = signals.next().await;
         info!(signal = %sig, "deregistering");
         token.cancel();
         agents.await.context("registration task")?;
@@ -365,6 +376,8 @@ pub async fn register(
     let mut child = tokio::process::Command::new(&command[0])
         .args(&command[1..])
         .process_group(0)
+        // Only reached on an internal error: never leave the service running unsupervised.
+        .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {:?}", command[0]))?;
     // The child leads its own process group: signal the whole group, so workers a shell or
@@ -380,7 +393,7 @@ pub async fn register(
             agents.await.context("registration task")?;
             status
         }
-        sig = next_signal() => {
+        sig = signals.next() => {
             info!(signal = %sig, "deregistering, draining, then signalling the service");
             token.cancel();
             // Deregister and drain first, so no new traffic reaches the service when it stops.
