@@ -95,6 +95,46 @@ fn dump_log(name: &str, path: &Path) {
     }
 }
 
+/// An `etcd` member command on loopback URLs, its stderr appended to `log`.
+fn etcd_command(
+    name: &str,
+    data: &Path,
+    client: &str,
+    peer: &str,
+    cluster: &str,
+    log: &Path,
+) -> Command {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut cmd = Command::new("etcd");
+    cmd.args(["--name", name, "--data-dir"])
+        .arg(data)
+        .args([
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+        ])
+        .args([
+            "--initial-cluster",
+            cluster,
+            "--initial-cluster-state",
+            "new",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log);
+    cmd
+}
+
 /// Certificates for an etcd with TLS and client-certificate authentication, made by openssl.
 pub struct Pki {
     pub dir: tempfile::TempDir,
@@ -253,32 +293,17 @@ impl Etcd {
     fn spawn(&mut self) {
         let c = self.endpoint();
         let p = format!("http://{}:{}", self.ip, self.peer_port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap();
-        let child = Command::new("etcd")
-            .args(["--name", "n1", "--data-dir"])
-            .arg(self.dir.path().join("data"))
-            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-            .args([
-                "--listen-peer-urls",
-                &p,
-                "--initial-advertise-peer-urls",
-                &p,
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("n1={p}"),
-                "--initial-cluster-state",
-                "new",
-            ])
-            .args(&self.server_tls)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start etcd");
+        let child = etcd_command(
+            "n1",
+            &self.dir.path().join("data"),
+            &c,
+            &p,
+            &format!("n1={p}"),
+            &self.log_path(),
+        )
+        .args(&self.server_tls)
+        .spawn()
+        .expect("start etcd");
         self.child = Some(child);
         eventually(Duration::from_secs(20), "etcd to accept requests", || {
             self.try_get("/health-probe").ok().map(|_| ())
@@ -762,33 +787,20 @@ impl Cluster {
         let (cp, pp) = self.members[i];
         let c = format!("http://{}:{cp}", self.ip);
         let p = format!("http://{}:{pp}", self.ip);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("m{i}.log")))
-            .unwrap();
-        let child = Command::new("etcd")
-            .args(["--name", &format!("m{i}"), "--data-dir"])
-            .arg(self.dir.path().join(format!("m{i}")))
-            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-            .args([
-                "--listen-peer-urls",
-                &p,
-                "--initial-advertise-peer-urls",
-                &p,
-            ])
-            .args(["--initial-cluster", &self.initial_cluster()])
-            .args([
-                "--initial-cluster-state",
-                "new",
-                "--initial-cluster-token",
-                "ruddr-test",
-            ])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start etcd member");
+        let log = self.dir.path().join(format!("m{i}.log"));
+        let data = self.dir.path().join(format!("m{i}"));
+        let child = etcd_command(
+            &format!("m{i}"),
+            &data,
+            &c,
+            &p,
+            &self.initial_cluster(),
+            &log,
+        )
+        .args(["--initial-cluster-token", "ruddr-test"])
+        .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+        .spawn()
+        .expect("start etcd member");
         self.children[i] = Some(child);
     }
 
