@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use hickory_proto::op::{DnsRequest, DnsRequestOptions, Message, MessageType, OpCode};
+use hickory_proto::op::{
+    DnsRequest, DnsRequestOptions, Message, MessageType, OpCode, ResponseCode,
+};
 use hickory_server::net::runtime::TokioRuntimeProvider;
 use hickory_server::net::tcp::TcpClientStream;
 use hickory_server::net::udp::UdpClientStream;
@@ -100,6 +102,7 @@ impl Forwarder {
             options.edns_set_dnssec_ok = edns.flags().dnssec_ok;
             msg.set_edns(ours);
         }
+        let mut fallback = None;
         for i in self.order() {
             let (addr, udp) = &self.upstreams[i];
             let req = DnsRequest::new(msg.clone(), options);
@@ -129,11 +132,22 @@ impl Forwarder {
                     continue;
                 }
             };
+            if matches!(
+                message.metadata.response_code,
+                ResponseCode::ServFail | ResponseCode::Refused
+            ) {
+                // This upstream cannot answer (broken, or not serving us): try the next one, and
+                // pass this answer on only if none does better.
+                self.failed_at[i].store(self.now_ms(), Relaxed);
+                on_attempt(*addr, Err(Failure::Error));
+                fallback = Some((*addr, message));
+                continue;
+            }
             self.failed_at[i].store(0, Relaxed);
             on_attempt(*addr, Ok(()));
             return Some((*addr, message));
         }
-        None
+        fallback
     }
 
     async fn over_tcp(&self, addr: SocketAddr, req: DnsRequest) -> Option<Message> {

@@ -99,6 +99,17 @@ fn forwarding_passes_answers_through_and_fails_over() {
     );
     assert!(r.metric(&answered) >= 4.0, "answers counted per upstream");
 
+    // An upstream that refuses us (here a ruddr without upstreams of its own) is skipped.
+    let refuser = Ruddr::start(&format!("http://{}:2379", own_loopback()), &[]);
+    let via = format!("127.0.0.1:{},127.0.0.1:{}", refuser.port, up.port);
+    let r2 = Ruddr::start(&etcd.endpoint(), &["--upstream", &via]);
+    let m = rd_query(r2.addr(), "www.upstream.test.", RecordType::A);
+    assert_eq!(
+        answer_strings(&m),
+        ["192.0.2.10"],
+        "REFUSED from the first upstream fails over"
+    );
+
     // All upstreams down: SERVFAIL within the timeout.
     drop(up);
     let t = Instant::now();
