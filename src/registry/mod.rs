@@ -2,6 +2,7 @@
 //! and re-list, and the parsing of keys and values into [`crate::cache`] types.
 
 mod backoff;
+pub mod formats;
 mod parse;
 mod status;
 mod watcher;
