@@ -1,8 +1,11 @@
 //! Connection state of the registry, shared with the DNS handler, metrics and readiness.
 //! Atomics, because the DNS handler reads it on every query.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime};
+
+/// No staleness: the mirror is current.
+const NONE: i64 = i64::MIN;
 
 /// Whether the mirror is current, and since when it may not be.
 #[derive(Debug)]
@@ -12,8 +15,10 @@ pub struct Status {
     synced: AtomicBool,
     /// The mirror holds data from a snapshot file (and not yet from etcd).
     from_snapshot: AtomicBool,
-    /// Unix time in milliseconds since which the data may be behind etcd; 0 when current.
-    stale_since_ms: AtomicU64,
+    /// Milliseconds after `epoch` since which the data may be behind etcd (negative for data
+    /// older than the process, from a snapshot); `NONE` when current. Monotonic, so a wall-clock
+    /// step during an outage does not move the `max_stale` deadline.
+    stale_since: AtomicI64,
     /// Milliseconds after `epoch` at which etcd last confirmed the mirror; 0 when never.
     confirmed_ms: AtomicU64,
     epoch: Instant,
@@ -25,24 +30,23 @@ impl Default for Status {
             connected: AtomicBool::new(false),
             synced: AtomicBool::new(false),
             from_snapshot: AtomicBool::new(false),
-            stale_since_ms: AtomicU64::new(0),
+            stale_since: AtomicI64::new(NONE),
             confirmed_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_millis().max(1) as u64)
-}
-
 impl Status {
+    fn now_ms(&self) -> i64 {
+        self.epoch.elapsed().as_millis() as i64
+    }
+
     /// The watch is established: the mirror follows etcd again.
     pub fn set_connected(&self) {
         self.synced.store(true, Relaxed);
         self.from_snapshot.store(false, Relaxed);
-        self.stale_since_ms.store(0, Relaxed);
+        self.stale_since.store(NONE, Relaxed);
         self.connected.store(true, Relaxed);
         self.confirm();
     }
@@ -50,9 +54,16 @@ impl Status {
     /// The mirror was filled from a snapshot written at `written_at`: stale since then.
     pub fn set_from_snapshot(&self, written_at: SystemTime) {
         self.from_snapshot.store(true, Relaxed);
+        // The wall clock is read once here, to place the snapshot's age on the monotonic clock.
+        let age = SystemTime::now()
+            .duration_since(written_at)
+            .unwrap_or_default();
+        let age_ms = i64::try_from(age.as_millis())
+            .unwrap_or(i64::MAX / 2)
+            .min(i64::MAX / 2);
         let _ = self
-            .stale_since_ms
-            .compare_exchange(0, unix_ms(written_at), Relaxed, Relaxed);
+            .stale_since
+            .compare_exchange(NONE, self.now_ms() - age_ms, Relaxed, Relaxed);
     }
 
     /// etcd confirmed the mirror is current (an event or a progress notification arrived).
@@ -64,15 +75,10 @@ impl Status {
     /// The connection was lost; returns since when the data is stale (kept from the first loss).
     pub fn set_disconnected(&self) -> SystemTime {
         self.connected.store(false, Relaxed);
-        let now = unix_ms(SystemTime::now());
-        let since = match self
-            .stale_since_ms
-            .compare_exchange(0, now, Relaxed, Relaxed)
-        {
-            Ok(_) => now,
-            Err(existing) => existing,
-        };
-        UNIX_EPOCH + Duration::from_millis(since)
+        let _ = self
+            .stale_since
+            .compare_exchange(NONE, self.now_ms(), Relaxed, Relaxed);
+        self.stale_since().unwrap_or_else(SystemTime::now)
     }
 
     pub fn is_connected(&self) -> bool {
@@ -94,26 +100,26 @@ impl Status {
         self.from_snapshot.load(Relaxed)
     }
 
-    /// Since when answers come from a mirror that may be behind etcd, if they do.
+    /// Since when answers come from a mirror that may be behind etcd, if they do (wall clock,
+    /// for display).
     pub fn stale_since(&self) -> Option<SystemTime> {
-        match self.stale_since_ms.load(Relaxed) {
-            0 => None,
-            ms => Some(UNIX_EPOCH + Duration::from_millis(ms)),
-        }
+        self.stale_for().map(|d| SystemTime::now() - d)
     }
 
     /// How long the mirror has been possibly behind etcd, if it is.
     pub fn stale_for(&self) -> Option<Duration> {
-        self.stale_since()
-            .map(|t| SystemTime::now().duration_since(t).unwrap_or_default())
+        match self.stale_since.load(Relaxed) {
+            NONE => None,
+            since => Some(Duration::from_millis(
+                self.now_ms().saturating_sub(since).max(0) as u64,
+            )),
+        }
     }
 
     /// Whether the data is older than `max_stale` (never, when `max_stale` is `None`).
     pub fn is_too_stale(&self, max_stale: Option<Duration>) -> bool {
-        match (max_stale, self.stale_since_ms.load(Relaxed)) {
-            (Some(max), since) if since != 0 => {
-                unix_ms(SystemTime::now()).saturating_sub(since) > max.as_millis() as u64
-            }
+        match (max_stale, self.stale_for()) {
+            (Some(max), Some(age)) => age > max,
             _ => false,
         }
     }
@@ -140,9 +146,13 @@ mod tests {
         let s = Status::default();
         assert!(!s.has_data() && s.stale_since().is_none() && s.confirmed_age().is_none());
         let first = s.set_disconnected();
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(s.set_disconnected(), first);
-        assert!(s.is_too_stale(Some(Duration::ZERO)));
+        std::thread::sleep(Duration::from_millis(20));
+        let again = s.set_disconnected();
+        // Kept from the first loss (the wall-clock view is derived, to a few ms).
+        let drift = again.duration_since(first).unwrap_or_else(|e| e.duration());
+        assert!(drift < Duration::from_millis(5), "{drift:?}");
+        assert!(s.stale_for().unwrap() >= Duration::from_millis(20));
+        assert!(s.is_too_stale(Some(Duration::from_millis(10))));
         assert!(!s.is_too_stale(Some(Duration::from_secs(3600))));
         assert!(!s.is_too_stale(None));
         s.set_connected();
