@@ -111,17 +111,15 @@ fn usage_failed(e: &dyn std::fmt::Display) -> ExitCode {
 
 /// Completes on the first SIGINT or SIGTERM.
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
+    match ruddr::app::Signals::install() {
+        Ok(mut signals) => {
+            let sig = signals.next().await;
+            tracing::info!(signal = %sig, "signal received");
+        }
+        Err(e) => {
+            tracing::error!("{e:#}; stop with SIGKILL");
+            std::future::pending::<()>().await;
+        }
     }
 }
 
