@@ -203,13 +203,11 @@ impl Handler {
             route: Route::Reply,
             payload: 512,
         };
-        let mut payload = 512u16;
         if let Some(req_edns) = &request.edns {
             let mut edns = Edns::new();
-            payload = req_edns.max_payload().clamp(512, self.max_udp_payload);
-            edns.set_max_payload(payload);
+            reply.payload = req_edns.max_payload().clamp(512, self.max_udp_payload);
+            edns.set_max_payload(reply.payload);
             reply.edns = Some(edns);
-            reply.payload = payload;
             if req_edns.version() > 0 {
                 return reply.code(ResponseCode::BADVERS);
             }
@@ -335,17 +333,15 @@ impl Handler {
                     let outcome = built.outcome;
                     reply.order = shuffle(&built.order);
                     reply.with_additionals = if request.protocol() == Protocol::Udp {
-                        let limit = usize::from(payload);
-                        let fit = fitting_answers(&built, &reply.order, qname, limit);
-                        if fit < reply.order.len() {
+                        let limit = usize::from(reply.payload);
+                        let (answers, additionals) = fit_udp(&built, &reply.order, qname, limit);
+                        if answers < reply.order.len() {
                             // Cut here rather than let the encoder run out of room: that way the
                             // OPT record always fits (RFC 6891 7) and TC says the rest is on TCP.
-                            reply.order.truncate(fit);
+                            reply.order.truncate(answers);
                             reply.meta.truncation = true;
-                            0
-                        } else {
-                            fitting_additionals(&built, &reply.order, qname, limit)
                         }
+                        additionals
                     } else {
                         reply.order.len()
                     };
@@ -391,9 +387,10 @@ fn shuffle(order: &[(u16, u16)]) -> Vec<usize> {
     keyed.into_iter().map(|(_, _, i)| i).collect()
 }
 
-/// How many of the ordered answers fit in a UDP message of `limit` bytes, with the question
-/// and an OPT record (upper bounds: owners count as a 2-byte pointer to the question).
-fn fitting_answers(built: &Built, order: &[usize], qname: &Name, limit: usize) -> usize {
+/// How much of a built answer fits in a UDP message of `limit` bytes, with the question and an
+/// OPT record (upper bounds): the number of ordered answers, and of their SRV target addresses.
+/// Additional records are optional: they are cut rather than making the answer truncated.
+fn fit_udp(built: &Built, order: &[usize], qname: &Name, limit: usize) -> (usize, usize) {
     const HEADER: usize = 12;
     const QUESTION_FIXED: usize = 4;
     const OPT: usize = 11;
@@ -401,36 +398,20 @@ fn fitting_answers(built: &Built, order: &[usize], qname: &Name, limit: usize) -
     // in full: count the name twice.
     let mut size = HEADER + 2 * (qname.len() + 1) + QUESTION_FIXED + OPT;
     for (n, &i) in order.iter().enumerate() {
-        let Some(rec) = built.answers.get(i) else {
-            continue;
-        };
-        size += super::records::wire_size(rec) - (qname.len() + 1) + 2;
+        size += built.answer_sizes.get(i).copied().unwrap_or(0);
         if size > limit {
-            return n;
+            return (n, 0);
         }
-    }
-    order.len()
-}
-
-/// How many SRV target addresses fit in a UDP answer of `limit` bytes. Additional records are
-/// optional: they are cut rather than making the whole answer truncated.
-fn fitting_additionals(built: &Built, order: &[usize], qname: &Name, limit: usize) -> usize {
-    const HEADER: usize = 12;
-    const QUESTION_FIXED: usize = 4;
-    const OPT: usize = 11;
-    let mut size = HEADER + 2 * (qname.len() + 1) + QUESTION_FIXED + OPT + built.answer_size;
-    if size > limit {
-        return 0;
     }
     for (n, &i) in order.iter().enumerate() {
         if let Some(Some(rec)) = built.additionals.get(i) {
             size += super::records::wire_size(rec);
             if size > limit {
-                return n;
+                return (order.len(), n);
             }
         }
     }
-    order.len()
+    (order.len(), order.len())
 }
 
 impl Handler {
@@ -511,13 +492,18 @@ impl Handler {
             Ok(info) => info,
             Err(error) => {
                 warn!(%error, "failed to send a forwarded response");
-                ResponseInfo::from(hickory_proto::op::Header {
-                    metadata: meta,
-                    counts: Default::default(),
-                })
+                unsent(meta)
             }
         }
     }
+}
+
+/// What to report for a response that could not be sent.
+fn unsent(metadata: Metadata) -> ResponseInfo {
+    ResponseInfo::from(hickory_proto::op::Header {
+        metadata,
+        counts: Default::default(),
+    })
 }
 
 /// Sends `reply` with no records and response code `code`.
@@ -535,10 +521,7 @@ async fn send_code<R: ResponseHandler>(
     let response = builder.build_no_records(reply.meta);
     match response_handle.send_response(response).await {
         Ok(info) => info,
-        Err(_) => ResponseInfo::from(hickory_proto::op::Header {
-            metadata: reply.meta,
-            counts: Default::default(),
-        }),
+        Err(_) => unsent(reply.meta),
     }
 }
 
@@ -603,10 +586,7 @@ impl RequestHandler for Handler {
                 warn!(%error, "failed to send a DNS response");
                 let mut meta = reply.meta;
                 meta.response_code = ResponseCode::ServFail;
-                ResponseInfo::from(hickory_proto::op::Header {
-                    metadata: meta,
-                    counts: Default::default(),
-                })
+                unsent(meta)
             }
         }
     }

@@ -42,8 +42,9 @@ pub struct Built {
     pub order: Vec<(u16, u16)>,
     /// The address record of each answer's SRV target, aligned with `answers`.
     pub additionals: Vec<Option<Record>>,
-    /// Upper bound of the wire size of all answers (their owner is the question's name).
-    pub answer_size: usize,
+    /// Upper bound of each answer's wire size (its owner, the question's name, counted as a
+    /// 2-byte pointer), aligned with `answers`.
+    pub answer_sizes: Vec<usize>,
     /// Built in panic mode: too few healthy instances, so all were used.
     pub panic: bool,
 }
@@ -56,7 +57,7 @@ impl Built {
             answers: Vec::new(),
             order: Vec::new(),
             additionals: Vec::new(),
-            answer_size: 0,
+            answer_sizes: Vec::new(),
             panic: false,
         }
     }
@@ -238,11 +239,11 @@ impl Zone {
             built.outcome = Outcome::Answer;
         }
         // Answers share the question's name: count them as a 2-byte pointer.
-        built.answer_size = built
+        built.answer_sizes = built
             .answers
             .iter()
             .map(|r| wire_size(r) - qname.len() - 1 + 2)
-            .sum();
+            .collect();
         built
     }
 }
