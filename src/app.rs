@@ -312,10 +312,10 @@ pub fn register_plan(
         .collect::<Result<Vec<_>, _>>()?;
     let mut seen = std::collections::HashSet::new();
     for r in &regs {
-        if !seen.insert((r.service.clone(), r.id.clone())) {
+        if !seen.insert((r.service.clone(), r.instance.id.clone())) {
             return Err(ConfigError::Invalid {
                 option: "--id",
-                reason: format!("{}/{} is registered twice", r.service, r.id),
+                reason: format!("{}/{} is registered twice", r.service, r.instance.id),
             });
         }
     }
@@ -511,7 +511,7 @@ pub async fn services(
                             "tags": i.tags,
                             "weight": i.weight,
                             "priority": i.priority,
-                            "health": format!("{:?}", i.health).to_lowercase(),
+                            "health": i.health.as_str(),
                             "meta": i.meta,
                             "lease_ttl_seconds": ttl,
                         })
@@ -529,7 +529,7 @@ pub async fn services(
                         i.id.as_str(),
                         i.address,
                         i.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                        format!("{:?}", i.health).to_lowercase(),
+                        i.health.as_str(),
                         ttl.map(|t| format!("{t}s")).unwrap_or_else(|| "-".into()),
                         i.tags.join(","),
                     );

@@ -106,6 +106,17 @@ pub struct Instance {
     pub meta: BTreeMap<String, String>,
 }
 
+impl Health {
+    /// The registry contract's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Passing => "passing",
+            Health::Warning => "warning",
+            Health::Critical => "critical",
+        }
+    }
+}
+
 impl Instance {
     /// Whether DNS answers may include this instance.
     pub fn is_served(&self, serve_warning: bool) -> bool {

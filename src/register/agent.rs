@@ -12,22 +12,8 @@ use tracing::{debug, info, warn};
 
 use super::check;
 use super::spec::Registration;
+use crate::cache::Health;
 use crate::registry::Backoff;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Health {
-    Passing,
-    Critical,
-}
-
-impl Health {
-    fn as_str(self) -> &'static str {
-        match self {
-            Health::Passing => "passing",
-            Health::Critical => "critical",
-        }
-    }
-}
 
 /// Registers one instance and keeps it registered until shutdown.
 pub struct Agent {
@@ -142,7 +128,7 @@ impl Agent {
                 id
             }
         };
-        let value = self.reg.value(self.health.as_str(), &self.extra_meta);
+        let value = self.reg.value(self.health, &self.extra_meta);
         if self.written.as_deref() != Some(value.as_str()) {
             let opts = PutOptions::new().with_lease(lease);
             self.client

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{InstanceId, ServiceName};
+use crate::cache::{Health, Instance, InstanceId, ServiceName};
 use crate::config::{ConfigError, EtcdConfig};
+use crate::registry::encode_value;
 
 /// A health check. Exactly one kind per instance, or none (always passing).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,14 +87,8 @@ pub mod defaults {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Registration {
     pub service: ServiceName,
-    pub id: InstanceId,
-    pub address: IpAddr,
-    pub port: Option<u16>,
-    pub ports: BTreeMap<String, u16>,
-    pub tags: Vec<String>,
-    pub weight: u16,
-    pub priority: u16,
-    pub meta: BTreeMap<String, String>,
+    /// What is written to the registry (its health is set by the checks).
+    pub instance: Instance,
     pub ttl: Duration,
     pub check: Option<Check>,
     pub interval: Duration,
@@ -182,14 +177,17 @@ impl InstanceSpec {
         }
         Ok(Registration {
             service,
-            id,
-            address,
-            port: self.port,
-            ports,
-            tags: self.tags.clone(),
-            weight: self.weight.unwrap_or(1),
-            priority: self.priority.unwrap_or(0),
-            meta: self.meta.clone(),
+            instance: Instance {
+                id,
+                address,
+                port: self.port,
+                ports,
+                tags: self.tags.clone(),
+                weight: self.weight.unwrap_or(1),
+                priority: self.priority.unwrap_or(0),
+                health: Health::Passing,
+                meta: self.meta.clone(),
+            },
             ttl: self.ttl,
             check,
             interval: self.interval,
@@ -227,25 +225,18 @@ impl RegisterFile {
 
 impl Registration {
     /// The registry value (see the README "Registry contract") for `health`, with extra meta.
-    pub fn value(&self, health: &str, extra_meta: &BTreeMap<String, String>) -> String {
-        let mut meta = self.meta.clone();
-        meta.extend(extra_meta.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let v = serde_json::json!({
-            "address": self.address.to_string(),
-            "port": self.port,
-            "ports": self.ports,
-            "tags": self.tags,
-            "weight": self.weight,
-            "priority": self.priority,
-            "health": health,
-            "meta": meta,
-        });
-        v.to_string()
+    pub fn value(&self, health: Health, extra_meta: &BTreeMap<String, String>) -> String {
+        let mut instance = self.instance.clone();
+        instance.health = health;
+        instance
+            .meta
+            .extend(extra_meta.iter().map(|(k, v)| (k.clone(), v.clone())));
+        encode_value(&instance)
     }
 
     /// The etcd key under `prefix`.
     pub fn key(&self, prefix: &str) -> String {
-        format!("{prefix}{}/{}", self.service, self.id)
+        format!("{prefix}{}/{}", self.service, self.instance.id)
     }
 }
 
@@ -272,7 +263,7 @@ mod tests {
         );
         assert_eq!(r.key("/ruddr/services/"), "/ruddr/services/web/web-1");
         let extra = BTreeMap::from([("check".to_string(), "ok".to_string())]);
-        let value = r.value("critical", &extra);
+        let value = r.value(Health::Critical, &extra);
         let (svc, inst) = parse_entry(
             "/ruddr/services/",
             r.key("/ruddr/services/").as_bytes(),
@@ -280,7 +271,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(svc.as_str(), "web");
-        assert_eq!(inst.health, crate::cache::Health::Critical);
+        assert_eq!(inst.health, Health::Critical);
         assert_eq!(inst.ports["grpc"], 9090);
         assert_eq!(inst.meta["check"], "ok");
         assert_eq!(inst.meta["az"], "a");

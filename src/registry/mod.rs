@@ -8,7 +8,7 @@ mod status;
 mod watcher;
 
 pub use backoff::Backoff;
-pub use parse::{parse_entry, parse_key, parse_value, EntryError};
+pub use parse::{encode_value, parse_entry, parse_key, parse_value, EntryError};
 pub use status::Status;
 pub use watcher::{connect, Watcher};
 

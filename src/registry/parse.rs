@@ -113,6 +113,21 @@ pub fn parse_value(id: InstanceId, value: &[u8]) -> Result<Instance, EntryError>
     })
 }
 
+/// Writes `instance` as a registry value; [`parse_value`] reads it back.
+pub fn encode_value(instance: &Instance) -> String {
+    serde_json::json!({
+        "address": instance.address.to_string(),
+        "port": instance.port,
+        "ports": instance.ports,
+        "tags": instance.tags,
+        "weight": instance.weight,
+        "priority": instance.priority,
+        "health": instance.health.as_str(),
+        "meta": instance.meta,
+    })
+    .to_string()
+}
+
 /// Parses one key/value pair into the service it belongs to and the instance.
 pub fn parse_entry(
     prefix: &str,
@@ -159,6 +174,14 @@ mod tests {
         .unwrap();
         assert_eq!(i.health, Health::Warning);
         assert_eq!(i.meta["n"], "3");
+    }
+
+    #[test]
+    fn encode_then_parse_is_the_identity() {
+        let v = br#"{"address":"fd00::5","port":8080,"ports":{"grpc":9090},"tags":["v2"],"weight":10,"priority":3,"health":"warning","meta":{"az":"a"}}"#;
+        let i = parse_value(InstanceId::new("a").unwrap(), v).unwrap();
+        let back = parse_value(i.id.clone(), encode_value(&i).as_bytes()).unwrap();
+        assert_eq!(back, i);
     }
 
     #[test]
