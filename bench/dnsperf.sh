@@ -26,24 +26,12 @@ fi
 cargo build --release --locked --quiet
 RUDDR=target/release/ruddr
 
-WORK=$(mktemp -d /tmp/ruddr-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. scripts/lib.sh
+new_workdir ruddr-bench
 
 # --- data: etcd for ruddr, an equivalent zone file for hickory-dns ---
 ETCD="http://127.0.0.1:${ETCD_PORT}"
-etcd --name bench --data-dir "$WORK/etcd" --listen-client-urls "$ETCD" --advertise-client-urls "$ETCD" \
-  --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
-  --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
-  --initial-cluster "bench=http://127.0.0.1:$((ETCD_PORT + 1))" --initial-cluster-state new \
-  >"$WORK/etcd.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do ETCDCTL_API=3 etcdctl --endpoints "$ETCD" endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
+start_etcd bench "$ETCD_PORT" "$((ETCD_PORT + 1))"
 python3 bench/load_etcd.py "$ETCD" "$SERVICES" "$INSTANCES"
 
 mkdir -p "$WORK/zones"

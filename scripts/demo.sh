@@ -17,27 +17,13 @@ echo "building ruddr (release)..."
 cargo build --release --locked --quiet
 RUDDR=target/release/ruddr
 
-WORK=$(mktemp -d /tmp/ruddr-demo.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. scripts/lib.sh
+new_workdir ruddr-demo
 trap 'echo; echo "stopping demo"; exit 0' INT TERM
 
 echo "starting etcd on ${ETCD} (data in ${WORK})"
-etcd --name demo --data-dir "$WORK/etcd" \
-  --listen-client-urls "$ETCD" --advertise-client-urls "$ETCD" \
-  --listen-peer-urls "http://127.0.0.1:${ETCD_PEER_PORT}" \
-  --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER_PORT}" \
-  --initial-cluster "demo=http://127.0.0.1:${ETCD_PEER_PORT}" \
-  --initial-cluster-state new >"$WORK/etcd.log" 2>&1 &
-PIDS+=($!)
+start_etcd demo "$ETCD_PORT" "$ETCD_PEER_PORT"
 export ETCDCTL_API=3 ETCDCTL_ENDPOINTS="$ETCD"
-for _ in $(seq 100); do etcdctl endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
-etcdctl endpoint health >/dev/null 2>&1 || { echo "etcd did not start:"; tail "$WORK/etcd.log"; exit 1; }
 
 echo "registering sample instances under /ruddr/services/"
 reg() { etcdctl put "/ruddr/services/$1" "$2" >/dev/null; echo "  $1 = $2"; }
