@@ -44,7 +44,7 @@ pub async fn run(
     // empty mirror when a good snapshot is on disk.
     let snapshot_task = match &cfg.snapshot.file {
         Some(path) => {
-            restore_snapshot(path, &mirror, &status);
+            restore_snapshot(path, &cfg.registry_sources(), &mirror, &status);
             Some(tokio::spawn(persist::run_writer(
                 path.clone(),
                 cfg.snapshot.min_interval,
@@ -112,8 +112,19 @@ pub async fn run(
     };
 
     let client = registry::connect(&cfg.etcd).await?;
-    let watcher = Watcher::new(client, &cfg.etcd, mirror.clone(), status.clone(), metrics)
-        .with_max_stale(cfg.dns.max_stale);
+    let sources = cfg.registry_sources();
+    for s in &sources[1..] {
+        info!(format = %s.format, prefix = %s.prefix, "reading a framework layout");
+    }
+    let watcher = Watcher::new(
+        client,
+        &cfg.etcd,
+        sources,
+        mirror.clone(),
+        status.clone(),
+        metrics,
+    )
+    .with_max_stale(cfg.dns.max_stale);
     info!(endpoints = %cfg.etcd.endpoints.join(","), prefix = %cfg.etcd.prefix, "starting etcd watch");
     let watch_task = tokio::spawn(watcher.run(token.clone()));
 
@@ -183,10 +194,19 @@ async fn reload_zones_on_sighup(
 }
 
 /// Fills the mirror from the snapshot file, if there is a valid one. The data counts as stale
-/// since it was written; the first list from etcd replaces it whole.
-fn restore_snapshot(path: &std::path::Path, mirror: &Mirror, status: &Status) {
+/// since it was written; the first list of each source from etcd replaces that source's part.
+fn restore_snapshot(
+    path: &std::path::Path,
+    sources: &[registry::formats::Source],
+    mirror: &Mirror,
+    status: &Status,
+) {
     match persist::load(path) {
-        Ok(Some(p)) => {
+        Ok(Some(mut p)) => {
+            // Entries of sources no longer configured would never be replaced by a list.
+            let configured = |id: &crate::cache::SourceId| sources.iter().any(|s| s.id == *id);
+            p.instances.retain(|(_, i)| configured(&i.source));
+            p.domains.retain(|((id, _), _)| configured(id));
             let age = std::time::SystemTime::now()
                 .duration_since(p.written_at())
                 .unwrap_or_default();
@@ -194,7 +214,9 @@ fn restore_snapshot(path: &std::path::Path, mirror: &Mirror, status: &Status) {
             status.set_from_snapshot(p.written_at());
             mirror.apply(
                 [Update::Reset {
+                    source: None,
                     instances: p.instances,
+                    domains: p.domains,
                 }],
                 revision,
             );

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::ServiceName;
 use crate::cli::{EtcdArgs, ServeArgs};
+use crate::registry::formats::{Format, Source};
 
 /// A configuration that cannot be used. Every message names the file or option at fault.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,31 @@ pub struct Config {
     /// Directory of RFC 1035 zone files (`<zone>.zone`) served beside the discovery zone; a
     /// missing directory means no static zones. Relative to the config file.
     pub zones_dir: PathBuf,
+    /// Framework registry layouts read beside the native prefix (`[[sources]]`).
+    pub sources: Vec<SourceConfig>,
+}
+
+/// One framework layout to read (README "Framework layouts").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub format: Format,
+    /// What the framework writes under: the target (etcd-naming), the base key (go-zero), the
+    /// namespace (Kratos), `/micro/registry/` (go-micro), `/skydns/` (SkyDNS).
+    pub prefix: String,
+    /// etcd-naming and go-zero: the service name (default: the prefix's last segment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// SkyDNS: the zones answered from the entries (like the zones of a CoreDNS `etcd` block).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<String>,
+    /// SkyDNS: the TTL of entries without their own `ttl` (CoreDNS uses 300).
+    #[serde(default = "default_skydns_ttl")]
+    pub ttl: u32,
+}
+
+fn default_skydns_ttl() -> u32 {
+    300
 }
 
 /// Names outside ruddr's zones: where to forward them, and for whom.
@@ -186,6 +213,7 @@ impl Default for Config {
             snapshot: SnapshotConfig::default(),
             forward: ForwardConfig::default(),
             zones_dir: PathBuf::from("zones"),
+            sources: Vec::new(),
         }
     }
 }
@@ -552,7 +580,77 @@ impl Config {
         if d.answer_cache_capacity == 0 {
             return Err(invalid("dns.answer_cache_capacity", "must be above zero"));
         }
+        self.validate_sources()
+    }
+
+    fn validate_sources(&mut self) -> Result<(), ConfigError> {
+        let zone = self.dns.zone.clone();
+        let mut prefixes = vec![(Format::Native, self.etcd.prefix.clone())];
+        let mut sky_zones: Vec<String> = Vec::new();
+        for src in &mut self.sources {
+            let f = src.format;
+            let at = |reason: String| {
+                invalid("sources", format!("{f} source {:?}: {reason}", src.prefix))
+            };
+            if f == Format::Native {
+                return Err(at(
+                    "the native layout is etcd.prefix, not a [[sources]] entry".into(),
+                ));
+            }
+            if src.prefix.trim_matches('/').is_empty() {
+                return Err(at("prefix must not be empty".into()));
+            }
+            if let Some(name) = &src.service {
+                if !f.one_service_per_prefix() {
+                    return Err(at(
+                        "`service` applies to etcd-naming and go-zero only".into()
+                    ));
+                }
+                ServiceName::new(name).map_err(|e| at(e.to_string()))?;
+            }
+            if f == Format::Skydns {
+                if src.zones.is_empty() {
+                    return Err(at("skydns needs `zones`, the domains it answers".into()));
+                }
+                for z in &mut src.zones {
+                    *z = normalize_name("sources.zones", z)?;
+                    let overlaps =
+                        |a: &str, b: &str| a == b || a.ends_with(&format!(".{b}")) || b == ".";
+                    if overlaps(z, &zone) || overlaps(&zone, z) {
+                        return Err(at(format!("zone {z} overlaps dns.zone {zone}")));
+                    }
+                    if sky_zones.contains(z) {
+                        return Err(at(format!("zone {z} is served by another source")));
+                    }
+                    sky_zones.push(z.clone());
+                }
+            } else if !src.zones.is_empty() {
+                return Err(at("`zones` applies to skydns only".into()));
+            }
+            if src.ttl > i32::MAX as u32 {
+                return Err(at("ttl is too large".into()));
+            }
+            let normalized = Source::framework(f, &src.prefix, None).prefix;
+            for (other, p) in &prefixes {
+                if normalized.starts_with(p.as_str()) || p.starts_with(&normalized) {
+                    return Err(at(format!(
+                        "prefix overlaps the {other} prefix {p:?}: a key would belong to both"
+                    )));
+                }
+            }
+            prefixes.push((f, normalized));
+        }
         Ok(())
+    }
+
+    /// Everything to watch: the native prefix first, then the framework sources.
+    pub fn registry_sources(&self) -> Vec<Source> {
+        let mut out = vec![Source::native(&self.etcd.prefix)];
+        for s in &self.sources {
+            let service = s.service.as_deref().and_then(|n| ServiceName::new(n).ok());
+            out.push(Source::framework(s.format, &s.prefix, service));
+        }
+        out
     }
 }
 

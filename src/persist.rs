@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::cache::{Instance, Mirror, ServiceName, Snapshot};
+use crate::cache::{DomainKey, DomainRecord, Instance, Mirror, ServiceName, Snapshot};
 use crate::registry::Status;
 
 const MAGIC: &str = "ruddr-snapshot";
@@ -47,6 +47,9 @@ pub struct Persisted {
     pub revision: i64,
     pub written_at_unix_ms: u64,
     pub instances: Vec<(ServiceName, Instance)>,
+    /// SkyDNS entries (absent in files written before sources existed).
+    #[serde(default)]
+    pub domains: Vec<(DomainKey, DomainRecord)>,
 }
 
 impl Persisted {
@@ -60,7 +63,7 @@ impl Persisted {
                     .map(|i| (svc.name.clone(), i.clone()))
             })
             .collect();
-        instances.sort_by(|a, b| (&a.0, &a.1.id).cmp(&(&b.0, &b.1.id)));
+        instances.sort_by(|a, b| (&a.0, &a.1.id, a.1.source).cmp(&(&b.0, &b.1.id, b.1.source)));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -68,6 +71,11 @@ impl Persisted {
             revision: s.revision,
             written_at_unix_ms: now.as_millis() as u64,
             instances,
+            domains: s
+                .domains
+                .iter()
+                .map(|(k, r)| (k.clone(), r.clone()))
+                .collect(),
         }
     }
 
@@ -211,7 +219,7 @@ mod tests {
         let m = Mirror::new();
         let inst = |id: &str, addr: &str| Instance {
             id: InstanceId::new(id).unwrap(),
-            address: addr.parse().unwrap(),
+            address: crate::cache::Address::parse(addr).unwrap(),
             port: Some(80),
             ports: BTreeMap::from([("grpc".into(), 9090)]),
             tags: vec!["v2".into()],
@@ -219,6 +227,7 @@ mod tests {
             priority: 1,
             health: Health::Warning,
             meta: BTreeMap::from([("az".into(), "a".into())]),
+            source: crate::cache::SourceId::NATIVE,
         };
         let web = ServiceName::new("web").unwrap();
         m.apply(
@@ -247,7 +256,9 @@ mod tests {
         let restored = Mirror::new();
         restored.apply(
             [Update::Reset {
+                source: None,
                 instances: back.instances,
+                domains: back.domains,
             }],
             back.revision,
         );

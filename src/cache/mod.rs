@@ -4,5 +4,8 @@
 mod mirror;
 mod types;
 
-pub use mirror::{Mirror, Service, Snapshot};
-pub use types::{Health, Instance, InstanceId, InvalidLabel, ServiceName, Update};
+pub use mirror::{InstanceKey, Mirror, Service, Snapshot};
+pub use types::{
+    Address, DomainKey, DomainRecord, Health, Instance, InstanceId, InvalidAddress, InvalidLabel,
+    ServiceName, SourceId, Update,
+};

@@ -90,11 +90,104 @@ pub enum Health {
     Critical,
 }
 
+/// Which registry source an instance came from: 0 is the native prefix, others are the
+/// configured framework sources (a checksum of format and prefix, so the same source keeps
+/// its id across restarts and config reorderings).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct SourceId(pub u32);
+
+impl SourceId {
+    pub const NATIVE: SourceId = SourceId(0);
+}
+
+/// An instance's address: an IP literal, or a host name that DNS answers point to (CNAME at
+/// the instance name, SRV target) instead of dropping the instance.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Address {
+    Ip(IpAddr),
+    /// Lower case, without the trailing dot.
+    Host(String),
+}
+
+/// Neither an IP literal nor a host name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither an IP address nor a host name")]
+pub struct InvalidAddress(pub String);
+
+impl Address {
+    /// An IP literal (IPv6 with or without brackets) or a host name (labels of letters, digits,
+    /// `-` and `_`, at most 253 bytes; a trailing dot is allowed).
+    pub fn parse(s: &str) -> Result<Self, InvalidAddress> {
+        let bare = s
+            .strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .unwrap_or(s);
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Ok(Address::Ip(ip));
+        }
+        let host = s.strip_suffix('.').unwrap_or(s);
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        // A name of digits and dots only is a malformed address, not a host.
+        let numeric = host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+        if host.len() <= 253 && !numeric && host.split('.').all(label_ok) {
+            Ok(Address::Host(host.to_ascii_lowercase()))
+        } else {
+            Err(InvalidAddress(s.to_string()))
+        }
+    }
+
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Address::Ip(ip) => Some(*ip),
+            Address::Host(_) => None,
+        }
+    }
+}
+
+impl From<IpAddr> for Address {
+    fn from(ip: IpAddr) -> Self {
+        Address::Ip(ip)
+    }
+}
+
+impl TryFrom<String> for Address {
+    type Error = InvalidAddress;
+    fn try_from(s: String) -> Result<Self, InvalidAddress> {
+        Address::parse(&s)
+    }
+}
+
+impl From<Address> for String {
+    fn from(a: Address) -> String {
+        a.to_string()
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Ip(ip) => ip.fmt(f),
+            Address::Host(h) => f.write_str(h),
+        }
+    }
+}
+
 /// One registered instance of a service, already validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
     pub id: InstanceId,
-    pub address: IpAddr,
+    pub address: Address,
     /// The main port; instances without one get A/AAAA records but no SRV record.
     pub port: Option<u16>,
     /// Named ports, lower-case names (`_<name>._tcp.<service>`).
@@ -104,6 +197,9 @@ pub struct Instance {
     pub priority: u16,
     pub health: Health,
     pub meta: BTreeMap<String, String>,
+    /// The source that registered it; instances of different sources never replace each other.
+    #[serde(default)]
+    pub source: SourceId,
 }
 
 impl Health {
@@ -133,6 +229,26 @@ impl Instance {
     }
 }
 
+/// One SkyDNS entry (the CoreDNS etcd plugin's layout): a member of the record sets of the
+/// domain its key spells, and of every domain above it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainRecord {
+    /// `None` for entries that only carry text.
+    pub host: Option<Address>,
+    pub port: Option<u16>,
+    pub priority: u16,
+    pub weight: u16,
+    pub text: Option<String>,
+    /// The entry's own TTL; `None` means the source's default.
+    pub ttl: Option<u32>,
+    /// Labels to strip from the front of a host-name SRV target (`targetstrip`).
+    pub target_strip: u8,
+}
+
+/// A SkyDNS entry's place: its source and its path below the source prefix, lower case
+/// (`local/skydns/east/rails/1` for `1.rails.east.skydns.local.`).
+pub type DomainKey = (SourceId, String);
+
 /// A change to the mirror, produced by the registry.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
@@ -145,10 +261,21 @@ pub enum Update {
     Delete {
         service: ServiceName,
         id: InstanceId,
+        source: SourceId,
     },
-    /// The whole registry as listed at one revision; replaces everything.
+    /// A SkyDNS entry was written.
+    DomainPut {
+        key: DomainKey,
+        record: DomainRecord,
+    },
+    /// A SkyDNS entry was removed.
+    DomainDelete { key: DomainKey },
+    /// Everything one source holds, as listed at one revision: replaces that source's
+    /// instances and entries (everything when `source` is `None`) and leaves the others alone.
     Reset {
+        source: Option<SourceId>,
         instances: Vec<(ServiceName, Instance)>,
+        domains: Vec<(DomainKey, DomainRecord)>,
     },
 }
 
@@ -163,5 +290,26 @@ mod tests {
             assert!(ServiceName::new(bad).is_err(), "{bad:?} accepted");
         }
         assert!(InstanceId::new(&"a".repeat(63)).is_ok());
+    }
+
+    #[test]
+    fn addresses() {
+        let ip = |s: &str| Address::Ip(s.parse().unwrap());
+        assert_eq!(Address::parse("10.0.0.5").unwrap(), ip("10.0.0.5"));
+        assert_eq!(Address::parse("fd00::1").unwrap(), ip("fd00::1"));
+        assert_eq!(Address::parse("[fd00::1]").unwrap(), ip("fd00::1"));
+        assert_eq!(
+            Address::parse("Web-1.Example.COM.").unwrap(),
+            Address::Host("web-1.example.com".into())
+        );
+        for bad in ["", "10.0.0.256", "a..b", "-a.b", "a b", "[fd00::1", "1.2.3"] {
+            assert!(Address::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let json = serde_json::to_string(&Address::Host("db.example".into())).unwrap();
+        assert_eq!(json, "\"db.example\"");
+        assert_eq!(
+            serde_json::from_str::<Address>("\"10.0.0.1\"").unwrap(),
+            ip("10.0.0.1")
+        );
     }
 }

@@ -154,13 +154,13 @@ impl Handler {
         snapshot
             .instances_at(ip)
             .iter()
-            .filter(|(svc, id)| {
+            .filter(|(svc, key)| {
                 snapshot
                     .service(svc.as_str())
-                    .and_then(|s| s.instances.get(id))
+                    .and_then(|s| s.instances.get(key))
                     .is_some_and(|i| i.is_served(self.zone.serve_warning))
             })
-            .filter_map(|(svc, id)| self.zone.instance_name(svc.as_str(), id.as_str()))
+            .filter_map(|(svc, (id, _))| self.zone.instance_name(svc.as_str(), id.as_str()))
             .map(|target| {
                 Record::from_rdata(
                     owner.clone(),
@@ -332,6 +332,9 @@ impl Handler {
                     };
                     let outcome = built.outcome;
                     reply.order = shuffle(&built.order);
+                    if built.single {
+                        reply.order.truncate(1);
+                    }
                     reply.with_additionals = if request.protocol() == Protocol::Udp {
                         let limit = usize::from(reply.payload);
                         let (answers, additionals) = fit_udp(&built, &reply.order, qname, limit);

@@ -2,11 +2,11 @@
 
 use std::net::IpAddr;
 
-use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use super::name::Target;
-use crate::cache::{Instance, Service};
+use crate::cache::{Address, Instance, Service};
 
 /// Zone-wide settings the records need.
 #[derive(Debug, Clone)]
@@ -47,6 +47,8 @@ pub struct Built {
     pub answer_sizes: Vec<usize>,
     /// Built in panic mode: too few healthy instances, so all were used.
     pub panic: bool,
+    /// The answers are alternative CNAMEs: send only the first in response order.
+    pub single: bool,
 }
 
 impl Built {
@@ -59,6 +61,7 @@ impl Built {
             additionals: Vec::new(),
             answer_sizes: Vec::new(),
             panic: false,
+            single: false,
         }
     }
 }
@@ -85,6 +88,7 @@ pub fn wire_size(record: &Record) -> usize {
         RData::AAAA(_) => 16,
         RData::SRV(s) => 6 + s.target.len() + 1,
         RData::TXT(t) => t.txt_data.iter().map(|s| s.len() + 1).sum(),
+        RData::CNAME(c) => c.0.len() + 1,
         _ => 512,
     };
     record.name.len() + 1 + 10 + rdata
@@ -119,6 +123,16 @@ impl Zone {
             IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
         };
         Record::from_rdata(owner.clone(), ttl, rdata)
+    }
+
+    /// A CNAME at `owner` to a host name (`None` if the name does not convert).
+    fn alias(&self, owner: &Name, host: &str, ttl: u32) -> Option<Record> {
+        let target = host_name(host)?;
+        Some(Record::from_rdata(
+            owner.clone(),
+            ttl,
+            RData::CNAME(CNAME(target)),
+        ))
     }
 
     /// Whether `svc` has so few served instances that all of them should be answered.
@@ -191,29 +205,74 @@ impl Zone {
             RecordType::ANY => true,
             _ => false,
         };
-        if !srv_only {
-            for (i, _) in selected.iter().filter(|(i, _)| want_addr(&i.address)) {
-                built.answers.push(self.address(qname, i.address, ttl));
-                built.order.push((0, i.weight));
-                built.additionals.push(None);
+        // An instance registered by host name: its own name is a CNAME, whatever the type.
+        if let Target::Instance { .. } = target {
+            if let Address::Host(host) = &selected[0].0.address {
+                if let Some(cname) = self.alias(qname, host, ttl) {
+                    built.answers.push(cname);
+                    built.order.push((0, 1));
+                    built.additionals.push(None);
+                }
+                return built.finish(qname);
+            }
+        }
+        let any_ip = selected.iter().any(|(i, _)| i.address.ip().is_some());
+        let addressable = matches!(
+            qtype,
+            RecordType::A | RecordType::AAAA | RecordType::ANY | RecordType::CNAME
+        );
+        if !srv_only && any_ip {
+            for (i, _) in &selected {
+                match i.address.ip() {
+                    Some(ip) if want_addr(&ip) => {
+                        built.answers.push(self.address(qname, ip, ttl));
+                        built.order.push((0, i.weight));
+                        built.additionals.push(None);
+                    }
+                    _ => {}
+                }
+            }
+        } else if !srv_only && addressable {
+            // Only host names: one of them (weighted, as for addresses) as a CNAME, since a
+            // name holds at most one CNAME and nothing beside it.
+            for (i, _) in &selected {
+                let Address::Host(host) = &i.address else {
+                    continue;
+                };
+                if let Some(cname) = self.alias(qname, host, ttl) {
+                    built.answers.push(cname);
+                    built.order.push((0, i.weight));
+                    built.additionals.push(None);
+                    built.single = true;
+                }
             }
         }
         let want_srv = qtype == RecordType::SRV || (srv_only && qtype == RecordType::ANY);
         if want_srv {
             for (i, port) in &selected {
-                let (Some(port), Some(target_name)) =
-                    (port, self.instance_name(svc.name.as_str(), i.id.as_str()))
-                else {
-                    continue;
+                let Some(port) = port else { continue };
+                // An address gets the instance name and its record beside the answer; a host
+                // name is the target itself (RFC 2782: a target must not be an alias).
+                let (target_name, additional) = match &i.address {
+                    Address::Ip(ip) => {
+                        let Some(name) = self.instance_name(svc.name.as_str(), i.id.as_str())
+                        else {
+                            continue;
+                        };
+                        let additional = self.address(&name, *ip, ttl);
+                        (name, Some(additional))
+                    }
+                    Address::Host(host) => match host_name(host) {
+                        Some(name) => (name, None),
+                        None => continue,
+                    },
                 };
-                let srv = SRV::new(i.priority, i.weight, *port, target_name.clone());
+                let srv = SRV::new(i.priority, i.weight, *port, target_name);
                 built
                     .answers
                     .push(Record::from_rdata(qname.clone(), ttl, RData::SRV(srv)));
                 built.order.push((i.priority, i.weight));
-                built
-                    .additionals
-                    .push(Some(self.address(&target_name, i.address, ttl)));
+                built.additionals.push(additional);
             }
         }
         if qtype == RecordType::TXT {
@@ -235,23 +294,37 @@ impl Zone {
                 }
             }
         }
-        if !built.answers.is_empty() {
-            built.outcome = Outcome::Answer;
+        built.finish(qname)
+    }
+}
+
+/// A host name from the registry as a fully qualified DNS name.
+fn host_name(host: &str) -> Option<Name> {
+    let mut name = Name::from_ascii(host).ok()?;
+    name.set_fqdn(true);
+    Some(name)
+}
+
+impl Built {
+    /// Sets the outcome from the answers and records their sizes.
+    fn finish(mut self, qname: &Name) -> Self {
+        if !self.answers.is_empty() {
+            self.outcome = Outcome::Answer;
         }
         // Answers share the question's name: count them as a 2-byte pointer.
-        built.answer_sizes = built
+        self.answer_sizes = self
             .answers
             .iter()
             .map(|r| wire_size(r) - qname.len() - 1 + 2)
             .collect();
-        built
+        self
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::{Health, InstanceId, ServiceName};
+    use crate::cache::{Health, InstanceId, ServiceName, SourceId};
     use std::collections::BTreeMap;
 
     fn zone() -> Zone {
@@ -270,7 +343,7 @@ mod tests {
     fn inst(id: &str, addr: &str, health: Health) -> Instance {
         Instance {
             id: InstanceId::new(id).unwrap(),
-            address: addr.parse().unwrap(),
+            address: Address::parse(addr).unwrap(),
             port: Some(8080),
             ports: BTreeMap::from([("grpc".to_string(), 9090)]),
             tags: vec!["v2".into()],
@@ -278,6 +351,7 @@ mod tests {
             priority: 1,
             health,
             meta: BTreeMap::from([("az".to_string(), "a".to_string())]),
+            source: SourceId::NATIVE,
         }
     }
 
@@ -288,7 +362,7 @@ mod tests {
             inst("b", "fd00::2", Health::Warning),
             inst("c", "10.0.0.3", Health::Critical),
         ] {
-            instances.insert(i.id.clone(), i);
+            instances.insert((i.id.clone(), i.source), i);
         }
         Service {
             name: ServiceName::new("web").unwrap(),
@@ -499,7 +573,7 @@ mod tests {
     #[test]
     fn long_txt_strings_are_split() {
         let mut svc = web();
-        let a = InstanceId::new("a").unwrap();
+        let a = (InstanceId::new("a").unwrap(), SourceId::NATIVE);
         svc.instances
             .get_mut(&a)
             .unwrap()
@@ -531,6 +605,54 @@ mod tests {
         );
         m.add_answers(t.answers.clone());
         assert!(m.to_vec().is_ok());
+    }
+
+    #[test]
+    fn host_names_become_cnames_and_srv_targets() {
+        let z = zone();
+        let mut svc = web();
+        svc.instances.clear();
+        for (id, host, w) in [("h1", "db1.example.com", 5), ("h2", "db2.example.com", 1)] {
+            let mut i = inst(id, host, Health::Passing);
+            i.weight = w;
+            svc.instances.insert((i.id.clone(), i.source), i);
+        }
+        let name = q("web.svc.internal.");
+        let a = z.build(&svc, Target::Service("web"), &name, RecordType::A, 5);
+        assert_eq!(
+            (a.outcome, a.answers.len(), a.single),
+            (Outcome::Answer, 2, true)
+        );
+        let RData::CNAME(c) = &a.answers[0].data else {
+            panic!("{:?}", a.answers[0])
+        };
+        assert_eq!(c.0, q("db1.example.com."));
+        let srv = z.build(&svc, Target::Service("web"), &name, RecordType::SRV, 5);
+        let RData::SRV(s) = &srv.answers[0].data else {
+            panic!()
+        };
+        assert_eq!(s.target, q("db1.example.com."));
+        assert!(srv.additionals.iter().all(Option::is_none));
+        let txt = z.build(
+            &svc,
+            Target::Instance {
+                service: "web",
+                id: "h2",
+            },
+            &q("h2.web.svc.internal."),
+            RecordType::TXT,
+            5,
+        );
+        let RData::CNAME(c) = &txt.answers[0].data else {
+            panic!()
+        };
+        assert_eq!(c.0, q("db2.example.com."));
+        // Beside an address, host names stay out of the address answer (one CNAME only).
+        let ip = inst("a", "10.0.0.1", Health::Passing);
+        svc.instances.insert((ip.id.clone(), ip.source), ip);
+        let a = z.build(&svc, Target::Service("web"), &name, RecordType::A, 5);
+        assert_eq!((a.answers.len(), a.single), (1, false));
+        assert!(matches!(a.answers[0].data, RData::A(_)));
     }
 
     #[test]

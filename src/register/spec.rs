@@ -179,7 +179,7 @@ impl InstanceSpec {
             service,
             instance: Instance {
                 id,
-                address,
+                address: crate::cache::Address::Ip(address),
                 port: self.port,
                 ports,
                 tags: self.tags.clone(),
@@ -187,6 +187,7 @@ impl InstanceSpec {
                 priority: self.priority.unwrap_or(0),
                 health: Health::Passing,
                 meta: self.meta.clone(),
+                source: crate::cache::SourceId::NATIVE,
             },
             ttl: self.ttl,
             check,

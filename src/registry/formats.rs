@@ -1,28 +1,309 @@
-//! Framework registry layouts (groundwork for reading them beside the native contract): keys
-//! and values as gRPC-Go's etcd naming, go-zero, Kratos and go-micro write them, parsed into
-//! our [`Instance`]. Not wired into `ruddr serve` yet; SkyDNS and hostname addresses are still
-//! to come.
+//! Registry sources: the native contract and the etcd layouts that frameworks already write
+//! (etcd's own naming API used with gRPC-Go, go-zero, Kratos, go-micro, SkyDNS). Each turns
+//! one etcd key/value into an [`Update`] of the mirror. See the README "Framework layouts".
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::fmt;
+use std::net::SocketAddr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::parse::EntryError;
-use crate::cache::{Health, Instance, InstanceId, ServiceName};
+use super::parse::{parse_key, parse_value, EntryError};
+use crate::cache::{
+    Address, DomainKey, DomainRecord, Health, Instance, InstanceId, InvalidLabel, ServiceName,
+    SourceId, Update,
+};
 
 /// A registry layout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
-    /// etcd's `client/v3/naming/endpoints`: `<target>/<anything>` = `{"Op":0,"Addr":..,"Metadata":..}`.
+    /// ruddr's own contract: `<prefix><service>/<id>` = JSON (README "Registry contract").
+    Native,
+    /// etcd's `client/v3/naming/endpoints`: `<target>/<anything>` = `{"Addr":..,"Metadata":..}`.
     EtcdNaming,
-    /// go-zero `core/discov`: `<base-key>/<lease-id>` = `host:port`.
+    /// go-zero `core/discov`: `<key>/<lease-id>` = `host:port`.
     GoZero,
     /// Kratos `contrib/registry/etcd`: `/microservices/<name>/<id>` = ServiceInstance JSON.
     Kratos,
     /// go-micro `registry/etcd`: `/micro/registry/<name>/<node-id>` = Service JSON, one node.
     GoMicro,
+    /// The CoreDNS etcd plugin (and SkyDNS, external-dns): `/skydns/<reversed name>` =
+    /// `{"host":..,"port":..,"priority":..,"weight":..,"text":..,"ttl":..}`.
+    Skydns,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Native => "native",
+            Format::EtcdNaming => "etcd-naming",
+            Format::GoZero => "go-zero",
+            Format::Kratos => "kratos",
+            Format::GoMicro => "go-micro",
+            Format::Skydns => "skydns",
+        }
+    }
+
+    /// Layouts whose keys carry no service name: one source per target (or base key).
+    pub fn one_service_per_prefix(self) -> bool {
+        matches!(self, Format::EtcdNaming | Format::GoZero)
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One watched prefix and how to read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub id: SourceId,
+    pub format: Format,
+    /// What is watched; ends with `/` for every format.
+    pub prefix: String,
+    /// The service name for [`Format::one_service_per_prefix`] layouts.
+    pub service: Option<ServiceName>,
+}
+
+/// What a key names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    Instance(ServiceName, InstanceId),
+    Domain(DomainKey),
+}
+
+/// A parsed value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry {
+    Instance(ServiceName, Instance),
+    Domain(DomainKey, DomainRecord),
+}
+
+impl Source {
+    /// The native contract under `prefix`.
+    pub fn native(prefix: &str) -> Self {
+        Self {
+            id: SourceId::NATIVE,
+            format: Format::Native,
+            prefix: prefix.to_string(),
+            service: None,
+        }
+    }
+
+    /// A framework layout under `prefix` (a `/` is appended if missing: a target `a/svc` must
+    /// not also match `a/svc2`). Its id is stable across restarts: it derives from format and
+    /// prefix.
+    pub fn framework(format: Format, prefix: &str, service: Option<ServiceName>) -> Self {
+        let prefix = if prefix.ends_with('/') {
+            prefix.to_string()
+        } else {
+            format!("{prefix}/")
+        };
+        let sum = crc32fast::hash(format!("{format} {prefix}").as_bytes());
+        Self {
+            id: SourceId(sum.max(1)),
+            format,
+            prefix,
+            service,
+        }
+    }
+
+    /// The service and instance (or the SkyDNS entry) a key names.
+    pub fn key(&self, key: &[u8]) -> Result<Key, EntryError> {
+        if self.format == Format::Native {
+            let (svc, id) = parse_key(&self.prefix, key)?;
+            return Ok(Key::Instance(svc, id));
+        }
+        let key = std::str::from_utf8(key).map_err(|_| EntryError::KeyShape)?;
+        let rest = key.strip_prefix(&self.prefix).ok_or(EntryError::KeyShape)?;
+        if self.format == Format::Skydns {
+            let path = rest.trim_end_matches('/').to_ascii_lowercase();
+            if path.is_empty() || path.split('/').any(str::is_empty) {
+                return Err(EntryError::KeyShape);
+            }
+            return Ok(Key::Domain((self.id, path)));
+        }
+        let (svc, id) = match self.format {
+            _ if self.format.one_service_per_prefix() => {
+                let target = self.prefix.trim_end_matches('/');
+                (target.rsplit('/').next().unwrap_or(target), rest)
+            }
+            // go-micro v3 puts a domain between prefix and name: `<domain>/<name>/<node>`.
+            Format::GoMicro => match rest.split('/').collect::<Vec<_>>()[..] {
+                [svc, id] | [_, svc, id] => (svc, id),
+                _ => return Err(EntryError::KeyShape),
+            },
+            _ => match rest.split_once('/') {
+                Some((svc, id)) if !id.contains('/') => (svc, id),
+                _ => return Err(EntryError::KeyShape),
+            },
+        };
+        let service = match &self.service {
+            Some(s) => s.clone(),
+            None => to_label(svc)
+                .and_then(|l| ServiceName::new(&l).ok())
+                .ok_or_else(|| EntryError::Service(InvalidLabel(svc.to_string())))?,
+        };
+        let id = to_label(id)
+            .and_then(|l| InstanceId::new(&l).ok())
+            .ok_or_else(|| EntryError::Id(InvalidLabel(id.to_string())))?;
+        Ok(Key::Instance(service, id))
+    }
+
+    /// Parses one key/value pair. `Ok(None)` for the empty values frameworks write as
+    /// directory markers: not an entry, and not worth a warning.
+    pub fn entry(&self, key: &[u8], value: &[u8]) -> Result<Option<Entry>, EntryError> {
+        let key = self.key(key)?;
+        if self.format != Format::Native && value.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        Ok(match key {
+            Key::Instance(service, id) => {
+                let instance = if self.format == Format::Native {
+                    parse_value(id, value)?
+                } else {
+                    let text = std::str::from_utf8(value).map_err(|_| EntryError::NotUtf8)?;
+                    let mut i = self.instance(id, text)?;
+                    i.source = self.id;
+                    i
+                };
+                Some(Entry::Instance(service, instance))
+            }
+            Key::Domain(key) => {
+                let text = std::str::from_utf8(value).map_err(|_| EntryError::NotUtf8)?;
+                Some(Entry::Domain(key, skydns_record(text)?))
+            }
+        })
+    }
+
+    /// The mirror update for a written key. An empty value (a marker written over an entry)
+    /// removes whatever the key held.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<Update, EntryError> {
+        Ok(match self.entry(key, value)? {
+            Some(Entry::Instance(service, instance)) => Update::Put { service, instance },
+            Some(Entry::Domain(key, record)) => Update::DomainPut { key, record },
+            None => self.delete(key).ok_or(EntryError::KeyShape)?,
+        })
+    }
+
+    /// The mirror update for a deleted key; `None` for keys that never parsed (they were
+    /// never in the mirror).
+    pub fn delete(&self, key: &[u8]) -> Option<Update> {
+        Some(match self.key(key).ok()? {
+            Key::Instance(service, id) => Update::Delete {
+                service,
+                id,
+                source: self.id,
+            },
+            Key::Domain(key) => Update::DomainDelete { key },
+        })
+    }
+
+    fn instance(&self, id: InstanceId, text: &str) -> Result<Instance, EntryError> {
+        match self.format {
+            Format::Native | Format::Skydns => Err(EntryError::KeyShape),
+            Format::GoZero => {
+                let (address, port) = host_port(text)?;
+                Ok(instance(id, address, port))
+            }
+            Format::EtcdNaming => {
+                #[derive(Deserialize)]
+                struct Endpoint {
+                    #[serde(rename = "Addr")]
+                    addr: String,
+                    // Written by the deprecated naming API (`Update`): 1 is a delete.
+                    #[serde(rename = "Op", default)]
+                    op: u8,
+                    #[serde(rename = "Metadata", default)]
+                    metadata: serde_json::Value,
+                }
+                let e: Endpoint = serde_json::from_str(text)?;
+                if e.op != 0 {
+                    return Err(EntryError::Address(format!("Op {} is not an add", e.op)));
+                }
+                let (address, port) = host_port(&e.addr)?;
+                let mut i = instance(id, address, port);
+                i.meta = flat_meta(&e.metadata);
+                Ok(i)
+            }
+            Format::Kratos => {
+                #[derive(Deserialize)]
+                struct ServiceInstance {
+                    #[serde(default)]
+                    endpoints: Vec<String>,
+                    #[serde(default)]
+                    metadata: Option<BTreeMap<String, String>>,
+                    #[serde(default)]
+                    version: String,
+                }
+                let s: ServiceInstance = serde_json::from_str(text)?;
+                let mut inst: Option<Instance> = None;
+                for url in &s.endpoints {
+                    let (scheme, rest) = url
+                        .split_once("://")
+                        .ok_or_else(|| EntryError::Address(url.clone()))?;
+                    let hostport = rest.split(['/', '?']).next().unwrap_or("");
+                    let (address, port) = host_port(hostport)?;
+                    let i = inst.get_or_insert_with(|| instance(id.clone(), address, port));
+                    // Older Kratos marks TLS endpoints with a query instead of the scheme.
+                    let scheme = if rest.contains("isSecure=true") && !scheme.ends_with('s') {
+                        format!("{scheme}s")
+                    } else {
+                        scheme.to_string()
+                    };
+                    if let (Some(label), Some(p)) = (to_label(&scheme), port) {
+                        i.ports.entry(label).or_insert(p);
+                    }
+                }
+                let mut inst = inst.ok_or_else(|| EntryError::Address("no endpoints".into()))?;
+                let metadata = s.metadata.unwrap_or_default();
+                if let Some(w) = metadata.get("weight").and_then(|w| w.parse().ok()) {
+                    inst.weight = w;
+                }
+                if !s.version.is_empty() {
+                    inst.meta.insert("version".into(), s.version);
+                }
+                inst.meta.extend(metadata);
+                Ok(inst)
+            }
+            Format::GoMicro => {
+                #[derive(Deserialize)]
+                struct Node {
+                    address: String,
+                    // go-micro v1 kept the port apart from a bare host.
+                    #[serde(default)]
+                    port: Option<u16>,
+                    #[serde(default)]
+                    metadata: Option<BTreeMap<String, String>>,
+                }
+                #[derive(Deserialize)]
+                struct Service {
+                    #[serde(default)]
+                    version: String,
+                    #[serde(default)]
+                    nodes: Option<Vec<Node>>,
+                }
+                let s: Service = serde_json::from_str(text)?;
+                let node = s
+                    .nodes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| EntryError::Address("no nodes".into()))?;
+                let (address, port) = host_port(&node.address)?;
+                let port = port.or(node.port.filter(|p| *p != 0));
+                let mut inst = instance(id, address, port);
+                if !s.version.is_empty() {
+                    inst.meta.insert("version".into(), s.version);
+                }
+                inst.meta.extend(node.metadata.unwrap_or_default());
+                Ok(inst)
+            }
+        }
+    }
 }
 
 /// Turns any string into a DNS label: lower case, other characters as `-`, at most 63 bytes.
@@ -42,19 +323,25 @@ pub fn to_label(s: &str) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
-/// `host:port`, `[v6]:port`, a bare IPv4/IPv6 address (port `None`).
-fn host_port(s: &str) -> Result<(IpAddr, Option<u16>), EntryError> {
+/// `host:port`, `[v6]:port`, a bare IPv4/IPv6 address or host name (port `None`).
+fn host_port(s: &str) -> Result<(Address, Option<u16>), EntryError> {
     let s = s.trim();
+    let bad = || EntryError::Address(s.to_string());
     if let Ok(sa) = s.parse::<SocketAddr>() {
-        return Ok((sa.ip(), Some(sa.port())));
+        if sa.port() == 0 {
+            return Err(EntryError::PortZero);
+        }
+        return Ok((Address::Ip(sa.ip()), Some(sa.port())));
     }
-    let bare = s.trim_start_matches('[').trim_end_matches(']');
-    bare.parse::<IpAddr>()
-        .map(|ip| (ip, None))
-        .map_err(|_| EntryError::Address(s.to_string()))
+    // `host:port` (a bare IPv6 address has more than one ':' and is handled below).
+    if let Some((host, port)) = s.rsplit_once(':').filter(|(h, _)| !h.contains(':')) {
+        let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+        return Ok((Address::parse(host).map_err(|_| bad())?, Some(port)));
+    }
+    Ok((Address::parse(s).map_err(|_| bad())?, None))
 }
 
-fn instance(id: InstanceId, address: IpAddr, port: Option<u16>) -> Instance {
+fn instance(id: InstanceId, address: Address, port: Option<u16>) -> Instance {
     Instance {
         id,
         address,
@@ -65,140 +352,78 @@ fn instance(id: InstanceId, address: IpAddr, port: Option<u16>) -> Instance {
         priority: 0,
         health: Health::Passing,
         meta: BTreeMap::new(),
+        source: SourceId::NATIVE,
     }
 }
 
-impl Format {
-    /// The service and instance a key names. `service` overrides the name for layouts whose keys
-    /// carry no usable one (etcd naming targets, go-zero base keys).
-    pub fn key(
-        self,
-        prefix: &str,
-        service: Option<&ServiceName>,
-        key: &[u8],
-    ) -> Result<(ServiceName, InstanceId), EntryError> {
-        let key = std::str::from_utf8(key).map_err(|_| EntryError::KeyShape)?;
-        let rest = key
-            .strip_prefix(prefix)
-            .ok_or(EntryError::KeyShape)?
-            .trim_start_matches('/');
-        let (svc, id) = match self {
-            // The prefix is the target (or base key): the rest is the instance.
-            Format::EtcdNaming | Format::GoZero => {
-                let last = prefix
-                    .trim_end_matches('/')
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or("");
-                (last.to_string(), rest.to_string())
-            }
-            Format::Kratos | Format::GoMicro => {
-                let (svc, id) = rest.split_once('/').ok_or(EntryError::KeyShape)?;
-                (svc.to_string(), id.to_string())
-            }
-        };
-        let service = match service {
-            Some(s) => s.clone(),
-            None => to_label(&svc)
-                .and_then(|l| ServiceName::new(&l).ok())
-                .ok_or_else(|| EntryError::Service(crate::cache::InvalidLabel(svc.clone())))?,
-        };
-        let id = to_label(&id)
-            .and_then(|l| InstanceId::new(&l).ok())
-            .ok_or(EntryError::Id(crate::cache::InvalidLabel(id)))?;
-        Ok((service, id))
-    }
+/// Scalar metadata fields as strings (for TXT); nested values are left out.
+fn flat_meta(v: &serde_json::Value) -> BTreeMap<String, String> {
+    let Some(map) = v.as_object() else {
+        return BTreeMap::new();
+    };
+    map.iter()
+        .filter_map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => return None,
+            };
+            Some((k.clone(), v))
+        })
+        .collect()
+}
 
-    /// Parses a value; `Ok(None)` for values a framework writes as markers (empty).
-    pub fn value(self, id: InstanceId, value: &[u8]) -> Result<Option<Instance>, EntryError> {
-        if value.iter().all(u8::is_ascii_whitespace) {
-            return Ok(None);
-        }
-        let text = std::str::from_utf8(value).map_err(|_| EntryError::NotUtf8)?;
-        match self {
-            Format::GoZero => {
-                let (ip, port) = host_port(text)?;
-                Ok(Some(instance(id, ip, port)))
-            }
-            Format::EtcdNaming => {
-                #[derive(Deserialize)]
-                struct Endpoint {
-                    #[serde(rename = "Addr")]
-                    addr: String,
-                    #[serde(rename = "Op", default)]
-                    op: u8,
-                }
-                let e: Endpoint = serde_json::from_str(text)?;
-                if e.op != 0 {
-                    // Op 1 is a delete update written by the old naming API.
-                    return Ok(None);
-                }
-                let (ip, port) = host_port(&e.addr)?;
-                Ok(Some(instance(id, ip, port)))
-            }
-            Format::Kratos => {
-                #[derive(Deserialize)]
-                struct ServiceInstance {
-                    #[serde(default)]
-                    endpoints: Vec<String>,
-                    #[serde(default)]
-                    metadata: BTreeMap<String, String>,
-                    #[serde(default)]
-                    version: String,
-                }
-                let s: ServiceInstance = serde_json::from_str(text)?;
-                let mut inst: Option<Instance> = None;
-                for url in &s.endpoints {
-                    let (scheme, rest) = url
-                        .split_once("://")
-                        .ok_or_else(|| EntryError::Address(url.clone()))?;
-                    let hostport = rest.split(['/', '?']).next().unwrap_or("");
-                    let (ip, port) = host_port(hostport)?;
-                    let i = inst.get_or_insert_with(|| instance(id.clone(), ip, port));
-                    if let (Some(label), Some(p)) = (to_label(scheme), port) {
-                        i.ports.entry(label).or_insert(p);
-                    }
-                }
-                let mut inst = inst.ok_or_else(|| EntryError::Address("no endpoints".into()))?;
-                if let Some(w) = s.metadata.get("weight").and_then(|w| w.parse().ok()) {
-                    inst.weight = w;
-                }
-                if !s.version.is_empty() {
-                    inst.meta.insert("version".into(), s.version);
-                }
-                inst.meta.extend(s.metadata);
-                Ok(Some(inst))
-            }
-            Format::GoMicro => {
-                #[derive(Deserialize)]
-                struct Node {
-                    address: String,
-                    #[serde(default)]
-                    metadata: BTreeMap<String, String>,
-                }
-                #[derive(Deserialize)]
-                struct Service {
-                    #[serde(default)]
-                    version: String,
-                    #[serde(default)]
-                    nodes: Vec<Node>,
-                }
-                let s: Service = serde_json::from_str(text)?;
-                let node = s
-                    .nodes
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| EntryError::Address("no nodes".into()))?;
-                let (ip, port) = host_port(&node.address)?;
-                let mut inst = instance(id, ip, port);
-                if !s.version.is_empty() {
-                    inst.meta.insert("version".into(), s.version);
-                }
-                inst.meta.extend(node.metadata);
-                Ok(Some(inst))
-            }
-        }
+/// A SkyDNS value, with the field names of CoreDNS's `msg.Service`.
+fn skydns_record(text: &str) -> Result<DomainRecord, EntryError> {
+    #[derive(Deserialize)]
+    struct Service {
+        #[serde(default)]
+        host: String,
+        #[serde(default)]
+        port: i64,
+        #[serde(default)]
+        priority: i64,
+        #[serde(default)]
+        weight: i64,
+        #[serde(default)]
+        text: String,
+        #[serde(default)]
+        ttl: u32,
+        #[serde(default)]
+        targetstrip: i64,
     }
+    let s: Service = serde_json::from_str(text)?;
+    let host = if s.host.is_empty() {
+        None
+    } else {
+        Some(Address::parse(&s.host).map_err(|_| EntryError::Address(s.host.clone()))?)
+    };
+    if host.is_none() && s.text.is_empty() {
+        return Err(EntryError::Address("neither host nor text".into()));
+    }
+    let int = |field: &'static str, v: i64, max: i64| {
+        if (0..=max).contains(&v) {
+            Ok(v)
+        } else {
+            Err(EntryError::Field(field, v))
+        }
+    };
+    // CoreDNS uses port -1 for "no port".
+    let port = if s.port < 0 {
+        None
+    } else {
+        Some(int("port", s.port, 65535)? as u16)
+    };
+    Ok(DomainRecord {
+        host,
+        port,
+        priority: int("priority", s.priority, 65535)? as u16,
+        weight: int("weight", s.weight, 65535)? as u16,
+        text: (!s.text.is_empty()).then_some(s.text),
+        ttl: (s.ttl > 0).then_some(s.ttl.min(i32::MAX as u32)),
+        target_strip: int("targetstrip", s.targetstrip, 127)? as u8,
+    })
 }
 
 #[cfg(test)]
@@ -206,29 +431,42 @@ mod tests {
     use super::*;
 
     fn parse(f: Format, prefix: &str, key: &str, value: &str) -> Option<(ServiceName, Instance)> {
-        let (svc, id) = f.key(prefix, None, key.as_bytes()).unwrap();
-        f.value(id, value.as_bytes()).unwrap().map(|i| (svc, i))
+        let src = Source::framework(f, prefix, None);
+        match src.entry(key.as_bytes(), value.as_bytes()).unwrap() {
+            Some(Entry::Instance(svc, i)) => {
+                assert_eq!(i.source, src.id);
+                Some((svc, i))
+            }
+            Some(Entry::Domain(..)) => panic!("domain from {f}"),
+            None => None,
+        }
+    }
+
+    fn ip(s: &str) -> Address {
+        Address::Ip(s.parse().unwrap())
     }
 
     #[test]
     fn go_zero_lease_keys_and_host_port() {
         let (svc, i) = parse(
             Format::GoZero,
-            "/user.rpc",
-            "/user.rpc/7587873429418012345",
+            "user.rpc",
+            "user.rpc/7587873429418012345",
             "10.0.0.5:8080",
         )
         .unwrap();
         assert_eq!(svc.as_str(), "user-rpc");
         assert_eq!(i.id.as_str(), "7587873429418012345");
-        assert_eq!(
-            (i.address.to_string(), i.port),
-            ("10.0.0.5".into(), Some(8080))
-        );
+        assert_eq!((i.address, i.port), (ip("10.0.0.5"), Some(8080)));
         assert!(
-            parse(Format::GoZero, "/user.rpc", "/user.rpc/1", "").is_none(),
+            parse(Format::GoZero, "user.rpc", "user.rpc/1", "").is_none(),
             "markers ignored"
         );
+        // A target must not match a longer one.
+        let src = Source::framework(Format::GoZero, "user.rpc", None);
+        assert!(src.key(b"user.rpc2/1").is_err());
+        let (_, h) = parse(Format::GoZero, "a", "a/1", "db-1.internal:5432").unwrap();
+        assert_eq!(h.address, Address::Host("db-1.internal".into()));
     }
 
     #[test]
@@ -237,27 +475,37 @@ mod tests {
             Format::EtcdNaming,
             "foo/bar/my-service",
             "foo/bar/my-service/10.0.0.5:50051",
-            r#"{"Op":0,"Addr":"10.0.0.5:50051","Metadata":null}"#,
+            r#"{"Addr":"10.0.0.5:50051","Metadata":{"zone":"a","n":1,"x":[1]}}"#,
         )
         .unwrap();
         assert_eq!(svc.as_str(), "my-service");
         assert_eq!(i.id.as_str(), "10-0-0-5-50051");
         assert_eq!(i.port, Some(50051));
+        assert_eq!(i.meta.len(), 2, "scalar metadata kept");
         let (_, v6) = parse(
             Format::EtcdNaming,
             "t",
             "t/e",
-            r#"{"Addr":"[fd00::1]:9000"}"#,
+            r#"{"Op":0,"Addr":"[fd00::1]:9000"}"#,
         )
         .unwrap();
-        assert!(v6.address.is_ipv6());
-        let (_, bare) = parse(Format::EtcdNaming, "t", "t/e", r#"{"Addr":"10.0.0.6"}"#).unwrap();
-        assert_eq!(bare.port, None);
+        assert_eq!(v6.address, ip("fd00::1"));
+        let (_, bare) = parse(Format::EtcdNaming, "t", "t/e", r#"{"Addr":"fd00::6"}"#).unwrap();
+        assert_eq!((bare.address, bare.port), (ip("fd00::6"), None));
+        let named = Source::framework(
+            Format::EtcdNaming,
+            "t",
+            Some(ServiceName::new("api").unwrap()),
+        );
+        assert!(matches!(
+            named.key(b"t/x").unwrap(),
+            Key::Instance(s, _) if s.as_str() == "api"
+        ));
     }
 
     #[test]
     fn kratos_endpoints_become_named_ports() {
-        let v = r#"{"id":"a1","name":"helloworld","version":"v1","metadata":{"weight":"10"},"endpoints":["grpc://10.0.0.5:9000","http://10.0.0.5:8000"]}"#;
+        let v = r#"{"id":"a1","name":"helloworld","version":"v1","metadata":{"weight":"10"},"endpoints":["grpc://10.0.0.5:9000?isSecure=false","http://10.0.0.5:8000"]}"#;
         let (svc, i) = parse(
             Format::Kratos,
             "/microservices",
@@ -270,34 +518,138 @@ mod tests {
         assert_eq!(i.ports["http"], 8000);
         assert_eq!((i.port, i.weight), (Some(9000), 10));
         assert_eq!(i.meta["version"], "v1");
+        let null_meta = r#"{"id":"a2","name":"x","version":"","metadata":null,"endpoints":["grpc://[fd00::2]:9000"]}"#;
+        let (_, i) = parse(
+            Format::Kratos,
+            "/microservices",
+            "/microservices/x/a2",
+            null_meta,
+        )
+        .unwrap();
+        assert_eq!(i.address, ip("fd00::2"));
     }
 
     #[test]
     fn go_micro_single_node() {
-        let v = r#"{"name":"greeter","version":"latest","metadata":null,"endpoints":[],"nodes":[{"id":"greeter-8b1c","address":"10.0.0.7:43121","metadata":{"protocol":"grpc"}}]}"#;
+        let v = r#"{"name":"go.micro.srv.greeter","version":"latest","metadata":null,"endpoints":[],"nodes":[{"id":"greeter-8b1c","address":"10.0.0.7:43121","metadata":{"protocol":"grpc"}}]}"#;
         let (svc, i) = parse(
             Format::GoMicro,
             "/micro/registry/",
-            "/micro/registry/greeter/greeter-8b1c",
+            "/micro/registry/go.micro.srv.greeter/greeter-8b1c",
             v,
         )
         .unwrap();
-        assert_eq!((svc.as_str(), i.id.as_str()), ("greeter", "greeter-8b1c"));
+        assert_eq!(
+            (svc.as_str(), i.id.as_str()),
+            ("go-micro-srv-greeter", "greeter-8b1c")
+        );
         assert_eq!(i.port, Some(43121));
         assert_eq!(i.meta["protocol"], "grpc");
+        // v3 layout: a domain segment before the name; v1 nodes: port beside the host.
+        let v1 = r#"{"name":"greeter","nodes":[{"id":"n1","address":"10.0.0.8","port":8080}]}"#;
+        let (svc, i) = parse(
+            Format::GoMicro,
+            "/micro/registry",
+            "/micro/registry/micro/greeter/n1",
+            v1,
+        )
+        .unwrap();
+        assert_eq!((svc.as_str(), i.port), ("greeter", Some(8080)));
     }
 
     #[test]
-    fn bad_values_name_the_reason() {
-        let id = InstanceId::new("x").unwrap();
-        assert!(Format::GoZero
-            .value(id.clone(), b"not-an-address")
+    fn skydns_keys_are_reversed_paths() {
+        let src = Source::framework(Format::Skydns, "/skydns", None);
+        let e = src
+            .entry(
+                b"/skydns/local/skydns/East/rails/1",
+                br#"{"host":"10.0.0.1","port":8080,"priority":10,"weight":20,"ttl":60,"text":"hi"}"#,
+            )
+            .unwrap()
+            .unwrap();
+        let Entry::Domain((id, path), r) = e else {
+            panic!()
+        };
+        assert_eq!((id, path.as_str()), (src.id, "local/skydns/east/rails/1"));
+        assert_eq!(r.host, Some(ip("10.0.0.1")));
+        assert_eq!(
+            (r.port, r.priority, r.weight, r.ttl),
+            (Some(8080), 10, 20, Some(60))
+        );
+        assert_eq!(r.text.as_deref(), Some("hi"));
+        let Entry::Domain(_, r) = src
+            .entry(
+                b"/skydns/local/x",
+                br#"{"host":"db.example.com","port":-1}"#,
+            )
+            .unwrap()
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (r.host, r.port, r.ttl),
+            (Some(Address::Host("db.example.com".into())), None, None)
+        );
+        assert!(src.entry(b"/skydns/local/x", b"").unwrap().is_none());
+        for bad in [
+            &br#"{"port":80}"#[..],
+            br#"{"host":"10.0.0.1","port":70000}"#,
+            br#"{"host":"a b"}"#,
+            b"[]",
+        ] {
+            assert!(
+                src.entry(b"/skydns/local/x", bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(src.key(b"/skydns/local//x").is_err());
+    }
+
+    #[test]
+    fn empty_values_delete_and_bad_values_name_the_reason() {
+        let src = Source::framework(Format::GoZero, "svc", None);
+        assert!(matches!(
+            src.put(b"svc/1", b"").unwrap(),
+            Update::Delete { .. }
+        ));
+        let err = src
+            .put(b"svc/1", b"not an address")
             .unwrap_err()
-            .to_string()
-            .contains("not-an-address"));
-        assert!(Format::Kratos
-            .value(id.clone(), br#"{"endpoints":[]}"#)
+            .to_string();
+        assert!(err.contains("not an address"), "{err}");
+        assert!(src.put(b"svc/1", b"10.0.0.1:0").is_err(), "port 0");
+        let kratos = Source::framework(Format::Kratos, "/microservices/", None);
+        assert!(kratos
+            .put(b"/microservices/a/1", br#"{"endpoints":[]}"#)
             .is_err());
-        assert!(Format::GoMicro.value(id, br#"{"nodes":[]}"#).is_err());
+        assert!(
+            kratos
+                .put(b"/microservices/a", br#"{"endpoints":[]}"#)
+                .is_err(),
+            "key shape"
+        );
+        let micro = Source::framework(Format::GoMicro, "/micro/registry/", None);
+        assert!(micro
+            .put(b"/micro/registry/a/1", br#"{"nodes":[]}"#)
+            .is_err());
+        assert!(micro
+            .put(b"/micro/registry/a/1", br#"{"nodes":null}"#)
+            .is_err());
+        // The native contract keeps its own rules: an empty value is an error there.
+        assert!(Source::native("/ruddr/services/")
+            .put(b"/ruddr/services/a/b", b"")
+            .is_err());
+    }
+
+    #[test]
+    fn source_ids_are_stable_and_distinct() {
+        let a = Source::framework(Format::Kratos, "/microservices", None);
+        let b = Source::framework(Format::Kratos, "/microservices/", None);
+        let c = Source::framework(Format::GoMicro, "/microservices/", None);
+        assert_eq!(a.id, b.id);
+        assert_ne!(a.id, c.id);
+        assert_ne!(a.id, SourceId::NATIVE);
     }
 }

@@ -23,6 +23,10 @@ pub enum RegistryError {
     Canceled(String),
     #[error("{0}; re-listing")]
     History(String),
-    #[error("revision {wanted} was compacted (oldest kept: {compacted}); re-listing")]
-    Compacted { wanted: i64, compacted: i64 },
+    #[error("{prefix}: revision {wanted} was compacted (oldest kept: {compacted}); re-listing")]
+    Compacted {
+        prefix: String,
+        wanted: i64,
+        compacted: i64,
+    },
 }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use crate::cache::{Health, Instance, InstanceId, InvalidLabel, ServiceName};
+use crate::cache::{Address, Health, Instance, InstanceId, InvalidLabel, ServiceName, SourceId};
 
 /// Why a key/value pair under the prefix was skipped.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,8 @@ pub enum EntryError {
     PortZero,
     #[error("meta {0:?} must be a string, number or boolean")]
     Meta(String),
+    #[error("{0} {1} is out of range")]
+    Field(&'static str, i64),
 }
 
 /// The JSON value as written by registrants. Unknown fields are ignored so that newer
@@ -102,7 +104,7 @@ pub fn parse_value(id: InstanceId, value: &[u8]) -> Result<Instance, EntryError>
     }
     Ok(Instance {
         id,
-        address,
+        address: Address::Ip(address),
         port: raw.port,
         ports,
         tags: raw.tags,
@@ -110,6 +112,7 @@ pub fn parse_value(id: InstanceId, value: &[u8]) -> Result<Instance, EntryError>
         priority: raw.priority.unwrap_or(0),
         health,
         meta,
+        source: SourceId::NATIVE,
     })
 }
 
@@ -150,7 +153,7 @@ mod tests {
         let (svc, i) = parse_entry(P, b"/ruddr/services/Web/web-1", v).unwrap();
         assert_eq!(svc.as_str(), "web");
         assert_eq!(i.id.as_str(), "web-1");
-        assert_eq!(i.address, "10.0.0.5".parse::<IpAddr>().unwrap());
+        assert_eq!(i.address, Address::Ip("10.0.0.5".parse().unwrap()));
         assert_eq!(i.port, Some(8080));
         assert_eq!(i.ports["grpc"], 9090);
         assert_eq!(i.tags, ["v2"]);
@@ -161,7 +164,7 @@ mod tests {
     #[test]
     fn defaults_and_ipv6() {
         let (_, i) = parse_entry(P, b"/ruddr/services/db/x", br#"{"address":"fd00::1"}"#).unwrap();
-        assert!(i.address.is_ipv6());
+        assert!(i.address.ip().unwrap().is_ipv6());
         assert_eq!(
             (i.port, i.weight, i.priority, i.health),
             (None, 1, 0, Health::Passing)

@@ -1,6 +1,9 @@
 //! List, then watch from the next revision; on any failure reconnect with backoff and resume from
-//! the last applied revision, or re-list when etcd has compacted it away.
+//! the last applied revision, or re-list when etcd has compacted it away. Every source (the
+//! native prefix and each framework layout) is listed and watched on its own revision, over one
+//! gRPC watch stream, so a compaction behind one source re-lists that source alone.
 
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -9,7 +12,8 @@ use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{parse_entry, parse_key, Backoff, RegistryError, Status};
+use super::formats::{Entry, Key, Source};
+use super::{Backoff, RegistryError, Status};
 use crate::cache::{Mirror, Update};
 use crate::config::EtcdConfig;
 use crate::metrics::Metrics;
@@ -52,10 +56,17 @@ pub async fn connect(cfg: &EtcdConfig) -> anyhow::Result<Client> {
         .with_context(|| format!("configuring etcd client for {}", cfg.endpoints.join(",")))
 }
 
-/// Keeps a [`Mirror`] equal to everything under one etcd prefix.
+/// A source and where its watch resumes.
+struct Watched {
+    source: Source,
+    /// Last revision applied from this source; `None` means it must be listed first.
+    revision: Option<i64>,
+}
+
+/// Keeps a [`Mirror`] equal to everything under the watched prefixes.
 pub struct Watcher {
     client: Client,
-    prefix: String,
+    sources: Vec<Watched>,
     mirror: Arc<Mirror>,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
@@ -68,24 +79,32 @@ pub struct Watcher {
     too_stale_logged: bool,
     /// Re-lists since the last established watch.
     relists_in_a_row: u32,
-    /// Last revision applied to the mirror; `None` means the next session must list first.
-    revision: Option<i64>,
+    /// The highest revision applied from any source (the mirror's revision).
+    high: i64,
     /// The etcd cluster the mirror came from; another one means its revisions mean nothing here.
     cluster_id: Option<u64>,
     last_stale_log: Option<Instant>,
 }
 
 impl Watcher {
+    /// Watches `sources` (at least one; the native prefix comes first by convention).
     pub fn new(
         client: Client,
         cfg: &EtcdConfig,
+        sources: Vec<Source>,
         mirror: Arc<Mirror>,
         status: Arc<Status>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             client,
-            prefix: cfg.prefix.clone(),
+            sources: sources
+                .into_iter()
+                .map(|source| Watched {
+                    source,
+                    revision: None,
+                })
+                .collect(),
             mirror,
             status,
             metrics,
@@ -95,7 +114,7 @@ impl Watcher {
             too_stale_logged: false,
             relists_in_a_row: 0,
             backoff: Backoff::new(cfg.retry_min, cfg.retry_max),
-            revision: None,
+            high: 0,
             cluster_id: None,
             last_stale_log: None,
         }
@@ -109,6 +128,9 @@ impl Watcher {
 
     /// Runs until `shutdown` is cancelled. Never returns an error: etcd outages are normal.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        if self.sources.is_empty() {
+            return;
+        }
         loop {
             let err = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -117,8 +139,15 @@ impl Watcher {
             if let RegistryError::Compacted { .. } | RegistryError::History(_) = err {
                 // Not an outage: etcd is there, our resume point is gone. Re-list at once the
                 // first time; if it keeps happening (endpoints of two clusters?), back off.
-                warn!(error = %err, prefix = %self.prefix, "watch lost its revision");
-                self.revision = None;
+                // A compaction re-lists the source that hit it (the session marked it); another
+                // history re-lists them all.
+                warn!(error = %err, "watch lost its revision");
+                if let RegistryError::History(_) = err {
+                    for w in &mut self.sources {
+                        w.revision = None;
+                    }
+                    self.high = 0;
+                }
                 self.relists_in_a_row += 1;
                 if self.relists_in_a_row > 1 {
                     let delay = self.backoff.next_delay();
@@ -148,7 +177,7 @@ impl Watcher {
                     error = %err,
                     stale_since = %humantime::format_rfc3339_seconds(since),
                     stale_for = ?since.elapsed().unwrap_or_default(),
-                    revision = self.revision.unwrap_or(0),
+                    revision = self.high,
                     retry_in = ?delay,
                     "etcd unreachable; serving the last known state",
                 );
@@ -162,17 +191,33 @@ impl Watcher {
         }
     }
 
-    /// One connection's worth of work: list if needed, then follow the watch until it fails.
+    /// One connection's worth of work: list the sources that need it, then follow one watch per
+    /// source (all on one stream) until it fails.
     async fn session(&mut self) -> Result<Infallible, RegistryError> {
-        let start = match self.revision {
-            Some(rev) => rev + 1,
-            None => self.list().await? + 1,
-        };
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(start)
-            .with_progress_notify();
-        let mut stream = self.client.watch(self.prefix.clone(), Some(opts)).await?;
+        for i in 0..self.sources.len() {
+            if self.sources[i].revision.is_none() {
+                self.list(i).await?;
+            }
+        }
+        let mut starts = Vec::with_capacity(self.sources.len());
+        let mut stream: Option<etcd_client::WatchStream> = None;
+        for w in &self.sources {
+            let start = w.revision.unwrap_or(0) + 1;
+            starts.push(start);
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(start)
+                .with_progress_notify();
+            let key = w.source.prefix.clone();
+            match &mut stream {
+                None => stream = Some(self.client.watch(key, Some(opts)).await?),
+                Some(s) => s.watch(key, Some(opts)).await?,
+            }
+        }
+        let mut stream = stream.ok_or(RegistryError::StreamClosed)?;
+        // etcd handles a stream's create requests in order: the n-th `created` is source n.
+        let mut pending: VecDeque<usize> = (0..self.sources.len()).collect();
+        let mut by_watch: HashMap<i64, usize> = HashMap::new();
         let mut progress = tokio::time::interval(self.progress_interval);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -185,16 +230,29 @@ impl Watcher {
                 }
             };
             let resp = msg?.ok_or(RegistryError::StreamClosed)?;
+            if resp.created() {
+                if let Some(i) = pending.pop_front() {
+                    by_watch.insert(resp.watch_id(), i);
+                }
+            }
+            let index = by_watch.get(&resp.watch_id()).copied();
             if resp.canceled() {
-                if resp.compact_revision() > 0 {
+                let prefix = index.map_or(String::new(), |i| self.sources[i].source.prefix.clone());
+                if let (Some(i), true) = (index, resp.compact_revision() > 0) {
+                    self.sources[i].revision = None;
                     return Err(RegistryError::Compacted {
-                        wanted: start,
+                        prefix,
+                        wanted: starts[i],
                         compacted: resp.compact_revision(),
                     });
                 }
-                return Err(RegistryError::Canceled(resp.cancel_reason().to_string()));
+                return Err(RegistryError::Canceled(format!(
+                    "{prefix}: {}",
+                    resp.cancel_reason()
+                )));
             }
             if resp.created() {
+                let start = index.map_or(1, |i| starts[i]);
                 // An etcd rebuilt from scratch (or another cluster behind the same address) has
                 // revisions below ours or another cluster id: resuming would miss everything.
                 if let Some(h) = resp.header() {
@@ -204,12 +262,11 @@ impl Watcher {
                     if h.revision() < start - 1 {
                         // A follower can lag a little; ask through the leader (a linearizable
                         // read) before concluding that etcd was rebuilt with a lower history.
+                        let key =
+                            index.map_or(String::new(), |i| self.sources[i].source.prefix.clone());
                         let now = self
                             .client
-                            .get(
-                                self.prefix.clone(),
-                                Some(GetOptions::new().with_prefix().with_limit(1)),
-                            )
+                            .get(key, Some(GetOptions::new().with_prefix().with_limit(1)))
                             .await?
                             .header()
                             .map_or(i64::MAX, |h| h.revision());
@@ -221,9 +278,14 @@ impl Watcher {
                         }
                     }
                 }
-                self.on_connected(start - 1);
+                if pending.is_empty() {
+                    self.on_connected();
+                }
                 continue;
             }
+            // Progress notifications carry no events but still confirm we are current.
+            self.status.confirm();
+            let Some(i) = index else { continue };
             // Resume point: the last event actually received. The header revision is the store's
             // current one and can run ahead of events etcd still has queued for a catching-up
             // watcher (and, before etcd 3.4.24, of progress notifications), so it is never used.
@@ -232,105 +294,139 @@ impl Watcher {
                 .iter()
                 .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
                 .max();
+            let Some(revision) = last_event else { continue };
+            let source = &self.sources[i].source;
             let mut updates = Vec::with_capacity(resp.events().len());
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };
                 match event.event_type() {
-                    EventType::Put => match parse_entry(&self.prefix, kv.key(), kv.value()) {
-                        Ok((service, instance)) => updates.push(Update::Put { service, instance }),
+                    EventType::Put => match source.put(kv.key(), kv.value()) {
+                        Ok(update) => updates.push(update),
                         Err(error) => {
                             self.metrics.invalid_values.inc();
-                            warn_skipped(kv.key(), &error);
+                            warn_skipped(source, kv.key(), &error);
                         }
                     },
                     // Keys that never parsed were never in the mirror: nothing to delete.
-                    EventType::Delete => {
-                        if let Ok((service, id)) = parse_key(&self.prefix, kv.key()) {
-                            updates.push(Update::Delete { service, id });
-                        }
-                    }
+                    EventType::Delete => updates.extend(source.delete(kv.key())),
                 }
             }
-            // Progress notifications carry no events but still confirm we are current.
-            self.status.confirm();
-            let Some(revision) = last_event else { continue };
-            let revision = revision.max(self.revision.unwrap_or(0));
-            let applied = self.mirror.apply(updates, revision);
-            self.revision = Some(revision);
-            if !applied.changed.is_empty() {
-                debug!(revision, changed = ?applied.changed, "applied watch events");
+            let w = &mut self.sources[i];
+            w.revision = Some(revision.max(w.revision.unwrap_or(0)));
+            self.high = self.high.max(revision);
+            let applied = self.mirror.apply(updates, self.high);
+            if !applied.changed.is_empty() || applied.domains_changed {
+                debug!(
+                    revision,
+                    prefix = %self.sources[i].source.prefix,
+                    changed = ?applied.changed,
+                    domains_changed = applied.domains_changed,
+                    "applied watch events",
+                );
             }
         }
     }
 
-    /// Lists everything under the prefix and replaces the mirror with it. Returns the revision.
-    async fn list(&mut self) -> Result<i64, RegistryError> {
+    /// Lists everything under source `i`'s prefix and replaces that source's part of the mirror
+    /// with it.
+    async fn list(&mut self, i: usize) -> Result<(), RegistryError> {
+        let source = &self.sources[i].source;
         let resp = self
             .client
-            .get(self.prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .get(source.prefix.clone(), Some(GetOptions::new().with_prefix()))
             .await?;
         self.lists += 1;
-        if self.lists > 1 {
+        // The first list of each source is the start, not a re-list.
+        if self.lists > self.sources.len() as u64 {
             self.metrics.relists.inc();
         }
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         self.cluster_id = resp.header().map(|h| h.cluster_id());
         let current = self.mirror.load_full();
         let mut instances = Vec::with_capacity(resp.kvs().len());
+        let mut domains = Vec::new();
         let mut skipped = 0usize;
         for kv in resp.kvs() {
-            match parse_entry(&self.prefix, kv.key(), kv.value()) {
-                Ok(entry) => instances.push(entry),
+            match source.entry(kv.key(), kv.value()) {
+                Ok(Some(Entry::Instance(service, instance))) => instances.push((service, instance)),
+                Ok(Some(Entry::Domain(key, record))) => domains.push((key, record)),
+                Ok(None) => {}
                 Err(error) => {
                     skipped += 1;
                     self.metrics.invalid_values.inc();
-                    warn_skipped(kv.key(), &error);
+                    warn_skipped(source, kv.key(), &error);
                     // A bad value over a good one keeps the good one, as the watch path does.
-                    if let Ok((service, id)) = parse_key(&self.prefix, kv.key()) {
-                        let prev = current
-                            .service(service.as_str())
-                            .and_then(|s| s.instances.get(&id));
-                        if let Some(prev) = prev {
-                            instances.push((service, prev.clone()));
+                    match source.key(kv.key()) {
+                        Ok(Key::Instance(service, id)) => {
+                            let prev = current
+                                .service(service.as_str())
+                                .and_then(|s| s.instances.get(&(id, source.id)));
+                            if let Some(prev) = prev {
+                                instances.push((service, prev.clone()));
+                            }
                         }
+                        Ok(Key::Domain(key)) => {
+                            if let Some(prev) = current.domains.get(&key) {
+                                domains.push((key, prev.clone()));
+                            }
+                        }
+                        Err(_) => {}
                     }
                 }
             }
         }
-        let count = instances.len();
-        let applied = self.mirror.apply([Update::Reset { instances }], revision);
-        let snapshot = self.mirror.load();
+        let (count, entries) = (instances.len(), domains.len());
+        self.high = self.high.max(revision);
+        let applied = self.mirror.apply(
+            [Update::Reset {
+                source: Some(source.id),
+                instances,
+                domains,
+            }],
+            self.high,
+        );
         info!(
-            prefix = %self.prefix,
+            prefix = %source.prefix,
+            format = %source.format,
             revision,
-            services = snapshot.services.len(),
             instances = count,
+            entries,
             skipped,
             changed = applied.changed.len(),
             "registry listed",
         );
-        self.revision = Some(revision);
-        Ok(revision)
+        self.sources[i].revision = Some(revision);
+        Ok(())
     }
 
-    fn on_connected(&mut self, revision: i64) {
+    fn on_connected(&mut self) {
         let was_stale = self.status.stale_since();
         self.status.set_connected();
         self.backoff.reset();
         self.last_stale_log = None;
         self.too_stale_logged = false;
         self.relists_in_a_row = 0;
+        let prefixes: Vec<&str> = self
+            .sources
+            .iter()
+            .map(|w| w.source.prefix.as_str())
+            .collect();
         match was_stale {
             Some(since) => info!(
-                revision,
+                revision = self.high,
                 stale_for = ?SystemTime::now().duration_since(since).unwrap_or_default(),
                 "etcd reachable again; watching",
             ),
-            None => info!(revision, prefix = %self.prefix, "watching etcd"),
+            None => info!(revision = self.high, prefixes = %prefixes.join(","), "watching etcd"),
         }
     }
 }
 
-fn warn_skipped(key: &[u8], error: &super::EntryError) {
-    warn!(key = %String::from_utf8_lossy(key), %error, "skipping registry entry");
+fn warn_skipped(source: &Source, key: &[u8], error: &super::EntryError) {
+    warn!(
+        key = %String::from_utf8_lossy(key),
+        format = %source.format,
+        %error,
+        "skipping registry entry",
+    );
 }
