@@ -67,12 +67,13 @@ pub async fn run(
         info!(upstreams = %upstreams.join(","), timeout = ?cfg.forward.timeout, "forwarding other names");
     }
     let handler = Handler::new(&cfg.dns, mirror.clone(), status.clone(), metrics.clone())
-        .context("building the DNS handler")?
-        .with_outside(
-            zones.clone(),
-            forwarder,
-            cfg.forward.allow_recursion.clone(),
-        );
+        .context("building the DNS handler")?;
+    let sky = sky_zones(&cfg, &handler)?;
+    let handler = handler.with_sky(sky).with_outside(
+        zones.clone(),
+        forwarder,
+        cfg.forward.allow_recursion.clone(),
+    );
     let reload_task = tokio::spawn(reload_zones_on_sighup(
         cfg.zones_dir.clone(),
         zones,
@@ -161,6 +162,29 @@ pub async fn run(
     }
     info!(revision = mirror.load().revision, "stopped");
     served
+}
+
+/// The zones of the SkyDNS sources, each tied to its source.
+fn sky_zones(cfg: &Config, handler: &Handler) -> anyhow::Result<Vec<crate::dns::skydns::SkyZone>> {
+    use hickory_proto::rr::{LowerName, Name};
+    let mut out = Vec::new();
+    for (conf, source) in cfg
+        .sources
+        .iter()
+        .zip(cfg.registry_sources().into_iter().skip(1))
+    {
+        for zone in &conf.zones {
+            let origin = Name::from_ascii(zone).with_context(|| format!("skydns zone {zone}"))?;
+            info!(zone = %origin, prefix = %source.prefix, "answering a skydns zone");
+            out.push(crate::dns::skydns::SkyZone {
+                apex: LowerName::new(&origin),
+                zone: handler.zone_for(origin)?,
+                source: source.id,
+                ttl: conf.ttl,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Reloads the zone files on SIGHUP; a broken reload keeps the old zones and says why.

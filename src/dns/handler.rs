@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 use super::forward::{Failure, Forwarder};
 use super::name::{self, Target};
 use super::records::{Built, Outcome, Zone};
+use super::skydns::SkyZone;
 use super::zones::StaticZones;
 use crate::cache::{Mirror, Snapshot};
 use crate::config::DnsConfig;
@@ -43,6 +44,8 @@ pub struct Handler {
     zones: Arc<ArcSwap<StaticZones>>,
     forwarder: Option<Forwarder>,
     allow_recursion: Vec<ipnet::IpNet>,
+    /// Zones answered from SkyDNS sources.
+    sky: Vec<SkyZone>,
 }
 
 /// Who answers a request.
@@ -122,6 +125,24 @@ impl Handler {
             zones: Arc::new(ArcSwap::from_pointee(StaticZones::empty())),
             forwarder: None,
             allow_recursion: Vec::new(),
+            sky: Vec::new(),
+        })
+    }
+
+    /// Also answers the zones of SkyDNS sources.
+    pub fn with_sky(mut self, sky: Vec<SkyZone>) -> Self {
+        self.sky = sky;
+        self
+    }
+
+    /// A [`Zone`] like the discovery zone's (same TTLs) for another origin: a SkyDNS zone's SOA
+    /// and NS, with `ns.dns.<origin>` and `hostmaster.<origin>` as CoreDNS names them.
+    pub fn zone_for(&self, origin: Name) -> anyhow::Result<Zone> {
+        Ok(Zone {
+            ns_name: Name::from_ascii("ns.dns")?.append_name(&origin)?,
+            hostmaster: Name::from_ascii("hostmaster")?.append_name(&origin)?,
+            origin,
+            ..self.zone.clone()
         })
     }
 
@@ -226,10 +247,15 @@ impl Handler {
         }
         // The most specific zone answers: a static zone inside the discovery zone wins there,
         // a static parent of the discovery zone does not shadow it.
-        let static_zone =
-            self.zones.load().origin_of(qname).is_some_and(|o| {
-                !self.apex.zone_of(qname) || o.num_labels() > self.apex.num_labels()
-            });
+        let sky = self
+            .sky
+            .iter()
+            .filter(|z| z.apex.zone_of(qname))
+            .max_by_key(|z| z.apex.num_labels());
+        let static_zone = self.zones.load().origin_of(qname).is_some_and(|o| {
+            (!self.apex.zone_of(qname) || o.num_labels() > self.apex.num_labels())
+                && sky.is_none_or(|z| o.num_labels() > z.apex.num_labels())
+        });
         if static_zone {
             if qtype == RecordType::ANY {
                 // RFC 8482: a minimal answer instead of every record set.
@@ -244,6 +270,9 @@ impl Handler {
             }
             reply.route = Route::Static;
             return reply;
+        }
+        if let Some(sky) = sky {
+            return self.reply_sky(reply, request, sky, qname, qtype);
         }
         if !self.apex.zone_of(qname) {
             if qtype == RecordType::PTR && !self.status.is_too_stale(self.max_stale) {
@@ -331,24 +360,7 @@ impl Handler {
                         }
                     };
                     let outcome = built.outcome;
-                    reply.order = shuffle(&built.order);
-                    if built.single {
-                        reply.order.truncate(1);
-                    }
-                    reply.with_additionals = if request.protocol() == Protocol::Udp {
-                        let limit = usize::from(reply.payload);
-                        let (answers, additionals) = fit_udp(&built, &reply.order, qname, limit);
-                        if answers < reply.order.len() {
-                            // Cut here rather than let the encoder run out of room: that way the
-                            // OPT record always fits (RFC 6891 7) and TC says the rest is on TCP.
-                            reply.order.truncate(answers);
-                            reply.meta.truncation = true;
-                        }
-                        additionals
-                    } else {
-                        reply.order.len()
-                    };
-                    reply.built = Some(built);
+                    place(&mut reply, built, request.protocol(), qname);
                     outcome
                 }
             },
@@ -364,6 +376,79 @@ impl Handler {
         debug!(name = %qname, %qtype, ?outcome, "query");
         reply
     }
+}
+
+impl Handler {
+    /// A name in a SkyDNS zone.
+    fn reply_sky(
+        &self,
+        mut reply: Reply,
+        request: &Request,
+        sky: &SkyZone,
+        qname: &LowerName,
+        qtype: RecordType,
+    ) -> Reply {
+        reply.meta.authoritative = true;
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            return reply.code(ResponseCode::Refused);
+        }
+        let snapshot = self.mirror.load();
+        let serial = snapshot.revision as u32;
+        if *qname == sky.apex {
+            // The apex holds SOA and NS only: entries below it answer their own names.
+            if matches!(qtype, RecordType::SOA | RecordType::ANY) {
+                reply.extra.push(sky.zone.soa(serial));
+            }
+            if matches!(qtype, RecordType::NS | RecordType::ANY) {
+                reply.extra.push(sky.zone.ns());
+            }
+            if reply.extra.is_empty() {
+                reply.soa = Some(sky.zone.soa(serial));
+            }
+            return reply;
+        }
+        reply.from_registry = true;
+        if !self.status.has_data() || self.status.is_too_stale(self.max_stale) {
+            reply.meta.authoritative = false;
+            return reply.code(ResponseCode::ServFail);
+        }
+        let stale = !self.status.is_connected();
+        let built = sky.build(&snapshot, qname, qtype, stale.then_some(self.stale_ttl));
+        let outcome = built.outcome;
+        place(&mut reply, Arc::new(built), request.protocol(), qname);
+        match outcome {
+            Outcome::Answer => {}
+            Outcome::NoData => reply.soa = Some(sky.zone.soa(serial)),
+            Outcome::NxDomain => {
+                reply.meta.response_code = ResponseCode::NXDomain;
+                reply.soa = Some(sky.zone.soa(serial));
+            }
+        }
+        debug!(name = %qname, %qtype, ?outcome, "skydns query");
+        reply
+    }
+}
+
+/// Puts `built` into `reply` in a fresh random order, cut to what fits a UDP answer.
+fn place(reply: &mut Reply, built: Arc<Built>, protocol: Protocol, qname: &LowerName) {
+    reply.order = shuffle(&built.order);
+    if built.single {
+        reply.order.truncate(1);
+    }
+    reply.with_additionals = if protocol == Protocol::Udp {
+        let limit = usize::from(reply.payload);
+        let (answers, additionals) = fit_udp(&built, &reply.order, qname, limit);
+        if answers < reply.order.len() {
+            // Cut here rather than let the encoder run out of room: that way the OPT record
+            // always fits (RFC 6891 7) and TC says the rest is on TCP.
+            reply.order.truncate(answers);
+            reply.meta.truncation = true;
+        }
+        additionals
+    } else {
+        reply.order.len()
+    };
+    reply.built = Some(built);
 }
 
 impl Reply {

@@ -52,7 +52,7 @@ pub struct Built {
 }
 
 impl Built {
-    fn negative(generation: u64, outcome: Outcome) -> Self {
+    pub(crate) fn negative(generation: u64, outcome: Outcome) -> Self {
         Self {
             generation,
             outcome,
@@ -67,7 +67,7 @@ impl Built {
 }
 
 /// Splits `s` into pieces of at most 255 bytes, on character boundaries.
-fn split_255(s: &str) -> Vec<String> {
+pub(crate) fn split_255(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     for c in s.chars() {
@@ -299,7 +299,7 @@ impl Zone {
 }
 
 /// A host name from the registry as a fully qualified DNS name.
-fn host_name(host: &str) -> Option<Name> {
+pub(crate) fn host_name(host: &str) -> Option<Name> {
     let mut name = Name::from_ascii(host).ok()?;
     name.set_fqdn(true);
     Some(name)
@@ -307,7 +307,7 @@ fn host_name(host: &str) -> Option<Name> {
 
 impl Built {
     /// Sets the outcome from the answers and records their sizes.
-    fn finish(mut self, qname: &Name) -> Self {
+    pub(crate) fn finish(mut self, qname: &Name) -> Self {
         if !self.answers.is_empty() {
             self.outcome = Outcome::Answer;
         }
