@@ -254,6 +254,7 @@ mod tests {
         };
         src.put(format!("/skydns/{path}").as_bytes(), json.as_bytes())
             .unwrap()
+            .unwrap()
     }
 
     fn sky() -> SkyZone {

@@ -156,10 +156,10 @@ impl Source {
     /// Parses one key/value pair. `Ok(None)` for the empty values frameworks write as
     /// directory markers: not an entry, and not worth a warning.
     pub fn entry(&self, key: &[u8], value: &[u8]) -> Result<Option<Entry>, EntryError> {
-        let key = self.key(key)?;
         if self.format != Format::Native && value.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
+        let key = self.key(key)?;
         Ok(match key {
             Key::Instance(service, id) => {
                 let instance = if self.format == Format::Native {
@@ -179,13 +179,13 @@ impl Source {
         })
     }
 
-    /// The mirror update for a written key. An empty value (a marker written over an entry)
-    /// removes whatever the key held.
-    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<Update, EntryError> {
+    /// The mirror update for a written key. An empty value (a marker, or written over an
+    /// entry) removes whatever the key held; `None` when that is nothing.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<Option<Update>, EntryError> {
         Ok(match self.entry(key, value)? {
-            Some(Entry::Instance(service, instance)) => Update::Put { service, instance },
-            Some(Entry::Domain(key, record)) => Update::DomainPut { key, record },
-            None => self.delete(key).ok_or(EntryError::KeyShape)?,
+            Some(Entry::Instance(service, instance)) => Some(Update::Put { service, instance }),
+            Some(Entry::Domain(key, record)) => Some(Update::DomainPut { key, record }),
+            None => self.delete(key),
         })
     }
 
@@ -612,15 +612,20 @@ mod tests {
         let src = Source::framework(Format::GoZero, "svc", None);
         assert!(matches!(
             src.put(b"svc/1", b"").unwrap(),
-            Update::Delete { .. }
+            Some(Update::Delete { .. })
         ));
+        // A marker at a key that names no instance is no error either.
+        let kratos = Source::framework(Format::Kratos, "/microservices/", None);
+        assert!(kratos
+            .put(b"/microservices/helloworld", b"")
+            .unwrap()
+            .is_none());
         let err = src
             .put(b"svc/1", b"not an address")
             .unwrap_err()
             .to_string();
         assert!(err.contains("not an address"), "{err}");
         assert!(src.put(b"svc/1", b"10.0.0.1:0").is_err(), "port 0");
-        let kratos = Source::framework(Format::Kratos, "/microservices/", None);
         assert!(kratos
             .put(b"/microservices/a/1", br#"{"endpoints":[]}"#)
             .is_err());

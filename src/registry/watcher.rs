@@ -301,7 +301,7 @@ impl Watcher {
                 let Some(kv) = event.kv() else { continue };
                 match event.event_type() {
                     EventType::Put => match source.put(kv.key(), kv.value()) {
-                        Ok(update) => updates.push(update),
+                        Ok(update) => updates.extend(update),
                         Err(error) => {
                             self.metrics.invalid_values.inc();
                             warn_skipped(source, kv.key(), &error);

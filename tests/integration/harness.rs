@@ -729,6 +729,34 @@ pub fn rcode(m: &Message) -> ResponseCode {
 }
 
 impl Etcd {
+    /// Grants a lease of `ttl` seconds, as a framework's registrar does.
+    pub fn grant(&self, ttl: i64) -> i64 {
+        let mut c = self.client();
+        runtime().block_on(async {
+            c.lease_grant(ttl, None)
+                .await
+                .expect("etcd lease grant")
+                .id()
+        })
+    }
+
+    /// Writes a key bound to `lease`.
+    pub fn put_with_lease(&self, key: &str, value: &str, lease: i64) {
+        let mut c = self.client();
+        let opts = etcd_client::PutOptions::new().with_lease(lease);
+        runtime().block_on(async {
+            c.put(key, value, Some(opts))
+                .await
+                .expect("etcd put with lease")
+        });
+    }
+
+    /// Revokes a lease: etcd deletes every key bound to it.
+    pub fn revoke(&self, lease: i64) {
+        let mut c = self.client();
+        runtime().block_on(async { c.lease_revoke(lease).await.expect("etcd lease revoke") });
+    }
+
     pub fn defragment(&self) {
         let mut c = self.client();
         runtime().block_on(async { c.defragment().await.expect("etcd defragment") });

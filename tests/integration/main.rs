@@ -3,6 +3,7 @@
 //! - `harness`: processes (etcd, ruddr) and DNS clients (dig, hickory-proto over UDP/TCP).
 //! - `admin`: /metrics, /health, /ready and check-config on shipped configs.
 //! - `dns`: the DNS contract: name forms, NXDOMAIN/NODATA with SOA, AA, REFUSED, EDNS, TC/TCP.
+//! - `frameworks`: the etcd layouts of etcd naming, go-zero, Kratos, go-micro and SkyDNS.
 //! - `mirror`: registry changes reaching answers; bad values; etcd outages; compaction.
 //! - `outage`: 3-member cluster failover under load, leases across outages, snapshots, max_stale.
 //! - `ordering`: randomized, weighted answer order.
@@ -12,6 +13,7 @@
 
 mod admin;
 mod dns;
+mod frameworks;
 mod harness;
 mod mirror;
 mod ordering;
