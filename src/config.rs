@@ -740,6 +740,40 @@ mod tests {
     }
 
     #[test]
+    fn sources_are_checked() {
+        let load = |text: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::from_file(&path).and_then(|mut c| c.validate().map(|()| c))
+        };
+        let ok = load(
+            "[[sources]]\nformat = \"kratos\"\nprefix = \"/microservices\"\n\n[[sources]]\nformat = \"skydns\"\nprefix = \"/skydns/\"\nzones = [\"SkyDNS.local\"]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.sources[1].zones, ["skydns.local."]);
+        let sources = ok.registry_sources();
+        assert_eq!(sources.len(), 3);
+        assert_eq!(sources[1].prefix, "/microservices/");
+        for (text, want) in [
+            ("[[sources]]\nformat = \"consul\"\nprefix = \"/x\"\n", "unknown variant"),
+            ("[[sources]]\nformat = \"native\"\nprefix = \"/x/\"\n", "etcd.prefix"),
+            ("[[sources]]\nformat = \"kratos\"\nprefix = \"/\"\n", "must not be empty"),
+            ("[[sources]]\nformat = \"kratos\"\nprefix = \"/ruddr/services/k\"\n", "overlaps the native prefix"),
+            ("[[sources]]\nformat = \"kratos\"\nprefix = \"/a\"\n[[sources]]\nformat = \"go-micro\"\nprefix = \"/a/\"\n", "overlaps the kratos prefix"),
+            ("[[sources]]\nformat = \"kratos\"\nprefix = \"/a\"\nservice = \"x\"\n", "etcd-naming and go-zero only"),
+            ("[[sources]]\nformat = \"go-zero\"\nprefix = \"a\"\nservice = \"a_b\"\n", "not a DNS label"),
+            ("[[sources]]\nformat = \"skydns\"\nprefix = \"/skydns/\"\n", "needs `zones`"),
+            ("[[sources]]\nformat = \"skydns\"\nprefix = \"/skydns/\"\nzones = [\"x.svc.internal.\"]\n", "overlaps dns.zone"),
+            ("[[sources]]\nformat = \"go-zero\"\nprefix = \"a\"\nzones = [\"x.\"]\n", "skydns only"),
+            ("[[sources]]\nformat = \"kratos\"\nprefix = \"/a\"\nbogus = 1\n", "bogus"),
+        ] {
+            let err = load(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn bad_values_name_the_option() {
         let cases = [
             ("[etcd]\nprefix = \"ruddr\"\n", "etcd.prefix"),
