@@ -222,7 +222,7 @@ impl Source {
                 }
                 let e: Endpoint = serde_json::from_str(text)?;
                 if e.op != 0 {
-                    return Err(EntryError::Address(format!("Op {} is not an add", e.op)));
+                    return Err(EntryError::Op(e.op));
                 }
                 let (address, port) = host_port(&e.addr)?;
                 let mut i = instance(id, address, port);
@@ -244,7 +244,7 @@ impl Source {
                 for url in &s.endpoints {
                     let (scheme, rest) = url
                         .split_once("://")
-                        .ok_or_else(|| EntryError::Address(url.clone()))?;
+                        .ok_or_else(|| EntryError::HostPort(url.clone()))?;
                     let hostport = rest.split(['/', '?']).next().unwrap_or("");
                     let (address, port) = host_port(hostport)?;
                     let i = inst.get_or_insert_with(|| instance(id.clone(), address, port));
@@ -258,7 +258,7 @@ impl Source {
                         i.ports.entry(label).or_insert(p);
                     }
                 }
-                let mut inst = inst.ok_or_else(|| EntryError::Address("no endpoints".into()))?;
+                let mut inst = inst.ok_or(EntryError::Missing("endpoints"))?;
                 let metadata = s.metadata.unwrap_or_default();
                 if let Some(w) = metadata.get("weight").and_then(|w| w.parse().ok()) {
                     inst.weight = w;
@@ -292,7 +292,7 @@ impl Source {
                     .unwrap_or_default()
                     .into_iter()
                     .next()
-                    .ok_or_else(|| EntryError::Address("no nodes".into()))?;
+                    .ok_or(EntryError::Missing("nodes"))?;
                 let (address, port) = host_port(&node.address)?;
                 let port = port.or(node.port.filter(|p| *p != 0));
                 let mut inst = instance(id, address, port);
@@ -326,7 +326,7 @@ pub fn to_label(s: &str) -> Option<String> {
 /// `host:port`, `[v6]:port`, a bare IPv4/IPv6 address or host name (port `None`).
 fn host_port(s: &str) -> Result<(Address, Option<u16>), EntryError> {
     let s = s.trim();
-    let bad = || EntryError::Address(s.to_string());
+    let bad = || EntryError::HostPort(s.to_string());
     if let Ok(sa) = s.parse::<SocketAddr>() {
         if sa.port() == 0 {
             return Err(EntryError::PortZero);
@@ -397,10 +397,10 @@ fn skydns_record(text: &str) -> Result<DomainRecord, EntryError> {
     let host = if s.host.is_empty() {
         None
     } else {
-        Some(Address::parse(&s.host).map_err(|_| EntryError::Address(s.host.clone()))?)
+        Some(Address::parse(&s.host).map_err(|_| EntryError::HostPort(s.host.clone()))?)
     };
     if host.is_none() && s.text.is_empty() {
-        return Err(EntryError::Address("neither host nor text".into()));
+        return Err(EntryError::Missing("host or text"));
     }
     let int = |field: &'static str, v: i64, max: i64| {
         if (0..=max).contains(&v) {
