@@ -33,9 +33,25 @@ reg web/web-3 '{"address":"fd00::7","port":8080,"health":"warning"}'
 reg web/web-4 '{"address":"10.0.0.8","port":8080,"health":"critical"}'
 reg db/db-1 '{"address":"10.0.1.10","port":5432}'
 
+echo "and as frameworks write them: Kratos under /microservices, CoreDNS/SkyDNS under /skydns"
+fw() { etcdctl put "$1" "$2" >/dev/null; echo "  $1 = $2"; }
+fw /microservices/helloworld/5b1e7c1a '{"id":"5b1e7c1a","name":"helloworld","version":"v1","metadata":{"weight":"10"},"endpoints":["grpc://10.0.2.5:9000","http://10.0.2.5:8000"]}'
+fw /skydns/local/skydns/east/rails/1 '{"host":"10.0.3.1","port":8080,"ttl":60}'
+fw /skydns/local/skydns/east/rails/2 '{"host":"10.0.3.2","port":8080}'
+cat >"$WORK/ruddr.toml" <<TOML
+[[sources]]
+format = "kratos"
+prefix = "/microservices"
+
+[[sources]]
+format = "skydns"
+prefix = "/skydns/"
+zones = ["skydns.local."]
+TOML
+
 echo "starting ruddr on 127.0.0.1:${DNS_PORT}"
-RUST_LOG=${RUST_LOG:-info} "$RUDDR" serve --listen "127.0.0.1:${DNS_PORT}" --etcd-endpoints "$ETCD" \
-  --admin-listen "127.0.0.1:${ADMIN_PORT}" --zones-dir zones \
+RUST_LOG=${RUST_LOG:-info} "$RUDDR" serve --config "$WORK/ruddr.toml" --listen "127.0.0.1:${DNS_PORT}" --etcd-endpoints "$ETCD" \
+  --admin-listen "127.0.0.1:${ADMIN_PORT}" --zones-dir "$PWD/zones" \
   >"$WORK/ruddr.log" 2>&1 &
 PIDS+=($!)
 D="dig @127.0.0.1 -p ${DNS_PORT}"
@@ -49,6 +65,8 @@ show +noall +answer +additional _grpc._tcp.web.svc.internal SRV
 show +short v2._tag.web.svc.internal A
 show +short -x 10.0.0.5
 show +short www.example.internal A      # static zone from zones/example.internal.zone
+show +short _grpc._tcp.helloworld.svc.internal SRV   # a Kratos service
+show +noall +answer rails.east.skydns.local A        # a SkyDNS name, as CoreDNS answers it
 echo; echo "\$ $D nope.svc.internal A    # unknown name: NXDOMAIN with the SOA"
 $D +noall +comments +authority nope.svc.internal A | grep -E "status|SOA"
 
@@ -56,8 +74,12 @@ if [ "$CHECK" = 1 ]; then
   a=$($D +short web.svc.internal A | sort | tr '\n' ' ')
   srv=$($D +short _web._tcp.svc.internal SRV | wc -l)
   static=$($D +short www.example.internal A)
-  if [ "$a" != "10.0.0.5 10.0.0.6 " ] || [ "$srv" != 3 ] || [ "$static" != 192.0.2.10 ]; then
-    echo "demo check FAILED: A='$a' SRV count=$srv static='$static'"; cat "$WORK/ruddr.log"; exit 1
+  kratos=$($D +short _grpc._tcp.helloworld.svc.internal SRV)
+  sky=$($D +short rails.east.skydns.local A | sort | tr '\n' ' ')
+  if [ "$a" != "10.0.0.5 10.0.0.6 " ] || [ "$srv" != 3 ] || [ "$static" != 192.0.2.10 ] ||
+     [ "$kratos" != "0 10 9000 5b1e7c1a.helloworld.svc.internal." ] || [ "$sky" != "10.0.3.1 10.0.3.2 " ]; then
+    echo "demo check FAILED: A='$a' SRV count=$srv static='$static' kratos='$kratos' skydns='$sky'"
+    cat "$WORK/ruddr.log"; exit 1
   fi
   echo; echo "demo check passed"
   exit 0
