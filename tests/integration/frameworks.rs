@@ -391,3 +391,77 @@ fn mixed_sources_serve_side_by_side() {
     );
     wait_answers(&r, "late.svc.internal.", RecordType::A, &["10.1.5.9"]);
 }
+
+#[test]
+fn snapshot_restores_sources_and_drops_removed_ones() {
+    let mut etcd = Etcd::start();
+    etcd.put(
+        "/ruddr/services/web/w1",
+        r#"{"address":"10.1.6.1","port":80}"#,
+    );
+    etcd.put(
+        "/microservices/helloworld/a1",
+        r#"{"id":"a1","name":"helloworld","version":"","metadata":null,"endpoints":["grpc://10.1.6.2:9000"]}"#,
+    );
+    etcd.put(
+        "/skydns/local/skydns/db/x",
+        r#"{"host":"10.1.6.3","ttl":60}"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("mirror.snapshot");
+    let with_kratos = dir.path().join("all.toml");
+    let without_kratos = dir.path().join("sky-only.toml");
+    let sky =
+        "[[sources]]\nformat = \"skydns\"\nprefix = \"/skydns/\"\nzones = [\"skydns.local.\"]\n";
+    let snapshot = format!("[snapshot]\nfile = {:?}\n\n", snap.to_str().unwrap());
+    std::fs::write(
+        &with_kratos,
+        format!("{snapshot}[[sources]]\nformat = \"kratos\"\nprefix = \"/microservices\"\n\n{sky}"),
+    )
+    .unwrap();
+    std::fs::write(&without_kratos, format!("{snapshot}{sky}")).unwrap();
+    let endpoint = etcd.endpoint();
+    let start =
+        |cfg: &std::path::Path| Ruddr::start(&endpoint, &["--config", cfg.to_str().unwrap()]);
+
+    let mut r = start(&with_kratos);
+    r.wait_log("watching etcd");
+    eventually(WAIT, "snapshot with every source", || {
+        let text = std::fs::read_to_string(&snap).ok()?;
+        (text.contains("10.1.6.1") && text.contains("10.1.6.2") && text.contains("10.1.6.3"))
+            .then_some(())
+    });
+    r.signal("TERM");
+    assert_eq!(r.wait_exit(Duration::from_secs(10)), Some(0));
+    etcd.kill();
+
+    // etcd down: every source answers from the snapshot at once.
+    let r = start(&with_kratos);
+    assert_eq!(
+        answer_strings(&query(r.addr(), "web.svc.internal.", RecordType::A)),
+        ["10.1.6.1"]
+    );
+    assert_eq!(
+        answer_strings(&query(r.addr(), "helloworld.svc.internal.", RecordType::A)),
+        ["10.1.6.2"]
+    );
+    let db = query(r.addr(), "db.skydns.local.", RecordType::A);
+    assert_eq!(answer_strings(&db), ["10.1.6.3"]);
+    assert!(db.answers[0].ttl <= 30, "stale answers use stale_ttl");
+    drop(r);
+
+    // A source taken out of the config is not resurrected from the snapshot.
+    let r = start(&without_kratos);
+    assert_eq!(
+        answer_strings(&query(r.addr(), "web.svc.internal.", RecordType::A)),
+        ["10.1.6.1"]
+    );
+    assert_eq!(
+        answer_strings(&query(r.addr(), "db.skydns.local.", RecordType::A)),
+        ["10.1.6.3"]
+    );
+    assert_eq!(
+        rcode(&query(r.addr(), "helloworld.svc.internal.", RecordType::A)),
+        ResponseCode::NXDomain
+    );
+}
