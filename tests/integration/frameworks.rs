@@ -186,7 +186,7 @@ fn kratos_endpoints_are_named_ports() {
         "_grpc._tcp.helloworld.svc.internal.",
         RecordType::SRV,
         &[
-            &format!("0 1 9000 b2.helloworld.svc.internal."),
+            "0 1 9000 b2.helloworld.svc.internal.",
             &format!("0 10 9000 {id}.helloworld.svc.internal."),
         ],
     );
