@@ -118,11 +118,7 @@ impl Zone {
     }
 
     fn address(&self, owner: &Name, ip: IpAddr, ttl: u32) -> Record {
-        let rdata = match ip {
-            IpAddr::V4(v4) => RData::A(A(v4)),
-            IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
-        };
-        Record::from_rdata(owner.clone(), ttl, rdata)
+        address_record(owner, ip, ttl)
     }
 
     /// A CNAME at `owner` to a host name (`None` if the name does not convert).
@@ -296,6 +292,15 @@ impl Zone {
         }
         built.finish(qname)
     }
+}
+
+/// The A or AAAA record for `ip`.
+pub(crate) fn address_record(owner: &Name, ip: IpAddr, ttl: u32) -> Record {
+    let rdata = match ip {
+        IpAddr::V4(v4) => RData::A(A(v4)),
+        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+    };
+    Record::from_rdata(owner.clone(), ttl, rdata)
 }
 
 /// A host name from the registry as a fully qualified DNS name.

@@ -17,10 +17,10 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, SRV, TXT};
+use hickory_proto::rr::rdata::{CNAME, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
-use super::records::{host_name, split_255, Built, Outcome, Zone};
+use super::records::{address_record, host_name, split_255, Built, Outcome, Zone};
 use crate::cache::{Address, DomainRecord, Snapshot, SourceId};
 
 /// CoreDNS's priority for entries that give none.
@@ -134,13 +134,7 @@ impl SkyZone {
                 let ttl = self.ttl_of(r, stale_ttl);
                 match &r.host {
                     Some(Address::Ip(ip)) if want(ip) && seen.insert(*ip) => {
-                        let data = match ip {
-                            IpAddr::V4(v4) => RData::A(A(*v4)),
-                            IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
-                        };
-                        built
-                            .answers
-                            .push(Record::from_rdata(owner.clone(), ttl, data));
+                        built.answers.push(address_record(&owner, *ip, ttl));
                         built.order.push((0, r.weight.max(1)));
                         built.additionals.push(None);
                     }
@@ -197,11 +191,7 @@ impl SkyZone {
                     Some(Address::Ip(ip)) => {
                         let Some(own) = path_name(path) else { continue };
                         let own = strip(own, r.target_strip);
-                        let data = match ip {
-                            IpAddr::V4(v4) => RData::A(A(*v4)),
-                            IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
-                        };
-                        let add = Record::from_rdata(own.clone(), ttl, data);
+                        let add = address_record(&own, *ip, ttl);
                         (own, Some(add))
                     }
                     None => continue,
