@@ -239,6 +239,13 @@ impl Watcher {
             if resp.canceled() {
                 let prefix = index.map_or(String::new(), |i| self.sources[i].source.prefix.clone());
                 if let (Some(i), true) = (index, resp.compact_revision() > 0) {
+                    // Every source resuming below the compaction would hit it too: re-list
+                    // those now rather than one failed session each.
+                    for (w, start) in self.sources.iter_mut().zip(&starts) {
+                        if *start < resp.compact_revision() {
+                            w.revision = None;
+                        }
+                    }
                     self.sources[i].revision = None;
                     return Err(RegistryError::Compacted {
                         prefix,
