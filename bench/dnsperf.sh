@@ -24,7 +24,7 @@ if [ ! -x "$HICKORY" ]; then
   cargo install hickory-dns --version 0.26.3 --locked --root target/bench-tools --quiet
 fi
 cargo build --release --locked --quiet
-RUDDR=target/release/ruddr
+RUDDR=${CARGO_TARGET_DIR:-target}/release/ruddr
 
 . scripts/lib.sh
 new_workdir ruddr-bench

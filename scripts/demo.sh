@@ -15,7 +15,7 @@ ETCD="http://127.0.0.1:${ETCD_PORT}"
 scripts/deps.sh
 echo "building ruddr (release)..."
 cargo build --release --locked --quiet
-RUDDR=target/release/ruddr
+RUDDR=${CARGO_TARGET_DIR:-target}/release/ruddr
 
 . scripts/lib.sh
 new_workdir ruddr-demo
@@ -55,7 +55,13 @@ RUST_LOG=${RUST_LOG:-info} "$RUDDR" serve --config "$WORK/ruddr.toml" --listen "
   >"$WORK/ruddr.log" 2>&1 &
 PIDS+=($!)
 D="dig @127.0.0.1 -p ${DNS_PORT}"
-for _ in $(seq 100); do [ -n "$($D +short db.svc.internal A 2>/dev/null)" ] && break; sleep 0.1; done
+for _ in $(seq 100); do
+  [ -n "$($D +short db.svc.internal A 2>/dev/null)" ] && break
+  if ! kill -0 "${PIDS[-1]}" 2>/dev/null; then
+    echo "ruddr exited; its log:"; cat "$WORK/ruddr.log"; exit 1
+  fi
+  sleep 0.1
+done
 
 show() { echo; echo "\$ $D $*"; $D "$@"; }
 show +short web.svc.internal A
