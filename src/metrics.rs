@@ -131,6 +131,8 @@ pub struct Metrics {
     pub stale_answers: Counter,
     pub invalid_values: Counter,
     pub relists: Counter,
+    /// Sources etcd refuses (permission denied); their names keep their last data.
+    pub sources_failing: Gauge,
     forwarded: Family<ForwardLabels, Counter>,
     connected: Gauge,
     revision: Gauge,
@@ -157,6 +159,7 @@ impl Metrics {
             stale_answers: Counter::default(),
             invalid_values: Counter::default(),
             relists: Counter::default(),
+            sources_failing: Gauge::default(),
             forwarded: Family::default(),
             connected: Gauge::default(),
             revision: Gauge::default(),
@@ -200,6 +203,11 @@ impl Metrics {
             "registry_relists",
             "Full re-lists of the registry after the first (compaction, etcd rebuilt)",
             m.relists.clone(),
+        );
+        registry.register(
+            "registry_sources_failing",
+            "Registry sources etcd refuses to list or watch (permission denied); retried every etcd.retry_max",
+            m.sources_failing.clone(),
         );
         registry.register(
             "registry_connected",

@@ -125,7 +125,10 @@ impl SkyZone {
             RecordType::ANY => true,
             _ => false,
         };
-        if matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY) {
+        if matches!(
+            qtype,
+            RecordType::A | RecordType::AAAA | RecordType::ANY | RecordType::CNAME
+        ) {
             let any_ip = hosts
                 .iter()
                 .any(|(_, r)| matches!(r.host, Some(Address::Ip(_))));
@@ -139,7 +142,8 @@ impl SkyZone {
                         built.additionals.push(None);
                     }
                     // One name holds one CNAME: offer each, send one.
-                    Some(Address::Host(h)) if !any_ip => {
+                    // Not for ANY: a CNAME cannot stand beside the TXT records it also gets.
+                    Some(Address::Host(h)) if !any_ip && qtype != RecordType::ANY => {
                         let Some(target) = host_name(h) else { continue };
                         if target == owner {
                             continue; // x CNAME x is a loop
@@ -415,6 +419,20 @@ mod tests {
             (data(&a), a.single),
             (vec!["db.example.com.".to_string()], true)
         );
+        let cname = sky().build(
+            &s,
+            &q("db.production.west.skydns.local."),
+            RecordType::CNAME,
+            None,
+        );
+        assert_eq!(data(&cname), ["db.example.com."]);
+        let any = sky().build(
+            &s,
+            &q("db.production.west.skydns.local."),
+            RecordType::ANY,
+            None,
+        );
+        assert_eq!((data(&any), any.single), (vec!["hello".to_string()], false));
         let txt = sky().build(
             &s,
             &q("db.production.west.skydns.local."),

@@ -120,7 +120,8 @@ impl Source {
         let key = std::str::from_utf8(key).map_err(|_| EntryError::KeyShape)?;
         let rest = key.strip_prefix(&self.prefix).ok_or(EntryError::KeyShape)?;
         if self.format == Format::Skydns {
-            let path = rest.trim_end_matches('/').to_ascii_lowercase();
+            // DNS names are case-insensitive; a trailing `/` is an empty label, not the same key.
+            let path = rest.to_ascii_lowercase();
             if path.is_empty() || path.split('/').any(str::is_empty) {
                 return Err(EntryError::KeyShape);
             }
@@ -136,10 +137,8 @@ impl Source {
                 [svc, id] | [_, svc, id] => (svc, id),
                 _ => return Err(EntryError::KeyShape),
             },
-            _ => match rest.split_once('/') {
-                Some((svc, id)) if !id.contains('/') => (svc, id),
-                _ => return Err(EntryError::KeyShape),
-            },
+            // Kratos names may hold a `/` (`shop/order`): the id is the last segment.
+            _ => rest.rsplit_once('/').ok_or(EntryError::KeyShape)?,
         };
         let service = match &self.service {
             Some(s) => s.clone(),
@@ -166,7 +165,9 @@ impl Source {
                     parse_value(id, value)?
                 } else {
                     let text = std::str::from_utf8(value).map_err(|_| EntryError::NotUtf8)?;
-                    let mut i = self.instance(id, text)?;
+                    let Some(mut i) = self.instance(id, text)? else {
+                        return Ok(None);
+                    };
                     i.source = self.id;
                     i
                 };
@@ -202,19 +203,18 @@ impl Source {
         })
     }
 
-    fn instance(&self, id: InstanceId, text: &str) -> Result<Instance, EntryError> {
+    fn instance(&self, id: InstanceId, text: &str) -> Result<Option<Instance>, EntryError> {
         match self.format {
             Format::Native | Format::Skydns => Err(EntryError::KeyShape),
             Format::GoZero => {
                 let (address, port) = host_port(text)?;
-                Ok(instance(id, address, port))
+                Ok(Some(instance(id, address, port)))
             }
             Format::EtcdNaming => {
                 #[derive(Deserialize)]
                 struct Endpoint {
                     #[serde(rename = "Addr")]
                     addr: String,
-                    // Written by the deprecated naming API (`Update`): 1 is a delete.
                     #[serde(rename = "Op", default)]
                     op: u8,
                     #[serde(rename = "Metadata", default)]
@@ -222,12 +222,13 @@ impl Source {
                 }
                 let e: Endpoint = serde_json::from_str(text)?;
                 if e.op != 0 {
-                    return Err(EntryError::Op(e.op));
+                    // Op 1 (Delete) was written by the old naming API: no instance here.
+                    return Ok(None);
                 }
                 let (address, port) = host_port(&e.addr)?;
                 let mut i = instance(id, address, port);
                 i.meta = flat_meta(&e.metadata);
-                Ok(i)
+                Ok(Some(i))
             }
             Format::Kratos => {
                 #[derive(Deserialize)]
@@ -267,7 +268,7 @@ impl Source {
                     inst.meta.insert("version".into(), s.version);
                 }
                 inst.meta.extend(metadata);
-                Ok(inst)
+                Ok(Some(inst))
             }
             Format::GoMicro => {
                 #[derive(Deserialize)]
@@ -300,7 +301,7 @@ impl Source {
                     inst.meta.insert("version".into(), s.version);
                 }
                 inst.meta.extend(node.metadata.unwrap_or_default());
-                Ok(inst)
+                Ok(Some(inst))
             }
         }
     }
@@ -490,6 +491,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v6.address, ip("fd00::1"));
+        assert!(
+            parse(
+                Format::EtcdNaming,
+                "t",
+                "t/e",
+                r#"{"Op":1,"Addr":"10.0.0.5:1"}"#
+            )
+            .is_none(),
+            "an Op 1 (delete) update is no instance"
+        );
         let (_, bare) = parse(Format::EtcdNaming, "t", "t/e", r#"{"Addr":"fd00::6"}"#).unwrap();
         assert_eq!((bare.address, bare.port), (ip("fd00::6"), None));
         let named = Source::framework(
@@ -527,6 +538,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(i.address, ip("fd00::2"));
+        let (svc, _) = parse(
+            Format::Kratos,
+            "/microservices",
+            "/microservices/shop/order/a3",
+            null_meta,
+        )
+        .unwrap();
+        assert_eq!(svc.as_str(), "shop-order", "a name with '/'");
     }
 
     #[test]
@@ -605,6 +624,10 @@ mod tests {
             );
         }
         assert!(src.key(b"/skydns/local//x").is_err());
+        assert!(
+            src.key(b"/skydns/local/x/").is_err(),
+            "not the same key as local/x"
+        );
     }
 
     #[test]

@@ -33,8 +33,6 @@ pub enum EntryError {
     Meta(String),
     #[error("address {0:?} is neither host:port nor an IP address or host name")]
     HostPort(String),
-    #[error("Op {0} is not an add (0)")]
-    Op(u8),
     #[error("no {0}")]
     Missing(&'static str),
     #[error("{0} {1} is out of range")]

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::formats::{Entry, Key, Source};
-use super::{Backoff, RegistryError, Status};
+use super::{is_source_error, Backoff, RegistryError, Status};
 use crate::cache::{Mirror, Update};
 use crate::config::EtcdConfig;
 use crate::metrics::Metrics;
@@ -61,6 +61,9 @@ struct Watched {
     source: Source,
     /// Last revision applied from this source; `None` means it must be listed first.
     revision: Option<i64>,
+    /// Why etcd refuses this source (permission denied), if it does: it is left out of the watch
+    /// and its names keep their last data, while the other sources go on.
+    refused: Option<String>,
 }
 
 /// Keeps a [`Mirror`] equal to everything under the watched prefixes.
@@ -73,6 +76,8 @@ pub struct Watcher {
     backoff: Backoff,
     /// How often to ask etcd to confirm the watch is current.
     progress_interval: Duration,
+    /// How often to try again a source etcd refused (the reconnect backoff's longest delay).
+    source_retry: Duration,
     lists: u64,
     max_stale: Option<Duration>,
     /// Whether "past max_stale" was logged for the current outage.
@@ -103,12 +108,14 @@ impl Watcher {
                 .map(|source| Watched {
                     source,
                     revision: None,
+                    refused: None,
                 })
                 .collect(),
             mirror,
             status,
             metrics,
             progress_interval: cfg.keepalive_interval.max(Duration::from_secs(1)) * 2,
+            source_retry: cfg.retry_max.max(Duration::from_secs(1)),
             lists: 0,
             max_stale: None,
             too_stale_logged: false,
@@ -136,6 +143,9 @@ impl Watcher {
                 _ = shutdown.cancelled() => return,
                 Err(e) = self.session() => e,
             };
+            if let RegistryError::RetrySources = err {
+                continue;
+            }
             if let RegistryError::Compacted { .. } | RegistryError::History(_) = err {
                 // Not an outage: etcd is there, our resume point is gone. Re-list at once the
                 // first time; if it keeps happening (endpoints of two clusters?), back off.
@@ -147,6 +157,7 @@ impl Watcher {
                         w.revision = None;
                     }
                     self.high = 0;
+                    self.cluster_id = None;
                 }
                 self.relists_in_a_row += 1;
                 if self.relists_in_a_row > 1 {
@@ -196,14 +207,24 @@ impl Watcher {
     async fn session(&mut self) -> Result<Infallible, RegistryError> {
         for i in 0..self.sources.len() {
             if self.sources[i].revision.is_none() {
-                self.list(i).await?;
+                match self.list(i).await {
+                    Ok(()) => self.accepted(i),
+                    Err(e) if is_source_error(&e) => self.refused(i, e.to_string()),
+                    Err(e) => return Err(e),
+                }
             }
         }
-        let mut starts = Vec::with_capacity(self.sources.len());
+        let mut starts = vec![0; self.sources.len()];
         let mut stream: Option<etcd_client::WatchStream> = None;
-        for w in &self.sources {
+        // etcd handles a stream's create requests in order: the n-th `created` is the n-th
+        // source watched.
+        let mut pending: VecDeque<usize> = VecDeque::new();
+        for (i, w) in self.sources.iter().enumerate() {
+            if w.refused.is_some() {
+                continue;
+            }
             let start = w.revision.unwrap_or(0) + 1;
-            starts.push(start);
+            starts[i] = start;
             let opts = WatchOptions::new()
                 .with_prefix()
                 .with_start_revision(start)
@@ -213,16 +234,28 @@ impl Watcher {
                 None => stream = Some(self.client.watch(key, Some(opts)).await?),
                 Some(s) => s.watch(key, Some(opts)).await?,
             }
+            pending.push_back(i);
         }
-        let mut stream = stream.ok_or(RegistryError::StreamClosed)?;
-        // etcd handles a stream's create requests in order: the n-th `created` is source n.
-        let mut pending: VecDeque<usize> = (0..self.sources.len()).collect();
+        let mut retry = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.source_retry,
+            self.source_retry,
+        );
+        let Some(mut stream) = stream else {
+            // Nothing to follow: as good as an outage (stale, backoff, retry).
+            return Err(RegistryError::Canceled(
+                "etcd refuses every configured prefix".into(),
+            ));
+        };
         let mut by_watch: HashMap<i64, usize> = HashMap::new();
         let mut progress = tokio::time::interval(self.progress_interval);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let msg = tokio::select! {
                 msg = stream.message() => msg,
+                _ = retry.tick(), if self.sources.iter().any(|w| w.refused.is_some()) => {
+                    // A new session lists the refused sources again and resumes the others.
+                    return Err(RegistryError::RetrySources);
+                }
                 _ = progress.tick() => {
                     // etcd answers with a progress notification: proof the mirror is current.
                     stream.request_progress().await?;
@@ -253,10 +286,19 @@ impl Watcher {
                         compacted: resp.compact_revision(),
                     });
                 }
-                return Err(RegistryError::Canceled(format!(
-                    "{prefix}: {}",
-                    resp.cancel_reason()
-                )));
+                let reason = format!("{prefix}: {}", resp.cancel_reason());
+                match index {
+                    // etcd refused this one watch (permission denied): the others go on.
+                    Some(i) if resp.created() => {
+                        by_watch.remove(&resp.watch_id());
+                        self.refused(i, reason);
+                        if pending.is_empty() {
+                            self.on_connected();
+                        }
+                        continue;
+                    }
+                    _ => return Err(RegistryError::Canceled(reason)),
+                }
             }
             if resp.created() {
                 let start = index.map_or(1, |i| starts[i]);
@@ -348,7 +390,12 @@ impl Watcher {
             self.metrics.relists.inc();
         }
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        self.cluster_id = resp.header().map(|h| h.cluster_id());
+        let cluster = resp.header().map(|h| h.cluster_id());
+        if self.cluster_id.is_some() && cluster != self.cluster_id {
+            // The other sources' revisions came from another cluster: re-list them all.
+            return Err(RegistryError::History("etcd cluster id changed".into()));
+        }
+        self.cluster_id = cluster;
         let current = self.mirror.load_full();
         let mut instances = Vec::with_capacity(resp.kvs().len());
         let mut domains = Vec::new();
@@ -404,6 +451,36 @@ impl Watcher {
         );
         self.sources[i].revision = Some(revision);
         Ok(())
+    }
+
+    /// etcd refuses source `i`: say so (once per reason), leave its data as it is.
+    fn refused(&mut self, i: usize, reason: String) {
+        let w = &mut self.sources[i];
+        if w.refused.as_deref() != Some(reason.as_str()) {
+            error!(
+                prefix = %w.source.prefix,
+                format = %w.source.format,
+                %reason,
+                retry_in = ?self.source_retry,
+                "etcd refuses this source; its names keep their last known data",
+            );
+        }
+        w.refused = Some(reason);
+        w.revision = None;
+        self.count_refused();
+    }
+
+    fn accepted(&mut self, i: usize) {
+        let w = &mut self.sources[i];
+        if w.refused.take().is_some() {
+            info!(prefix = %w.source.prefix, "etcd serves this source again");
+        }
+        self.count_refused();
+    }
+
+    fn count_refused(&self) {
+        let n = self.sources.iter().filter(|w| w.refused.is_some()).count();
+        self.metrics.sources_failing.set(n as i64);
     }
 
     fn on_connected(&mut self) {

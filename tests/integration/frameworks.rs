@@ -465,3 +465,56 @@ fn snapshot_restores_sources_and_drops_removed_ones() {
         ResponseCode::NXDomain
     );
 }
+
+#[test]
+fn a_refused_source_does_not_stop_the_others() {
+    let mut etcd = Etcd::start();
+    etcd.put(
+        "/ruddr/services/web/w1",
+        r#"{"address":"10.1.7.1","port":80}"#,
+    );
+    etcd.put(
+        "/microservices/helloworld/a1",
+        r#"{"id":"a1","name":"helloworld","version":"","metadata":null,"endpoints":["grpc://10.1.7.2:9000"]}"#,
+    );
+    // ruddr's etcd user may read the native prefix only.
+    etcd.add_reader("ruddr", "pw", &["/ruddr/services/"]);
+    etcd.enable_auth("rootpw");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ruddr.toml");
+    std::fs::write(
+        &cfg,
+        "[etcd]\nusername = \"ruddr\"\nretry_max = \"1s\"\n\n[[sources]]\nformat = \"kratos\"\nprefix = \"/microservices\"\n",
+    )
+    .unwrap();
+    let r = Ruddr::start_env(
+        &etcd.endpoint(),
+        &["--config", cfg.to_str().unwrap()],
+        &[("RUDDR_ETCD_PASSWORD", "pw")],
+    );
+    r.wait_log("etcd refuses this source");
+    // The native source is followed as usual, live and ready.
+    wait_answers(&r, "web.svc.internal.", RecordType::A, &["10.1.7.1"]);
+    etcd.put(
+        "/ruddr/services/web/w2",
+        r#"{"address":"10.1.7.3","port":80}"#,
+    );
+    wait_answers(
+        &r,
+        "web.svc.internal.",
+        RecordType::A,
+        &["10.1.7.1", "10.1.7.3"],
+    );
+    assert_eq!(r.http_get("/ready").0, 200);
+    assert_eq!(r.metric("ruddr_registry_connected"), 1.0);
+    assert_eq!(r.metric("ruddr_registry_sources_failing"), 1.0);
+    assert_eq!(
+        rcode(&query(r.addr(), "helloworld.svc.internal.", RecordType::A)),
+        ResponseCode::NXDomain
+    );
+    // Once etcd lets ruddr read it, the source comes in on the next retry.
+    etcd.grant_read("ruddr", "/microservices/");
+    wait_answers(&r, "helloworld.svc.internal.", RecordType::A, &["10.1.7.2"]);
+    r.wait_metric("ruddr_registry_sources_failing", |v| v == 0.0);
+    r.wait_log("etcd serves this source again");
+}

@@ -256,6 +256,30 @@ impl Etcd {
         format!("{scheme}://{}:{}", self.ip, self.client_port)
     }
 
+    /// Creates `user` with a role of the same name that may read below each of `prefixes`.
+    pub fn add_reader(&self, user: &str, password: &str, prefixes: &[&str]) {
+        let mut c = self.client();
+        runtime().block_on(async {
+            c.role_add(user).await.expect("role add");
+            c.user_add(user, password, None).await.expect("user add");
+            c.user_grant_role(user, user).await.expect("grant role");
+        });
+        for p in prefixes {
+            self.grant_read(user, p);
+        }
+    }
+
+    /// Lets `role` read below `prefix`.
+    pub fn grant_read(&self, role: &str, prefix: &str) {
+        let mut c = self.client();
+        let perm = etcd_client::Permission::read(prefix).with_prefix();
+        runtime().block_on(async {
+            c.role_grant_permission(role, perm)
+                .await
+                .expect("grant permission")
+        });
+    }
+
     /// Creates user `root` with `password` and turns authentication on.
     pub fn enable_auth(&mut self, password: &str) {
         let mut c = self.client();
