@@ -484,6 +484,8 @@ impl Watcher {
     }
 
     fn on_connected(&mut self) {
+        // A session restarted without an outage (a re-list, a retry of a refused source).
+        let already = self.status.is_connected();
         let was_stale = self.status.stale_since();
         self.status.set_connected();
         self.backoff.reset();
@@ -501,6 +503,7 @@ impl Watcher {
                 stale_for = ?SystemTime::now().duration_since(since).unwrap_or_default(),
                 "etcd reachable again; watching",
             ),
+            None if already => debug!(revision = self.high, "watch re-established"),
             None => info!(revision = self.high, prefixes = %prefixes.join(","), "watching etcd"),
         }
     }
