@@ -39,12 +39,13 @@ pub async fn run(
     let status = Arc::new(Status::default());
     let metrics = Arc::new(Metrics::new());
     let started = std::time::Instant::now();
+    let sources = cfg.registry_sources();
 
     // The snapshot goes in before any socket is bound: a restart never answers from an
     // empty mirror when a good snapshot is on disk.
     let snapshot_task = match &cfg.snapshot.file {
         Some(path) => {
-            restore_snapshot(path, &cfg.registry_sources(), &mirror, &status);
+            restore_snapshot(path, &sources, &mirror, &status);
             Some(tokio::spawn(persist::run_writer(
                 path.clone(),
                 cfg.snapshot.min_interval,
@@ -68,7 +69,7 @@ pub async fn run(
     }
     let handler = Handler::new(&cfg.dns, mirror.clone(), status.clone(), metrics.clone())
         .context("building the DNS handler")?;
-    let sky = sky_zones(&cfg, &handler)?;
+    let sky = sky_zones(&cfg, &sources, &handler)?;
     let handler = handler.with_sky(sky).with_outside(
         zones.clone(),
         forwarder,
@@ -113,7 +114,6 @@ pub async fn run(
     };
 
     let client = registry::connect(&cfg.etcd).await?;
-    let sources = cfg.registry_sources();
     for s in &sources[1..] {
         info!(format = %s.format, prefix = %s.prefix, "reading a framework layout");
     }
@@ -164,15 +164,16 @@ pub async fn run(
     served
 }
 
-/// The zones of the SkyDNS sources, each tied to its source.
-fn sky_zones(cfg: &Config, handler: &Handler) -> anyhow::Result<Vec<crate::dns::skydns::SkyZone>> {
+/// The zones of the SkyDNS sources, each tied to its source (`sources` as
+/// [`Config::registry_sources`] made them: the native one, then one per `[[sources]]` entry).
+fn sky_zones(
+    cfg: &Config,
+    sources: &[registry::formats::Source],
+    handler: &Handler,
+) -> anyhow::Result<Vec<crate::dns::skydns::SkyZone>> {
     use hickory_proto::rr::{LowerName, Name};
     let mut out = Vec::new();
-    for (conf, source) in cfg
-        .sources
-        .iter()
-        .zip(cfg.registry_sources().into_iter().skip(1))
-    {
+    for (conf, source) in cfg.sources.iter().zip(&sources[1..]) {
         for zone in &conf.zones {
             let origin = Name::from_ascii(zone).with_context(|| format!("skydns zone {zone}"))?;
             info!(zone = %origin, prefix = %source.prefix, "answering a skydns zone");

@@ -365,16 +365,8 @@ impl Handler {
                 }
             },
         };
-        match outcome {
-            Outcome::Answer => {}
-            Outcome::NoData => reply.soa = Some(self.soa_for(&snapshot)),
-            Outcome::NxDomain => {
-                reply.meta.response_code = ResponseCode::NXDomain;
-                reply.soa = Some(self.soa_for(&snapshot));
-            }
-        }
         debug!(name = %qname, %qtype, ?outcome, "query");
-        reply
+        reply.settle(outcome, || self.soa_for(&snapshot))
     }
 }
 
@@ -416,16 +408,8 @@ impl Handler {
         let built = sky.build(&snapshot, qname, qtype, stale.then_some(self.stale_ttl));
         let outcome = built.outcome;
         place(&mut reply, Arc::new(built), request.protocol(), qname);
-        match outcome {
-            Outcome::Answer => {}
-            Outcome::NoData => reply.soa = Some(sky.zone.soa(serial)),
-            Outcome::NxDomain => {
-                reply.meta.response_code = ResponseCode::NXDomain;
-                reply.soa = Some(sky.zone.soa(serial));
-            }
-        }
         debug!(name = %qname, %qtype, ?outcome, "skydns query");
-        reply
+        reply.settle(outcome, || sky.zone.soa(serial))
     }
 }
 
@@ -452,6 +436,19 @@ fn place(reply: &mut Reply, built: Arc<Built>, protocol: Protocol, qname: &Lower
 }
 
 impl Reply {
+    /// Negative answers (NODATA, NXDOMAIN) carry the zone's SOA (RFC 2308).
+    fn settle(mut self, outcome: Outcome, soa: impl FnOnce() -> Record) -> Self {
+        match outcome {
+            Outcome::Answer => {}
+            Outcome::NoData => self.soa = Some(soa()),
+            Outcome::NxDomain => {
+                self.meta.response_code = ResponseCode::NXDomain;
+                self.soa = Some(soa());
+            }
+        }
+        self
+    }
+
     fn code(mut self, code: ResponseCode) -> Self {
         self.meta.response_code = code;
         self

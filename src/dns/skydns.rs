@@ -54,15 +54,11 @@ fn covered<'a>(
     match segments.iter().position(|s| wild(s)) {
         None => {
             let path = segments.join("/");
-            let below: Vec<_> = snapshot
+            let (exact, below): (Vec<_>, Vec<_>) = snapshot
                 .domain_subtree(source, &path)
-                .filter(|(p, _)| p.len() > path.len())
-                .collect();
+                .partition(|(p, _)| p.len() == path.len());
             if below.is_empty() {
-                snapshot
-                    .domain_subtree(source, &path)
-                    .take_while(|(p, _)| p.len() == path.len())
-                    .collect()
+                exact
             } else {
                 below
             }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::parse::{parse_key, parse_value, EntryError};
+use super::parse::{parse_key, parse_value, scalar, EntryError};
 use crate::cache::{
     Address, DomainKey, DomainRecord, Health, Instance, InstanceId, InvalidLabel, ServiceName,
     SourceId, Update,
@@ -363,15 +363,7 @@ fn flat_meta(v: &serde_json::Value) -> BTreeMap<String, String> {
         return BTreeMap::new();
     };
     map.iter()
-        .filter_map(|(k, v)| {
-            let v = match v {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Number(n) => n.to_string(),
-                serde_json::Value::Bool(b) => b.to_string(),
-                _ => return None,
-            };
-            Some((k.clone(), v))
-        })
+        .filter_map(|(k, v)| Some((k.clone(), scalar(v)?)))
         .collect()
 }
 

@@ -98,11 +98,8 @@ pub fn parse_value(id: InstanceId, value: &[u8]) -> Result<Instance, EntryError>
     }
     let mut meta = BTreeMap::new();
     for (k, v) in raw.meta {
-        let v = match v {
-            serde_json::Value::String(s) => s,
-            serde_json::Value::Number(n) => n.to_string(),
-            serde_json::Value::Bool(b) => b.to_string(),
-            _ => return Err(EntryError::Meta(k)),
+        let Some(v) = scalar(&v) else {
+            return Err(EntryError::Meta(k));
         };
         meta.insert(k, v);
     }
@@ -118,6 +115,16 @@ pub fn parse_value(id: InstanceId, value: &[u8]) -> Result<Instance, EntryError>
         meta,
         source: SourceId::NATIVE,
     })
+}
+
+/// A string, number or boolean as text (metadata values, served as TXT); `None` for the rest.
+pub(super) fn scalar(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
 }
 
 /// Writes `instance` as a registry value; [`parse_value`] reads it back.
