@@ -43,12 +43,9 @@ fn start(etcd: &Etcd) -> (Ruddr, tempfile::TempDir) {
     (r, dir)
 }
 
-/// The answer section of `name`/`qtype` once it equals `want` (sorted strings).
-fn wait_answers(r: &Ruddr, name: &str, qtype: RecordType, want: &[&str]) {
-    eventually(WAIT, &format!("{name} {qtype} = {want:?}"), || {
-        let got = answer_strings(&query(r.addr(), name, qtype));
-        (got == want).then_some(())
-    });
+/// Waits until the answers to `name`/`qtype` are `want` (sorted strings).
+fn wait_for(r: &Ruddr, name: &str, qtype: RecordType, want: &[&str]) {
+    wait_answers(r, name, qtype, want, WAIT);
 }
 
 fn wait_nxdomain(r: &Ruddr, name: &str) {
@@ -80,9 +77,9 @@ fn etcd_naming_endpoints_with_a_lease() {
         r#"{"Op":0,"Addr":"10.1.0.6","Metadata":null}"#,
     );
     let name = "my-service.svc.internal.";
-    wait_answers(&r, name, RecordType::A, &["10.1.0.5", "10.1.0.6"]);
-    wait_answers(&r, name, RecordType::AAAA, &["fd00::5"]);
-    wait_answers(
+    wait_for(&r, name, RecordType::A, &["10.1.0.5", "10.1.0.6"]);
+    wait_for(&r, name, RecordType::AAAA, &["fd00::5"]);
+    wait_for(
         &r,
         name,
         RecordType::SRV,
@@ -98,7 +95,7 @@ fn etcd_naming_endpoints_with_a_lease() {
     // A target that merely starts like ours is another service.
     etcd.put("foo/bar/my-service2/e1", r#"{"Op":0,"Addr":"10.1.0.99:1"}"#);
     etcd.revoke(lease);
-    wait_answers(&r, name, RecordType::A, &["10.1.0.6"]);
+    wait_for(&r, name, RecordType::A, &["10.1.0.6"]);
     etcd.delete("foo/bar/my-service/e3");
     wait_nxdomain(&r, name);
 }
@@ -111,8 +108,8 @@ fn go_zero_lease_keys_and_host_names() {
     let lease = etcd.grant(10);
     etcd.put_with_lease(&format!("user.rpc/{lease}"), "10.1.1.5:8080", lease);
     let name = "user-rpc.svc.internal.";
-    wait_answers(&r, name, RecordType::A, &["10.1.1.5"]);
-    wait_answers(
+    wait_for(&r, name, RecordType::A, &["10.1.1.5"]);
+    wait_for(
         &r,
         name,
         RecordType::SRV,
@@ -126,7 +123,7 @@ fn go_zero_lease_keys_and_host_names() {
         "db-1.example.net:8081",
         lease2,
     );
-    wait_answers(
+    wait_for(
         &r,
         name,
         RecordType::SRV,
@@ -135,7 +132,7 @@ fn go_zero_lease_keys_and_host_names() {
             "0 1 8081 db-1.example.net.",
         ],
     );
-    wait_answers(&r, name, RecordType::A, &["10.1.1.5"]);
+    wait_for(&r, name, RecordType::A, &["10.1.1.5"]);
     let cname = query(
         r.addr(),
         &format!("{lease2}.user-rpc.svc.internal."),
@@ -145,7 +142,7 @@ fn go_zero_lease_keys_and_host_names() {
     assert_eq!(cname.answers[0].record_type(), RecordType::CNAME);
     // With only the host name left, the service name itself is the CNAME.
     etcd.revoke(lease);
-    wait_answers(&r, name, RecordType::A, &["db-1.example.net."]);
+    wait_for(&r, name, RecordType::A, &["db-1.example.net."]);
     // A value go-zero would never write is skipped with a warning naming key and format.
     etcd.put("user.rpc/42", "not-an-address:http");
     r.wait_log("user.rpc/42");
@@ -179,9 +176,9 @@ fn kratos_endpoints_are_named_ports() {
     // Directory markers (empty values) are ignored without a word.
     etcd.put("/microservices/helloworld", "");
     let name = "helloworld.svc.internal.";
-    wait_answers(&r, name, RecordType::A, &["10.1.2.5"]);
-    wait_answers(&r, name, RecordType::AAAA, &["fd00::2:6"]);
-    wait_answers(
+    wait_for(&r, name, RecordType::A, &["10.1.2.5"]);
+    wait_for(&r, name, RecordType::AAAA, &["fd00::2:6"]);
+    wait_for(
         &r,
         "_grpc._tcp.helloworld.svc.internal.",
         RecordType::SRV,
@@ -190,7 +187,7 @@ fn kratos_endpoints_are_named_ports() {
             &format!("0 10 9000 {id}.helloworld.svc.internal."),
         ],
     );
-    wait_answers(
+    wait_for(
         &r,
         "_http._tcp.helloworld.svc.internal.",
         RecordType::SRV,
@@ -199,7 +196,7 @@ fn kratos_endpoints_are_named_ports() {
     assert!(!r.log_text().contains("\"/microservices/helloworld\""));
     assert!(!r.log_text().contains("key=/microservices/helloworld "));
     etcd.revoke(lease);
-    wait_answers(&r, name, RecordType::A, &[]);
+    wait_for(&r, name, RecordType::A, &[]);
     etcd.delete("/microservices/helloworld/b2");
     wait_nxdomain(&r, name);
 }
@@ -220,8 +217,8 @@ fn go_micro_nodes() {
         lease,
     );
     let name = "go-micro-srv-greeter.svc.internal.";
-    wait_answers(&r, name, RecordType::A, &["10.1.3.5"]);
-    wait_answers(
+    wait_for(&r, name, RecordType::A, &["10.1.3.5"]);
+    wait_for(
         &r,
         name,
         RecordType::SRV,
@@ -258,14 +255,14 @@ fn skydns_names_as_coredns_serves_them() {
         r#"{"text":"\"heritage=external-dns,external-dns/owner=default\""}"#,
     );
     let rails = "rails.production.east.skydns.local.";
-    wait_answers(&r, rails, RecordType::A, &["10.1.4.1", "10.1.4.2"]);
+    wait_for(&r, rails, RecordType::A, &["10.1.4.1", "10.1.4.2"]);
     let m = query(r.addr(), rails, RecordType::A);
     assert!(m.metadata.authoritative);
     let mut ttls: Vec<u32> = m.answers.iter().map(|a| a.ttl).collect();
     ttls.sort();
     assert_eq!(ttls, [60, 300], "the entry's ttl, else CoreDNS's 300");
     // Weights are shared out per priority as CoreDNS does (100 * w / sum).
-    wait_answers(
+    wait_for(
         &r,
         rails,
         RecordType::SRV,
@@ -314,7 +311,7 @@ fn skydns_names_as_coredns_serves_them() {
         (ResponseCode::NoError, 0)
     );
     etcd.delete("/skydns/local/skydns/east/production/rails/1");
-    wait_answers(&r, rails, RecordType::A, &["10.1.4.2"]);
+    wait_for(&r, rails, RecordType::A, &["10.1.4.2"]);
     etcd.delete("/skydns/local/skydns/east/production/rails/2");
     wait_nxdomain(&r, rails);
 }
@@ -335,19 +332,19 @@ fn mixed_sources_serve_side_by_side() {
     etcd.put("user.rpc/7", "10.1.5.3:8080");
     etcd.put("/skydns/local/skydns/helloworld", r#"{"host":"10.1.5.4"}"#);
     let name = "helloworld.svc.internal.";
-    wait_answers(&r, name, RecordType::A, &["10.1.5.1", "10.1.5.2"]);
-    wait_answers(&r, "user-rpc.svc.internal.", RecordType::A, &["10.1.5.3"]);
-    wait_answers(&r, "helloworld.skydns.local.", RecordType::A, &["10.1.5.4"]);
+    wait_for(&r, name, RecordType::A, &["10.1.5.1", "10.1.5.2"]);
+    wait_for(&r, "user-rpc.svc.internal.", RecordType::A, &["10.1.5.3"]);
+    wait_for(&r, "helloworld.skydns.local.", RecordType::A, &["10.1.5.4"]);
     // Deleting one source's entry leaves the other's alone.
     etcd.delete("/microservices/helloworld/a1");
-    wait_answers(&r, name, RecordType::A, &["10.1.5.1"]);
+    wait_for(&r, name, RecordType::A, &["10.1.5.1"]);
     etcd.put(
         "/microservices/helloworld/a1",
         r#"{"id":"a1","name":"helloworld","version":"","metadata":null,"endpoints":["http://10.1.5.2:8000"]}"#,
     );
-    wait_answers(&r, name, RecordType::A, &["10.1.5.1", "10.1.5.2"]);
+    wait_for(&r, name, RecordType::A, &["10.1.5.1", "10.1.5.2"]);
     etcd.delete("/ruddr/services/helloworld/a1");
-    wait_answers(&r, name, RecordType::A, &["10.1.5.2"]);
+    wait_for(&r, name, RecordType::A, &["10.1.5.2"]);
     // Changes missed while ruddr was frozen, then compacted away: every source re-lists on
     // its own, and no source's re-list drops another's entries.
     r.signal("STOP");
@@ -363,14 +360,14 @@ fn mixed_sources_serve_side_by_side() {
     etcd.defragment();
     r.signal("CONT");
     r.wait_log("watch lost its revision");
-    wait_answers(
+    wait_for(
         &r,
         "user-rpc.svc.internal.",
         RecordType::A,
         &["10.1.5.3", "10.1.5.5"],
     );
-    wait_answers(&r, name, RecordType::A, &["10.1.5.2", "10.1.5.7"]);
-    wait_answers(
+    wait_for(&r, name, RecordType::A, &["10.1.5.2", "10.1.5.7"]);
+    wait_for(
         &r,
         "helloworld2.skydns.local.",
         RecordType::A,
@@ -383,13 +380,13 @@ fn mixed_sources_serve_side_by_side() {
         "/micro/registry/late/n1",
         r#"{"name":"late","nodes":[{"id":"n1","address":"10.1.5.9:1"}]}"#,
     );
-    wait_answers(
+    wait_for(
         &r,
         "user-rpc.svc.internal.",
         RecordType::A,
         &["10.1.5.3", "10.1.5.5", "10.1.5.8"],
     );
-    wait_answers(&r, "late.svc.internal.", RecordType::A, &["10.1.5.9"]);
+    wait_for(&r, "late.svc.internal.", RecordType::A, &["10.1.5.9"]);
 }
 
 #[test]
@@ -494,12 +491,12 @@ fn a_refused_source_does_not_stop_the_others() {
     );
     r.wait_log("etcd refuses this source");
     // The native source is followed as usual, live and ready.
-    wait_answers(&r, "web.svc.internal.", RecordType::A, &["10.1.7.1"]);
+    wait_for(&r, "web.svc.internal.", RecordType::A, &["10.1.7.1"]);
     etcd.put(
         "/ruddr/services/web/w2",
         r#"{"address":"10.1.7.3","port":80}"#,
     );
-    wait_answers(
+    wait_for(
         &r,
         "web.svc.internal.",
         RecordType::A,
@@ -514,7 +511,7 @@ fn a_refused_source_does_not_stop_the_others() {
     );
     // Once etcd lets ruddr read it, the source comes in on the next retry.
     etcd.grant_read("ruddr", "/microservices/");
-    wait_answers(&r, "helloworld.svc.internal.", RecordType::A, &["10.1.7.2"]);
+    wait_for(&r, "helloworld.svc.internal.", RecordType::A, &["10.1.7.2"]);
     r.wait_metric("ruddr_registry_sources_failing", |v| v == 0.0);
     r.wait_log("etcd serves this source again");
 }

@@ -748,6 +748,18 @@ pub fn rdata_string(d: &RData) -> String {
     }
 }
 
+/// The answers to `name`/`qtype` over UDP, as sorted strings.
+pub fn answers(r: &Ruddr, name: &str, qtype: RecordType) -> Vec<String> {
+    answer_strings(&query(r.addr(), name, qtype))
+}
+
+/// Waits until the answers to `name`/`qtype` are `want` (sorted strings).
+pub fn wait_answers(r: &Ruddr, name: &str, qtype: RecordType, want: &[&str], timeout: Duration) {
+    eventually(timeout, &format!("{name} {qtype} = {want:?}"), || {
+        (answers(r, name, qtype) == want).then_some(())
+    });
+}
+
 pub fn rcode(m: &Message) -> ResponseCode {
     m.metadata.response_code
 }

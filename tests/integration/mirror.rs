@@ -10,14 +10,11 @@ use crate::harness::*;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn a_records(r: &Ruddr, name: &str) -> Vec<String> {
-    let m = query(r.addr(), name, RecordType::A);
-    answer_strings(&m)
+    answers(r, name, RecordType::A)
 }
 
 fn wait_for_a(r: &Ruddr, name: &str, want: &[&str]) {
-    eventually(WAIT, &format!("{name} A = {want:?}"), || {
-        (a_records(r, name) == want).then_some(())
-    });
+    wait_answers(r, name, RecordType::A, want, WAIT);
 }
 
 #[test]

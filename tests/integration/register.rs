@@ -80,13 +80,11 @@ fn register(etcd: &str, extra: &[&str]) -> Proc {
 }
 
 fn a_records(r: &Ruddr, name: &str) -> Vec<String> {
-    answer_strings(&query(r.addr(), name, RecordType::A))
+    answers(r, name, RecordType::A)
 }
 
 fn wait_a(r: &Ruddr, name: &str, want: &[&str], timeout: Duration) {
-    eventually(timeout, &format!("{name} = {want:?}"), || {
-        (a_records(r, name) == want).then_some(())
-    });
+    wait_answers(r, name, RecordType::A, want, timeout);
 }
 
 #[test]
