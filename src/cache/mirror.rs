@@ -3,11 +3,15 @@
 //! One writer (the registry watcher) applies batches of updates; any number of readers (DNS
 //! queries) load the current snapshot without locking. A batch is published whole, so a reader
 //! never sees half of a re-list.
+//!
+//! The maps are persistent (structurally shared, `imbl`): a new snapshot shares everything it
+//! did not change with the previous one, so one put or delete costs O(log services +
+//! instances of that service), not a copy of the whole registry.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
 
@@ -30,18 +34,22 @@ pub struct Service {
     pub generation: u64,
 }
 
+/// Instances that share one address, sorted.
+type AtAddress = Arc<Vec<(ServiceName, InstanceKey)>>;
+
 /// The registry as of one etcd revision.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    pub services: HashMap<ServiceName, Arc<Service>>,
+    pub services: imbl::HashMap<ServiceName, Arc<Service>>,
     /// The last etcd revision applied (0 before the first sync).
     pub revision: i64,
     /// Counts the applies that changed something: equal values mean equal contents.
     pub changes: u64,
     /// SkyDNS entries, ordered by source and path so that a subtree is one range.
-    pub domains: Arc<BTreeMap<DomainKey, DomainRecord>>,
-    /// Address -> instances, built on first use (reverse lookups are rare next to forward ones).
-    reverse: OnceLock<HashMap<IpAddr, Vec<(ServiceName, InstanceKey)>>>,
+    pub domains: imbl::OrdMap<DomainKey, DomainRecord>,
+    /// Address -> instances registered with it (reverse lookups), kept current by every apply.
+    reverse: imbl::HashMap<IpAddr, AtAddress>,
+    instances: usize,
 }
 
 impl Snapshot {
@@ -50,7 +58,7 @@ impl Snapshot {
     }
 
     pub fn instance_count(&self) -> usize {
-        self.services.values().map(|s| s.instances.len()).sum()
+        self.instances
     }
 
     /// The SkyDNS entries of `source` at `path` and below it (`path` itself first).
@@ -75,24 +83,189 @@ impl Snapshot {
 
     /// The instances registered with address `ip`, sorted.
     pub fn instances_at(&self, ip: IpAddr) -> &[(ServiceName, InstanceKey)] {
-        let index = self.reverse.get_or_init(|| {
-            let mut index: HashMap<IpAddr, Vec<(ServiceName, InstanceKey)>> = HashMap::new();
-            for svc in self.services.values() {
-                for (key, inst) in &svc.instances {
-                    if let Some(ip) = inst.address.ip() {
-                        index
-                            .entry(ip)
-                            .or_default()
-                            .push((svc.name.clone(), key.clone()));
-                    }
+        self.reverse.get(&ip).map_or(&[], |v| v.as_slice())
+    }
+
+    fn index(&mut self, ip: IpAddr, service: &ServiceName, key: &InstanceKey) {
+        let entry = (service.clone(), key.clone());
+        let at = self.reverse.entry(ip).or_default();
+        if let Err(pos) = at.binary_search(&entry) {
+            Arc::make_mut(at).insert(pos, entry);
+        }
+    }
+
+    fn unindex(&mut self, ip: IpAddr, service: &ServiceName, key: &InstanceKey) {
+        let Some(at) = self.reverse.get_mut(&ip) else {
+            return;
+        };
+        if let Ok(pos) = at.binary_search_by(|(s, k)| (s, k).cmp(&(service, key))) {
+            Arc::make_mut(at).remove(pos);
+        }
+        if at.is_empty() {
+            self.reverse.remove(&ip);
+        }
+    }
+
+    /// Replaces service `name`'s instances (removes it when `instances` is empty), keeping the
+    /// reverse index and the instance count in step.
+    fn set_service(
+        &mut self,
+        name: &ServiceName,
+        instances: BTreeMap<InstanceKey, Instance>,
+        generation: u64,
+    ) {
+        let old = self.services.get(name).cloned();
+        let empty = BTreeMap::new();
+        let before = old.as_ref().map_or(&empty, |s| &s.instances);
+        for (key, inst) in before {
+            if let Some(ip) = inst.address.ip() {
+                if instances.get(key).and_then(|i| i.address.ip()) != Some(ip) {
+                    self.unindex(ip, name, key);
                 }
             }
-            for v in index.values_mut() {
-                v.sort();
+        }
+        for (key, inst) in &instances {
+            if let Some(ip) = inst.address.ip() {
+                if before.get(key).and_then(|i| i.address.ip()) != Some(ip) {
+                    self.index(ip, name, key);
+                }
             }
-            index
+        }
+        self.instances = self.instances - before.len() + instances.len();
+        if instances.is_empty() {
+            self.services.remove(name);
+        } else {
+            self.services.insert(
+                name.clone(),
+                Arc::new(Service {
+                    name: name.clone(),
+                    instances,
+                    generation,
+                }),
+            );
+        }
+    }
+
+    fn put(&mut self, service: ServiceName, instance: Instance, generation: u64) -> bool {
+        let key = key_of(&instance);
+        let prev = self
+            .service(service.as_str())
+            .and_then(|s| s.instances.get(&key));
+        if prev == Some(&instance) {
+            return false;
+        }
+        let (prev_ip, new_ip) = (prev.and_then(|p| p.address.ip()), instance.address.ip());
+        let added = prev.is_none();
+        if prev_ip != new_ip {
+            if let Some(ip) = prev_ip {
+                self.unindex(ip, &service, &key);
+            }
+            if let Some(ip) = new_ip {
+                self.index(ip, &service, &key);
+            }
+        }
+        let entry = self.services.entry(service.clone()).or_insert_with(|| {
+            Arc::new(Service {
+                name: service,
+                instances: BTreeMap::new(),
+                generation,
+            })
         });
-        index.get(&ip).map_or(&[], Vec::as_slice)
+        // Copies this one service (if a published snapshot still holds it), nothing else.
+        let svc = Arc::make_mut(entry);
+        svc.instances.insert(key, instance);
+        svc.generation = generation;
+        self.instances += usize::from(added);
+        true
+    }
+
+    fn delete(&mut self, service: &ServiceName, key: &InstanceKey, generation: u64) -> bool {
+        let Some(prev) = self
+            .service(service.as_str())
+            .and_then(|s| s.instances.get(key))
+        else {
+            return false;
+        };
+        if let Some(ip) = prev.address.ip() {
+            self.unindex(ip, service, key);
+        }
+        let Some(entry) = self.services.get_mut(service) else {
+            return false;
+        };
+        let svc = Arc::make_mut(entry);
+        svc.instances.remove(key);
+        svc.generation = generation;
+        if svc.instances.is_empty() {
+            self.services.remove(service);
+        }
+        self.instances -= 1;
+        true
+    }
+
+    /// Replaces what `source` holds (everything for `None`) with a listing; returns the
+    /// services that changed and whether any SkyDNS entry did. Costs O(registry): re-lists are
+    /// rare and read everything anyway.
+    fn reset(
+        &mut self,
+        source: Option<SourceId>,
+        instances: Vec<(ServiceName, Instance)>,
+        listed_domains: Vec<(DomainKey, DomainRecord)>,
+        generation: u64,
+        touched: &mut Vec<ServiceName>,
+    ) -> bool {
+        let mine = |s: SourceId| source.is_none_or(|m| m == s);
+        let mut domains = self.domains.clone();
+        let listed: BTreeMap<DomainKey, DomainRecord> = listed_domains.into_iter().collect();
+        let stale: Vec<DomainKey> = domains
+            .keys()
+            .filter(|k| mine(k.0) && !listed.contains_key(*k))
+            .cloned()
+            .collect();
+        let mut domains_changed = !stale.is_empty();
+        for key in stale {
+            domains.remove(&key);
+        }
+        for (key, record) in listed {
+            if domains.get(&key) != Some(&record) {
+                domains.insert(key, record);
+                domains_changed = true;
+            }
+        }
+        self.domains = domains;
+
+        let mut fresh: HashMap<ServiceName, BTreeMap<InstanceKey, Instance>> = HashMap::new();
+        for (service, instance) in instances {
+            fresh
+                .entry(service)
+                .or_default()
+                .insert(key_of(&instance), instance);
+        }
+        // Services this source had but no longer lists, or lists differently.
+        let held: Vec<Arc<Service>> = self
+            .services
+            .values()
+            .filter(|s| fresh.contains_key(&s.name) || s.instances.values().any(|i| mine(i.source)))
+            .cloned()
+            .collect();
+        for svc in held {
+            let mut next: BTreeMap<InstanceKey, Instance> = svc
+                .instances
+                .iter()
+                .filter(|(_, i)| !mine(i.source))
+                .map(|(k, i)| (k.clone(), i.clone()))
+                .collect();
+            next.extend(fresh.remove(&svc.name).unwrap_or_default());
+            // Unchanged services keep their generation, so their cached answers stay.
+            if next != svc.instances {
+                self.set_service(&svc.name, next, generation);
+                touched.push(svc.name.clone());
+            }
+        }
+        for (name, instances) in fresh {
+            self.set_service(&name, instances, generation);
+            touched.push(name);
+        }
+        domains_changed
     }
 }
 
@@ -136,28 +309,15 @@ impl Mirror {
         let mut generation = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         *generation += 1;
         let gen = *generation;
-        let old = self.current.load_full();
-        let mut services = old.services.clone();
+        // A shallow copy: the maps share their nodes with the published snapshot.
+        let mut next = Snapshot::clone(&self.current.load());
         let mut touched: Vec<ServiceName> = Vec::new();
-        // Copied on the first change only: most batches do not touch SkyDNS entries.
-        let mut domains: Option<BTreeMap<DomainKey, DomainRecord>> = None;
         let mut domains_changed = false;
 
         for update in updates {
             match update {
                 Update::Put { service, instance } => {
-                    let entry = services.entry(service.clone()).or_insert_with(|| {
-                        Arc::new(Service {
-                            name: service.clone(),
-                            instances: BTreeMap::new(),
-                            generation: gen,
-                        })
-                    });
-                    let key = key_of(&instance);
-                    if entry.instances.get(&key) != Some(&instance) {
-                        let svc = Arc::make_mut(entry);
-                        svc.instances.insert(key, instance);
-                        svc.generation = gen;
+                    if next.put(service.clone(), instance, gen) {
                         touched.push(service);
                     }
                 }
@@ -166,123 +326,39 @@ impl Mirror {
                     id,
                     source,
                 } => {
-                    if let Some(entry) = services.get_mut(&service) {
-                        let key = (id, source);
-                        if entry.instances.contains_key(&key) {
-                            let svc = Arc::make_mut(entry);
-                            svc.instances.remove(&key);
-                            svc.generation = gen;
-                            if svc.instances.is_empty() {
-                                services.remove(&service);
-                            }
-                            touched.push(service);
-                        }
+                    if next.delete(&service, &(id, source), gen) {
+                        touched.push(service);
                     }
                 }
                 Update::DomainPut { key, record } => {
-                    if old_domain(&domains, &old.domains, &key) != Some(&record) {
-                        domains
-                            .get_or_insert_with(|| (*old.domains).clone())
-                            .insert(key, record);
+                    if next.domains.get(&key) != Some(&record) {
+                        next.domains.insert(key, record);
                         domains_changed = true;
                     }
                 }
                 Update::DomainDelete { key } => {
-                    if old_domain(&domains, &old.domains, &key).is_some() {
-                        domains
-                            .get_or_insert_with(|| (*old.domains).clone())
-                            .remove(&key);
-                        domains_changed = true;
-                    }
+                    domains_changed |= next.domains.remove(&key).is_some();
                 }
                 Update::Reset {
                     source,
                     instances,
-                    domains: listed,
+                    domains,
                 } => {
-                    let mut next: BTreeMap<DomainKey, DomainRecord> = domains
-                        .take()
-                        .unwrap_or_else(|| (*old.domains).clone())
-                        .into_iter()
-                        .filter(|((s, _), _)| source.is_some_and(|mine| mine != *s))
-                        .collect();
-                    next.extend(listed);
-                    if next != *old.domains {
-                        domains_changed = true;
-                    }
-                    domains = Some(next);
-                    let mine = |i: &Instance| source.is_none_or(|s| s == i.source);
-                    // Start from what the other sources hold, then add this source's listing.
-                    let mut fresh: HashMap<ServiceName, BTreeMap<InstanceKey, Instance>> =
-                        HashMap::new();
-                    for svc in services.values() {
-                        let kept: BTreeMap<InstanceKey, Instance> = svc
-                            .instances
-                            .iter()
-                            .filter(|(_, i)| !mine(i))
-                            .map(|(k, i)| (k.clone(), i.clone()))
-                            .collect();
-                        if !kept.is_empty() {
-                            fresh.insert(svc.name.clone(), kept);
-                        }
-                    }
-                    for (service, instance) in instances {
-                        fresh
-                            .entry(service)
-                            .or_default()
-                            .insert(key_of(&instance), instance);
-                    }
-                    let mut next = HashMap::with_capacity(fresh.len());
-                    for (name, instances) in fresh {
-                        match services.get(&name) {
-                            // Unchanged services keep their generation, so their cached answers stay.
-                            Some(prev) if prev.instances == instances => {
-                                next.insert(name, prev.clone());
-                            }
-                            _ => {
-                                touched.push(name.clone());
-                                let svc = Service {
-                                    name: name.clone(),
-                                    instances,
-                                    generation: gen,
-                                };
-                                next.insert(name, Arc::new(svc));
-                            }
-                        }
-                    }
-                    touched.extend(services.keys().filter(|n| !next.contains_key(*n)).cloned());
-                    services = next;
+                    domains_changed |= next.reset(source, instances, domains, gen, &mut touched);
                 }
             }
         }
 
         touched.sort();
         touched.dedup();
-        let domains = match domains {
-            Some(d) if domains_changed => Arc::new(d),
-            _ => old.domains.clone(),
-        };
-        self.current.store(Arc::new(Snapshot {
-            services,
-            revision,
-            changes: old.changes + u64::from(!touched.is_empty() || domains_changed),
-            domains,
-            reverse: OnceLock::new(),
-        }));
+        next.revision = revision;
+        next.changes += u64::from(!touched.is_empty() || domains_changed);
+        self.current.store(Arc::new(next));
         Applied {
             changed: touched,
             domains_changed,
         }
     }
-}
-
-/// The entry at `key` as of the batch so far.
-fn old_domain<'a>(
-    working: &'a Option<BTreeMap<DomainKey, DomainRecord>>,
-    old: &'a BTreeMap<DomainKey, DomainRecord>,
-    key: &DomainKey,
-) -> Option<&'a DomainRecord> {
-    working.as_ref().unwrap_or(old).get(key)
 }
 
 #[cfg(test)]
@@ -346,6 +422,68 @@ mod tests {
         assert_eq!((at[0].0.as_str(), at[0].1 .0.as_str()), ("web", "b"));
         assert!(s.instances_at("10.0.0.9".parse().unwrap()).is_empty());
         assert!(db_gen > 0);
+    }
+
+    /// The indexes kept up to date by every apply equal the ones rebuilt from scratch, over a
+    /// seeded random mix of puts, address changes, deletes and scoped resets.
+    #[test]
+    fn incremental_indexes_match_a_rebuild() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let m = Mirror::new();
+        let ids = ["a", "b", "c", "d"];
+        let svcs = ["web", "db", "cache"];
+        for round in 0..400 {
+            let svc = ServiceName::new(svcs[rng.random_range(0..svcs.len())]).unwrap();
+            let id = ids[rng.random_range(0..ids.len())];
+            let addr = format!("10.0.0.{}", rng.random_range(1..6));
+            let source = SourceId(rng.random_range(0..2));
+            let update = match rng.random_range(0..10) {
+                0..=5 => {
+                    let mut i = inst(id, &addr);
+                    i.source = source;
+                    Update::Put {
+                        service: svc,
+                        instance: i,
+                    }
+                }
+                6..=8 => Update::Delete {
+                    service: svc,
+                    id: InstanceId::new(id).unwrap(),
+                    source,
+                },
+                _ => {
+                    let mut i = inst(id, &addr);
+                    i.source = source;
+                    Update::Reset {
+                        source: Some(source),
+                        instances: vec![(svc, i)],
+                        domains: vec![],
+                    }
+                }
+            };
+            m.apply([update], round);
+            let s = m.load();
+            let mut want: HashMap<IpAddr, Vec<(ServiceName, InstanceKey)>> = HashMap::new();
+            let mut count = 0;
+            for svc in s.services.values() {
+                assert!(!svc.instances.is_empty(), "empty service kept");
+                for (k, i) in &svc.instances {
+                    count += 1;
+                    let ip = i.address.ip().unwrap();
+                    want.entry(ip)
+                        .or_default()
+                        .push((svc.name.clone(), k.clone()));
+                }
+            }
+            assert_eq!(s.instance_count(), count, "round {round}");
+            for ip in 1..6 {
+                let ip: IpAddr = format!("10.0.0.{ip}").parse().unwrap();
+                let mut w = want.remove(&ip).unwrap_or_default();
+                w.sort();
+                assert_eq!(s.instances_at(ip), w.as_slice(), "round {round}, {ip}");
+            }
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ macro_rules! label_type {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(std::sync::Arc<str>);
 
         impl TryFrom<String> for $name {
             type Error = InvalidLabel;
@@ -42,14 +42,14 @@ macro_rules! label_type {
 
         impl From<$name> for String {
             fn from(n: $name) -> String {
-                n.0
+                n.0.to_string()
             }
         }
 
         impl $name {
             /// Validates `s` as a DNS label; the stored form is lower case.
             pub fn new(s: &str) -> Result<Self, InvalidLabel> {
-                label(s).map(Self)
+                label(s).map(|l| Self(l.into()))
             }
 
             pub fn as_str(&self) -> &str {
