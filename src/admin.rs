@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::Mirror;
 use crate::metrics::Metrics;
-use crate::registry::Status;
+use crate::registry::{ErrorKind, Status};
 
 /// What the endpoints read.
 #[derive(Clone)]
@@ -64,14 +64,31 @@ impl Admin {
         let stale_since = self.status.stale_since();
         let too_stale = self.status.is_too_stale(self.max_stale);
         let ready = self.status.has_data() && !too_stale;
+        let reason_buf: String;
+        let problem = self.status.problem();
         let reason = if !self.status.has_data() {
-            "waiting for the first sync from etcd"
+            match &problem {
+                Some(p) => {
+                    reason_buf = format!(
+                        "waiting for the first sync from etcd; {}",
+                        p.kind.describe()
+                    );
+                    reason_buf.as_str()
+                }
+                None => "waiting for the first sync from etcd",
+            }
         } else if too_stale {
             "data older than max_stale; registry names answer SERVFAIL"
         } else if from_snapshot {
             "serving the snapshot file; etcd not reached yet"
         } else if !connected {
-            "serving the last known state; etcd unreachable"
+            match &problem {
+                Some(p) if p.kind != ErrorKind::Unreachable => {
+                    reason_buf = format!("serving the last known state; {}", p.kind.describe());
+                    reason_buf.as_str()
+                }
+                _ => "serving the last known state; etcd unreachable",
+            }
         } else {
             "in sync with etcd"
         };
@@ -87,6 +104,7 @@ impl Admin {
             "stale_since": stale_since.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
             "stale_seconds": self.status.stale_for().map(|d| d.as_secs_f64()),
             "confirmed_seconds_ago": self.status.confirmed_age().map(|d| d.as_secs_f64()),
+            "error": problem.map(|p| json!({"kind": p.kind.as_str(), "message": p.message})),
         });
         (ready, body)
     }

@@ -45,7 +45,7 @@ pub async fn run(
     // empty mirror when a good snapshot is on disk.
     let snapshot_task = match &cfg.snapshot.file {
         Some(path) => {
-            restore_snapshot(path, &sources, &mirror, &status);
+            restore_snapshot(path, cfg.snapshot.max_bytes, &sources, &mirror, &status);
             Some(tokio::spawn(persist::run_writer(
                 path.clone(),
                 cfg.snapshot.min_interval,
@@ -222,11 +222,12 @@ async fn reload_zones_on_sighup(
 /// since it was written; the first list of each source from etcd replaces that source's part.
 fn restore_snapshot(
     path: &std::path::Path,
+    max_bytes: u64,
     sources: &[registry::formats::Source],
     mirror: &Mirror,
     status: &Status,
 ) {
-    match persist::load(path) {
+    match persist::load(path, max_bytes) {
         Ok(Some(mut p)) => {
             // Entries of sources no longer configured would never be replaced by a list.
             let configured = |id: &crate::cache::SourceId| sources.iter().any(|s| s.id == *id);
@@ -479,17 +480,23 @@ pub async fn services(
 ) -> anyhow::Result<()> {
     use std::collections::BTreeMap;
 
-    use etcd_client::GetOptions;
     use serde_json::json;
 
     let mut client = registry::connect(&etcd).await?;
-    let resp = client
-        .get(etcd.prefix.clone(), Some(GetOptions::new().with_prefix()))
-        .await
-        .with_context(|| format!("listing {} from {}", etcd.prefix, etcd.endpoints.join(",")))?;
+    let mut kv = client
+        .kv_client()
+        .max_decoding_message_size(etcd.max_message_bytes);
     let mut by_service: BTreeMap<String, Vec<(crate::cache::Instance, i64)>> = BTreeMap::new();
     let mut invalid = 0;
-    for kv in resp.kvs() {
+    registry::list::list(&mut kv, &etcd.prefix, etcd.list_page_size, |item| {
+        let kv = match item {
+            registry::list::Listed::Kv(kv) => kv,
+            registry::list::Listed::Restart => {
+                by_service.clear();
+                invalid = 0;
+                return;
+            }
+        };
         match registry::parse_entry(&etcd.prefix, kv.key(), kv.value()) {
             Ok((svc, inst)) => by_service
                 .entry(svc.to_string())
@@ -497,7 +504,9 @@ pub async fn services(
                 .push((inst, kv.lease())),
             Err(_) => invalid += 1,
         }
-    }
+    })
+    .await
+    .with_context(|| format!("listing {} from {}", etcd.prefix, etcd.endpoints.join(",")))?;
     let json_out = output == crate::cli::Output::Json;
     match service {
         None => {

@@ -125,6 +125,9 @@ pub struct SnapshotConfig {
     /// At most one write per this interval (the latest state is always written eventually).
     #[serde(with = "humantime_serde")]
     pub min_interval: Duration,
+    /// A snapshot file larger than this is not read (a 1,000,000-instance registry writes about
+    /// 150 MB).
+    pub max_bytes: u64,
 }
 
 impl Default for SnapshotConfig {
@@ -132,6 +135,7 @@ impl Default for SnapshotConfig {
         Self {
             file: None,
             min_interval: Duration::from_secs(1),
+            max_bytes: 2 << 30,
         }
     }
 }
@@ -157,6 +161,13 @@ pub struct EtcdConfig {
     pub retry_min: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
+    /// Keys per page when listing a prefix. Every page of one list is read at the revision of
+    /// the first, so a list of any size is one consistent snapshot. etcd 3.4 walks the rest of
+    /// the range for each page, so pages are large: small ones are for tests.
+    pub list_page_size: u32,
+    /// Largest etcd reply ruddr decodes (list pages, watch messages), bytes. A page that does
+    /// not fit is read again in smaller pages; watch replies are fragmented by etcd to fit.
+    pub max_message_bytes: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -190,8 +201,11 @@ pub struct DnsConfig {
     pub ns_name: Option<String>,
     /// SOA RNAME (responsible mailbox as a name). Default: `hostmaster.<zone>`.
     pub hostmaster: Option<String>,
-    /// How many built answers (per name and type) to keep; derived data, rebuilt on a miss.
-    pub answer_cache_capacity: u64,
+    /// Memory for built answers (per name and type), bytes; derived data, rebuilt on a miss.
+    pub answer_cache_bytes: u64,
+    /// Replaced by `answer_cache_bytes`; only read to say so.
+    #[serde(default, skip_serializing)]
+    pub answer_cache_capacity: Option<toml::Value>,
     /// Longest time to keep answering registry names from data etcd has not confirmed; past
     /// it they get SERVFAIL. `None` (`""` in TOML): no limit.
     #[serde(with = "optional_duration")]
@@ -231,6 +245,8 @@ impl Default for EtcdConfig {
             keepalive_timeout: Duration::from_secs(2),
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
+            list_page_size: 50_000,
+            max_message_bytes: 64 << 20,
         }
     }
 }
@@ -246,7 +262,8 @@ impl Default for DnsConfig {
             tcp_idle_timeout: Duration::from_secs(10),
             ns_name: None,
             hostmaster: None,
-            answer_cache_capacity: 100_000,
+            answer_cache_bytes: 64 << 20,
+            answer_cache_capacity: None,
             max_stale: None,
             stale_ttl: 30,
             panic_threshold: 0.0,
@@ -410,6 +427,15 @@ impl EtcdConfig {
             return Err(invalid(
                 "etcd.retry_min",
                 "must be above zero and at most retry_max",
+            ));
+        }
+        if e.list_page_size == 0 {
+            return Err(invalid("etcd.list_page_size", "must be above zero"));
+        }
+        if e.max_message_bytes < 1 << 20 {
+            return Err(invalid(
+                "etcd.max_message_bytes",
+                "must be at least 1048576 (etcd accepts values up to 1.5 MiB)",
             ));
         }
         if e.keepalive_interval.is_zero() || e.keepalive_timeout.is_zero() {
@@ -577,8 +603,14 @@ impl Config {
             return Err(invalid("snapshot.min_interval", "must be above zero"));
         }
         let d = &mut self.dns;
-        if d.answer_cache_capacity == 0 {
-            return Err(invalid("dns.answer_cache_capacity", "must be above zero"));
+        if d.answer_cache_capacity.is_some() {
+            return Err(invalid(
+                "dns.answer_cache_capacity",
+                "replaced by dns.answer_cache_bytes (a limit in bytes, default 67108864)",
+            ));
+        }
+        if d.answer_cache_bytes < 1 << 16 {
+            return Err(invalid("dns.answer_cache_bytes", "must be at least 65536"));
         }
         self.validate_sources()
     }

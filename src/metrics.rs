@@ -117,6 +117,11 @@ pub enum ForwardResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ForwardLabels {
     upstream: String,
     result: ForwardResult,
@@ -133,6 +138,8 @@ pub struct Metrics {
     pub relists: Counter,
     /// Sources etcd refuses (permission denied); their names keep their last data.
     pub sources_failing: Gauge,
+    registry_errors: Family<ErrorLabels, Counter>,
+    registry_failing: Family<ErrorLabels, Gauge>,
     forwarded: Family<ForwardLabels, Counter>,
     connected: Gauge,
     revision: Gauge,
@@ -160,6 +167,8 @@ impl Metrics {
             invalid_values: Counter::default(),
             relists: Counter::default(),
             sources_failing: Gauge::default(),
+            registry_errors: Family::default(),
+            registry_failing: Family::default(),
             forwarded: Family::default(),
             connected: Gauge::default(),
             revision: Gauge::default(),
@@ -210,6 +219,16 @@ impl Metrics {
             m.sources_failing.clone(),
         );
         registry.register(
+            "registry_errors",
+            "Failed etcd sessions by kind (unreachable, message_too_large, permission_denied, compacted, bad_response)",
+            m.registry_errors.clone(),
+        );
+        registry.register(
+            "registry_failing",
+            "1 for the kind of error that keeps the watch down now, 0 for the others",
+            m.registry_failing.clone(),
+        );
+        registry.register(
             "registry_connected",
             "1 while the etcd watch is established, else 0",
             m.connected.clone(),
@@ -251,6 +270,13 @@ impl Metrics {
         }
     }
 
+    /// Counts one failed etcd session of this kind ([`crate::registry::ErrorKind::as_str`]).
+    pub fn observe_registry_error(&self, kind: &'static str) {
+        self.registry_errors
+            .get_or_create(&ErrorLabels { kind })
+            .inc();
+    }
+
     /// Records one attempt at an upstream (label values come from the configured list only).
     pub fn observe_forward(&self, upstream: std::net::SocketAddr, result: ForwardResult) {
         self.forwarded
@@ -264,6 +290,14 @@ impl Metrics {
     /// Refreshes the state gauges and renders the Prometheus text format.
     pub fn render(&self, snapshot: &Snapshot, status: &Status, serve_warning: bool) -> String {
         self.connected.set(i64::from(status.is_connected()));
+        let problem = status.problem().map(|p| p.kind);
+        for kind in crate::registry::ErrorKind::ALL {
+            self.registry_failing
+                .get_or_create(&ErrorLabels {
+                    kind: kind.as_str(),
+                })
+                .set(i64::from(problem == Some(kind)));
+        }
         self.revision.set(snapshot.revision);
         self.confirmed_age
             .set(status.confirmed_age().map_or(-1.0, |d| d.as_secs_f64()));

@@ -3,7 +3,8 @@
 //!
 //! Format: one header line `ruddr-snapshot 1 <crc32 hex> <body length>` and a JSON body. A file
 //! whose header, length or checksum does not match is reported and ignored, never trusted.
-//! Writes go to a temporary file that is synced and renamed over the old one.
+//! Writes stream the published snapshot (structurally shared, so nothing is copied) into a
+//! temporary file, fill in the header last, sync and rename it over the old one.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,8 @@ pub enum SnapshotError {
     Length { want: usize, got: usize },
     #[error("checksum mismatch: the file is corrupt")]
     Checksum,
+    #[error("the file has {size} bytes, above snapshot.max_bytes ({max_bytes})")]
+    TooLarge { size: u64, max_bytes: u64 },
     #[error("body is not a valid snapshot: {0}")]
     Body(#[from] serde_json::Error),
 }
@@ -53,47 +56,8 @@ pub struct Persisted {
 }
 
 impl Persisted {
-    pub fn from_snapshot(s: &Snapshot) -> Self {
-        let mut instances: Vec<(ServiceName, Instance)> = s
-            .services
-            .values()
-            .flat_map(|svc| {
-                svc.instances
-                    .values()
-                    .map(|i| (svc.name.clone(), i.clone()))
-            })
-            .collect();
-        instances.sort_by(|a, b| (&a.0, &a.1.id, a.1.source).cmp(&(&b.0, &b.1.id, b.1.source)));
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        Self {
-            revision: s.revision,
-            written_at_unix_ms: now.as_millis() as u64,
-            instances,
-            domains: s
-                .domains
-                .iter()
-                .map(|(k, r)| (k.clone(), r.clone()))
-                .collect(),
-        }
-    }
-
     pub fn written_at(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.written_at_unix_ms)
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        // Serializing plain data to memory cannot fail.
-        let body = serde_json::to_vec(self).unwrap_or_default();
-        let mut out = format!(
-            "{MAGIC} {VERSION} {:08x} {}\n",
-            crc32fast::hash(&body),
-            body.len()
-        )
-        .into_bytes();
-        out.extend_from_slice(&body);
-        out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotError> {
@@ -135,35 +99,154 @@ impl Persisted {
     }
 }
 
-/// Reads the snapshot at `path`; `Ok(None)` when there is none yet.
-pub fn load(path: &Path) -> Result<Option<Persisted>, SnapshotError> {
-    match std::fs::read(path) {
-        Ok(bytes) => Persisted::decode(&bytes).map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(SnapshotError::Read {
-            path: path.to_path_buf(),
-            source,
-        }),
+/// Reads the snapshot at `path`; `Ok(None)` when there is none yet. A file larger than
+/// `max_bytes` is refused before it is read.
+pub fn load(path: &Path, max_bytes: u64) -> Result<Option<Persisted>, SnapshotError> {
+    let read_err = |source| SnapshotError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_err(e)),
+    };
+    let size = file.metadata().map_err(read_err)?.len();
+    if size > max_bytes {
+        return Err(SnapshotError::TooLarge { size, max_bytes });
     }
+    let mut bytes = Vec::with_capacity(size as usize);
+    // `take` bounds the read even if the file grows meanwhile.
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, max_bytes.saturating_add(1)),
+        &mut bytes,
+    )
+    .map_err(read_err)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(SnapshotError::TooLarge {
+            size: bytes.len() as u64,
+            max_bytes,
+        });
+    }
+    Persisted::decode(&bytes).map(Some)
 }
 
-/// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename, fsync
-/// the directory. A crash leaves either the old file or the new one, never a mix.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// What a write produced.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    pub revision: i64,
+    pub instances: usize,
+    pub bytes: u64,
+}
+
+/// The header line, fixed width (the length zero-padded), so it can be written last over a
+/// placeholder of the same size.
+fn header(crc: u32, len: u64) -> String {
+    format!("{MAGIC} {VERSION} {crc:08x} {len:020}\n")
+}
+
+/// Writes `snapshot` to `path` atomically: streamed into a temp file in the same directory,
+/// header filled in, fsync, rename, fsync the directory. A crash leaves either the old file or
+/// the new one, never a mix.
+pub fn write(path: &Path, snapshot: &Snapshot) -> std::io::Result<Written> {
+    use std::io::{Seek, SeekFrom};
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
+    let placeholder = header(0, 0);
+    let mut body = Hashing {
+        inner: std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut()),
+        crc: crc32fast::Hasher::new(),
+        len: 0,
+    };
+    body.inner.write_all(placeholder.as_bytes())?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let view = View {
+        revision: snapshot.revision,
+        written_at_unix_ms: now.as_millis() as u64,
+        instances: Instances(snapshot),
+        domains: Domains(snapshot),
+    };
+    serde_json::to_writer(&mut body, &view)?;
+    let (crc, len) = (body.crc.clone().finalize(), body.len);
+    body.inner.flush()?;
+    drop(body);
+    let file = tmp.as_file_mut();
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(header(crc, len).as_bytes())?;
+    file.sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(Written {
+        revision: snapshot.revision,
+        instances: snapshot.instance_count(),
+        bytes: placeholder.len() as u64 + len,
+    })
 }
 
-/// Writes the mirror to `path` whenever it changed, at most once per `min_interval`, and once
-/// more at shutdown. Only data confirmed by etcd is written, so an empty mirror at start never
-/// replaces a good snapshot.
+/// A writer that checksums and counts what goes through it.
+struct Hashing<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// [`Persisted`]'s shape, serialized straight from a snapshot.
+#[derive(Serialize)]
+struct View<'a> {
+    revision: i64,
+    written_at_unix_ms: u64,
+    instances: Instances<'a>,
+    domains: Domains<'a>,
+}
+
+/// Every instance as `(service, instance)`, ordered by service, id and source.
+struct Instances<'a>(&'a Snapshot);
+
+impl Serialize for Instances<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut services: Vec<&Arc<crate::cache::Service>> = self.0.services.values().collect();
+        services.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        s.collect_seq(
+            services
+                .into_iter()
+                .flat_map(|svc| svc.instances.values().map(move |i| (&svc.name, i))),
+        )
+    }
+}
+
+struct Domains<'a>(&'a Snapshot);
+
+impl Serialize for Domains<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.domains.iter())
+    }
+}
+
+/// Writes the mirror to `path` whenever it changed, and once more at shutdown. Only data
+/// confirmed by etcd is written, so an empty mirror at start never replaces a good snapshot.
+///
+/// Writes run on a blocking thread from the published snapshot, off the query path and the
+/// watch. At most one write per `min_interval`, and never more often than every
+/// [`WRITE_SHARE_INVERSE`] times the last write took: a large registry under churn spends at
+/// most about a tenth of a core on snapshots, however small `min_interval` is.
 pub async fn run_writer(
     path: PathBuf,
     min_interval: Duration,
@@ -173,30 +256,38 @@ pub async fn run_writer(
 ) {
     let mut written = mirror.load().changes;
     let mut last_write: Option<std::time::Instant> = None;
+    let mut interval = min_interval;
     loop {
         let stop = tokio::select! {
             _ = shutdown.cancelled() => true,
-            _ = tokio::time::sleep(min_interval) => false,
+            _ = tokio::time::sleep(interval) => false,
         };
         let snapshot = mirror.load_full();
         // Rewrite unchanged data now and then while etcd confirms it, so that the file's time
         // says when the data was last known good (a restart counts staleness from it).
         let confirmed_old = status.is_connected()
-            && last_write.is_none_or(|t| t.elapsed() >= REFRESH.max(min_interval));
+            && last_write.is_none_or(|t| t.elapsed() >= REFRESH.max(interval));
         let changed = snapshot.changes != written;
         if (changed || confirmed_old) && status.is_synced() && !status.is_from_snapshot() {
             let changes = snapshot.changes;
             let path2 = path.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                let p = Persisted::from_snapshot(&snapshot);
-                write_atomic(&path2, &p.encode()).map(|()| (p.revision, p.instances.len()))
-            })
-            .await;
+            let started = std::time::Instant::now();
+            let result = tokio::task::spawn_blocking(move || write(&path2, &snapshot)).await;
+            let took = started.elapsed();
             match result {
-                Ok(Ok((revision, instances))) => {
+                Ok(Ok(w)) => {
                     written = changes;
                     last_write = Some(std::time::Instant::now());
-                    debug!(path = %path.display(), revision, instances, "snapshot written");
+                    interval = min_interval.max(took * WRITE_SHARE_INVERSE);
+                    debug!(
+                        path = %path.display(),
+                        revision = w.revision,
+                        instances = w.instances,
+                        bytes = w.bytes,
+                        ?took,
+                        next_in = ?interval,
+                        "snapshot written",
+                    );
                 }
                 Ok(Err(error)) => warn!(path = %path.display(), %error, "cannot write snapshot"),
                 Err(error) => warn!(%error, "snapshot writer task failed"),
@@ -208,6 +299,9 @@ pub async fn run_writer(
         }
     }
 }
+
+/// The writer waits at least this many times as long as its last write took.
+pub const WRITE_SHARE_INVERSE: u32 = 10;
 
 #[cfg(test)]
 mod tests {
@@ -246,13 +340,26 @@ mod tests {
         m
     }
 
+    fn write_to_vec(m: &Mirror) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mirror.snapshot");
+        write(&path, &m.load()).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        (dir, path, bytes)
+    }
+
     #[test]
     fn round_trip() {
         let m = mirror();
-        let p = Persisted::from_snapshot(&m.load());
-        let back = Persisted::decode(&p.encode()).unwrap();
+        let (_dir, path, _) = write_to_vec(&m);
+        let back = load(&path, u64::MAX).unwrap().unwrap();
         assert_eq!(back.revision, 42);
-        assert_eq!(back.instances, p.instances);
+        assert_eq!(back.instances.len(), 2);
+        assert_eq!(
+            back.instances[0].1.id.as_str(),
+            "a",
+            "ordered by service and id"
+        );
         let restored = Mirror::new();
         restored.apply(
             [Update::Reset {
@@ -263,14 +370,14 @@ mod tests {
             back.revision,
         );
         assert_eq!(
-            restored.load().services["web"].instances,
-            m.load().services["web"].instances
+            restored.load().service("web").unwrap().instances,
+            m.load().service("web").unwrap().instances
         );
     }
 
     #[test]
     fn damaged_files_are_rejected() {
-        let bytes = Persisted::from_snapshot(&mirror().load()).encode();
+        let (_dir, path, bytes) = write_to_vec(&mirror());
         let truncated = &bytes[..bytes.len() - 10];
         assert!(matches!(
             Persisted::decode(truncated),
@@ -294,16 +401,22 @@ mod tests {
             Persisted::decode(other.as_bytes()),
             Err(SnapshotError::Version(9))
         ));
+        assert!(matches!(
+            load(&path, 100),
+            Err(SnapshotError::TooLarge { max_bytes: 100, .. })
+        ));
     }
 
     #[test]
     fn atomic_write_replaces_and_load_reads() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mirror.snapshot");
-        assert!(load(&path).unwrap().is_none());
-        write_atomic(&path, &Persisted::from_snapshot(&mirror().load()).encode()).unwrap();
-        write_atomic(&path, &Persisted::from_snapshot(&mirror().load()).encode()).unwrap();
-        assert_eq!(load(&path).unwrap().unwrap().instances.len(), 2);
+        assert!(load(&path, u64::MAX).unwrap().is_none());
+        let m = mirror();
+        let w = write(&path, &m.load()).unwrap();
+        write(&path, &m.load()).unwrap();
+        assert_eq!(w.bytes, std::fs::metadata(&path).unwrap().len());
+        assert_eq!(load(&path, u64::MAX).unwrap().unwrap().instances.len(), 2);
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
             1,

@@ -114,7 +114,13 @@ impl Handler {
             zone,
             mirror,
             answers: Cache::builder()
-                .max_capacity(cfg.answer_cache_capacity)
+                .max_capacity(cfg.answer_cache_bytes)
+                .weigher(
+                    |(name, _, _): &(LowerName, RecordType, bool), built: &Arc<Built>| {
+                        let bytes = built.memory_size() + name.len() + 64;
+                        u32::try_from(bytes).unwrap_or(u32::MAX)
+                    },
+                )
                 .build(),
             soa,
             max_udp_payload: cfg.max_udp_payload,

@@ -52,6 +52,25 @@ pub struct Built {
 }
 
 impl Built {
+    /// Approximate bytes this answer holds in memory (for the answer cache's byte limit):
+    /// the struct, each record with its wire size as a stand-in for its names' heap, and the
+    /// per-answer vectors.
+    pub fn memory_size(&self) -> usize {
+        let record = std::mem::size_of::<Record>();
+        let per_answer = record
+            + std::mem::size_of::<(u16, u16)>()
+            + std::mem::size_of::<Option<Record>>()
+            + std::mem::size_of::<usize>();
+        let wire: usize = self.answer_sizes.iter().sum();
+        let glue: usize = self
+            .additionals
+            .iter()
+            .flatten()
+            .map(|r| record + wire_size(r))
+            .sum();
+        std::mem::size_of::<Self>() + self.answers.len() * per_answer + wire + glue
+    }
+
     pub(crate) fn negative(generation: u64, outcome: Outcome) -> Self {
         Self {
             generation,

@@ -3,19 +3,19 @@
 
 mod backoff;
 pub mod formats;
+pub mod list;
 mod parse;
 mod status;
 mod watcher;
 
 pub use backoff::Backoff;
 pub use parse::{encode_value, parse_entry, parse_key, parse_value, EntryError};
-pub use status::Status;
+pub use status::{Problem, Status};
 pub use watcher::{connect, Watcher};
 
 /// Whether `e` concerns one source's keys rather than the connection (etcd refuses that prefix).
 pub fn is_source_error(e: &RegistryError) -> bool {
-    // gRPC PermissionDenied is code 7.
-    matches!(e, RegistryError::Etcd(etcd_client::Error::GRpcStatus(s)) if s.code() as i32 == 7)
+    e.kind() == ErrorKind::Refused
 }
 
 /// Errors that end one watch session; the watcher retries after each.
@@ -31,10 +31,92 @@ pub enum RegistryError {
     History(String),
     #[error("retrying the sources etcd refused")]
     RetrySources,
+    #[error("etcd refuses every configured prefix")]
+    AllRefused,
     #[error("{prefix}: revision {wanted} was compacted (oldest kept: {compacted}); re-listing")]
     Compacted {
         prefix: String,
         wanted: i64,
         compacted: i64,
     },
+}
+
+/// What kind of trouble an error is, as logs, `/ready` and metrics report it: an unreachable
+/// etcd is an outage to wait out; the others need a person (a limit, a permission, a bug).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// No answer: etcd down, partitioned, or the connection dropped.
+    Unreachable,
+    /// A reply larger than `etcd.max_message_bytes`.
+    TooLarge,
+    /// etcd refuses the request (permission denied, authentication).
+    Refused,
+    /// The revision asked for was compacted away (not an outage: re-list).
+    Compacted,
+    /// Anything else etcd answered with: an error status, a canceled watch, a bad response.
+    BadResponse,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 5] = [
+        ErrorKind::Unreachable,
+        ErrorKind::TooLarge,
+        ErrorKind::Refused,
+        ErrorKind::Compacted,
+        ErrorKind::BadResponse,
+    ];
+
+    /// The label in metrics and `/ready`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::TooLarge => "message_too_large",
+            ErrorKind::Refused => "permission_denied",
+            ErrorKind::Compacted => "compacted",
+            ErrorKind::BadResponse => "bad_response",
+        }
+    }
+
+    /// What an operator reads in `/ready` and the log while this lasts.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ErrorKind::Unreachable => "etcd unreachable",
+            ErrorKind::TooLarge => "an etcd reply exceeds etcd.max_message_bytes",
+            ErrorKind::Refused => "etcd refuses the request (permission denied)",
+            ErrorKind::Compacted => "the watched revision was compacted",
+            ErrorKind::BadResponse => "etcd answered with an error",
+        }
+    }
+}
+
+impl RegistryError {
+    pub fn kind(&self) -> ErrorKind {
+        use etcd_client::Error as E;
+        use tonic::Code;
+        match self {
+            RegistryError::Etcd(E::GRpcStatus(s)) => match s.code() {
+                Code::PermissionDenied | Code::Unauthenticated => ErrorKind::Refused,
+                // The client's decode limit; etcd's own "too large" replies come as
+                // ResourceExhausted.
+                Code::OutOfRange if s.message().contains("too large") => ErrorKind::TooLarge,
+                Code::ResourceExhausted => ErrorKind::TooLarge,
+                Code::OutOfRange if s.message().contains("compacted") => ErrorKind::Compacted,
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
+                    ErrorKind::Unreachable
+                }
+                // A connection that breaks mid-stream surfaces as Unknown (or Internal for an
+                // HTTP/2 error) with the transport's error as text.
+                Code::Unknown => ErrorKind::Unreachable,
+                Code::Internal if s.message().contains("h2 protocol") => ErrorKind::Unreachable,
+                _ => ErrorKind::BadResponse,
+            },
+            RegistryError::Etcd(E::TransportError(_) | E::IoError(_)) => ErrorKind::Unreachable,
+            RegistryError::Etcd(E::WatchError(m)) if m.contains("too large") => ErrorKind::TooLarge,
+            RegistryError::Etcd(_) => ErrorKind::BadResponse,
+            RegistryError::StreamClosed => ErrorKind::Unreachable,
+            RegistryError::Canceled(_) => ErrorKind::BadResponse,
+            RegistryError::History(_) | RegistryError::Compacted { .. } => ErrorKind::Compacted,
+            RegistryError::RetrySources | RegistryError::AllRefused => ErrorKind::Refused,
+        }
+    }
 }

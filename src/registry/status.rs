@@ -2,7 +2,17 @@
 //! Atomics, because the DNS handler reads it on every query.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
+
+use super::ErrorKind;
+
+/// Why the last session with etcd ended, while the watch is down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub kind: ErrorKind,
+    pub message: String,
+}
 
 /// No staleness: the mirror is current.
 const NONE: i64 = i64::MIN;
@@ -21,6 +31,9 @@ pub struct Status {
     stale_since: AtomicI64,
     /// Milliseconds after `epoch` at which etcd last confirmed the mirror; 0 when never.
     confirmed_ms: AtomicU64,
+    /// The last error, until the watch is established again. A std `Mutex`: written once per
+    /// failed session, read by `/ready` and metrics, never on the query path.
+    problem: Mutex<Option<Problem>>,
     epoch: Instant,
 }
 
@@ -32,6 +45,7 @@ impl Default for Status {
             from_snapshot: AtomicBool::new(false),
             stale_since: AtomicI64::new(NONE),
             confirmed_ms: AtomicU64::new(0),
+            problem: Mutex::new(None),
             epoch: Instant::now(),
         }
     }
@@ -48,7 +62,21 @@ impl Status {
         self.from_snapshot.store(false, Relaxed);
         self.stale_since.store(NONE, Relaxed);
         self.connected.store(true, Relaxed);
+        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.confirm();
+    }
+
+    /// Records why the watch is down (shown until it is established again).
+    pub fn set_problem(&self, kind: ErrorKind, message: String) {
+        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = Some(Problem { kind, message });
+    }
+
+    /// Why the watch is down, if it is and a reason is known.
+    pub fn problem(&self) -> Option<Problem> {
+        self.problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The mirror was filled from a snapshot written at `written_at`: stale since then.

@@ -8,18 +8,27 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, KvClient, WatchClient, WatchOptions,
+    WatchResponse,
+};
+use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::formats::{Entry, Key, Source};
-use super::{is_source_error, Backoff, RegistryError, Status};
+use super::list::{list, Listed};
+use super::{is_source_error, Backoff, ErrorKind, RegistryError, Status};
 use crate::cache::{Mirror, Update};
 use crate::config::EtcdConfig;
 use crate::metrics::Metrics;
 
 /// How often to repeat the "still stale" warning while etcd stays unreachable.
 const STALE_REMINDER: Duration = Duration::from_secs(30);
+
+/// Most updates applied as one batch: watch messages already received are coalesced into one
+/// published snapshot up to this many updates.
+const COALESCE_MAX: usize = 10_000;
 
 /// Builds an etcd client. Connecting is lazy: this fails only on bad options (for example an
 /// unreadable TLS file), never because etcd is down.
@@ -68,7 +77,10 @@ struct Watched {
 
 /// Keeps a [`Mirror`] equal to everything under the watched prefixes.
 pub struct Watcher {
-    client: Client,
+    /// Both with the decode limit of `etcd.max_message_bytes` (etcd-client sets it per client).
+    kv: KvClient,
+    watch: WatchClient,
+    page_size: u32,
     sources: Vec<Watched>,
     mirror: Arc<Mirror>,
     status: Arc<Status>,
@@ -101,8 +113,11 @@ impl Watcher {
         status: Arc<Status>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let limit = cfg.max_message_bytes;
         Self {
-            client,
+            kv: client.kv_client().max_decoding_message_size(limit),
+            watch: client.watch_client().max_decoding_message_size(limit),
+            page_size: cfg.list_page_size,
             sources: sources
                 .into_iter()
                 .map(|source| Watched {
@@ -146,6 +161,8 @@ impl Watcher {
             if let RegistryError::RetrySources = err {
                 continue;
             }
+            let kind = err.kind();
+            self.metrics.observe_registry_error(kind.as_str());
             if let RegistryError::Compacted { .. } | RegistryError::History(_) = err {
                 // Not an outage: etcd is there, our resume point is gone. Re-list at once the
                 // first time; if it keeps happening (endpoints of two clusters?), back off.
@@ -170,6 +187,7 @@ impl Watcher {
                 continue;
             }
             let since = self.status.set_disconnected();
+            self.status.set_problem(kind, err.to_string());
             if !self.too_stale_logged && self.status.is_too_stale(self.max_stale) {
                 self.too_stale_logged = true;
                 error!(
@@ -184,16 +202,31 @@ impl Watcher {
                 .is_none_or(|t| t.elapsed() >= STALE_REMINDER);
             if remind {
                 self.last_stale_log = Some(Instant::now());
-                warn!(
-                    error = %err,
-                    stale_since = %humantime::format_rfc3339_seconds(since),
-                    stale_for = ?since.elapsed().unwrap_or_default(),
-                    revision = self.high,
-                    retry_in = ?delay,
-                    "etcd unreachable; serving the last known state",
-                );
+                let stale_for = since.elapsed().unwrap_or_default();
+                if kind == ErrorKind::Unreachable {
+                    warn!(
+                        error = %err,
+                        stale_since = %humantime::format_rfc3339_seconds(since),
+                        ?stale_for,
+                        revision = self.high,
+                        retry_in = ?delay,
+                        "etcd unreachable; serving the last known state",
+                    );
+                } else {
+                    // etcd answers, but not with what ruddr needs: waiting will not fix it.
+                    error!(
+                        error = %err,
+                        kind = kind.as_str(),
+                        stale_since = %humantime::format_rfc3339_seconds(since),
+                        ?stale_for,
+                        revision = self.high,
+                        retry_in = ?delay,
+                        "{}; serving the last known state",
+                        kind.describe(),
+                    );
+                }
             } else {
-                debug!(error = %err, retry_in = ?delay, "etcd still unreachable");
+                debug!(error = %err, retry_in = ?delay, "etcd still failing");
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -214,27 +247,32 @@ impl Watcher {
                 }
             }
         }
-        let mut starts = vec![0; self.sources.len()];
+        let mut session = Session {
+            starts: vec![0; self.sources.len()],
+            ..Session::default()
+        };
         let mut stream: Option<etcd_client::WatchStream> = None;
         // etcd handles a stream's create requests in order: the n-th `created` is the n-th
         // source watched.
-        let mut pending: VecDeque<usize> = VecDeque::new();
         for (i, w) in self.sources.iter().enumerate() {
             if w.refused.is_some() {
                 continue;
             }
             let start = w.revision.unwrap_or(0) + 1;
-            starts[i] = start;
+            session.starts[i] = start;
+            // Fragmented: a catch-up larger than a message arrives in parts, each within the
+            // decode limit; its events count only once the last part is in.
             let opts = WatchOptions::new()
                 .with_prefix()
                 .with_start_revision(start)
-                .with_progress_notify();
+                .with_progress_notify()
+                .with_fragment();
             let key = w.source.prefix.clone();
             match &mut stream {
-                None => stream = Some(self.client.watch(key, Some(opts)).await?),
+                None => stream = Some(self.watch.watch(key, Some(opts)).await?),
                 Some(s) => s.watch(key, Some(opts)).await?,
             }
-            pending.push_back(i);
+            session.pending.push_back(i);
         }
         let mut retry = tokio::time::interval_at(
             tokio::time::Instant::now() + self.source_retry,
@@ -242,11 +280,8 @@ impl Watcher {
         );
         let Some(mut stream) = stream else {
             // Nothing to follow: as good as an outage (stale, backoff, retry).
-            return Err(RegistryError::Canceled(
-                "etcd refuses every configured prefix".into(),
-            ));
+            return Err(RegistryError::AllRefused);
         };
-        let mut by_watch: HashMap<i64, usize> = HashMap::new();
         let mut progress = tokio::time::interval(self.progress_interval);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -262,152 +297,184 @@ impl Watcher {
                     continue;
                 }
             };
-            let resp = msg?.ok_or(RegistryError::StreamClosed)?;
-            if resp.created() {
-                if let Some(i) = pending.pop_front() {
-                    by_watch.insert(resp.watch_id(), i);
-                }
+            let mut batch = Batch::default();
+            self.receive(msg?, &mut session, &mut batch).await?;
+            // Coalesce a burst: what etcd has already sent is applied and published as one
+            // snapshot rather than one per message.
+            while batch.updates.len() < COALESCE_MAX {
+                let Some(msg) = stream.message().now_or_never() else {
+                    break;
+                };
+                self.receive(msg?, &mut session, &mut batch).await?;
             }
-            let index = by_watch.get(&resp.watch_id()).copied();
-            if resp.canceled() {
-                let prefix = index.map_or(String::new(), |i| self.sources[i].source.prefix.clone());
-                if let (Some(i), true) = (index, resp.compact_revision() > 0) {
-                    // Every source resuming below the compaction would hit it too: re-list
-                    // those now rather than one failed session each.
-                    for (w, start) in self.sources.iter_mut().zip(&starts) {
-                        if *start < resp.compact_revision() {
-                            w.revision = None;
-                        }
-                    }
-                    self.sources[i].revision = None;
-                    return Err(RegistryError::Compacted {
-                        prefix,
-                        wanted: starts[i],
-                        compacted: resp.compact_revision(),
-                    });
-                }
-                let reason = format!("{prefix}: {}", resp.cancel_reason());
-                match index {
-                    // etcd refused this one watch (permission denied): the others go on.
-                    Some(i) if resp.created() => {
-                        by_watch.remove(&resp.watch_id());
-                        self.refused(i, reason);
-                        if pending.is_empty() {
-                            self.on_connected();
-                        }
-                        continue;
-                    }
-                    _ => return Err(RegistryError::Canceled(reason)),
-                }
-            }
-            if resp.created() {
-                let start = index.map_or(1, |i| starts[i]);
-                // An etcd rebuilt from scratch (or another cluster behind the same address) has
-                // revisions below ours or another cluster id: resuming would miss everything.
-                if let Some(h) = resp.header() {
-                    if self.cluster_id.is_some_and(|id| id != h.cluster_id()) {
-                        return Err(RegistryError::History("etcd cluster id changed".into()));
-                    }
-                    if h.revision() < start - 1 {
-                        // A follower can lag a little; ask through the leader (a linearizable
-                        // read) before concluding that etcd was rebuilt with a lower history.
-                        let key =
-                            index.map_or(String::new(), |i| self.sources[i].source.prefix.clone());
-                        let now = self
-                            .client
-                            .get(key, Some(GetOptions::new().with_prefix().with_limit(1)))
-                            .await?
-                            .header()
-                            .map_or(i64::MAX, |h| h.revision());
-                        if now < start - 1 {
-                            return Err(RegistryError::History(format!(
-                                "etcd is at revision {now}, behind the {} already applied",
-                                start - 1
-                            )));
-                        }
-                    }
-                }
-                if pending.is_empty() {
-                    self.on_connected();
-                }
-                continue;
-            }
-            // Progress notifications carry no events but still confirm we are current.
-            self.status.confirm();
-            let Some(i) = index else { continue };
-            // Resume point: the last event actually received. The header revision is the store's
-            // current one and can run ahead of events etcd still has queued for a catching-up
-            // watcher (and, before etcd 3.4.24, of progress notifications), so it is never used.
-            let last_event = resp
-                .events()
-                .iter()
-                .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
-                .max();
-            let Some(revision) = last_event else { continue };
-            let source = &self.sources[i].source;
-            let mut updates = Vec::with_capacity(resp.events().len());
-            for event in resp.events() {
-                let Some(kv) = event.kv() else { continue };
-                match event.event_type() {
-                    EventType::Put => match source.put(kv.key(), kv.value()) {
-                        Ok(update) => updates.extend(update),
-                        Err(error) => {
-                            self.metrics.invalid_values.inc();
-                            warn_skipped(source, kv.key(), &error);
-                        }
-                    },
-                    // Keys that never parsed were never in the mirror: nothing to delete.
-                    EventType::Delete => updates.extend(source.delete(kv.key())),
-                }
-            }
-            let w = &mut self.sources[i];
-            w.revision = Some(revision.max(w.revision.unwrap_or(0)));
-            self.high = self.high.max(revision);
-            let applied = self.mirror.apply(updates, self.high);
-            if !applied.changed.is_empty() || applied.domains_changed {
-                debug!(
-                    revision,
-                    prefix = %self.sources[i].source.prefix,
-                    changed = ?applied.changed,
-                    domains_changed = applied.domains_changed,
-                    "applied watch events",
-                );
-            }
+            self.commit(batch);
         }
     }
 
-    /// Lists everything under source `i`'s prefix and replaces that source's part of the mirror
-    /// with it.
+    /// Takes one watch message: watch bookkeeping, or its events into `batch`.
+    async fn receive(
+        &mut self,
+        resp: Option<WatchResponse>,
+        session: &mut Session,
+        batch: &mut Batch,
+    ) -> Result<(), RegistryError> {
+        let resp = resp.ok_or(RegistryError::StreamClosed)?;
+        if resp.created() {
+            if let Some(i) = session.pending.pop_front() {
+                session.by_watch.insert(resp.watch_id(), i);
+            }
+        }
+        let index = session.by_watch.get(&resp.watch_id()).copied();
+        let starts = &session.starts;
+        if resp.canceled() {
+            let prefix = index.map_or(String::new(), |i| self.sources[i].source.prefix.clone());
+            if let (Some(i), true) = (index, resp.compact_revision() > 0) {
+                // Every source resuming below the compaction would hit it too: re-list
+                // those now rather than one failed session each.
+                for (w, start) in self.sources.iter_mut().zip(starts) {
+                    if *start < resp.compact_revision() {
+                        w.revision = None;
+                    }
+                }
+                self.sources[i].revision = None;
+                return Err(RegistryError::Compacted {
+                    prefix,
+                    wanted: starts[i],
+                    compacted: resp.compact_revision(),
+                });
+            }
+            let reason = format!("{prefix}: {}", resp.cancel_reason());
+            return match index {
+                // etcd refused this one watch (permission denied): the others go on.
+                Some(i) if resp.created() => {
+                    session.by_watch.remove(&resp.watch_id());
+                    self.refused(i, reason);
+                    if session.pending.is_empty() {
+                        self.on_connected();
+                    }
+                    Ok(())
+                }
+                _ => Err(RegistryError::Canceled(reason)),
+            };
+        }
+        if resp.created() {
+            let start = index.map_or(1, |i| starts[i]);
+            // An etcd rebuilt from scratch (or another cluster behind the same address) has
+            // revisions below ours or another cluster id: resuming would miss everything.
+            if let Some(h) = resp.header() {
+                if self.cluster_id.is_some_and(|id| id != h.cluster_id()) {
+                    return Err(RegistryError::History("etcd cluster id changed".into()));
+                }
+                if h.revision() < start - 1 {
+                    // A follower can lag a little; ask through the leader (a linearizable
+                    // read) before concluding that etcd was rebuilt with a lower history.
+                    let key =
+                        index.map_or(String::new(), |i| self.sources[i].source.prefix.clone());
+                    let now = self
+                        .kv
+                        .get(key, Some(GetOptions::new().with_prefix().with_limit(1)))
+                        .await?
+                        .header()
+                        .map_or(i64::MAX, |h| h.revision());
+                    if now < start - 1 {
+                        return Err(RegistryError::History(format!(
+                            "etcd is at revision {now}, behind the {} already applied",
+                            start - 1
+                        )));
+                    }
+                }
+            }
+            if session.pending.is_empty() {
+                self.on_connected();
+            }
+            return Ok(());
+        }
+        // Progress notifications carry no events but still confirm we are current.
+        self.status.confirm();
+        let Some(i) = index else { return Ok(()) };
+        let source = &self.sources[i].source;
+        let part = session.partial.entry(resp.watch_id()).or_default();
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            // Resume point: the last event actually received. The header revision is the
+            // store's current one and can run ahead of events etcd still has queued for a
+            // catching-up watcher (and, before etcd 3.4.24, of progress notifications), so it
+            // is never used.
+            part.revision = part.revision.max(kv.mod_revision());
+            match event.event_type() {
+                EventType::Put => match source.put(kv.key(), kv.value()) {
+                    Ok(update) => part.updates.extend(update),
+                    Err(error) => {
+                        self.metrics.invalid_values.inc();
+                        warn_skipped(source, kv.key(), &error);
+                    }
+                },
+                // Keys that never parsed were never in the mirror: nothing to delete.
+                EventType::Delete => part.updates.extend(source.delete(kv.key())),
+            }
+        }
+        if resp.0.fragment {
+            // More of this revision follows: nothing counts until the last part is in.
+            return Ok(());
+        }
+        if let Some(done) = session.partial.remove(&resp.watch_id()) {
+            batch.updates.extend(done.updates);
+            if done.revision > 0 {
+                batch.revisions.push((i, done.revision));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a batch of received events as one snapshot and moves the resume points.
+    fn commit(&mut self, batch: Batch) {
+        if batch.revisions.is_empty() {
+            return;
+        }
+        for &(i, revision) in &batch.revisions {
+            let w = &mut self.sources[i];
+            w.revision = Some(revision.max(w.revision.unwrap_or(0)));
+            self.high = self.high.max(revision);
+        }
+        let events = batch.updates.len();
+        let applied = self.mirror.apply(batch.updates, self.high);
+        if !applied.changed.is_empty() || applied.domains_changed {
+            debug!(
+                revision = self.high,
+                events,
+                changed = applied.changed.len(),
+                domains_changed = applied.domains_changed,
+                "applied watch events",
+            );
+        }
+    }
+
+    /// Lists everything under source `i`'s prefix (in pages, at one revision) and replaces
+    /// that source's part of the mirror with it.
     async fn list(&mut self, i: usize) -> Result<(), RegistryError> {
         let source = &self.sources[i].source;
-        let resp = self
-            .client
-            .get(source.prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        self.lists += 1;
-        // The first list of each source is the start, not a re-list.
-        if self.lists > self.sources.len() as u64 {
-            self.metrics.relists.inc();
-        }
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let cluster = resp.header().map(|h| h.cluster_id());
-        if self.cluster_id.is_some() && cluster != self.cluster_id {
-            // The other sources' revisions came from another cluster: re-list them all.
-            return Err(RegistryError::History("etcd cluster id changed".into()));
-        }
-        self.cluster_id = cluster;
         let current = self.mirror.load_full();
-        let mut instances = Vec::with_capacity(resp.kvs().len());
+        let mut instances = Vec::new();
         let mut domains = Vec::new();
         let mut skipped = 0usize;
-        for kv in resp.kvs() {
+        let metrics = &self.metrics;
+        let header = list(&mut self.kv, &source.prefix, self.page_size, |item| {
+            let kv = match item {
+                Listed::Kv(kv) => kv,
+                Listed::Restart => {
+                    instances.clear();
+                    domains.clear();
+                    skipped = 0;
+                    return;
+                }
+            };
             match source.entry(kv.key(), kv.value()) {
                 Ok(Some(Entry::Instance(service, instance))) => instances.push((service, instance)),
                 Ok(Some(Entry::Domain(key, record))) => domains.push((key, record)),
                 Ok(None) => {}
                 Err(error) => {
                     skipped += 1;
-                    self.metrics.invalid_values.inc();
+                    metrics.invalid_values.inc();
                     warn_skipped(source, kv.key(), &error);
                     // A bad value over a good one keeps the good one, as the watch path does.
                     match source.key(kv.key()) {
@@ -428,7 +495,21 @@ impl Watcher {
                     }
                 }
             }
+        })
+        .await?;
+        drop(current);
+        self.lists += 1;
+        // The first list of each source is the start, not a re-list.
+        if self.lists > self.sources.len() as u64 {
+            self.metrics.relists.inc();
         }
+        let revision = header.revision;
+        if self.cluster_id.is_some_and(|id| id != header.cluster_id) {
+            // The other sources' revisions came from another cluster: re-list them all.
+            return Err(RegistryError::History("etcd cluster id changed".into()));
+        }
+        self.cluster_id = Some(header.cluster_id);
+        let source = &self.sources[i].source;
         let (count, entries) = (instances.len(), domains.len());
         self.high = self.high.max(revision);
         let applied = self.mirror.apply(
@@ -443,6 +524,7 @@ impl Watcher {
             prefix = %source.prefix,
             format = %source.format,
             revision,
+            pages = header.pages,
             instances = count,
             entries,
             skipped,
@@ -507,6 +589,32 @@ impl Watcher {
             None => info!(revision = self.high, prefixes = %prefixes.join(","), "watching etcd"),
         }
     }
+}
+
+/// What one watch session tracks about its watches.
+#[derive(Default)]
+struct Session {
+    /// The revision each source's watch started at.
+    starts: Vec<i64>,
+    /// Sources whose `created` has not arrived yet, in request order.
+    pending: VecDeque<usize>,
+    by_watch: HashMap<i64, usize>,
+    /// Fragments of a response whose last part has not arrived, per watch id.
+    partial: HashMap<i64, Partial>,
+}
+
+#[derive(Default)]
+struct Partial {
+    updates: Vec<Update>,
+    revision: i64,
+}
+
+/// Events received together, applied as one snapshot.
+#[derive(Default)]
+struct Batch {
+    updates: Vec<Update>,
+    /// The last complete revision received per source.
+    revisions: Vec<(usize, i64)>,
 }
 
 fn warn_skipped(source: &Source, key: &[u8], error: &super::EntryError) {

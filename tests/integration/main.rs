@@ -10,6 +10,7 @@
 //! - `register`: `ruddr register` (leases, health checks, signals, child mode) and `ruddr services`.
 //! - `resolver`: static zones, forwarding, allow list, AXFR/ANY/PTR, glibc and dnspython clients.
 //! - `robustness`: malformed packets, CLI and config errors, signals.
+//! - `scale`: registries larger than one gRPC message: paged lists, re-lists at that size.
 
 mod admin;
 mod dns;
@@ -21,3 +22,4 @@ mod outage;
 mod register;
 mod resolver;
 mod robustness;
+mod scale;

@@ -289,7 +289,7 @@ fn tls_with_client_certificate_and_password_auth() {
     );
     let tls = ["--etcd-ca", &ca, "--etcd-cert", &cert, "--etcd-key", &key];
     let denied = Ruddr::start(&etcd.endpoint(), &tls);
-    denied.wait_log("etcd unreachable");
+    denied.wait_log("serving the last known state");
     assert_eq!(
         rcode(&query(denied.addr(), "sec.svc.internal.", RecordType::A)),
         ResponseCode::ServFail
