@@ -69,26 +69,48 @@ pub async fn run(check: &Check, timeout: Duration) -> Outcome {
             }
         }
         Check::Cmd(cmd) => {
+            // Its own process group, so that a timeout or shutdown ends everything it started
+            // (`sleep 1000 | cat` is two processes; killing the shell alone leaves both).
             let child = tokio::process::Command::new("sh")
                 .arg("-c")
                 .arg(cmd)
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
+                .process_group(0)
                 .kill_on_drop(true)
                 .spawn();
             let mut child = match child {
                 Ok(c) => c,
                 Err(e) => return Outcome::fail(format!("cannot run {cmd:?}: {e}"), None),
             };
+            // Kills the group when the check ends in any way, the future being dropped at
+            // shutdown included.
+            let _group = child.id().map(ProcessGroup::of);
             match tokio::time::timeout(timeout, child.wait()).await {
                 Ok(Ok(status)) if status.success() => Outcome::pass(None),
                 Ok(Ok(status)) => Outcome::fail(format!("{cmd:?} exited with {status}"), None),
                 Ok(Err(e)) => Outcome::fail(format!("{cmd:?}: {e}"), None),
-                // Dropping the child kills it (kill_on_drop).
                 Err(_) => Outcome::fail(format!("{cmd:?} still running after {timeout:?}"), None),
             }
         }
+    }
+}
+
+/// A check command's process group, killed (SIGKILL) when dropped: a check leaves nothing
+/// running behind it.
+struct ProcessGroup(nix::unistd::Pid);
+
+impl ProcessGroup {
+    fn of(leader: u32) -> Self {
+        Self(nix::unistd::Pid::from_raw(leader as i32))
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // ESRCH (nothing left in the group) is the usual, fine outcome.
+        let _ = nix::sys::signal::killpg(self.0, nix::sys::signal::Signal::SIGKILL);
     }
 }
 
@@ -145,6 +167,18 @@ mod tests {
         assert!(!run(&Check::Cmd("exit 3".into()), t).await.passed);
         let slow = run(&Check::Cmd("sleep 5".into()), Duration::from_millis(100)).await;
         assert!(!slow.passed && slow.reason.unwrap().contains("still running"));
+        // A pipeline that outlives its timeout leaves no process behind.
+        let marker = format!("sleep 31{}", std::process::id() % 1000);
+        let piped = run(&Check::Cmd(format!("{marker} | cat")), Duration::from_millis(200)).await;
+        assert!(!piped.passed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let left: Vec<_> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(&marker))
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         assert!(run(&Check::Tcp(addr.clone()), t).await.passed);
