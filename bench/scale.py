@@ -18,7 +18,8 @@ on loopback in a temp dir: a private etcd, then three ruddr processes in turn.
             half deletes of earlier ones): once under another prefix (/other/services/, not
             watched: the control load), once under ruddr's prefix. Meanwhile a checker asks
             `control` every 5 ms (its 3 instances never change), and in the second run a probe
-            registers a brand-new service every 50 ms and times put-to-DNS.
+            registers a brand-new service every 50 ms and times put-to-DNS. Each run goes on
+            for 3 s after dnsperf: put-to-DNS without query load, and ruddr's CPU per update.
  5. snapshot RSS peak (VmHWM) during churn, snapshot size and how often it was rewritten.
  6. warm    SIGTERM (final snapshot), etcd frozen with SIGSTOP, a third ruddr from the snapshot:
             start to /ready 200 from the snapshot, then sample answers checked.
@@ -1162,7 +1163,8 @@ def run(args, rep: Report, rng: random.Random, layout: Layout, work: Path, binar
     if monitor.max_rss:
         rep.add(sec5, "RSS max sampled every 100 ms since ready", mib(monitor.max_rss))
     running_writes = len(monitor.rewrites)
-    code, took, killed = stop(b.proc)
+    t_term = time.monotonic()
+    code, took, killed = stop(b.proc, timeout=60)
     time.sleep(0.05)
     stop_threads(monitor)
     rep.add(sec5, "SIGTERM to exit (with the final snapshot write)", f"{took:.2f} s, exit {code}")
@@ -1172,7 +1174,7 @@ def run(args, rep: Report, rng: random.Random, layout: Layout, work: Path, binar
     rep.add(sec5, "snapshot file size",
             f"{mib(size)} ({size / max(1, snap_count):,.0f} B per instance, {snap_count:,} instances)")
     ws = monitor.rewrites[:running_writes]
-    text = f"{len(ws)} in {ws[-1][0] - monitor.t_start:.1f} s" if ws else "0"
+    text = f"{len(ws)} in {t_term - monitor.t_start:.1f} s"
     if len(ws) >= 2:
         gaps = [y[0] - x[0] for x, y in zip(ws, ws[1:])]
         text += f"; interval median {statistics.median(gaps):.2f} s, min {min(gaps):.2f} s, max {max(gaps):.2f} s"

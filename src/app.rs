@@ -398,24 +398,29 @@ impl Signals {
 
 /// `ruddr register`: keeps the registrations until a signal (or the child's exit), then
 /// deregisters. Returns the process exit code: 0, or the child's status.
+///
+/// On SIGTERM/SIGINT: deregister and drain (the drain counts from the signal; a second signal
+/// cuts it short), then pass the signal to the child's process group; a child still running
+/// `stop_timeout` later gets SIGKILL. No etcd call can hold this up past its deadline.
 pub async fn register(
     etcd: crate::config::EtcdConfig,
     registrations: Vec<crate::register::Registration>,
     command: Vec<String>,
+    stop_timeout: Duration,
 ) -> anyhow::Result<i32> {
-    use std::sync::atomic::Ordering;
+    use nix::sys::signal::{killpg, Signal};
     // Before anything is registered: a signal from now on always leads to deregistration.
     let mut signals = Signals::install()?;
     let token = CancellationToken::new();
     let registrar = crate::register::Registrar::connect(&etcd, registrations).await?;
-    let skip_drain = registrar.skip_drain_flag();
+    let skip_drain = registrar.skip_drain_token();
     let mut agents = tokio::spawn(registrar.run(token.clone()));
 
     if command.is_empty() {
         let sig = signals.next().await;
         info!(signal = %sig, "deregistering");
         token.cancel();
-        agents.await.context("registration task")?;
+        deregistered(&mut agents, &mut signals, &skip_drain).await?;
         return Ok(0);
     }
 
@@ -436,33 +441,42 @@ pub async fn register(
         status = child.wait() => {
             let status = status.context("waiting for the service")?;
             warn!(%status, "the service exited; deregistering at once");
-            skip_drain.store(true, Ordering::Relaxed);
+            skip_drain.cancel();
             token.cancel();
-            agents.await.context("registration task")?;
+            (&mut agents).await.context("registration task")?;
             status
         }
         sig = signals.next() => {
             info!(signal = %sig, "deregistering, draining, then signalling the service");
             token.cancel();
             // Deregister and drain first, so no new traffic reaches the service when it stops.
-            let status = tokio::select! {
-                done = &mut agents => {
-                    done.context("registration task")?;
+            tokio::select! {
+                done = deregistered(&mut agents, &mut signals, &skip_drain) => {
+                    done?;
                     if let Some(pid) = pid {
-                        if let Err(e) = nix::sys::signal::killpg(pid, sig) {
+                        if let Err(e) = killpg(pid, sig) {
                             warn!(error = %e, "cannot signal the service");
                         }
                     }
-                    child.wait().await.context("waiting for the service")?
+                    match tokio::time::timeout(stop_timeout, child.wait()).await {
+                        Ok(status) => status.context("waiting for the service")?,
+                        Err(_) => {
+                            warn!(?stop_timeout, "the service ignored the signal; killing it");
+                            if let Some(pid) = pid {
+                                let _ = killpg(pid, Signal::SIGKILL);
+                            }
+                            child.wait().await.context("waiting for the service")?
+                        }
+                    }
                 }
                 status = child.wait() => {
                     // The service stopped on its own while draining; finish deregistering.
                     let status = status.context("waiting for the service")?;
-                    agents.await.context("registration task")?;
+                    skip_drain.cancel();
+                    (&mut agents).await.context("registration task")?;
                     status
                 }
-            };
-            status
+            }
         }
     };
     use std::os::unix::process::ExitStatusExt;
@@ -470,6 +484,24 @@ pub async fn register(
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(1))
+}
+
+/// Waits for the registrations to deregister; a further SIGTERM/SIGINT meanwhile skips the
+/// rest of the drain.
+async fn deregistered(
+    agents: &mut tokio::task::JoinHandle<()>,
+    signals: &mut Signals,
+    skip_drain: &CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            done = &mut *agents => return done.context("registration task"),
+            sig = signals.next(), if !skip_drain.is_cancelled() => {
+                info!(signal = %sig, "second signal: skipping the rest of the drain");
+                skip_drain.cancel();
+            }
+        }
+    }
 }
 
 /// `ruddr services`: the registry as an operator sees it.
@@ -488,23 +520,30 @@ pub async fn services(
         .max_decoding_message_size(etcd.max_message_bytes);
     let mut by_service: BTreeMap<String, Vec<(crate::cache::Instance, i64)>> = BTreeMap::new();
     let mut invalid = 0;
-    registry::list::list(&mut kv, &etcd.prefix, etcd.list_page_size, |item| {
-        let kv = match item {
-            registry::list::Listed::Kv(kv) => kv,
-            registry::list::Listed::Restart => {
-                by_service.clear();
-                invalid = 0;
-                return;
+    let t = etcd.request_timeout;
+    registry::list::list(
+        &mut kv,
+        &etcd.prefix,
+        etcd.list_page_size,
+        Some(t),
+        |item| {
+            let kv = match item {
+                registry::list::Listed::Kv(kv) => kv,
+                registry::list::Listed::Restart => {
+                    by_service.clear();
+                    invalid = 0;
+                    return;
+                }
+            };
+            match registry::parse_entry(&etcd.prefix, kv.key(), kv.value()) {
+                Ok((svc, inst)) => by_service
+                    .entry(svc.to_string())
+                    .or_default()
+                    .push((inst, kv.lease())),
+                Err(_) => invalid += 1,
             }
-        };
-        match registry::parse_entry(&etcd.prefix, kv.key(), kv.value()) {
-            Ok((svc, inst)) => by_service
-                .entry(svc.to_string())
-                .or_default()
-                .push((inst, kv.lease())),
-            Err(_) => invalid += 1,
-        }
-    })
+        },
+    )
     .await
     .with_context(|| format!("listing {} from {}", etcd.prefix, etcd.endpoints.join(",")))?;
     let json_out = output == crate::cli::Output::Json;
@@ -546,8 +585,7 @@ pub async fn services(
                 let ttl_left = if *lease == 0 {
                     None
                 } else {
-                    client
-                        .lease_time_to_live(*lease, None)
+                    registry::deadline(t, client.lease_time_to_live(*lease, None))
                         .await
                         .ok()
                         .map(|r| r.ttl())

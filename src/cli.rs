@@ -247,6 +247,11 @@ pub struct RegisterArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "5s")]
     pub drain: std::time::Duration,
 
+    /// After the signal reaches the child (once draining is over), wait this long for it to
+    /// exit before sending SIGKILL to its process group.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub stop_timeout: std::time::Duration,
+
     /// Run this command as the service: signals are forwarded to it after deregistering and
     /// draining; if it exits, the instance is deregistered at once; its exit status is ruddr's.
     #[arg(last = true, value_name = "COMMAND")]

@@ -151,6 +151,10 @@ pub struct EtcdConfig {
     pub tls: Option<TlsConfig>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Deadline of one etcd request of `ruddr register` and `ruddr services` (the watch of
+    /// `ruddr serve` relies on keepalive instead).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// gRPC keepalive: turns a hung or partitioned etcd into an error instead of a silent stall.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
@@ -241,6 +245,7 @@ impl Default for EtcdConfig {
             password: None,
             tls: None,
             connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(2),
             keepalive_timeout: Duration::from_secs(2),
             retry_min: Duration::from_millis(100),
@@ -428,6 +433,9 @@ impl EtcdConfig {
                 "etcd.retry_min",
                 "must be above zero and at most retry_max",
             ));
+        }
+        if e.request_timeout.is_zero() {
+            return Err(invalid("etcd.request_timeout", "must be above zero"));
         }
         if e.list_page_size == 0 {
             return Err(invalid("etcd.list_page_size", "must be above zero"));

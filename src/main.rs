@@ -44,7 +44,14 @@ fn main() -> ExitCode {
                 Ok(plan) => plan,
                 Err(e) => return config_failed(&e),
             };
-            match runtime().map(|rt| rt.block_on(ruddr::app::register(etcd, regs, args.command))) {
+            match runtime().map(|rt| {
+                rt.block_on(ruddr::app::register(
+                    etcd,
+                    regs,
+                    args.command,
+                    args.stop_timeout,
+                ))
+            }) {
                 Ok(Ok(code)) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
                 Ok(Err(e)) | Err(e) => failed(&e),
             }

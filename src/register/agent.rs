@@ -1,19 +1,34 @@
-//! Keeps one instance registered: lease and keepalive, health checks with hysteresis, and
-//! deregistration on shutdown. etcd outages are retried with backoff, never fatal.
+//! Keeps one instance registered: lease and keepalive, health checks with hysteresis, repair of
+//! a key someone else deleted or overwrote (anti-entropy), and deregistration on shutdown.
+//! etcd outages are retried with backoff, never fatal; every etcd call has a deadline and
+//! shutdown never waits on one.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
+use etcd_client::{
+    Client, EventType, LeaseKeepAliveStream, LeaseKeeper, PutOptions, WatchOptions, WatchStream,
+};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::check;
 use super::spec::Registration;
 use crate::cache::Health;
-use crate::registry::Backoff;
+use crate::registry::{deadline, Backoff};
+
+/// Repairs within [`CONFLICT_WINDOW`] that mean another writer keeps changing the key.
+const CONFLICT_REPAIRS: usize = 3;
+const CONFLICT_WINDOW: Duration = Duration::from_secs(60);
+/// How often the key is read back as a backstop to its watch.
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// What the agent saw happen to its key that it did not do itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Foreign {
+    Deleted,
+    Overwritten,
+}
 
 /// Registers one instance and keeps it registered until shutdown.
 pub struct Agent {
@@ -32,10 +47,24 @@ pub struct Agent {
     written: Option<String>,
     extra_meta: BTreeMap<String, String>,
     backoff: Backoff,
+    /// Deadline of each etcd call.
+    call_timeout: Duration,
+    /// The revision of our last write or delete of the key: events at or below it are ours
+    /// (or older), events above it are someone else's.
+    written_rev: i64,
+    /// A watch on the key, opened once it is written.
+    watch: Option<WatchStream>,
+    /// When the key was last repaired, within [`CONFLICT_WINDOW`].
+    repairs: VecDeque<Instant>,
+    repairs_total: u64,
+    conflicts_total: u64,
+    /// After a conflict, repairs wait until then.
+    repair_paused_until: Option<Instant>,
+    conflict_backoff: Backoff,
 }
 
 impl Agent {
-    pub fn new(client: Client, prefix: &str, reg: Registration) -> Self {
+    pub fn new(client: Client, prefix: &str, reg: Registration, call_timeout: Duration) -> Self {
         Self {
             client,
             prefix: prefix.to_string(),
@@ -50,6 +79,14 @@ impl Agent {
             written: None,
             extra_meta: BTreeMap::new(),
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+            call_timeout,
+            written_rev: 0,
+            watch: None,
+            repairs: VecDeque::new(),
+            repairs_total: 0,
+            conflicts_total: 0,
+            repair_paused_until: None,
+            conflict_backoff: Backoff::new(Duration::from_secs(30), Duration::from_secs(300)),
         }
     }
 
@@ -57,21 +94,29 @@ impl Agent {
         self.reg.key(&self.prefix)
     }
 
-    /// Runs until `shutdown`; then deletes the key, waits the drain time (unless `skip_drain`
-    /// is set, e.g. because the service already died) and revokes the lease.
-    pub async fn run(mut self, shutdown: CancellationToken, skip_drain: Arc<AtomicBool>) {
+    /// Runs until `shutdown`; then deregisters: deletes the key, drains (from the moment of
+    /// `shutdown`, unless `skip_drain` is cancelled first, e.g. because the service already
+    /// died) and revokes the lease. Whatever etcd does, that takes at most the drain time plus
+    /// two call deadlines.
+    pub async fn run(mut self, shutdown: CancellationToken, skip_drain: CancellationToken) {
         let key = self.key();
-        if let Some(check) = self.reg.check.clone() {
-            // The first result decides the initial health: never advertise an instance that
-            // fails its check right at start.
-            let outcome = check::run(&check, self.reg.timeout).await;
-            if !outcome.passed {
-                self.health = Health::Critical;
-                self.critical_since = Some(Instant::now());
-                self.fail_streak = 1;
-                warn!(%key, reason = outcome.reason.as_deref().unwrap_or(""), "health check failing at start; registering as critical");
+        let startup = async {
+            if let Some(check) = self.reg.check.clone() {
+                // The first result decides the initial health: never advertise an instance that
+                // fails its check right at start.
+                let outcome = check::run(&check, self.reg.timeout).await;
+                if !outcome.passed {
+                    self.health = Health::Critical;
+                    self.critical_since = Some(Instant::now());
+                    self.fail_streak = 1;
+                    warn!(%key, reason = outcome.reason.as_deref().unwrap_or(""), "health check failing at start; registering as critical");
+                }
+                self.set_detail(outcome.detail);
             }
-            self.set_detail(outcome.detail);
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = startup => {}
         }
         // Delay, not burst: after a stall, checks stay `interval` apart, so fail-after and
         // pass-after keep meaning "over time".
@@ -80,24 +125,117 @@ impl Agent {
         let mut checks = tokio::time::interval(self.reg.interval);
         checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         checks.tick().await; // the first check ran above
-        loop {
-            if let Err(error) = self.sync().await {
-                self.lease_trouble(&error);
-                let delay = self.backoff.next_delay();
-                warn!(%key, %error, retry_in = ?delay, "cannot update etcd; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => continue,
+        let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + RESYNC, RESYNC);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let has_check = self.reg.check.is_some();
+        while !shutdown.is_cancelled() {
+            // Every step races shutdown: a hung etcd call never delays deregistration.
+            let step = async {
+                if let Err(error) = self.sync().await {
+                    self.lease_trouble(&error);
+                    let delay = self.backoff.next_delay();
+                    warn!(%key, %error, retry_in = ?delay, "cannot update etcd; retrying");
+                    tokio::time::sleep(delay).await;
+                    return;
                 }
-            }
-            self.backoff.reset();
+                self.backoff.reset();
+                tokio::select! {
+                    _ = keepalive.tick() => self.keep_alive().await,
+                    _ = checks.tick(), if has_check => self.check().await,
+                    _ = resync.tick() => self.verify().await,
+                    seen = next_foreign(&mut self.watch, self.written_rev, self.lease) => {
+                        match seen {
+                            Ok(Some(what)) => self.repair(what),
+                            Ok(None) => {}
+                            Err(error) => {
+                                debug!(%key, %error, "watch on the key ended; reopening");
+                                self.watch = None;
+                            }
+                        }
+                    }
+                }
+            };
             tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = keepalive.tick() => self.keep_alive().await,
-                _ = checks.tick(), if self.reg.check.is_some() => self.check().await,
+                _ = shutdown.cancelled() => {}
+                _ = step => {}
             }
         }
-        self.deregister(skip_drain.load(Ordering::Relaxed)).await;
+        self.deregister(skip_drain).await;
+    }
+
+    /// Someone else deleted or overwrote the key while it is ours: write it again at once,
+    /// unless that keeps happening (another registrar with the same key), then back off.
+    fn repair(&mut self, what: Foreign) {
+        let key = self.key();
+        let now = Instant::now();
+        // Nothing written (being registered again after a lost lease, or withdrawn): nothing
+        // of ours to repair.
+        if self.withdrawn
+            || self.written.is_none()
+            || self.repair_paused_until.is_some_and(|t| now < t)
+        {
+            return;
+        }
+        while self
+            .repairs
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > CONFLICT_WINDOW)
+        {
+            self.repairs.pop_front();
+        }
+        if self.repairs.len() >= CONFLICT_REPAIRS {
+            self.conflicts_total += 1;
+            let pause = self.conflict_backoff.next_delay();
+            self.repair_paused_until = Some(now + pause);
+            self.repairs.clear();
+            error!(
+                %key,
+                repairs = CONFLICT_REPAIRS,
+                within = ?CONFLICT_WINDOW,
+                conflicts = self.conflicts_total,
+                retry_in = ?pause,
+                "another writer keeps changing this registration (two registrars with the same service and id?); not repairing it for a while",
+            );
+            return;
+        }
+        self.repairs.push_back(now);
+        self.repairs_total += 1;
+        let what = match what {
+            Foreign::Deleted => "deleted",
+            Foreign::Overwritten => "overwritten",
+        };
+        warn!(%key, repairs = self.repairs_total, "registration {what} by someone else; writing it again");
+        // The next sync writes it.
+        self.written = None;
+    }
+
+    /// The periodic backstop: read the key back and repair it if it is not what we wrote.
+    async fn verify(&mut self) {
+        let (Some(value), Some(lease)) = (self.written.clone(), self.lease) else {
+            return;
+        };
+        if self.withdrawn {
+            return;
+        }
+        let got = deadline(self.call_timeout, self.client.get(self.key(), None)).await;
+        match got {
+            Ok(resp) => match resp.kvs().first() {
+                None => self.repair(Foreign::Deleted),
+                Some(kv) if kv.value() != value.as_bytes() || kv.lease() != lease => {
+                    self.repair(Foreign::Overwritten)
+                }
+                Some(_) => {
+                    if self
+                        .repair_paused_until
+                        .is_some_and(|t| Instant::now() >= t)
+                    {
+                        self.repair_paused_until = None;
+                        self.conflict_backoff.reset();
+                    }
+                }
+            },
+            Err(error) => debug!(key = %self.key(), %error, "cannot read the key back"),
+        }
     }
 
     fn set_detail(&mut self, detail: Option<String>) {
@@ -110,9 +248,12 @@ impl Agent {
     /// Makes etcd match the wanted state: lease held, key written (or removed when withdrawn).
     async fn sync(&mut self) -> Result<(), etcd_client::Error> {
         let key = self.key();
+        let t = self.call_timeout;
         if self.withdrawn {
-            if self.written.take().is_some() {
-                self.client.delete(key.clone(), None).await?;
+            if self.written.is_some() {
+                let resp = deadline(t, self.client.delete(key.clone(), None)).await?;
+                self.written = None;
+                self.written_rev = resp.header().map_or(self.written_rev, |h| h.revision());
                 warn!(%key, after = ?self.reg.deregister_after, "critical too long: removed from the registry until it passes again");
             }
             return Ok(());
@@ -121,7 +262,7 @@ impl Agent {
             Some(id) => id,
             None => {
                 let ttl = self.reg.ttl.as_secs().max(1) as i64;
-                let id = self.client.lease_grant(ttl, None).await?.id();
+                let id = deadline(t, self.client.lease_grant(ttl, None)).await?.id();
                 self.lease = Some(id);
                 self.keeper = None;
                 self.written = None;
@@ -131,15 +272,19 @@ impl Agent {
         let value = self.reg.value(self.health, &self.extra_meta);
         if self.written.as_deref() != Some(value.as_str()) {
             let opts = PutOptions::new().with_lease(lease);
-            self.client
-                .put(key.clone(), value.clone(), Some(opts))
-                .await?;
+            let resp = deadline(t, self.client.put(key.clone(), value.clone(), Some(opts))).await?;
+            self.written_rev = resp.header().map_or(self.written_rev, |h| h.revision());
             if self.written.is_none() {
                 info!(%key, lease = format!("{lease:x}"), health = self.health.as_str(), "registered");
             } else {
                 debug!(%key, %value, "registration updated");
             }
             self.written = Some(value);
+        }
+        if self.watch.is_none() {
+            // From just after our write: anything newer is someone else's.
+            let opts = WatchOptions::new().with_start_revision(self.written_rev + 1);
+            self.watch = Some(deadline(t, self.client.watch(key, Some(opts))).await?);
         }
         Ok(())
     }
@@ -157,14 +302,15 @@ impl Agent {
 
     async fn keep_alive(&mut self) {
         let Some(id) = self.lease else { return };
+        let t = self.call_timeout;
         let result = async {
             if self.keeper.is_none() {
-                self.keeper = Some(self.client.lease_keep_alive(id).await?);
+                self.keeper = Some(deadline(t, self.client.lease_keep_alive(id)).await?);
             }
             // Just set above when it was missing.
             let (keeper, stream) = self.keeper.as_mut().expect("keeper present");
-            keeper.keep_alive().await?;
-            Ok::<_, etcd_client::Error>(stream.message().await?.map(|r| r.ttl()))
+            deadline(t, keeper.keep_alive()).await?;
+            Ok::<_, etcd_client::Error>(deadline(t, stream.message()).await?.map(|r| r.ttl()))
         }
         .await;
         // etcd reports a lease it does not know (any more) as an error when the keepalive
@@ -227,40 +373,85 @@ impl Agent {
         }
     }
 
-    async fn deregister(mut self, skip_drain: bool) {
+    /// Deletes the key, drains and revokes the lease. The drain counts from now, alongside
+    /// the delete; `skip_drain` cancels what is left of it.
+    async fn deregister(mut self, skip_drain: CancellationToken) {
         let key = self.key();
+        let drain_until = tokio::time::Instant::now() + self.reg.drain;
+        let t = self.call_timeout.min(Duration::from_secs(2));
+        self.watch = None;
         let mut removed = false;
-        // Bounded: a hung etcd must not keep the service from stopping.
-        const CALL: Duration = Duration::from_secs(2);
-        for attempt in 0..3 {
-            match tokio::time::timeout(CALL, self.client.delete(key.clone(), None)).await {
-                Ok(Ok(_)) => {
+        // Retried while the drain lasts, and at least once; each attempt is bounded.
+        for attempt in 0.. {
+            match deadline(t, self.client.delete(key.clone(), None)).await {
+                Ok(_) => {
                     removed = true;
                     break;
                 }
-                Ok(Err(error)) => {
-                    warn!(%key, %error, attempt, "deregistration failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(_) => warn!(%key, attempt, "deregistration timed out"),
+                Err(error) => warn!(%key, %error, attempt, "deregistration failed"),
             }
+            if tokio::time::Instant::now() + Duration::from_millis(200) >= drain_until
+                || skip_drain.is_cancelled()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         if removed {
             info!(%key, "deregistered");
         }
-        if !skip_drain && !self.reg.drain.is_zero() {
+        if !self.reg.drain.is_zero() && !skip_drain.is_cancelled() {
             info!(%key, drain = ?self.reg.drain, "draining");
-            tokio::time::sleep(self.reg.drain).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(drain_until) => {}
+                _ = skip_drain.cancelled() => info!(%key, "drain cut short"),
+            }
         }
         if let Some(id) = self.lease {
             // Revoking also removes the key if the delete above did not get through.
-            match tokio::time::timeout(CALL, self.client.lease_revoke(id)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => warn!(%key, %error, "lease revoke failed; it expires by itself"),
-                Err(_) => warn!(%key, "lease revoke timed out; it expires by itself"),
+            match deadline(t, self.client.lease_revoke(id)).await {
+                Ok(_) => {}
+                Err(error) => warn!(%key, %error, "lease revoke failed; it expires by itself"),
             }
         }
     }
+}
+
+/// The next change to the key made by someone else (above `written_rev`), if the watch shows
+/// one: a delete, or a value under another lease or with other contents. Pending while there
+/// is no watch; an error ends the watch.
+async fn next_foreign(
+    watch: &mut Option<WatchStream>,
+    written_rev: i64,
+    lease: Option<i64>,
+) -> Result<Option<Foreign>, etcd_client::Error> {
+    let Some(stream) = watch.as_mut() else {
+        return std::future::pending().await;
+    };
+    let Some(resp) = stream.message().await? else {
+        return Err(etcd_client::Error::WatchError("watch stream ended".into()));
+    };
+    if resp.canceled() {
+        return Err(etcd_client::Error::WatchError(format!(
+            "watch canceled: {}",
+            resp.cancel_reason()
+        )));
+    }
+    let mut seen = None;
+    for event in resp.events() {
+        let Some(kv) = event.kv() else { continue };
+        if kv.mod_revision() <= written_rev {
+            continue; // our own write, or older
+        }
+        seen = match event.event_type() {
+            EventType::Delete => Some(Foreign::Deleted),
+            EventType::Put if Some(kv.lease()) != lease => Some(Foreign::Overwritten),
+            // Same lease, so one of our own writes that `written_rev` has not caught up with:
+            // compare contents at the next read-back instead.
+            EventType::Put => seen,
+        };
+    }
+    Ok(seen)
 }
 
 /// Whether etcd said the lease does not exist.

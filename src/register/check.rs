@@ -169,7 +169,11 @@ mod tests {
         assert!(!slow.passed && slow.reason.unwrap().contains("still running"));
         // A pipeline that outlives its timeout leaves no process behind.
         let marker = format!("sleep 31{}", std::process::id() % 1000);
-        let piped = run(&Check::Cmd(format!("{marker} | cat")), Duration::from_millis(200)).await;
+        let piped = run(
+            &Check::Cmd(format!("{marker} | cat")),
+            Duration::from_millis(200),
+        )
+        .await;
         assert!(!piped.passed);
         tokio::time::sleep(Duration::from_millis(100)).await;
         let left: Vec<_> = std::fs::read_dir("/proc")

@@ -22,8 +22,7 @@ mod agent;
 pub mod check;
 mod spec;
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::time::Duration;
 
 pub use agent::Agent;
 pub use spec::{defaults, Check, InstanceSpec, RegisterFile, Registration};
@@ -36,7 +35,8 @@ pub struct Registrar {
     client: etcd_client::Client,
     prefix: String,
     registrations: Vec<Registration>,
-    skip_drain: Arc<AtomicBool>,
+    skip_drain: CancellationToken,
+    call_timeout: Duration,
 }
 
 impl Registrar {
@@ -50,12 +50,14 @@ impl Registrar {
             client,
             prefix: etcd.prefix.clone(),
             registrations,
-            skip_drain: Arc::new(AtomicBool::new(false)),
+            skip_drain: CancellationToken::new(),
+            call_timeout: etcd.request_timeout,
         })
     }
 
-    /// Set before cancelling to deregister without the drain wait (the service is gone).
-    pub fn skip_drain_flag(&self) -> Arc<AtomicBool> {
+    /// Cancel to deregister without (the rest of) the drain wait: the service is gone, or a
+    /// second signal asks to stop now.
+    pub fn skip_drain_token(&self) -> CancellationToken {
         self.skip_drain.clone()
     }
 
@@ -64,7 +66,7 @@ impl Registrar {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut tasks = tokio::task::JoinSet::new();
         for reg in self.registrations {
-            let agent = Agent::new(self.client.clone(), &self.prefix, reg);
+            let agent = Agent::new(self.client.clone(), &self.prefix, reg, self.call_timeout);
             tasks.spawn(agent.run(shutdown.clone(), self.skip_drain.clone()));
         }
         while tasks.join_next().await.is_some() {}

@@ -41,7 +41,8 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// Lists every key under `prefix`, page by page, handing each to `each`.
+/// Lists every key under `prefix`, page by page, handing each to `each`. `timeout` bounds each
+/// page's request.
 ///
 /// A page that exceeds the client's message limit is read again in halves (down to one key),
 /// so a few large values do not stop the list. If the list's revision is compacted while
@@ -50,6 +51,7 @@ pub async fn list(
     kv: &mut KvClient,
     prefix: &str,
     page_size: u32,
+    timeout: Option<std::time::Duration>,
     mut each: impl FnMut(Listed<'_>),
 ) -> Result<ListHeader, RegistryError> {
     let end = prefix_end(prefix.as_bytes());
@@ -63,7 +65,12 @@ pub async fn list(
             if let Some(h) = &header {
                 opts = opts.with_revision(h.revision);
             }
-            let resp = match kv.get(start.clone(), Some(opts)).await {
+            let get = kv.get(start.clone(), Some(opts));
+            let got = match timeout {
+                Some(t) => super::deadline(t, get).await,
+                None => get.await,
+            };
+            let resp = match got {
                 Ok(resp) => resp,
                 Err(e) => {
                     let e = RegistryError::from(e);

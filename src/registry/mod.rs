@@ -13,6 +13,21 @@ pub use parse::{encode_value, parse_entry, parse_key, parse_value, EntryError};
 pub use status::{Problem, Status};
 pub use watcher::{connect, Watcher};
 
+/// Runs `call` with the deadline `timeout`; a call that misses it fails like an unreachable
+/// etcd.
+pub async fn deadline<T>(
+    timeout: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, etcd_client::Error> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result,
+        Err(_) => Err(etcd_client::Error::IoError(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("etcd did not answer within {timeout:?}"),
+        ))),
+    }
+}
+
 /// Whether `e` concerns one source's keys rather than the connection (etcd refuses that prefix).
 pub fn is_source_error(e: &RegistryError) -> bool {
     e.kind() == ErrorKind::Refused

@@ -458,7 +458,7 @@ impl Watcher {
         let mut domains = Vec::new();
         let mut skipped = 0usize;
         let metrics = &self.metrics;
-        let header = list(&mut self.kv, &source.prefix, self.page_size, |item| {
+        let header = list(&mut self.kv, &source.prefix, self.page_size, None, |item| {
             let kv = match item {
                 Listed::Kv(kv) => kv,
                 Listed::Restart => {
