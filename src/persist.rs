@@ -156,12 +156,17 @@ pub fn write(path: &Path, snapshot: &Snapshot) -> std::io::Result<Written> {
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     let placeholder = header(0, 0);
-    let mut body = Hashing {
-        inner: std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut()),
-        crc: crc32fast::Hasher::new(),
-        len: 0,
-    };
-    body.inner.write_all(placeholder.as_bytes())?;
+    tmp.as_file_mut().write_all(placeholder.as_bytes())?;
+    // Buffered before the checksum: serde_json writes token by token, and hashing megabyte
+    // chunks instead of tokens makes the write several times faster.
+    let mut body = std::io::BufWriter::with_capacity(
+        1 << 20,
+        Hashing {
+            inner: tmp.as_file_mut(),
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        },
+    );
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -172,9 +177,8 @@ pub fn write(path: &Path, snapshot: &Snapshot) -> std::io::Result<Written> {
         domains: Domains(snapshot),
     };
     serde_json::to_writer(&mut body, &view)?;
-    let (crc, len) = (body.crc.clone().finalize(), body.len);
-    body.inner.flush()?;
-    drop(body);
+    let hashed = body.into_inner().map_err(|e| e.into_error())?;
+    let (crc, len) = (hashed.crc.finalize(), hashed.len);
     let file = tmp.as_file_mut();
     file.seek(SeekFrom::Start(0))?;
     file.write_all(header(crc, len).as_bytes())?;
@@ -307,7 +311,6 @@ pub const WRITE_SHARE_INVERSE: u32 = 10;
 mod tests {
     use super::*;
     use crate::cache::{Health, InstanceId, Update};
-    use std::collections::BTreeMap;
 
     fn mirror() -> Mirror {
         let m = Mirror::new();
@@ -315,12 +318,12 @@ mod tests {
             id: InstanceId::new(id).unwrap(),
             address: crate::cache::Address::parse(addr).unwrap(),
             port: Some(80),
-            ports: BTreeMap::from([("grpc".into(), 9090)]),
+            ports: [("grpc".to_string(), 9090)].into_iter().collect(),
             tags: vec!["v2".into()],
             weight: 7,
             priority: 1,
             health: Health::Warning,
-            meta: BTreeMap::from([("az".into(), "a".into())]),
+            meta: [("az".to_string(), "a".to_string())].into_iter().collect(),
             source: crate::cache::SourceId::NATIVE,
         };
         let web = ServiceName::new("web").unwrap();

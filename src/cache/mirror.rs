@@ -9,6 +9,8 @@
 //! instances of that service), not a copy of the whole registry.
 
 use std::collections::{BTreeMap, HashMap};
+
+use litemap::LiteMap;
 use std::net::IpAddr;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
@@ -29,13 +31,15 @@ fn key_of(instance: &Instance) -> InstanceKey {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     pub name: ServiceName,
-    pub instances: BTreeMap<InstanceKey, Instance>,
+    /// Sorted by key, in one exactly sized vector: a service usually has a handful of
+    /// instances, and a B-tree's fixed 11-slot nodes would waste most of their space.
+    pub instances: LiteMap<InstanceKey, Instance>,
     /// Changes whenever this service changes; answers built from it are keyed by it.
     pub generation: u64,
 }
 
-/// Instances that share one address, sorted.
-type AtAddress = Arc<Vec<(ServiceName, InstanceKey)>>;
+/// Instances that share one address, sorted; one allocation (usually of one entry).
+type AtAddress = Arc<[(ServiceName, InstanceKey)]>;
 
 /// The registry as of one etcd revision.
 #[derive(Debug, Default, Clone)]
@@ -83,26 +87,33 @@ impl Snapshot {
 
     /// The instances registered with address `ip`, sorted.
     pub fn instances_at(&self, ip: IpAddr) -> &[(ServiceName, InstanceKey)] {
-        self.reverse.get(&ip).map_or(&[], |v| v.as_slice())
+        self.reverse.get(&ip).map_or(&[], |v| v)
     }
 
     fn index(&mut self, ip: IpAddr, service: &ServiceName, key: &InstanceKey) {
         let entry = (service.clone(), key.clone());
-        let at = self.reverse.entry(ip).or_default();
+        let at = self.reverse.get(&ip).map_or(&[][..], |v| v);
         if let Err(pos) = at.binary_search(&entry) {
-            Arc::make_mut(at).insert(pos, entry);
+            let mut next = Vec::with_capacity(at.len() + 1);
+            next.extend_from_slice(&at[..pos]);
+            next.push(entry);
+            next.extend_from_slice(&at[pos..]);
+            self.reverse.insert(ip, next.into());
         }
     }
 
     fn unindex(&mut self, ip: IpAddr, service: &ServiceName, key: &InstanceKey) {
-        let Some(at) = self.reverse.get_mut(&ip) else {
+        let Some(at) = self.reverse.get(&ip) else {
             return;
         };
         if let Ok(pos) = at.binary_search_by(|(s, k)| (s, k).cmp(&(service, key))) {
-            Arc::make_mut(at).remove(pos);
-        }
-        if at.is_empty() {
-            self.reverse.remove(&ip);
+            if at.len() == 1 {
+                self.reverse.remove(&ip);
+            } else {
+                let mut next = at.to_vec();
+                next.remove(pos);
+                self.reverse.insert(ip, next.into());
+            }
         }
     }
 
@@ -111,11 +122,11 @@ impl Snapshot {
     fn set_service(
         &mut self,
         name: &ServiceName,
-        instances: BTreeMap<InstanceKey, Instance>,
+        mut instances: LiteMap<InstanceKey, Instance>,
         generation: u64,
     ) {
         let old = self.services.get(name).cloned();
-        let empty = BTreeMap::new();
+        let empty = LiteMap::new();
         let before = old.as_ref().map_or(&empty, |s| &s.instances);
         for (key, inst) in before {
             if let Some(ip) = inst.address.ip() {
@@ -132,6 +143,7 @@ impl Snapshot {
             }
         }
         self.instances = self.instances - before.len() + instances.len();
+        shrink(&mut instances);
         if instances.is_empty() {
             self.services.remove(name);
         } else {
@@ -167,13 +179,14 @@ impl Snapshot {
         let entry = self.services.entry(service.clone()).or_insert_with(|| {
             Arc::new(Service {
                 name: service,
-                instances: BTreeMap::new(),
+                instances: LiteMap::new(),
                 generation,
             })
         });
         // Copies this one service (if a published snapshot still holds it), nothing else.
         let svc = Arc::make_mut(entry);
         svc.instances.insert(key, instance);
+        shrink(&mut svc.instances);
         svc.generation = generation;
         self.instances += usize::from(added);
         true
@@ -233,7 +246,7 @@ impl Snapshot {
         }
         self.domains = domains;
 
-        let mut fresh: HashMap<ServiceName, BTreeMap<InstanceKey, Instance>> = HashMap::new();
+        let mut fresh: HashMap<ServiceName, LiteMap<InstanceKey, Instance>> = HashMap::new();
         for (service, instance) in instances {
             fresh
                 .entry(service)
@@ -248,7 +261,7 @@ impl Snapshot {
             .cloned()
             .collect();
         for svc in held {
-            let mut next: BTreeMap<InstanceKey, Instance> = svc
+            let mut next: LiteMap<InstanceKey, Instance> = svc
                 .instances
                 .iter()
                 .filter(|(_, i)| !mine(i.source))
@@ -267,6 +280,15 @@ impl Snapshot {
         }
         domains_changed
     }
+}
+
+/// Drops spare capacity: a service's vector is copied on every change, and growth by doubling
+/// would keep up to half of it empty.
+fn shrink(instances: &mut LiteMap<InstanceKey, Instance>) {
+    let vec = std::mem::take(instances).into_tuple_vec();
+    let mut vec = vec;
+    vec.shrink_to_fit();
+    *instances = LiteMap::from_sorted_store_unchecked(vec);
 }
 
 /// What one [`Mirror::apply`] changed.
@@ -371,12 +393,12 @@ mod tests {
             id: InstanceId::new(id).unwrap(),
             address: crate::cache::Address::parse(addr).unwrap(),
             port: Some(80),
-            ports: BTreeMap::new(),
+            ports: Default::default(),
             tags: vec![],
             weight: 1,
             priority: 0,
             health: Health::Passing,
-            meta: BTreeMap::new(),
+            meta: Default::default(),
             source: SourceId::NATIVE,
         }
     }

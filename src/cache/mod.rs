@@ -7,5 +7,5 @@ mod types;
 pub use mirror::{InstanceKey, Mirror, Service, Snapshot};
 pub use types::{
     Address, DomainKey, DomainRecord, Health, Instance, InstanceId, InvalidAddress, InvalidLabel,
-    ServiceName, SourceId, Update,
+    Meta, Ports, ServiceName, SourceId, Update,
 };

@@ -1,7 +1,6 @@
 //! Domain types shared by the registry (producer) and the DNS side (consumer).
 
 use std::borrow::Borrow;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -183,6 +182,13 @@ impl fmt::Display for Address {
     }
 }
 
+/// Named ports, sorted by name. A flat sorted vector rather than a B-tree: instances carry a
+/// few entries at most, and a million instances each holding an 11-slot B-tree node would
+/// spend most of the mirror's memory on empty slots.
+pub type Ports = litemap::LiteMap<String, u16>;
+/// Metadata, sorted by key (a flat sorted vector, as [`Ports`]).
+pub type Meta = litemap::LiteMap<String, String>;
+
 /// One registered instance of a service, already validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
@@ -191,12 +197,12 @@ pub struct Instance {
     /// The main port; instances without one get A/AAAA records but no SRV record.
     pub port: Option<u16>,
     /// Named ports, lower-case names (`_<name>._tcp.<service>`).
-    pub ports: BTreeMap<String, u16>,
+    pub ports: Ports,
     pub tags: Vec<String>,
     pub weight: u16,
     pub priority: u16,
     pub health: Health,
-    pub meta: BTreeMap<String, String>,
+    pub meta: Meta,
     /// The source that registered it; instances of different sources never replace each other.
     #[serde(default)]
     pub source: SourceId,

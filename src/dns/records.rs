@@ -369,12 +369,12 @@ mod tests {
             id: InstanceId::new(id).unwrap(),
             address: Address::parse(addr).unwrap(),
             port: Some(8080),
-            ports: BTreeMap::from([("grpc".to_string(), 9090)]),
+            ports: [("grpc".to_string(), 9090)].into_iter().collect(),
             tags: vec!["v2".into()],
             weight: 3,
             priority: 1,
             health,
-            meta: BTreeMap::from([("az".to_string(), "a".to_string())]),
+            meta: [("az".to_string(), "a".to_string())].into_iter().collect(),
             source: SourceId::NATIVE,
         }
     }
@@ -390,7 +390,7 @@ mod tests {
         }
         Service {
             name: ServiceName::new("web").unwrap(),
-            instances,
+            instances: instances.into_iter().collect(),
             generation: 42,
         }
     }
@@ -549,7 +549,7 @@ mod tests {
     fn no_healthy_instance_is_nxdomain() {
         let z = zone();
         let mut svc = web();
-        for i in svc.instances.values_mut() {
+        for (_, i) in svc.instances.iter_mut() {
             i.health = Health::Critical;
         }
         let b = z.build(

@@ -181,12 +181,12 @@ impl InstanceSpec {
                 id,
                 address: crate::cache::Address::Ip(address),
                 port: self.port,
-                ports,
+                ports: ports.into_iter().collect(),
                 tags: self.tags.clone(),
                 weight: self.weight.unwrap_or(1),
                 priority: self.priority.unwrap_or(0),
                 health: Health::Passing,
-                meta: self.meta.clone(),
+                meta: self.meta.clone().into_iter().collect(),
                 source: crate::cache::SourceId::NATIVE,
             },
             ttl: self.ttl,
@@ -273,9 +273,9 @@ mod tests {
         .unwrap();
         assert_eq!(svc.as_str(), "web");
         assert_eq!(inst.health, Health::Critical);
-        assert_eq!(inst.ports["grpc"], 9090);
-        assert_eq!(inst.meta["check"], "ok");
-        assert_eq!(inst.meta["az"], "a");
+        assert_eq!(inst.ports[&"grpc".to_string()], 9090);
+        assert_eq!(inst.meta[&"check".to_string()], "ok");
+        assert_eq!(inst.meta[&"az".to_string()], "a");
     }
 
     #[test]

@@ -227,7 +227,7 @@ impl Source {
                 }
                 let (address, port) = host_port(&e.addr)?;
                 let mut i = instance(id, address, port);
-                i.meta = flat_meta(&e.metadata);
+                i.meta = flat_meta(&e.metadata).into_iter().collect();
                 Ok(Some(i))
             }
             Format::Kratos => {
@@ -347,12 +347,12 @@ fn instance(id: InstanceId, address: Address, port: Option<u16>) -> Instance {
         id,
         address,
         port,
-        ports: BTreeMap::new(),
+        ports: Default::default(),
         tags: Vec::new(),
         weight: 1,
         priority: 0,
         health: Health::Passing,
-        meta: BTreeMap::new(),
+        meta: Default::default(),
         source: SourceId::NATIVE,
     }
 }
@@ -517,10 +517,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!((svc.as_str(), i.id.as_str()), ("helloworld", "a1"));
-        assert_eq!(i.ports["grpc"], 9000);
-        assert_eq!(i.ports["http"], 8000);
+        assert_eq!(i.ports[&"grpc".to_string()], 9000);
+        assert_eq!(i.ports[&"http".to_string()], 8000);
         assert_eq!((i.port, i.weight), (Some(9000), 10));
-        assert_eq!(i.meta["version"], "v1");
+        assert_eq!(i.meta[&"version".to_string()], "v1");
         let null_meta = r#"{"id":"a2","name":"x","version":"","metadata":null,"endpoints":["grpc://[fd00::2]:9000"]}"#;
         let (_, i) = parse(
             Format::Kratos,
@@ -555,7 +555,7 @@ mod tests {
             ("go-micro-srv-greeter", "greeter-8b1c")
         );
         assert_eq!(i.port, Some(43121));
-        assert_eq!(i.meta["protocol"], "grpc");
+        assert_eq!(i.meta[&"protocol".to_string()], "grpc");
         // v3 layout: a domain segment before the name; v1 nodes: port beside the host.
         let v1 = r#"{"name":"greeter","nodes":[{"id":"n1","address":"10.0.0.8","port":8080}]}"#;
         let (svc, i) = parse(

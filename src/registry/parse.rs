@@ -107,12 +107,12 @@ pub fn parse_value(id: InstanceId, value: &[u8]) -> Result<Instance, EntryError>
         id,
         address: Address::Ip(address),
         port: raw.port,
-        ports,
+        ports: ports.into_iter().collect(),
         tags: raw.tags,
         weight: raw.weight.unwrap_or(1),
         priority: raw.priority.unwrap_or(0),
         health,
-        meta,
+        meta: meta.into_iter().collect(),
         source: SourceId::NATIVE,
     })
 }
@@ -166,10 +166,10 @@ mod tests {
         assert_eq!(i.id.as_str(), "web-1");
         assert_eq!(i.address, Address::Ip("10.0.0.5".parse().unwrap()));
         assert_eq!(i.port, Some(8080));
-        assert_eq!(i.ports["grpc"], 9090);
+        assert_eq!(i.ports[&"grpc".to_string()], 9090);
         assert_eq!(i.tags, ["v2"]);
         assert_eq!((i.weight, i.priority, i.health), (10, 0, Health::Passing));
-        assert_eq!(i.meta["az"], "a");
+        assert_eq!(i.meta[&"az".to_string()], "a");
     }
 
     #[test]
@@ -187,7 +187,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(i.health, Health::Warning);
-        assert_eq!(i.meta["n"], "3");
+        assert_eq!(i.meta[&"n".to_string()], "3");
     }
 
     #[test]
