@@ -102,7 +102,8 @@ impl Admin {
             "services": snapshot.services.len(),
             "instances": snapshot.instance_count(),
             "stale_since": stale_since.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-            "stale_seconds": self.status.stale_for().map(|d| d.as_secs_f64()),
+            "stale_seconds": self.status.stale_for().filter(|_| !self.status.is_age_unknown()).map(|d| d.as_secs_f64()),
+            "stale_age_unknown": self.status.is_age_unknown(),
             "confirmed_seconds_ago": self.status.confirmed_age().map(|d| d.as_secs_f64()),
             "error": problem.map(|p| json!({"kind": p.kind.as_str(), "message": p.message})),
         });

@@ -117,17 +117,40 @@ pub async fn run(
     for s in &sources[1..] {
         info!(format = %s.format, prefix = %s.prefix, "reading a framework layout");
     }
-    let watcher = Watcher::new(
-        client,
-        &cfg.etcd,
-        sources,
-        mirror.clone(),
+    // Test-only fault injection: the watcher panics this many times once established.
+    let inject = Arc::new(std::sync::atomic::AtomicU32::new(
+        std::env::var("RUDDR_TEST_WATCHER_PANICS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    ));
+    let make_watcher = {
+        let (mirror, status, metrics, etcd) = (
+            mirror.clone(),
+            status.clone(),
+            metrics.clone(),
+            cfg.etcd.clone(),
+        );
+        move || {
+            Watcher::new(
+                client.clone(),
+                &etcd,
+                sources.clone(),
+                mirror.clone(),
+                status.clone(),
+                metrics.clone(),
+            )
+            .with_max_stale(cfg.dns.max_stale)
+            .with_injected_panics(inject.clone())
+        }
+    };
+    info!(endpoints = %cfg.etcd.endpoints.join(","), prefix = %cfg.etcd.prefix, "starting etcd watch");
+    let watch_task = tokio::spawn(registry::supervise(
+        make_watcher,
         status.clone(),
         metrics,
-    )
-    .with_max_stale(cfg.dns.max_stale);
-    info!(endpoints = %cfg.etcd.endpoints.join(","), prefix = %cfg.etcd.prefix, "starting etcd watch");
-    let watch_task = tokio::spawn(watcher.run(token.clone()));
+        token.clone(),
+    ));
 
     let served = tokio::select! {
         _ = shutdown => {
@@ -238,6 +261,13 @@ fn restore_snapshot(
                 .unwrap_or_default();
             let (revision, instances) = (p.revision, p.instances.len());
             status.set_from_snapshot(p.written_at());
+            if status.is_age_unknown() {
+                warn!(
+                    path = %path.display(),
+                    written_at = %humantime::format_rfc3339_seconds(p.written_at()),
+                    "the snapshot is dated in the future: its age is unknown, so it counts as older than max_stale",
+                );
+            }
             mirror.apply(
                 [Update::Reset {
                     source: None,
@@ -601,12 +631,12 @@ pub async fn services(
                             "id": i.id.as_str(),
                             "address": i.address.to_string(),
                             "port": i.port,
-                            "ports": i.ports,
+                            "ports": i.ports.iter().collect::<BTreeMap<_, _>>(),
                             "tags": i.tags,
                             "weight": i.weight,
                             "priority": i.priority,
                             "health": i.health.as_str(),
-                            "meta": i.meta,
+                            "meta": i.meta.iter().collect::<BTreeMap<_, _>>(),
                             "lease_ttl_seconds": ttl,
                         })
                     })

@@ -160,6 +160,11 @@ pub struct EtcdConfig {
     pub keepalive_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    /// The data counts as current only while etcd confirms it: without an event or a progress
+    /// notification (asked for every 2 x keepalive_interval) for this long, it is stale until
+    /// etcd confirms again.
+    #[serde(with = "humantime_serde")]
+    pub confirm_within: Duration,
     /// Reconnect backoff: first delay, doubling up to the maximum, with jitter.
     #[serde(with = "humantime_serde")]
     pub retry_min: Duration,
@@ -248,6 +253,7 @@ impl Default for EtcdConfig {
             request_timeout: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(2),
             keepalive_timeout: Duration::from_secs(2),
+            confirm_within: Duration::from_secs(15),
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
             list_page_size: 50_000,
@@ -432,6 +438,13 @@ impl EtcdConfig {
             return Err(invalid(
                 "etcd.retry_min",
                 "must be above zero and at most retry_max",
+            ));
+        }
+        let progress = crate::registry::progress_interval(e);
+        if e.confirm_within < progress * 2 {
+            return Err(invalid(
+                "etcd.confirm_within",
+                format!("must be at least twice the progress interval (2 x keepalive_interval = {progress:?})"),
             ));
         }
         if e.request_timeout.is_zero() {

@@ -136,6 +136,8 @@ pub struct Metrics {
     pub stale_answers: Counter,
     pub invalid_values: Counter,
     pub relists: Counter,
+    /// Restarts of the etcd watcher after it ended or panicked.
+    pub watcher_restarts: Counter,
     /// Sources etcd refuses (permission denied); their names keep their last data.
     pub sources_failing: Gauge,
     registry_errors: Family<ErrorLabels, Counter>,
@@ -166,6 +168,7 @@ impl Metrics {
             stale_answers: Counter::default(),
             invalid_values: Counter::default(),
             relists: Counter::default(),
+            watcher_restarts: Counter::default(),
             sources_failing: Gauge::default(),
             registry_errors: Family::default(),
             registry_failing: Family::default(),
@@ -212,6 +215,11 @@ impl Metrics {
             "registry_relists",
             "Full re-lists of the registry after the first (compaction, etcd rebuilt)",
             m.relists.clone(),
+        );
+        registry.register(
+            "registry_watcher_restarts",
+            "Restarts of the etcd watcher after it ended or panicked (a bug: please report it)",
+            m.watcher_restarts.clone(),
         );
         registry.register(
             "registry_sources_failing",

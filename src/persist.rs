@@ -426,4 +426,44 @@ mod tests {
             "no temp files left"
         );
     }
+
+    /// How long writing and reading a 1,000,000-instance snapshot takes (a figure for the
+    /// README, not a timed assertion):
+    /// `cargo test --release --lib snapshot_of_a_million -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn snapshot_of_a_million() {
+        let m = Mirror::new();
+        let updates = (0..1_000_000u32).map(|n| {
+            let (svc, id) = (n / 5, n % 5);
+            let mut i = Instance {
+                id: InstanceId::new(&format!("i{id}")).unwrap(),
+                address: crate::cache::Address::Ip(std::net::IpAddr::from(
+                    (0x0a00_0000 + n).to_be_bytes(),
+                )),
+                port: Some(8080),
+                ports: Default::default(),
+                tags: vec![],
+                weight: 1,
+                priority: 0,
+                health: Health::Passing,
+                meta: [("pad".to_string(), "x".repeat(90))].into_iter().collect(),
+                source: crate::cache::SourceId::NATIVE,
+            };
+            i.port = Some(8080 + id as u16);
+            Update::Put {
+                service: ServiceName::new(&format!("svc{svc}")).unwrap(),
+                instance: i,
+            }
+        });
+        m.apply(updates, 1);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.snapshot");
+        let t = std::time::Instant::now();
+        let w = write(&path, &m.load()).unwrap();
+        eprintln!("write: {:?}, {} bytes", t.elapsed(), w.bytes);
+        let t = std::time::Instant::now();
+        let p = load(&path, u64::MAX).unwrap().unwrap();
+        eprintln!("read: {:?}, {} instances", t.elapsed(), p.instances.len());
+    }
 }

@@ -28,9 +28,17 @@ fn label(s: &str) -> Result<String, InvalidLabel> {
 macro_rules! label_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+        #[serde(try_from = "String")]
         pub struct $name(std::sync::Arc<str>);
+
+        // Written as the string itself, without the copy `into = "String"` would make: a
+        // snapshot writes a million of them.
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
 
         impl TryFrom<String> for $name {
             type Error = InvalidLabel;
@@ -104,8 +112,8 @@ impl SourceId {
 
 /// An instance's address: an IP literal, or a host name that DNS answers point to (CNAME at
 /// the instance name, SRV target) instead of dropping the instance.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub enum Address {
     Ip(IpAddr),
     /// Lower case, without the trailing dot.
@@ -167,6 +175,15 @@ impl TryFrom<String> for Address {
     }
 }
 
+impl Serialize for Address {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Address::Host(h) => s.serialize_str(h),
+            Address::Ip(ip) => s.collect_str(ip),
+        }
+    }
+}
+
 impl From<Address> for String {
     fn from(a: Address) -> String {
         a.to_string()
@@ -189,6 +206,15 @@ pub type Ports = litemap::LiteMap<String, u16>;
 /// Metadata, sorted by key (a flat sorted vector, as [`Ports`]).
 pub type Meta = litemap::LiteMap<String, String>;
 
+/// Always a JSON object: litemap writes an empty map as `[]` in human-readable formats, which
+/// is not what the registry contract (or its readers) expect.
+fn as_map<S: serde::Serializer, V: Serialize>(
+    map: &litemap::LiteMap<String, V>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(map.iter())
+}
+
 /// One registered instance of a service, already validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
@@ -197,11 +223,13 @@ pub struct Instance {
     /// The main port; instances without one get A/AAAA records but no SRV record.
     pub port: Option<u16>,
     /// Named ports, lower-case names (`_<name>._tcp.<service>`).
+    #[serde(serialize_with = "as_map")]
     pub ports: Ports,
     pub tags: Vec<String>,
     pub weight: u16,
     pub priority: u16,
     pub health: Health,
+    #[serde(serialize_with = "as_map")]
     pub meta: Meta,
     /// The source that registered it; instances of different sources never replace each other.
     #[serde(default)]
@@ -296,6 +324,29 @@ mod tests {
             assert!(ServiceName::new(bad).is_err(), "{bad:?} accepted");
         }
         assert!(InstanceId::new(&"a".repeat(63)).is_ok());
+    }
+
+    #[test]
+    fn empty_ports_and_meta_are_json_objects() {
+        let i = Instance {
+            id: InstanceId::new("a").unwrap(),
+            address: Address::parse("10.0.0.1").unwrap(),
+            port: None,
+            ports: Default::default(),
+            tags: vec![],
+            weight: 1,
+            priority: 0,
+            health: Health::Passing,
+            meta: Default::default(),
+            source: SourceId::NATIVE,
+        };
+        let json = serde_json::to_string(&i).unwrap();
+        assert!(
+            json.contains(r#""ports":{}"#) && json.contains(r#""meta":{}"#),
+            "{json}"
+        );
+        let back: Instance = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, i);
     }
 
     #[test]

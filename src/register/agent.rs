@@ -377,12 +377,22 @@ impl Agent {
     /// the delete; `skip_drain` cancels what is left of it.
     async fn deregister(mut self, skip_drain: CancellationToken) {
         let key = self.key();
-        let drain_until = tokio::time::Instant::now() + self.reg.drain;
-        let t = self.call_timeout.min(Duration::from_secs(2));
+        let now = tokio::time::Instant::now();
+        let drain_until = now + self.reg.drain;
+        // All of deregistration's etcd calls end by then: the drain plus two seconds, whatever
+        // etcd does (a revoke gets at least half a second more).
+        let hard_stop = drain_until.max(now) + Duration::from_secs(2);
+        let budget = |min: Duration| {
+            hard_stop
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(self.call_timeout)
+                .max(min)
+        };
         self.watch = None;
         let mut removed = false;
         // Retried while the drain lasts, and at least once; each attempt is bounded.
         for attempt in 0.. {
+            let t = budget(Duration::from_millis(100));
             match deadline(t, self.client.delete(key.clone(), None)).await {
                 Ok(_) => {
                     removed = true;
@@ -409,6 +419,7 @@ impl Agent {
         }
         if let Some(id) = self.lease {
             // Revoking also removes the key if the delete above did not get through.
+            let t = budget(Duration::from_millis(500));
             match deadline(t, self.client.lease_revoke(id)).await {
                 Ok(_) => {}
                 Err(error) => warn!(%key, %error, "lease revoke failed; it expires by itself"),

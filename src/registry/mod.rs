@@ -11,7 +11,7 @@ mod watcher;
 pub use backoff::Backoff;
 pub use parse::{encode_value, parse_entry, parse_key, parse_value, EntryError};
 pub use status::{Problem, Status};
-pub use watcher::{connect, Watcher};
+pub use watcher::{connect, progress_interval, supervise, Watcher};
 
 /// Runs `call` with the deadline `timeout`; a call that misses it fails like an unreachable
 /// etcd.
@@ -48,6 +48,8 @@ pub enum RegistryError {
     RetrySources,
     #[error("etcd refuses every configured prefix")]
     AllRefused,
+    #[error("etcd has not confirmed the watch for {0:?} (no event, no progress notification)")]
+    Unconfirmed(std::time::Duration),
     #[error("{prefix}: revision {wanted} was compacted (oldest kept: {compacted}); re-listing")]
     Compacted {
         prefix: String,
@@ -128,7 +130,7 @@ impl RegistryError {
             RegistryError::Etcd(E::TransportError(_) | E::IoError(_)) => ErrorKind::Unreachable,
             RegistryError::Etcd(E::WatchError(m)) if m.contains("too large") => ErrorKind::TooLarge,
             RegistryError::Etcd(_) => ErrorKind::BadResponse,
-            RegistryError::StreamClosed => ErrorKind::Unreachable,
+            RegistryError::StreamClosed | RegistryError::Unconfirmed(_) => ErrorKind::Unreachable,
             RegistryError::Canceled(_) => ErrorKind::BadResponse,
             RegistryError::History(_) | RegistryError::Compacted { .. } => ErrorKind::Compacted,
             RegistryError::RetrySources | RegistryError::AllRefused => ErrorKind::Refused,

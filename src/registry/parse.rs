@@ -129,15 +129,18 @@ pub(super) fn scalar(v: &serde_json::Value) -> Option<String> {
 
 /// Writes `instance` as a registry value; [`parse_value`] reads it back.
 pub fn encode_value(instance: &Instance) -> String {
+    // Objects even when empty (litemap alone writes an empty map as `[]`).
+    let ports: BTreeMap<&String, &u16> = instance.ports.iter().collect();
+    let meta: BTreeMap<&String, &String> = instance.meta.iter().collect();
     serde_json::json!({
         "address": instance.address.to_string(),
         "port": instance.port,
-        "ports": instance.ports,
+        "ports": ports,
         "tags": instance.tags,
         "weight": instance.weight,
         "priority": instance.priority,
         "health": instance.health.as_str(),
-        "meta": instance.meta,
+        "meta": meta,
     })
     .to_string()
 }
@@ -196,6 +199,11 @@ mod tests {
         let i = parse_value(InstanceId::new("a").unwrap(), v).unwrap();
         let back = parse_value(i.id.clone(), encode_value(&i).as_bytes()).unwrap();
         assert_eq!(back, i);
+        // Empty ports and metadata are still objects.
+        let bare = parse_value(i.id.clone(), br#"{"address":"10.0.0.1"}"#).unwrap();
+        let encoded = encode_value(&bare);
+        assert!(encoded.contains(r#""meta":{}"#), "{encoded}");
+        assert_eq!(parse_value(i.id.clone(), encoded.as_bytes()).unwrap(), bare);
     }
 
     #[test]

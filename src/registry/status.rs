@@ -3,7 +3,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+// tokio's clock: the same monotonic clock in production, and one tests can pause and advance.
+use tokio::time::Instant;
 
 use super::ErrorKind;
 
@@ -34,8 +37,13 @@ pub struct Status {
     /// The last error, until the watch is established again. A std `Mutex`: written once per
     /// failed session, read by `/ready` and metrics, never on the query path.
     problem: Mutex<Option<Problem>>,
+    /// The data came from a snapshot whose time cannot be believed (written in the future).
+    age_unknown: AtomicBool,
     epoch: Instant,
 }
+
+/// A snapshot written more than this far in the future has no believable age.
+pub const FUTURE_SLACK: Duration = Duration::from_secs(60);
 
 impl Default for Status {
     fn default() -> Self {
@@ -46,6 +54,7 @@ impl Default for Status {
             stale_since: AtomicI64::new(NONE),
             confirmed_ms: AtomicU64::new(0),
             problem: Mutex::new(None),
+            age_unknown: AtomicBool::new(false),
             epoch: Instant::now(),
         }
     }
@@ -60,6 +69,7 @@ impl Status {
     pub fn set_connected(&self) {
         self.synced.store(true, Relaxed);
         self.from_snapshot.store(false, Relaxed);
+        self.age_unknown.store(false, Relaxed);
         self.stale_since.store(NONE, Relaxed);
         self.connected.store(true, Relaxed);
         *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -79,16 +89,23 @@ impl Status {
             .clone()
     }
 
-    /// The mirror was filled from a snapshot written at `written_at`: stale since then.
+    /// The mirror was filled from a snapshot written at `written_at`: stale since then. A
+    /// time more than [`FUTURE_SLACK`] ahead of the clock is not believed (a clock that was
+    /// wrong when it was written, or is wrong now): the age is unknown and counts as older than
+    /// any `max_stale`.
     pub fn set_from_snapshot(&self, written_at: SystemTime) {
         self.from_snapshot.store(true, Relaxed);
         // The wall clock is read once here, to place the snapshot's age on the monotonic clock.
-        let age = SystemTime::now()
-            .duration_since(written_at)
-            .unwrap_or_default();
+        let now = SystemTime::now();
+        let age = if written_at > now + FUTURE_SLACK {
+            self.age_unknown.store(true, Relaxed);
+            Duration::MAX
+        } else {
+            now.duration_since(written_at).unwrap_or_default()
+        };
         let age_ms = i64::try_from(age.as_millis())
-            .unwrap_or(i64::MAX / 2)
-            .min(i64::MAX / 2);
+            .unwrap_or(i64::MAX / 4)
+            .min(i64::MAX / 4);
         let _ = self
             .stale_since
             .compare_exchange(NONE, self.now_ms() - age_ms, Relaxed, Relaxed);
@@ -134,6 +151,11 @@ impl Status {
         self.stale_for().map(|d| SystemTime::now() - d)
     }
 
+    /// Whether the data's age is unknown (a snapshot dated in the future).
+    pub fn is_age_unknown(&self) -> bool {
+        self.age_unknown.load(Relaxed)
+    }
+
     /// How long the mirror has been possibly behind etcd, if it is.
     pub fn stale_for(&self) -> Option<Duration> {
         match self.stale_since.load(Relaxed) {
@@ -169,34 +191,55 @@ impl Status {
 mod tests {
     use super::*;
 
-    #[test]
-    fn stale_since_is_kept_from_the_first_loss_and_cleared_on_connect() {
+    #[tokio::test(start_paused = true)]
+    async fn stale_since_is_kept_from_the_first_loss_and_cleared_on_connect() {
         let s = Status::default();
         assert!(!s.has_data() && s.stale_since().is_none() && s.confirmed_age().is_none());
-        let first = s.set_disconnected();
-        std::thread::sleep(Duration::from_millis(20));
-        let again = s.set_disconnected();
-        // Kept from the first loss (the wall-clock view is derived, to a few ms).
-        let drift = again.duration_since(first).unwrap_or_else(|e| e.duration());
-        assert!(drift < Duration::from_millis(5), "{drift:?}");
-        assert!(s.stale_for().unwrap() >= Duration::from_millis(20));
-        assert!(s.is_too_stale(Some(Duration::from_millis(10))));
+        s.set_disconnected();
+        tokio::time::advance(Duration::from_secs(20)).await;
+        s.set_disconnected();
+        // Kept from the first loss.
+        assert_eq!(s.stale_for(), Some(Duration::from_secs(20)));
+        assert!(s.is_too_stale(Some(Duration::from_secs(10))));
         assert!(!s.is_too_stale(Some(Duration::from_secs(3600))));
         assert!(!s.is_too_stale(None));
         s.set_connected();
         assert!(s.is_connected() && s.has_data() && s.stale_since().is_none());
         assert!(!s.is_too_stale(Some(Duration::ZERO)));
+        assert_eq!(s.confirmed_age(), Some(Duration::ZERO));
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert_eq!(s.confirmed_age(), Some(Duration::from_secs(7)));
+        s.confirm();
+        assert_eq!(s.confirmed_age(), Some(Duration::ZERO));
     }
 
-    #[test]
-    fn snapshot_data_is_stale_since_it_was_written() {
+    #[tokio::test(start_paused = true)]
+    async fn snapshot_data_is_stale_since_it_was_written() {
         let s = Status::default();
         let written = SystemTime::now() - Duration::from_secs(120);
         s.set_from_snapshot(written);
         assert!(s.has_data() && !s.is_synced() && s.is_from_snapshot());
         assert!(s.stale_for().unwrap() >= Duration::from_secs(119));
         assert!(s.is_too_stale(Some(Duration::from_secs(60))));
+        assert!(!s.is_age_unknown());
         s.set_connected();
         assert!(!s.is_from_snapshot());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_from_the_future_has_an_unknown_age() {
+        let s = Status::default();
+        // Within the slack: believed (a little clock skew between hosts).
+        s.set_from_snapshot(SystemTime::now() + Duration::from_secs(30));
+        assert!(!s.is_age_unknown());
+        assert!(!s.is_too_stale(Some(Duration::from_secs(60))));
+
+        let s = Status::default();
+        s.set_from_snapshot(SystemTime::now() + Duration::from_secs(3600));
+        assert!(s.is_age_unknown() && s.has_data());
+        assert!(s.is_too_stale(Some(Duration::from_secs(365 * 86400))));
+        assert!(!s.is_too_stale(None), "no max_stale: still served");
+        s.set_connected();
+        assert!(!s.is_age_unknown() && s.stale_for().is_none());
     }
 }

@@ -37,7 +37,10 @@ pub async fn connect(cfg: &EtcdConfig) -> anyhow::Result<Client> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(cfg.connect_timeout)
         .with_keep_alive(cfg.keepalive_interval, cfg.keepalive_timeout)
-        .with_keep_alive_while_idle(true);
+        .with_keep_alive_while_idle(true)
+        // A member cut off from its cluster's leader keeps an open, silent watch (etcd 3.4
+        // answers progress requests locally): with this, it cancels the watch instead.
+        .with_require_leader(true);
     if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
         opts = opts.with_user(user.clone(), password.clone());
     }
@@ -65,6 +68,57 @@ pub async fn connect(cfg: &EtcdConfig) -> anyhow::Result<Client> {
         .with_context(|| format!("configuring etcd client for {}", cfg.endpoints.join(",")))
 }
 
+/// How often the watcher asks etcd to confirm the watch (a progress request).
+pub fn progress_interval(cfg: &EtcdConfig) -> Duration {
+    cfg.keepalive_interval.max(Duration::from_secs(1)) * 2
+}
+
+/// Runs watchers built by `make` until `shutdown`: a watcher that ends or panics is logged as
+/// an error, counted (`ruddr_registry_watcher_restarts_total`) and replaced after a backoff.
+/// Until the new one is established the data is stale, exactly as in an etcd outage.
+pub async fn supervise(
+    make: impl Fn() -> Watcher,
+    status: Arc<Status>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        let started = Instant::now();
+        let task = tokio::spawn(make().run(shutdown.clone()));
+        let ended = task.await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let why = match ended {
+            Ok(()) => "the watcher ended".to_string(),
+            Err(e) if e.is_panic() => {
+                let payload = e.into_panic();
+                let text = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                format!("the watcher panicked: {text}")
+            }
+            Err(e) => format!("the watcher task failed: {e}"),
+        };
+        // A watcher that ran a good while before failing starts the backoff over.
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        metrics.watcher_restarts.inc();
+        status.set_disconnected();
+        status.set_problem(ErrorKind::BadResponse, why.clone());
+        error!(reason = %why, restart_in = ?delay, "etcd watcher stopped; serving the last known state until it is restarted");
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
 /// A source and where its watch resumes.
 struct Watched {
     source: Source,
@@ -88,6 +142,10 @@ pub struct Watcher {
     backoff: Backoff,
     /// How often to ask etcd to confirm the watch is current.
     progress_interval: Duration,
+    /// Without an event or a progress notification for this long, the watch is not trusted.
+    confirm_within: Duration,
+    /// Test-only fault injection: panics left to inject once the watch is established.
+    inject_panics: Arc<std::sync::atomic::AtomicU32>,
     /// How often to try again a source etcd refused (the reconnect backoff's longest delay).
     source_retry: Duration,
     lists: u64,
@@ -129,7 +187,9 @@ impl Watcher {
             mirror,
             status,
             metrics,
-            progress_interval: cfg.keepalive_interval.max(Duration::from_secs(1)) * 2,
+            progress_interval: progress_interval(cfg),
+            confirm_within: cfg.confirm_within,
+            inject_panics: Arc::default(),
             source_retry: cfg.retry_max.max(Duration::from_secs(1)),
             lists: 0,
             max_stale: None,
@@ -140,6 +200,14 @@ impl Watcher {
             cluster_id: None,
             last_stale_log: None,
         }
+    }
+
+    /// Test-only: the watcher panics at a progress request once its watch is established,
+    /// while `panics` is above zero (and counts it down), so that supervision can be tested on
+    /// the real binary.
+    pub fn with_injected_panics(mut self, panics: Arc<std::sync::atomic::AtomicU32>) -> Self {
+        self.inject_panics = panics;
+        self
     }
 
     /// Past `max_stale` without etcd, say so (once per outage): registry names answer SERVFAIL.
@@ -284,6 +352,8 @@ impl Watcher {
         };
         let mut progress = tokio::time::interval(self.progress_interval);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Lists before this point do not count against confirmation.
+        let watching_since = tokio::time::Instant::now();
         loop {
             let msg = tokio::select! {
                 msg = stream.message() => msg,
@@ -292,6 +362,17 @@ impl Watcher {
                     return Err(RegistryError::RetrySources);
                 }
                 _ = progress.tick() => {
+                    // Only what etcd confirmed counts: without an event or a progress
+                    // notification for confirm_within, the data may be behind.
+                    let unconfirmed = self
+                        .status
+                        .confirmed_age()
+                        .unwrap_or(Duration::MAX)
+                        .min(watching_since.elapsed());
+                    if unconfirmed > self.confirm_within {
+                        return Err(RegistryError::Unconfirmed(unconfirmed));
+                    }
+                    self.maybe_inject_panic();
                     // etcd answers with a progress notification: proof the mirror is current.
                     stream.request_progress().await?;
                     continue;
@@ -563,6 +644,16 @@ impl Watcher {
     fn count_refused(&self) {
         let n = self.sources.iter().filter(|w| w.refused.is_some()).count();
         self.metrics.sources_failing.set(n as i64);
+    }
+
+    fn maybe_inject_panic(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let left = self
+            .inject_panics
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+        if self.status.is_connected() && left.is_ok() {
+            panic!("injected watcher failure (test switch RUDDR_TEST_WATCHER_PANICS)");
+        }
     }
 
     fn on_connected(&mut self) {

@@ -334,6 +334,17 @@ impl Etcd {
         });
     }
 
+    /// Sends `sig` (for example `STOP`, `CONT`) to etcd itself.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("etcd running").id();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} etcd failed");
+    }
+
     /// Kills etcd (SIGKILL), keeping its data dir.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -371,6 +382,11 @@ impl Etcd {
             let r = c.get(key, None).await?;
             Ok(r.header().map(|h| h.revision()).unwrap_or(0))
         })
+    }
+
+    /// The store's current revision.
+    pub fn revision(&self) -> i64 {
+        self.try_get("/").expect("etcd get")
     }
 
     /// Writes a key; returns the new revision.
@@ -835,7 +851,8 @@ impl Cluster {
             .join(",")
     }
 
-    fn endpoint(&self, i: usize) -> String {
+    /// Member `i`'s client URL.
+    pub fn endpoint(&self, i: usize) -> String {
         format!("http://{}:{}", self.ip, self.members[i].0)
     }
 

@@ -226,7 +226,7 @@ fn a_message_limit_below_a_page_or_a_catch_up_is_worked_around() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("ruddr.toml");
     std::fs::write(&cfg, "[etcd]\nmax_message_bytes = 2097152\n").unwrap();
-    let mut r = Ruddr::start(&etcd.endpoint(), &["--config", cfg.to_str().unwrap()]);
+    let r = Ruddr::start(&etcd.endpoint(), &["--config", cfg.to_str().unwrap()]);
     wait_instances(&r, 3_000, Duration::from_secs(30));
     assert!(r.log_text().contains("reading smaller pages"));
     assert_eq!(
