@@ -4,7 +4,10 @@
 //! shutdown never waits on one.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock (the monotonic clock, pausable in tests).
+use tokio::time::Instant;
 
 use etcd_client::{
     Client, EventType, LeaseKeepAliveStream, LeaseKeeper, PutOptions, WatchOptions, WatchStream,
@@ -35,12 +38,7 @@ pub struct Agent {
     client: Client,
     prefix: String,
     reg: Registration,
-    health: Health,
-    ok_streak: u32,
-    fail_streak: u32,
-    critical_since: Option<Instant>,
-    /// Removed from the registry because it stayed critical longer than `deregister_after`.
-    withdrawn: bool,
+    health: Hysteresis,
     lease: Option<i64>,
     keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
     /// The value last written under the current lease, if any.
@@ -68,12 +66,8 @@ impl Agent {
         Self {
             client,
             prefix: prefix.to_string(),
+            health: Hysteresis::new(&reg),
             reg,
-            health: Health::Passing,
-            ok_streak: 0,
-            fail_streak: 0,
-            critical_since: None,
-            withdrawn: false,
             lease: None,
             keeper: None,
             written: None,
@@ -106,9 +100,7 @@ impl Agent {
                 // fails its check right at start.
                 let outcome = check::run(&check, self.reg.timeout).await;
                 if !outcome.passed {
-                    self.health = Health::Critical;
-                    self.critical_since = Some(Instant::now());
-                    self.fail_streak = 1;
+                    self.health.fail_at_start();
                     warn!(%key, reason = outcome.reason.as_deref().unwrap_or(""), "health check failing at start; registering as critical");
                 }
                 self.set_detail(outcome.detail);
@@ -170,7 +162,7 @@ impl Agent {
         let now = Instant::now();
         // Nothing written (being registered again after a lost lease, or withdrawn): nothing
         // of ours to repair.
-        if self.withdrawn
+        if self.health.withdrawn
             || self.written.is_none()
             || self.repair_paused_until.is_some_and(|t| now < t)
         {
@@ -214,7 +206,7 @@ impl Agent {
         let (Some(value), Some(lease)) = (self.written.clone(), self.lease) else {
             return;
         };
-        if self.withdrawn {
+        if self.health.withdrawn {
             return;
         }
         let got = deadline(self.call_timeout, self.client.get(self.key(), None)).await;
@@ -249,7 +241,7 @@ impl Agent {
     async fn sync(&mut self) -> Result<(), etcd_client::Error> {
         let key = self.key();
         let t = self.call_timeout;
-        if self.withdrawn {
+        if self.health.withdrawn {
             if self.written.is_some() {
                 let resp = deadline(t, self.client.delete(key.clone(), None)).await?;
                 self.written = None;
@@ -269,13 +261,13 @@ impl Agent {
                 id
             }
         };
-        let value = self.reg.value(self.health, &self.extra_meta);
+        let value = self.reg.value(self.health.health, &self.extra_meta);
         if self.written.as_deref() != Some(value.as_str()) {
             let opts = PutOptions::new().with_lease(lease);
             let resp = deadline(t, self.client.put(key.clone(), value.clone(), Some(opts))).await?;
             self.written_rev = resp.header().map_or(self.written_rev, |h| h.revision());
             if self.written.is_none() {
-                info!(%key, lease = format!("{lease:x}"), health = self.health.as_str(), "registered");
+                info!(%key, lease = format!("{lease:x}"), health = self.health.health.as_str(), "registered");
             } else {
                 debug!(%key, %value, "registration updated");
             }
@@ -345,31 +337,18 @@ impl Agent {
         let outcome = check::run(&check, self.reg.timeout).await;
         self.set_detail(outcome.detail.clone());
         let key = self.key();
-        if outcome.passed {
-            self.fail_streak = 0;
-            self.ok_streak = self.ok_streak.saturating_add(1);
-            if self.health == Health::Critical && self.ok_streak >= self.reg.pass_after {
-                self.health = Health::Passing;
-                self.critical_since = None;
-                self.withdrawn = false;
-                info!(%key, passes = self.ok_streak, "health check passing again");
+        let reason = outcome.reason.as_deref().unwrap_or("");
+        match self.health.observe(outcome.passed) {
+            Change::Critical => {
+                warn!(%key, failures = self.health.fail_streak, reason, "health check failing: marked critical")
             }
-        } else {
-            self.ok_streak = 0;
-            self.fail_streak = self.fail_streak.saturating_add(1);
-            let reason = outcome.reason.as_deref().unwrap_or("");
-            if self.health == Health::Passing && self.fail_streak >= self.reg.fail_after {
-                self.health = Health::Critical;
-                self.critical_since = Some(Instant::now());
-                warn!(%key, failures = self.fail_streak, reason, "health check failing: marked critical");
-            } else {
-                debug!(%key, failures = self.fail_streak, reason, "health check failed");
+            Change::Passing => {
+                info!(%key, passes = self.health.ok_streak, "health check passing again")
             }
-            if let Some(since) = self.critical_since {
-                if since.elapsed() >= self.reg.deregister_after {
-                    self.withdrawn = true;
-                }
+            Change::None if !outcome.passed => {
+                debug!(%key, failures = self.health.fail_streak, reason, "health check failed")
             }
+            Change::None => {}
         }
     }
 
@@ -428,6 +407,81 @@ impl Agent {
     }
 }
 
+/// Health from check results, with hysteresis: `fail_after` failures in a row make a passing
+/// instance critical, `pass_after` passes in a row make a critical one passing again, and
+/// critical for `deregister_after` withdraws it from the registry until it passes again.
+#[derive(Debug)]
+struct Hysteresis {
+    health: Health,
+    ok_streak: u32,
+    fail_streak: u32,
+    critical_since: Option<Instant>,
+    /// Removed from the registry because it stayed critical longer than `deregister_after`.
+    withdrawn: bool,
+    fail_after: u32,
+    pass_after: u32,
+    deregister_after: Duration,
+}
+
+/// What one check result changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    None,
+    Critical,
+    Passing,
+}
+
+impl Hysteresis {
+    fn new(reg: &Registration) -> Self {
+        Self {
+            health: Health::Passing,
+            ok_streak: 0,
+            fail_streak: 0,
+            critical_since: None,
+            withdrawn: false,
+            fail_after: reg.fail_after,
+            pass_after: reg.pass_after,
+            deregister_after: reg.deregister_after,
+        }
+    }
+
+    /// The first check, before the first write, failed: never advertise it as healthy.
+    fn fail_at_start(&mut self) {
+        self.health = Health::Critical;
+        self.critical_since = Some(Instant::now());
+        self.fail_streak = 1;
+    }
+
+    fn observe(&mut self, passed: bool) -> Change {
+        if passed {
+            self.fail_streak = 0;
+            self.ok_streak = self.ok_streak.saturating_add(1);
+            if self.health == Health::Critical && self.ok_streak >= self.pass_after {
+                self.health = Health::Passing;
+                self.critical_since = None;
+                self.withdrawn = false;
+                return Change::Passing;
+            }
+            return Change::None;
+        }
+        self.ok_streak = 0;
+        self.fail_streak = self.fail_streak.saturating_add(1);
+        let mut change = Change::None;
+        if self.health == Health::Passing && self.fail_streak >= self.fail_after {
+            self.health = Health::Critical;
+            self.critical_since = Some(Instant::now());
+            change = Change::Critical;
+        }
+        if self
+            .critical_since
+            .is_some_and(|since| since.elapsed() >= self.deregister_after)
+        {
+            self.withdrawn = true;
+        }
+        change
+    }
+}
+
 /// The next change to the key made by someone else (above `written_rev`), if the watch shows
 /// one: a delete, or a value under another lease or with other contents. Pending while there
 /// is no watch; an error ends the watch.
@@ -471,5 +525,92 @@ fn is_lease_not_found(error: &etcd_client::Error) -> bool {
         etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
         etcd_client::Error::GRpcStatus(status) => status.message().contains("lease not found"),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hysteresis(fail_after: u32, pass_after: u32, deregister_after: Duration) -> Hysteresis {
+        Hysteresis {
+            health: Health::Passing,
+            ok_streak: 0,
+            fail_streak: 0,
+            critical_since: None,
+            withdrawn: false,
+            fail_after,
+            pass_after,
+            deregister_after,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_moves_only_after_streaks_and_withdraws_after_a_while() {
+        let mut h = hysteresis(3, 2, Duration::from_secs(60));
+        // Two failures, a pass, two failures: never three in a row.
+        for passed in [false, false, true, false, false] {
+            assert_eq!(h.observe(passed), Change::None);
+        }
+        assert_eq!(h.health, Health::Passing);
+        assert_eq!(h.observe(false), Change::Critical);
+        assert_eq!(h.health, Health::Critical);
+        // Critical for less than deregister_after: still registered (as critical).
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(h.observe(false), Change::None);
+        assert!(!h.withdrawn);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        h.observe(false);
+        assert!(h.withdrawn, "critical for deregister_after: withdrawn");
+        // One pass is not enough; two are, and it comes back.
+        assert_eq!(h.observe(true), Change::None);
+        assert_eq!(h.observe(true), Change::Passing);
+        assert!(!h.withdrawn && h.health == Health::Passing);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repairs_back_off_when_another_writer_keeps_changing_the_key() {
+        let spec: crate::register::InstanceSpec =
+            toml::from_str("service = \"web\"\nid = \"w1\"\naddress = \"10.0.0.1\"").unwrap();
+        // Connecting is lazy: no etcd is needed to drive the repair logic.
+        let client = Client::connect(["http://127.0.0.1:9"], None).await.unwrap();
+        let mut a = Agent::new(
+            client,
+            "/ruddr/services/",
+            spec.validate().unwrap(),
+            Duration::from_secs(5),
+        );
+        let written = Some("v".to_string());
+        for n in 1..=3 {
+            a.written = written.clone();
+            a.repair(Foreign::Deleted);
+            assert!(a.written.is_none(), "repair {n} rewrites the key");
+            tokio::time::advance(Duration::from_secs(5)).await;
+        }
+        // A fourth within the minute: a conflict, no repair, a pause.
+        a.written = written.clone();
+        a.repair(Foreign::Overwritten);
+        assert_eq!((a.conflicts_total, a.repairs_total), (1, 3));
+        assert!(a.written.is_some(), "not rewritten during the conflict");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        a.repair(Foreign::Overwritten);
+        assert!(a.written.is_some(), "still paused");
+        // After the pause (30 s, jittered down to at least 15 s), repairs resume.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        a.repair(Foreign::Overwritten);
+        assert!(a.written.is_none());
+        assert_eq!(a.repairs_total, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_at_start_needs_passes_to_be_served() {
+        let mut h = hysteresis(3, 2, Duration::from_secs(10));
+        h.fail_at_start();
+        assert_eq!(h.health, Health::Critical);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        h.observe(false);
+        assert!(h.withdrawn);
+        assert_eq!(h.observe(true), Change::None);
+        assert_eq!(h.observe(true), Change::Passing);
     }
 }
