@@ -126,7 +126,7 @@ pub struct SnapshotConfig {
     #[serde(with = "humantime_serde")]
     pub min_interval: Duration,
     /// A snapshot file larger than this is not read (a 1,000,000-instance registry writes about
-    /// 150 MB).
+    /// 130 MB).
     pub max_bytes: u64,
 }
 
@@ -134,7 +134,7 @@ impl Default for SnapshotConfig {
     fn default() -> Self {
         Self {
             file: None,
-            min_interval: Duration::from_secs(1),
+            min_interval: Duration::from_secs(5),
             max_bytes: 2 << 30,
         }
     }
@@ -273,7 +273,7 @@ impl Default for DnsConfig {
             tcp_idle_timeout: Duration::from_secs(10),
             ns_name: None,
             hostmaster: None,
-            answer_cache_bytes: 64 << 20,
+            answer_cache_bytes: 32 << 20,
             answer_cache_capacity: None,
             max_stale: None,
             stale_ttl: 30,
@@ -627,7 +627,7 @@ impl Config {
         if d.answer_cache_capacity.is_some() {
             return Err(invalid(
                 "dns.answer_cache_capacity",
-                "replaced by dns.answer_cache_bytes (a limit in bytes, default 67108864)",
+                "replaced by dns.answer_cache_bytes (a limit in bytes, default 33554432)",
             ));
         }
         if d.answer_cache_bytes < 1 << 16 {

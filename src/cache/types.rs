@@ -112,8 +112,7 @@ impl SourceId {
 
 /// An instance's address: an IP literal, or a host name that DNS answers point to (CNAME at
 /// the instance name, SRV target) instead of dropping the instance.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Address {
     Ip(IpAddr),
     /// Lower case, without the trailing dot.
@@ -175,11 +174,53 @@ impl TryFrom<String> for Address {
     }
 }
 
+/// An address in binary formats (the snapshot): IPs as their octets, which is much cheaper
+/// than formatting and parsing text for a million instances.
+#[derive(Serialize)]
+enum WireRef<'a> {
+    V4([u8; 4]),
+    V6([u8; 16]),
+    Host(&'a str),
+}
+
+#[derive(Deserialize)]
+enum Wire {
+    V4([u8; 4]),
+    V6([u8; 16]),
+    Host(String),
+}
+
+/// Text (`"10.0.0.1"`, `"db.example"`) in human-readable formats such as JSON; octets in
+/// binary ones.
 impl Serialize for Address {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return match self {
+                Address::Host(h) => s.serialize_str(h),
+                Address::Ip(ip) => s.collect_str(ip),
+            };
+        }
         match self {
-            Address::Host(h) => s.serialize_str(h),
-            Address::Ip(ip) => s.collect_str(ip),
+            Address::Ip(IpAddr::V4(ip)) => WireRef::V4(ip.octets()),
+            Address::Ip(IpAddr::V6(ip)) => WireRef::V6(ip.octets()),
+            Address::Host(h) => WireRef::Host(h),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            return Address::parse(&text).map_err(D::Error::custom);
+        }
+        match Wire::deserialize(d)? {
+            Wire::V4(o) => Ok(Address::Ip(IpAddr::from(o))),
+            Wire::V6(o) => Ok(Address::Ip(IpAddr::from(o))),
+            // Validated like any other input.
+            Wire::Host(h) => Address::parse(&h).map_err(D::Error::custom),
         }
     }
 }

@@ -656,7 +656,7 @@ impl RequestHandler for Handler {
             .order
             .iter()
             .take(reply.with_additionals)
-            .filter_map(|&i| additionals.get(i).and_then(Option::as_ref));
+            .filter_map(|&i| additionals.get(i).and_then(Option::as_deref));
         let response = builder.build(
             reply.meta,
             ordered.chain(reply.extra.iter()),

@@ -41,7 +41,9 @@ pub struct Built {
     /// `(priority, weight)` per answer, for ordering.
     pub order: Vec<(u16, u16)>,
     /// The address record of each answer's SRV target, aligned with `answers`.
-    pub additionals: Vec<Option<Record>>,
+    /// Boxed: most answers (A, AAAA, TXT) have none, and an empty slot then costs a pointer
+    /// rather than a whole record in every cached answer.
+    pub additionals: Vec<Option<Box<Record>>>,
     /// Upper bound of each answer's wire size (its owner, the question's name, counted as a
     /// 2-byte pointer), aligned with `answers`.
     pub answer_sizes: Vec<usize>,
@@ -59,7 +61,7 @@ impl Built {
         let record = std::mem::size_of::<Record>();
         let per_answer = record
             + std::mem::size_of::<(u16, u16)>()
-            + std::mem::size_of::<Option<Record>>()
+            + std::mem::size_of::<Option<Box<Record>>>()
             + std::mem::size_of::<usize>();
         let wire: usize = self.answer_sizes.iter().sum();
         let glue: usize = self
@@ -287,7 +289,7 @@ impl Zone {
                     .answers
                     .push(Record::from_rdata(qname.clone(), ttl, RData::SRV(srv)));
                 built.order.push((i.priority, i.weight));
-                built.additionals.push(additional);
+                built.additionals.push(additional.map(Box::new));
             }
         }
         if qtype == RecordType::TXT {

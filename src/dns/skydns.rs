@@ -205,7 +205,7 @@ impl SkyZone {
                     RData::SRV(SRV::new(prio(r), share, port, target)),
                 ));
                 built.order.push((prio(r), share));
-                built.additionals.push(additional);
+                built.additionals.push(additional.map(Box::new));
             }
         }
         if matches!(qtype, RecordType::TXT | RecordType::ANY) {
