@@ -276,6 +276,8 @@ fn restore_snapshot(
                 }],
                 revision,
             );
+            // The file's bytes and the decoded listing are gone now.
+            crate::memory::trim();
             warn!(
                 path = %path.display(),
                 revision,

@@ -834,12 +834,27 @@ mod tests {
             ("[dns]\nmax_udp_payload = 100\n", "dns.max_udp_payload"),
             ("[etcd]\nusername = \"u\"\n", "etcd.username"),
             ("listen = []\n", "listen"),
+            ("[etcd]\nlist_page_size = 0\n", "etcd.list_page_size"),
+            (
+                "[etcd]\nmax_message_bytes = 1000\n",
+                "etcd.max_message_bytes",
+            ),
+            ("[etcd]\nrequest_timeout = \"0s\"\n", "etcd.request_timeout"),
+            ("[etcd]\nconfirm_within = \"1s\"\n", "etcd.confirm_within"),
+            ("[dns]\nanswer_cache_bytes = 10\n", "dns.answer_cache_bytes"),
         ];
         for (text, option) in cases {
             let mut cfg: Config = toml::from_str(text).unwrap();
             let err = cfg.validate().unwrap_err().to_string();
             assert!(err.contains(option), "{text}: {err}");
         }
+        // The replaced key is refused with a message naming its successor.
+        let mut cfg: Config = toml::from_str("[dns]\nanswer_cache_capacity = 1000\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("dns.answer_cache_capacity") && err.contains("dns.answer_cache_bytes"),
+            "{err}"
+        );
         let err = toml::from_str::<Config>("[dns]\nttl = \"x\"\n")
             .unwrap_err()
             .to_string();

@@ -16,6 +16,7 @@
 //! - [`dns`]: the hickory request handler, record building and query-name parsing.
 //! - [`register`]: the registration side (lease, keepalive, health checks, deregistration).
 //! - [`persist`]: the snapshot file, for starting while etcd is unreachable.
+//! - [`memory`]: hands freed heap back to the OS after a large list or snapshot write.
 //! - [`metrics`]: Prometheus metrics; [`admin`]: the HTTP listener for metrics, health, readiness.
 
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dns;
+pub mod memory;
 pub mod metrics;
 pub mod persist;
 pub mod register;

@@ -292,7 +292,15 @@ pub async fn run_writer(
             let changes = snapshot.changes;
             let path2 = path.clone();
             let started = std::time::Instant::now();
-            let result = tokio::task::spawn_blocking(move || write(&path2, &snapshot)).await;
+            let result = tokio::task::spawn_blocking(move || {
+                let written = write(&path2, &snapshot);
+                // What the churn since the last write freed (old snapshots' copies of changed
+                // services), handed back while this thread is off the query path anyway.
+                drop(snapshot);
+                crate::memory::trim();
+                written
+            })
+            .await;
             let took = started.elapsed();
             match result {
                 Ok(Ok(w)) => {

@@ -38,8 +38,8 @@ pub struct Service {
     pub generation: u64,
 }
 
-/// Instances that share one address, sorted; one allocation (usually of one entry).
-type AtAddress = Arc<[(ServiceName, InstanceKey)]>;
+/// Address -> the instances registered with it, each list sorted.
+type Reverse = HashMap<IpAddr, Vec<(ServiceName, InstanceKey)>>;
 
 /// The registry as of one etcd revision.
 #[derive(Debug, Default, Clone)]
@@ -51,8 +51,13 @@ pub struct Snapshot {
     pub changes: u64,
     /// SkyDNS entries, ordered by source and path so that a subtree is one range.
     pub domains: imbl::OrdMap<DomainKey, DomainRecord>,
-    /// Address -> instances registered with it (reverse lookups), kept current by every apply.
-    reverse: imbl::HashMap<IpAddr, AtAddress>,
+    /// Address -> instances registered with it (reverse lookups), updated in place by every
+    /// apply and shared by all snapshots: it is a lookup aid, not part of any one snapshot, so
+    /// callers check each candidate against the snapshot they answer from. Kept out of the
+    /// persistent maps because copying index nodes cost more per update than everything else
+    /// in `apply`, for a lookup that is rare. A std `Mutex`: held only for a map operation, never
+    /// across an await.
+    reverse: Arc<Mutex<Reverse>>,
     instances: usize,
 }
 
@@ -85,35 +90,46 @@ impl Snapshot {
         exact.into_iter().chain(below)
     }
 
-    /// The instances registered with address `ip`, sorted.
-    pub fn instances_at(&self, ip: IpAddr) -> &[(ServiceName, InstanceKey)] {
-        self.reverse.get(&ip).map_or(&[], |v| v)
+    /// The instances registered with address `ip` in this snapshot, sorted (a snapshot older
+    /// than the current one may miss instances removed since: the index is the current one).
+    pub fn instances_at(&self, ip: IpAddr) -> Vec<(ServiceName, InstanceKey)> {
+        let candidates = self.reverse().get(&ip).cloned().unwrap_or_default();
+        // The index may already know of a newer snapshot's changes.
+        candidates
+            .into_iter()
+            .filter(|(svc, key)| {
+                self.service(svc.as_str())
+                    .and_then(|s| s.instances.get(key))
+                    .is_some_and(|i| i.address.ip() == Some(ip))
+            })
+            .collect()
+    }
+
+    fn reverse(&self) -> std::sync::MutexGuard<'_, Reverse> {
+        // A poisoned lock still holds a usable index (every operation on it is one insert or
+        // remove).
+        self.reverse.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn index(&mut self, ip: IpAddr, service: &ServiceName, key: &InstanceKey) {
         let entry = (service.clone(), key.clone());
-        let at = self.reverse.get(&ip).map_or(&[][..], |v| v);
+        let mut reverse = self.reverse();
+        let at = reverse.entry(ip).or_default();
         if let Err(pos) = at.binary_search(&entry) {
-            let mut next = Vec::with_capacity(at.len() + 1);
-            next.extend_from_slice(&at[..pos]);
-            next.push(entry);
-            next.extend_from_slice(&at[pos..]);
-            self.reverse.insert(ip, next.into());
+            at.insert(pos, entry);
         }
     }
 
     fn unindex(&mut self, ip: IpAddr, service: &ServiceName, key: &InstanceKey) {
-        let Some(at) = self.reverse.get(&ip) else {
+        let mut reverse = self.reverse();
+        let Some(at) = reverse.get_mut(&ip) else {
             return;
         };
         if let Ok(pos) = at.binary_search_by(|(s, k)| (s, k).cmp(&(service, key))) {
-            if at.len() == 1 {
-                self.reverse.remove(&ip);
-            } else {
-                let mut next = at.to_vec();
-                next.remove(pos);
-                self.reverse.insert(ip, next.into());
-            }
+            at.remove(pos);
+        }
+        if at.is_empty() {
+            reverse.remove(&ip);
         }
     }
 

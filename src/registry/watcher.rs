@@ -26,6 +26,9 @@ use crate::metrics::Metrics;
 /// How often to repeat the "still stale" warning while etcd stays unreachable.
 const STALE_REMINDER: Duration = Duration::from_secs(30);
 
+/// A list at least this large is followed by returning freed memory to the OS.
+const TRIM_AFTER_KEYS: usize = 10_000;
+
 /// Most updates applied as one batch: watch messages already received are coalesced into one
 /// published snapshot up to this many updates.
 const COALESCE_MAX: usize = 10_000;
@@ -601,6 +604,10 @@ impl Watcher {
             }],
             self.high,
         );
+        if header.keys >= TRIM_AFTER_KEYS {
+            // The pages and the parsed listing are gone now: give their memory back.
+            tokio::task::spawn_blocking(crate::memory::trim);
+        }
         info!(
             prefix = %source.prefix,
             format = %source.format,
