@@ -38,8 +38,10 @@ pub struct Service {
     pub generation: u64,
 }
 
-/// Address -> the instances registered with it, each list sorted.
-type Reverse = HashMap<IpAddr, Vec<(ServiceName, InstanceKey)>>;
+/// Address -> the instances registered with it, each list sorted. A B-tree rather than a hash
+/// table: with a million addresses, a hash table's spare buckets cost more than its speed is
+/// worth for a lookup this rare.
+type Reverse = BTreeMap<IpAddr, Vec<(ServiceName, InstanceKey)>>;
 
 /// The registry as of one etcd revision.
 #[derive(Debug, Default, Clone)]
