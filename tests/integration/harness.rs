@@ -1042,3 +1042,18 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Starts `ruddr register --etcd-endpoints <etcd>` plus `extra` flags.
+pub fn register(etcd: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["register", "--etcd-endpoints", etcd];
+    args.extend_from_slice(extra);
+    Proc::ruddr("register", &args, &[])
+}
+
+/// A shell script for a child service that writes `term` to `marker` and exits 7 on SIGTERM.
+pub fn term_trapping_script(marker: &Path) -> String {
+    format!(
+        "trap 'echo term > {m}; exit 7' TERM; while :; do sleep 0.05; done",
+        m = marker.display()
+    )
+}

@@ -8,12 +8,6 @@ use hickory_proto::rr::RecordType;
 
 use crate::harness::*;
 
-fn register(etcd: &str, extra: &[&str]) -> Proc {
-    let mut args = vec!["register", "--etcd-endpoints", etcd];
-    args.extend_from_slice(extra);
-    Proc::ruddr("register", &args, &[])
-}
-
 fn ready(r: &Ruddr) -> (u16, serde_json::Value) {
     let (code, body) = r.http_get("/ready");
     (code, serde_json::from_str(&body).expect("/ready is JSON"))
@@ -120,10 +114,7 @@ fn sigterm_with_etcd_stopped_is_bounded_and_a_deaf_child_is_killed() {
     let etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("got-term");
-    let script = format!(
-        "trap 'echo term > {m}; exit 7' TERM; while :; do sleep 0.05; done",
-        m = marker.display()
-    );
+    let script = term_trapping_script(&marker);
     let mut sidecar = register(
         &etcd.endpoint(),
         &[

@@ -73,12 +73,6 @@ impl Drop for HealthServer {
     }
 }
 
-fn register(etcd: &str, extra: &[&str]) -> Proc {
-    let mut args = vec!["register", "--etcd-endpoints", etcd];
-    args.extend_from_slice(extra);
-    Proc::ruddr("register", &args, &[])
-}
-
 fn a_records(r: &Ruddr, name: &str) -> Vec<String> {
     answers(r, name, RecordType::A)
 }
@@ -284,10 +278,7 @@ fn child_gets_sigterm_only_after_deregistration() {
     let r = Ruddr::start(&etcd.endpoint(), &[]);
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("got-term");
-    let script = format!(
-        "trap 'echo term > {m}; exit 7' TERM; while :; do sleep 0.05; done",
-        m = marker.display()
-    );
+    let script = term_trapping_script(&marker);
     let mut sidecar = register(
         &etcd.endpoint(),
         &[
