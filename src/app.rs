@@ -34,6 +34,7 @@ pub async fn run(
     zones: StaticZones,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let token = CancellationToken::new();
     let mirror = Arc::new(Mirror::new());
     let status = Arc::new(Status::default());
@@ -61,8 +62,14 @@ pub async fn run(
         info!(%zone, records, "serving static zone");
     }
     let zones = Arc::new(arc_swap::ArcSwap::from_pointee(zones));
-    let forwarder = (!cfg.forward.upstreams.is_empty())
-        .then(|| Forwarder::new(&cfg.forward.upstreams, cfg.forward.timeout));
+    let forwarder = (!cfg.forward.upstreams.is_empty()).then(|| {
+        Forwarder::new(
+            &cfg.forward.upstreams,
+            cfg.forward.timeout,
+            cfg.forward.max_in_flight,
+            cfg.forward.max_in_flight_per_client,
+        )
+    });
     if let Some(f) = &forwarder {
         let upstreams: Vec<String> = f.upstreams().map(|a| a.to_string()).collect();
         info!(upstreams = %upstreams.join(","), timeout = ?cfg.forward.timeout, "forwarding other names");
@@ -185,6 +192,20 @@ pub async fn run(
     }
     info!(revision = mirror.load().revision, "stopped");
     served
+}
+
+/// Raises the soft open-file limit to the hard one (services often start with 1,024, which a
+/// few hundred clients and forwarded queries can use up) and logs the figure.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(error) => warn!(%error, soft, hard, "cannot raise the open-file limit"),
+        },
+        Ok((soft, _)) => info!(limit = soft, "open-file limit"),
+        Err(error) => warn!(%error, "cannot read the open-file limit"),
+    }
 }
 
 /// The zones of the SkyDNS sources, each tied to its source (`sources` as

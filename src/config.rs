@@ -92,6 +92,12 @@ pub struct ForwardConfig {
     pub timeout: Duration,
     /// Client networks that may use forwarding (never an open resolver by default).
     pub allow_recursion: Vec<ipnet::IpNet>,
+    /// Forwarded queries waiting for an upstream at once, overall; past it, SERVFAIL at once.
+    /// Each holds a socket, so this bounds the file descriptors a dead upstream can take.
+    pub max_in_flight: usize,
+    /// The same per client network (/24 for IPv4, /56 for IPv6), so one client cannot use
+    /// them all.
+    pub max_in_flight_per_client: usize,
 }
 
 impl Default for ForwardConfig {
@@ -111,6 +117,8 @@ impl Default for ForwardConfig {
             .iter()
             .filter_map(|n| n.parse().ok())
             .collect(),
+            max_in_flight: 256,
+            max_in_flight_per_client: 64,
         }
     }
 }
@@ -620,6 +628,18 @@ impl Config {
         if self.forward.timeout.is_zero() {
             return Err(invalid("forward.timeout", "must be above zero"));
         }
+        if self.forward.max_in_flight == 0 || self.forward.max_in_flight_per_client == 0 {
+            return Err(invalid(
+                "forward.max_in_flight",
+                "max_in_flight and max_in_flight_per_client must be above zero",
+            ));
+        }
+        if self.dns.tcp_idle_timeout.is_zero() {
+            return Err(invalid(
+                "dns.tcp_idle_timeout",
+                "must be above zero (0 would keep idle connections open forever)",
+            ));
+        }
         if self.snapshot.min_interval.is_zero() {
             return Err(invalid("snapshot.min_interval", "must be above zero"));
         }
@@ -842,6 +862,8 @@ mod tests {
             ("[etcd]\nrequest_timeout = \"0s\"\n", "etcd.request_timeout"),
             ("[etcd]\nconfirm_within = \"1s\"\n", "etcd.confirm_within"),
             ("[dns]\nanswer_cache_bytes = 10\n", "dns.answer_cache_bytes"),
+            ("[dns]\ntcp_idle_timeout = \"0s\"\n", "dns.tcp_idle_timeout"),
+            ("[forward]\nmax_in_flight = 0\n", "forward.max_in_flight"),
         ];
         for (text, option) in cases {
             let mut cfg: Config = toml::from_str(text).unwrap();

@@ -134,6 +134,8 @@ pub struct Metrics {
     pub latency: Histogram,
     pub udp_truncated: Counter,
     pub stale_answers: Counter,
+    /// Queries answered SERVFAIL because too many forwarded queries were in flight.
+    pub forward_limited: Counter,
     pub invalid_values: Counter,
     pub relists: Counter,
     /// Restarts of the etcd watcher after it ended or panicked.
@@ -166,6 +168,7 @@ impl Metrics {
             latency: Histogram::new(exponential_buckets(0.000_01, 3.0, 11)),
             udp_truncated: Counter::default(),
             stale_answers: Counter::default(),
+            forward_limited: Counter::default(),
             invalid_values: Counter::default(),
             relists: Counter::default(),
             watcher_restarts: Counter::default(),
@@ -185,6 +188,11 @@ impl Metrics {
             "dns_forwarded",
             "Attempts to forward a query to an upstream, by upstream and result",
             m.forwarded.clone(),
+        );
+        registry.register(
+            "dns_forward_limited",
+            "Queries answered SERVFAIL at once because forward.max_in_flight (overall or per client network) was reached",
+            m.forward_limited.clone(),
         );
         registry.register(
             "dns_queries",

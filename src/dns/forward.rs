@@ -2,9 +2,13 @@
 //! UDP first and TCP when the upstream truncates. The upstream's answer is passed through:
 //! rcode, flags, TTLs and every record (DNSSEC ones included) as received.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
 
 use futures_util::StreamExt;
 use hickory_proto::op::{
@@ -25,6 +29,59 @@ pub struct Forwarder {
     failed_at: Vec<AtomicU64>,
     epoch: Instant,
     timeout: Duration,
+    limits: Arc<Limits>,
+}
+
+/// Caps on forwarded queries in flight, overall and per client network.
+struct Limits {
+    max: usize,
+    max_per_client: usize,
+    /// In flight overall, and per client network. A std `Mutex`: held for one map update,
+    /// never across an await.
+    in_flight: Mutex<(usize, HashMap<IpNet, usize>)>,
+}
+
+/// Why a query may not be forwarded now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    /// `forward.max_in_flight` queries are already waiting for upstreams.
+    Total,
+    /// This client's network has `forward.max_in_flight_per_client` waiting.
+    Client,
+}
+
+/// A forwarded query's place in the limits, given back when dropped.
+pub struct Admitted {
+    limits: Arc<Limits>,
+    net: IpNet,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut guard = self
+            .limits
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (total, per_net) = &mut *guard;
+        *total = total.saturating_sub(1);
+        if let Some(n) = per_net.get_mut(&self.net) {
+            *n -= 1;
+            if *n == 0 {
+                per_net.remove(&self.net);
+            }
+        }
+    }
+}
+
+/// The client network a limit counts against: /24 for IPv4, /56 for IPv6.
+fn client_net(ip: IpAddr) -> IpNet {
+    let ip = ip.to_canonical();
+    let len = if ip.is_ipv4() { 24 } else { 56 };
+    // The prefix lengths are valid for their families.
+    IpNet::new(ip, len)
+        .map(|n| n.trunc())
+        .unwrap_or(IpNet::from(ip))
 }
 
 const PENALTY: Duration = Duration::from_secs(10);
@@ -37,7 +94,12 @@ pub enum Failure {
 
 impl Forwarder {
     /// Prepares a UDP exchange per upstream. Must run inside the Tokio runtime.
-    pub fn new(upstreams: &[SocketAddr], timeout: Duration) -> Self {
+    pub fn new(
+        upstreams: &[SocketAddr],
+        timeout: Duration,
+        max_in_flight: usize,
+        max_in_flight_per_client: usize,
+    ) -> Self {
         let upstreams = upstreams
             .iter()
             .map(|addr| {
@@ -52,7 +114,36 @@ impl Forwarder {
             upstreams,
             epoch: Instant::now(),
             timeout,
+            limits: Arc::new(Limits {
+                max: max_in_flight,
+                max_per_client: max_in_flight_per_client,
+                in_flight: Mutex::new((0, HashMap::new())),
+            }),
         }
+    }
+
+    /// A place for one more forwarded query from `client`, or why there is none.
+    pub fn admit(&self, client: IpAddr) -> Result<Admitted, Limited> {
+        let net = client_net(client);
+        let mut guard = self
+            .limits
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (total, per_net) = &mut *guard;
+        if *total >= self.limits.max {
+            return Err(Limited::Total);
+        }
+        let mine = per_net.entry(net).or_insert(0);
+        if *mine >= self.limits.max_per_client {
+            return Err(Limited::Client);
+        }
+        *mine += 1;
+        *total += 1;
+        Ok(Admitted {
+            limits: self.limits.clone(),
+            net,
+        })
     }
 
     fn now_ms(&self) -> u64 {
@@ -182,5 +273,37 @@ async fn first_response(
             None
         }
         None => None,
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_flight_limits_per_client_network_and_overall() {
+        let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let f = Forwarder::new(&[up], Duration::from_secs(1), 3, 2);
+        let a = |s: &str| s.parse::<IpAddr>().unwrap();
+        let one = f.admit(a("10.0.0.1")).unwrap();
+        let two = f.admit(a("10.0.0.2")).unwrap();
+        // Same /24: its share is used up; another network still gets one.
+        assert_eq!(f.admit(a("10.0.0.200")).err(), Some(Limited::Client));
+        let three = f.admit(a("10.0.1.1")).unwrap();
+        assert_eq!(f.admit(a("10.0.2.1")).err(), Some(Limited::Total));
+        drop(one);
+        assert!(
+            f.admit(a("10.0.0.3")).is_ok(),
+            "a finished query frees its place"
+        );
+        drop((two, three));
+        assert_eq!(
+            client_net(a("::ffff:10.0.0.9")),
+            "10.0.0.0/24".parse().unwrap()
+        );
+        assert_eq!(
+            client_net(a("fd00:1:2:3:4::1")),
+            "fd00:1:2::/56".parse().unwrap()
+        );
     }
 }

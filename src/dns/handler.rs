@@ -46,6 +46,8 @@ pub struct Handler {
     allow_recursion: Vec<ipnet::IpNet>,
     /// Zones answered from SkyDNS sources.
     sky: Vec<SkyZone>,
+    /// Whether hitting the forwarding limits was logged (once per process).
+    forward_limit_logged: std::sync::atomic::AtomicBool,
 }
 
 /// Who answers a request.
@@ -132,6 +134,7 @@ impl Handler {
             forwarder: None,
             allow_recursion: Vec::new(),
             sky: Vec::new(),
+            forward_limit_logged: Default::default(),
         })
     }
 
@@ -537,6 +540,25 @@ impl Handler {
     ) -> ResponseInfo {
         let Some(forwarder) = &self.forwarder else {
             return send_code(request, reply, ResponseCode::Refused, response_handle).await;
+        };
+        let _admitted = match forwarder.admit(request.src().ip()) {
+            Ok(a) => a,
+            Err(limited) => {
+                self.metrics.forward_limited.inc();
+                if !self
+                    .forward_limit_logged
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    warn!(
+                        client = %request.src().ip(),
+                        ?limited,
+                        "too many forwarded queries in flight: answering SERVFAIL (logged once; see ruddr_dns_forward_limited_total)",
+                    );
+                }
+                let mut reply = reply;
+                reply.meta.recursion_available = true;
+                return send_code(request, reply, ResponseCode::ServFail, response_handle).await;
+            }
         };
         let metrics = &self.metrics;
         let upstream = forwarder

@@ -375,3 +375,63 @@ with socket.create_connection((addr, rr.port), timeout=5) as s:
     );
     serve.join().unwrap();
 }
+
+#[test]
+fn a_dead_upstream_cannot_take_the_file_descriptors_and_discovery_keeps_answering() {
+    let etcd = Etcd::start();
+    etcd.put("/ruddr/services/web/w1", r#"{"address":"10.46.0.1"}"#);
+    // An upstream that reads and never replies.
+    let dead = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let up = dead.local_addr().unwrap().to_string();
+    let r = Ruddr::start(&etcd.endpoint(), &["--upstream", &up]);
+    wait_answers(
+        &r,
+        "web.svc.internal.",
+        RecordType::A,
+        &["10.46.0.1"],
+        Duration::from_secs(10),
+    );
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", r.pid()))
+            .unwrap()
+            .count()
+    };
+    let base = fds();
+
+    // 3,000 outside queries, sent without waiting for their answers.
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut peak = base;
+    for n in 0..3000 {
+        let mut m = query_message(&format!("x{n}.example.org."), RecordType::A, None);
+        m.metadata.recursion_desired = true;
+        client.send_to(&m.to_vec().unwrap(), r.addr()).unwrap();
+        if n % 100 == 0 {
+            peak = peak.max(fds());
+        }
+    }
+    for _ in 0..20 {
+        peak = peak.max(fds());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        peak < base + 300,
+        "{peak} file descriptors at the peak, {base} before"
+    );
+    // Discovery answers meanwhile, at once.
+    assert_eq!(
+        answer_strings(&query(r.addr(), "web.svc.internal.", RecordType::A)),
+        ["10.46.0.1"]
+    );
+    // The queries over the limit got SERVFAIL at once, and that is counted.
+    r.wait_metric("ruddr_dns_forward_limited_total", |v| v >= 2000.0);
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let (len, _) = client.recv_from(&mut buf).expect("an answer");
+    let m = Message::from_vec(&buf[..len]).unwrap();
+    assert_eq!(rcode(&m), ResponseCode::ServFail);
+    assert!(r
+        .log_text()
+        .contains("too many forwarded queries in flight"));
+}
