@@ -638,6 +638,41 @@ async fn send_code<R: ResponseHandler>(
     }
 }
 
+/// Passes responses on with their EDNS buffer size (which bounds a UDP answer's encoding,
+/// setting TC past it) capped at `max`.
+#[derive(Clone)]
+struct CapUdpPayload<R> {
+    inner: R,
+    max: u16,
+}
+
+#[async_trait::async_trait]
+impl<R: ResponseHandler> ResponseHandler for CapUdpPayload<R> {
+    async fn send_response<'a>(
+        &mut self,
+        response: hickory_server::zone_handler::MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, hickory_server::net::NetError> {
+        let capped = match response.edns() {
+            Some(e) if e.max_payload() > self.max => {
+                let mut c = e.clone();
+                c.set_max_payload(self.max);
+                c
+            }
+            _ => return self.inner.send_response(response).await,
+        };
+        let mut response = response;
+        response.set_edns(&capped);
+        self.inner.send_response(response).await
+    }
+}
+
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(
@@ -651,9 +686,15 @@ impl RequestHandler for Handler {
             Route::Reply => {}
             Route::Static => {
                 let zones = self.zones.load_full();
+                // hickory's catalog sizes UDP answers by the client's buffer alone: cap it at
+                // ours, so a static zone is no reflection amplifier.
+                let capped = CapUdpPayload {
+                    inner: response_handle,
+                    max: self.max_udp_payload,
+                };
                 let info = zones
                     .catalog
-                    .handle_request::<R, T>(request, response_handle)
+                    .handle_request::<CapUdpPayload<R>, T>(request, capped)
                     .await;
                 self.observe(request, started, &info);
                 return info;

@@ -435,3 +435,28 @@ fn a_dead_upstream_cannot_take_the_file_descriptors_and_discovery_keeps_answerin
         .log_text()
         .contains("too many forwarded queries in flight"));
 }
+
+#[test]
+fn a_big_static_rrset_over_udp_is_capped_at_max_udp_payload_with_tc() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let zones = dir.path().join("zones");
+    std::fs::create_dir_all(&zones).unwrap();
+    // 300 A records at one name: about 4.8 KB on the wire.
+    let mut zone = String::from(UPSTREAM_ZONE);
+    for n in 0..300 {
+        zone.push_str(&format!("big IN A 192.0.{}.{}\n", n / 250, n % 250 + 1));
+    }
+    std::fs::write(zones.join("static.test.zone"), zone).unwrap();
+    let r = Ruddr::start(&etcd.endpoint(), &["--zones-dir", zones.to_str().unwrap()]);
+    r.wait_log("serving static zone");
+
+    let q = query_message("big.static.test.", RecordType::A, Some(65535));
+    let bytes = exchange_raw(r.addr(), &q.to_vec().unwrap(), Transport::Udp).expect("an answer");
+    assert!(bytes.len() <= 1232, "{} bytes over UDP", bytes.len());
+    let m = Message::from_vec(&bytes).unwrap();
+    assert!(m.metadata.truncation, "TC set");
+    // The whole RRset over TCP.
+    let tcp = exchange(r.addr(), &q, Transport::Tcp);
+    assert_eq!(tcp.answers.len(), 300);
+}
