@@ -38,15 +38,70 @@ impl Admin {
             .with_state(self)
     }
 
-    /// Serves on `listener` until `shutdown` is cancelled.
+    /// Serves on `listener` until `shutdown` is cancelled: HTTP/1.1, each connection closed if
+    /// it does not send a request head within `header_timeout`, at most `max_connections` at
+    /// once (past it, a new connection is closed at once, logged once). axum's own `serve` has
+    /// neither limit, hence hyper's connection builder here.
     pub async fn serve(
         self,
         listener: TcpListener,
+        header_timeout: std::time::Duration,
+        max_connections: usize,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        use hyper_util::service::TowerToHyperService;
+        let router = self.router();
+        let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+        let mut connections = tokio::task::JoinSet::new();
+        let mut full_logged = false;
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+                // Reap finished connections as they end.
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, say: back off instead of spinning.
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                if !full_logged {
+                    full_logged = true;
+                    tracing::warn!(
+                        max_connections,
+                        "admin connection limit reached; closing new ones (logged once)"
+                    );
+                }
+                continue;
+            };
+            let service = TowerToHyperService::new(router.clone());
+            let shutdown = shutdown.clone();
+            connections.spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .serve_connection(TokioIo::new(stream), service);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+                drop(permit);
+            });
+        }
+        // In-flight requests finish (the caller bounds how long it waits).
+        while connections.join_next().await.is_some() {}
+        Ok(())
     }
 
     /// Readiness as JSON, and whether it counts as ready.

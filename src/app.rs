@@ -115,7 +115,12 @@ pub async fn run(
                 max_stale: cfg.dns.max_stale,
                 started,
             };
-            Some(tokio::spawn(admin.serve(listener, token.clone())))
+            Some(tokio::spawn(admin.serve(
+                listener,
+                cfg.admin_header_timeout,
+                cfg.admin_max_connections,
+                token.clone(),
+            )))
         }
         None => None,
     };

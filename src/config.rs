@@ -47,6 +47,11 @@ pub struct Config {
     /// HTTP listener for /metrics, /health and /ready; empty string turns it off.
     #[serde(with = "optional_addr")]
     pub admin_listen: Option<SocketAddr>,
+    /// An admin connection that has not sent a whole request head within this is closed.
+    #[serde(with = "humantime_serde")]
+    pub admin_header_timeout: Duration,
+    /// Admin connections open at once; past it, new ones are closed at once.
+    pub admin_max_connections: usize,
     pub etcd: EtcdConfig,
     pub dns: DnsConfig,
     pub snapshot: SnapshotConfig,
@@ -239,6 +244,8 @@ impl Default for Config {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 53))],
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9153))),
+            admin_header_timeout: Duration::from_secs(10),
+            admin_max_connections: 512,
             etcd: EtcdConfig::default(),
             dns: DnsConfig::default(),
             snapshot: SnapshotConfig::default(),
@@ -623,6 +630,12 @@ impl Config {
             return Err(invalid(
                 "dns.panic_threshold",
                 "must be between 0.0 and 1.0",
+            ));
+        }
+        if self.admin_header_timeout.is_zero() || self.admin_max_connections == 0 {
+            return Err(invalid(
+                "admin_header_timeout",
+                "admin_header_timeout and admin_max_connections must be above zero",
             ));
         }
         if self.forward.timeout.is_zero() {

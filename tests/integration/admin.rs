@@ -178,3 +178,63 @@ fn every_shipped_config_passes_check_config() {
     }
     assert!(checked >= 1);
 }
+
+#[test]
+fn slow_admin_connections_are_closed_after_the_header_timeout_and_health_keeps_answering() {
+    use std::io::{Read, Write};
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ruddr.toml");
+    std::fs::write(
+        &cfg,
+        "admin_header_timeout = \"2s\"\nadmin_max_connections = 250\n",
+    )
+    .unwrap();
+    let r = Ruddr::start(&etcd.endpoint(), &["--config", cfg.to_str().unwrap()]);
+    // 200 clients that start a request and never finish its head.
+    let mut slow: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", r.admin_port)).unwrap();
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    // /health answers meanwhile.
+    let (code, _) = r.http_get("/health");
+    assert_eq!(code, 200);
+    // Each slow connection is closed by the server after the header timeout.
+    let start = std::time::Instant::now();
+    for s in &mut slow {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 256];
+        // EOF (or a 408 and then EOF): closed, not left hanging.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("a slow connection is still open: {e}"),
+            }
+        }
+    }
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let (code, _) = r.http_get("/health");
+    assert_eq!(code, 200);
+
+    // Past admin_max_connections, a new connection is closed at once (well before the
+    // header timeout would close it).
+    let held: Vec<std::net::TcpStream> = (0..250)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", r.admin_port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = std::net::TcpStream::connect(("127.0.0.1", r.admin_port)).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let closed_at = std::time::Instant::now();
+    assert!(matches!(extra.read(&mut buf), Ok(0)), "closed at the limit");
+    assert!(closed_at.elapsed() < Duration::from_secs(1));
+    r.wait_log("admin connection limit reached");
+    drop(held);
+}
