@@ -52,6 +52,8 @@ pub struct Agent {
     written_rev: i64,
     /// A watch on the key, opened once it is written.
     watch: Option<WatchStream>,
+    /// The last watch broke: the next one starts from now, after a read-back.
+    watch_gap: bool,
     /// When the key was last repaired, within [`CONFLICT_WINDOW`].
     repairs: VecDeque<Instant>,
     repairs_total: u64,
@@ -76,6 +78,7 @@ impl Agent {
             call_timeout,
             written_rev: 0,
             watch: None,
+            watch_gap: false,
             repairs: VecDeque::new(),
             repairs_total: 0,
             conflicts_total: 0,
@@ -140,8 +143,11 @@ impl Agent {
                             Ok(Some(what)) => self.repair(what),
                             Ok(None) => {}
                             Err(error) => {
+                                // Reopened from the present (its old start may be compacted
+                                // away by now), and what it may have missed is read back.
                                 debug!(%key, %error, "watch on the key ended; reopening");
                                 self.watch = None;
+                                self.watch_gap = true;
                             }
                         }
                     }
@@ -274,9 +280,17 @@ impl Agent {
             self.written = Some(value);
         }
         if self.watch.is_none() {
-            // From just after our write: anything newer is someone else's.
-            let opts = WatchOptions::new().with_start_revision(self.written_rev + 1);
+            // From just after our write: anything newer is someone else's. After a broken
+            // watch, from now (a long-lived registration's own write may be compacted), and
+            // the key is read back for what happened in between.
+            let mut opts = WatchOptions::new();
+            if !self.watch_gap {
+                opts = opts.with_start_revision(self.written_rev + 1);
+            }
             self.watch = Some(deadline(t, self.client.watch(key, Some(opts))).await?);
+            if std::mem::take(&mut self.watch_gap) {
+                self.verify().await;
+            }
         }
         Ok(())
     }

@@ -331,3 +331,60 @@ fn a_member_that_lost_its_leader_is_reported_stale_and_recovers() {
         Duration::from_secs(10),
     );
 }
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[test]
+fn a_registration_whose_write_was_compacted_away_keeps_repairing_without_spinning() {
+    let mut etcd = Etcd::start();
+    let r = Ruddr::start(&etcd.endpoint(), &[]);
+    let mut owner = register(
+        &etcd.endpoint(),
+        &[
+            "--service",
+            "old",
+            "--id",
+            "o1",
+            "--address",
+            "10.47.0.1",
+            "--drain",
+            "0s",
+        ],
+    );
+    let key = "/ruddr/services/old/o1";
+    eventually(Duration::from_secs(10), "registered", || etcd.value(key));
+    // While the registrar is frozen, its watch's connection breaks and history moves on past
+    // its own write: the watch cannot resume from there.
+    owner.signal("STOP");
+    etcd.restart();
+    for n in 0..20 {
+        etcd.put(&format!("/other/k{n}"), "x");
+    }
+    etcd.compact();
+    owner.signal("CONT");
+    std::thread::sleep(Duration::from_secs(2));
+    let before = cpu_seconds(owner.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_seconds(owner.pid()) - before;
+    assert!(
+        used < 0.5,
+        "the registrar used {used} CPU-s in 2 s: spinning"
+    );
+    // And it still repairs.
+    etcd.delete(key);
+    wait_answers(
+        &r,
+        "old.svc.internal.",
+        RecordType::A,
+        &["10.47.0.1"],
+        Duration::from_secs(5),
+    );
+}
