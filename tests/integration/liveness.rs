@@ -346,7 +346,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 fn a_registration_whose_write_was_compacted_away_keeps_repairing_without_spinning() {
     let mut etcd = Etcd::start();
     let r = Ruddr::start(&etcd.endpoint(), &[]);
-    let mut owner = register(
+    let owner = register(
         &etcd.endpoint(),
         &[
             "--service",
