@@ -94,7 +94,7 @@ impl Agent {
     /// Runs until `shutdown`; then deregisters: deletes the key, drains (from the moment of
     /// `shutdown`, unless `skip_drain` is cancelled first, e.g. because the service already
     /// died) and revokes the lease. Whatever etcd does, that takes at most the drain time plus
-    /// two call deadlines.
+    /// about two seconds.
     pub async fn run(mut self, shutdown: CancellationToken, skip_drain: CancellationToken) {
         let key = self.key();
         let startup = async {
