@@ -250,3 +250,51 @@ fn a_message_limit_below_a_page_or_a_catch_up_is_worked_around() {
         "caught up through the watch, not a re-list"
     );
 }
+
+#[test]
+fn a_list_whose_revision_is_compacted_while_paging_starts_over() {
+    let etcd = Etcd::start();
+    etcd.put_many(&registry(100, 3));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ruddr.toml");
+    // One key per page: the list takes hundreds of round trips.
+    std::fs::write(&cfg, "[etcd]\nlist_page_size = 1\n").unwrap();
+    // Meanwhile, history keeps moving and is compacted right behind it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let compactor = {
+        let (stop, endpoint) = (stop.clone(), etcd.endpoint());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut c = etcd_client::Client::connect([endpoint], None)
+                    .await
+                    .unwrap();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let r = c
+                        .put(format!("/other/tick{}", n % 10), "x", None)
+                        .await
+                        .unwrap();
+                    let rev = r.header().unwrap().revision();
+                    let _ = c.compact(rev, None).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+    };
+    let r = Ruddr::start(&etcd.endpoint(), &["--config", cfg.to_str().unwrap()]);
+    r.wait_log("list revision compacted while paging; starting over");
+    stop.store(true, Ordering::Relaxed);
+    compactor.join().unwrap();
+    // Once history stands still, a list completes, whole.
+    wait_instances(&r, 300, Duration::from_secs(60));
+    for i in [0, 50, 99] {
+        let mut got = answers(&r, &format!("svc{i}.svc.internal."), RecordType::A);
+        got.sort();
+        assert_eq!(got, addresses(100, i, 3));
+    }
+}
