@@ -72,15 +72,18 @@ pub enum ErrorKind {
     Compacted,
     /// Anything else etcd answered with: an error status, a canceled watch, a bad response.
     BadResponse,
+    /// ruddr's own watcher ended or panicked; it is being restarted.
+    WatcherFailed,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 5] = [
+    pub const ALL: [ErrorKind; 6] = [
         ErrorKind::Unreachable,
         ErrorKind::TooLarge,
         ErrorKind::Refused,
         ErrorKind::Compacted,
         ErrorKind::BadResponse,
+        ErrorKind::WatcherFailed,
     ];
 
     /// The label in metrics and `/ready`.
@@ -91,6 +94,7 @@ impl ErrorKind {
             ErrorKind::Refused => "permission_denied",
             ErrorKind::Compacted => "compacted",
             ErrorKind::BadResponse => "bad_response",
+            ErrorKind::WatcherFailed => "watcher_failed",
         }
     }
 
@@ -102,6 +106,7 @@ impl ErrorKind {
             ErrorKind::Refused => "etcd refuses the request (permission denied)",
             ErrorKind::Compacted => "the watched revision was compacted",
             ErrorKind::BadResponse => "etcd answered with an error",
+            ErrorKind::WatcherFailed => "the etcd watcher stopped and is being restarted",
         }
     }
 }

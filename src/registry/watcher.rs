@@ -113,7 +113,7 @@ pub async fn supervise(
         let delay = backoff.next_delay();
         metrics.watcher_restarts.inc();
         status.set_disconnected();
-        status.set_problem(ErrorKind::BadResponse, why.clone());
+        status.set_problem(ErrorKind::WatcherFailed, why.clone());
         error!(reason = %why, restart_in = ?delay, "etcd watcher stopped; serving the last known state until it is restarted");
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -253,11 +253,15 @@ fn a_watcher_that_dies_is_restarted_and_ready_says_so_meanwhile() {
     eventually(Duration::from_secs(10), "ready", || {
         (ready(&r).0 == 200).then_some(())
     });
-    eventually(
+    let body = eventually(
         Duration::from_secs(10),
         "503 while the watcher is down",
-        || (ready(&r).0 == 503).then_some(()),
+        || {
+            let (code, body) = ready(&r);
+            (code == 503).then_some(body)
+        },
     );
+    assert_eq!(body["error"]["kind"], "watcher_failed", "{body}");
     r.wait_metric("ruddr_registry_watcher_restarts_total", |v| v >= 1.0);
     r.wait_log("etcd watcher stopped");
     // Restarted (twice), then data flows again.
