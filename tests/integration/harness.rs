@@ -47,12 +47,15 @@ pub fn own_loopback() -> String {
     )
 }
 
-fn free_port_on(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `n` distinct free ports on `ip`: all bound at once before any is released, so two calls
+/// in a row cannot hand out the same port (as separate bind-and-drop calls can).
+fn free_ports_on(ip: &str, n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind((ip, 0)).unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
@@ -196,9 +199,10 @@ impl Etcd {
     pub fn unstarted() -> Self {
         require("etcd", "etcd-server");
         let ip = own_loopback();
+        let ports = free_ports_on(&ip, 2);
         Etcd {
-            client_port: free_port_on(&ip),
-            peer_port: free_port_on(&ip),
+            client_port: ports[0],
+            peer_port: ports[1],
             ip,
             dir: tempfile::tempdir().unwrap(),
             child: None,
@@ -225,9 +229,10 @@ impl Etcd {
         } else {
             own_loopback()
         };
+        let ports = free_ports_on(&ip, 2);
         let mut etcd = Etcd {
-            client_port: free_port_on(&ip),
-            peer_port: free_port_on(&ip),
+            client_port: ports[0],
+            peer_port: ports[1],
             ip,
             dir: tempfile::tempdir().unwrap(),
             child: None,
@@ -827,11 +832,10 @@ impl Cluster {
     pub fn start(n: usize) -> Self {
         require("etcd", "etcd-server");
         let ip = own_loopback();
+        let ports = free_ports_on(&ip, 2 * n);
         let mut c = Cluster {
             dir: tempfile::tempdir().unwrap(),
-            members: (0..n)
-                .map(|_| (free_port_on(&ip), free_port_on(&ip)))
-                .collect(),
+            members: ports.chunks(2).map(|p| (p[0], p[1])).collect(),
             ip,
             children: (0..n).map(|_| None).collect(),
         };
