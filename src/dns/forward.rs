@@ -56,13 +56,16 @@ pub struct Admitted {
     net: IpNet,
 }
 
+impl Limits {
+    fn counts(&self) -> std::sync::MutexGuard<'_, (usize, HashMap<IpNet, usize>)> {
+        // A poisoned lock still holds valid counts: each update is a few integer operations.
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut guard = self
-            .limits
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.limits.counts();
         let (total, per_net) = &mut *guard;
         *total = total.saturating_sub(1);
         if let Some(n) = per_net.get_mut(&self.net) {
@@ -125,11 +128,7 @@ impl Forwarder {
     /// A place for one more forwarded query from `client`, or why there is none.
     pub fn admit(&self, client: IpAddr) -> Result<Admitted, Limited> {
         let net = client_net(client);
-        let mut guard = self
-            .limits
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.limits.counts();
         let (total, per_net) = &mut *guard;
         if *total >= self.limits.max {
             return Err(Limited::Total);

@@ -72,21 +72,23 @@ impl Status {
         self.age_unknown.store(false, Relaxed);
         self.stale_since.store(NONE, Relaxed);
         self.connected.store(true, Relaxed);
-        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.problem_slot() = None;
         self.confirm();
     }
 
     /// Records why the watch is down (shown until it is established again).
     pub fn set_problem(&self, kind: ErrorKind, message: String) {
-        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = Some(Problem { kind, message });
+        *self.problem_slot() = Some(Problem { kind, message });
     }
 
     /// Why the watch is down, if it is and a reason is known.
     pub fn problem(&self) -> Option<Problem> {
-        self.problem
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.problem_slot().clone()
+    }
+
+    fn problem_slot(&self) -> std::sync::MutexGuard<'_, Option<Problem>> {
+        // A poisoned lock still holds a whole value: it is only ever replaced whole.
+        self.problem.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The mirror was filled from a snapshot written at `written_at`: stale since then. A
