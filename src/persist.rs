@@ -49,7 +49,8 @@ pub enum SnapshotError {
 }
 
 /// The mirror as written to disk.
-#[derive(Debug, Serialize, Deserialize)]
+/// Only read: writes serialize the same shape straight from a snapshot (`View`).
+#[derive(Debug, Deserialize)]
 pub struct Persisted {
     pub revision: i64,
     pub written_at_unix_ms: u64,
