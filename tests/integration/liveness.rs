@@ -49,34 +49,29 @@ fn a_key_deleted_or_overwritten_by_hand_is_restored_and_a_fight_backs_off() {
         Duration::from_secs(10),
     );
     let written = etcd.value(key).unwrap();
-
-    // An operator deletes the key: it is back within 2 s (in etcd, then in DNS; DNS may not
+    // The registrar's own value back in etcd within 2 s, then in DNS within 2 s (DNS may not
     // even have seen it gone).
+    let restored_within_2s = |what: &str| {
+        eventually(Duration::from_secs(2), what, || {
+            (etcd.value(key).as_deref() == Some(written.as_str())).then_some(())
+        });
+        wait_answers(
+            &r,
+            "web.svc.internal.",
+            RecordType::A,
+            &["10.40.0.1"],
+            Duration::from_secs(2),
+        );
+    };
+
+    // An operator deletes the key.
     etcd.delete(key);
-    eventually(Duration::from_secs(2), "the key restored", || {
-        (etcd.value(key).as_deref() == Some(written.as_str())).then_some(())
-    });
-    wait_answers(
-        &r,
-        "web.svc.internal.",
-        RecordType::A,
-        &["10.40.0.1"],
-        Duration::from_secs(2),
-    );
+    restored_within_2s("the key restored");
     owner.wait_log("registration deleted by someone else");
 
-    // Someone overwrites it: restored within 2 s.
+    // Someone overwrites it.
     etcd.put(key, r#"{"address":"10.40.9.9"}"#);
-    eventually(Duration::from_secs(2), "the value restored", || {
-        (etcd.value(key).as_deref() == Some(written.as_str())).then_some(())
-    });
-    wait_answers(
-        &r,
-        "web.svc.internal.",
-        RecordType::A,
-        &["10.40.0.1"],
-        Duration::from_secs(2),
-    );
+    restored_within_2s("the value restored");
     owner.wait_log("registration overwritten by someone else");
 
     // A second registrar with the same service and id: they fight, then back off instead of
