@@ -137,6 +137,15 @@ def tail(path: Path, lines: int = 15) -> str:
     return "\n".join("    " + line for line in text[-lines:])
 
 
+def sleep_until(deadline: float) -> float:
+    """Sleeps until `deadline` (monotonic); returns it, or now if it has passed (no catching up)."""
+    now = time.monotonic()
+    if deadline > now:
+        time.sleep(deadline - now)
+        return deadline
+    return now
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of pid (fields 14 and 15 of /proc/PID/stat), in seconds."""
     with open(f"/proc/{pid}/stat") as f:
@@ -641,11 +650,7 @@ class Checker(threading.Thread):
                 if kind != "ok" and len(self.examples) < 5:
                     self.examples.append(f"{rcode} {sorted(got)}")
                 nxt += CHECK_EVERY
-                now = time.monotonic()
-                if nxt > now:
-                    time.sleep(nxt - now)
-                else:
-                    nxt = now
+                nxt = sleep_until(nxt)
         except BaseException as e:
             self.error = e
 
@@ -716,11 +721,7 @@ class Probe(threading.Thread):
             while not self.stop_ev.is_set():
                 self.one()
                 nxt += PROBE_EVERY
-                now = time.monotonic()
-                if nxt > now:
-                    time.sleep(nxt - now)
-                else:
-                    nxt = now
+                nxt = sleep_until(nxt)
         except BaseException as e:
             self.error = e
         finally:
