@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hickory_server::Server;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -17,6 +16,7 @@ use crate::cache::{Mirror, Update};
 use crate::config::{Config, ConfigError};
 use crate::dns::forward::Forwarder;
 use crate::dns::zones::StaticZones;
+use crate::dns::server::{Limits, Transport};
 use crate::dns::Handler;
 use crate::metrics::Metrics;
 use crate::persist;
@@ -24,8 +24,6 @@ use crate::registry::{self, Status, Watcher};
 
 /// How long in-flight queries may take to finish after a shutdown signal.
 const GRACE: Duration = Duration::from_secs(5);
-/// Per-connection buffer for TCP responses, in messages.
-const TCP_RESPONSE_BUFFER: usize = 32;
 
 /// Runs `ruddr serve` until `shutdown` completes or the DNS server fails. `zones` are the
 /// static zones, loaded (and checked) by the caller before anything else starts.
@@ -37,7 +35,7 @@ pub async fn run(
     raise_open_file_limit();
     let token = CancellationToken::new();
     let mirror = Arc::new(Mirror::new());
-    let status = Arc::new(Status::default());
+    let status = Arc::new(Status::new(cfg.dns.max_stale));
     let metrics = Arc::new(Metrics::new());
     let started = std::time::Instant::now();
     let sources = cfg.registry_sources();
@@ -88,7 +86,9 @@ pub async fn run(
         token.clone(),
     ));
     let zone = handler.origin().to_string();
-    let mut server = Server::new(handler);
+    let limits = transport_limits(&cfg);
+    crate::dns::server::log_limits(&limits);
+    let transport = Transport::new(Arc::new(handler), limits, metrics.clone(), token.clone());
     for addr in &cfg.listen {
         let (udp, tcp) = bind_pair(*addr).await?;
         info!(
@@ -97,8 +97,8 @@ pub async fn run(
             zone = %zone,
             "dns listening",
         );
-        server.register_socket(udp);
-        server.register_listener(tcp, cfg.dns.tcp_idle_timeout, TCP_RESPONSE_BUFFER);
+        transport.serve_udp(udp);
+        transport.serve_tcp(tcp);
     }
 
     let admin_task = match admin::bind(cfg.admin_listen)
@@ -164,19 +164,13 @@ pub async fn run(
         token.clone(),
     ));
 
-    let served = tokio::select! {
-        _ = shutdown => {
-            info!("shutdown requested; draining");
-            Ok(())
-        }
-        res = server.block_until_done() => res.context("DNS server stopped"),
-    };
+    shutdown.await;
+    info!("shutdown requested; draining");
+    let served = Ok(());
 
     token.cancel();
-    match tokio::time::timeout(GRACE, server.shutdown_gracefully()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => warn!(%error, "DNS server ended with an error"),
-        Err(_) => warn!(grace = ?GRACE, "in-flight queries did not finish in time"),
+    if !transport.drain(GRACE).await {
+        warn!(grace = ?GRACE, "in-flight queries did not finish in time");
     }
     if let Err(error) = watch_task.await {
         warn!(%error, "etcd watcher task failed");
@@ -197,6 +191,31 @@ pub async fn run(
     }
     info!(revision = mirror.load().revision, "stopped");
     served
+}
+
+/// The transport's limits from the config, with the TCP connection cap at most half the
+/// open-file limit (the other half stays for upstream sockets, etcd, snapshots and admin).
+fn transport_limits(cfg: &Config) -> Limits {
+    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(u64::MAX, |(soft, _)| soft);
+    let fd_room = usize::try_from(nofile / 2).unwrap_or(usize::MAX).max(16);
+    let d = &cfg.dns;
+    if d.tcp_max_connections > fd_room {
+        warn!(
+            configured = d.tcp_max_connections,
+            lowered_to = fd_room,
+            open_file_limit = nofile,
+            "dns.tcp_max_connections is above half the open-file limit: lowering it",
+        );
+    }
+    Limits {
+        tcp_idle_timeout: d.tcp_idle_timeout,
+        tcp_session_timeout: d.tcp_session_timeout,
+        tcp_max_connections: d.tcp_max_connections.min(fd_room),
+        tcp_max_connections_per_client: d.tcp_max_connections_per_client,
+        tcp_max_pipelined: d.tcp_max_pipelined,
+        max_pending: d.max_pending,
+    }
 }
 
 /// Raises the soft open-file limit to the hard one (services often start with 1,024, which a

@@ -218,6 +218,19 @@ pub struct DnsConfig {
     /// A TCP connection idle this long is closed.
     #[serde(with = "humantime_serde")]
     pub tcp_idle_timeout: Duration,
+    /// A TCP connection open this long is closed, busy or not.
+    #[serde(with = "humantime_serde")]
+    pub tcp_session_timeout: Duration,
+    /// Open TCP connections at most; at the cap the longest-idle one is closed for a new one.
+    /// Lowered at start to half the open-file limit if that is smaller.
+    pub tcp_max_connections: usize,
+    /// Open TCP connections per client address at most (the client's longest-idle one is
+    /// closed for a new one).
+    pub tcp_max_connections_per_client: usize,
+    /// Queries in flight per TCP connection; reading pauses at the cap.
+    pub tcp_max_pipelined: usize,
+    /// UDP queries waiting on a static zone or an upstream at once; past it, SERVFAIL.
+    pub max_pending: usize,
     /// Name in the apex NS record and the SOA MNAME. Default: `ns.dns.<zone>`, which resolves
     /// when ruddr itself is registered as service `dns`, instance `ns`.
     pub ns_name: Option<String>,
@@ -286,6 +299,11 @@ impl Default for DnsConfig {
             serve_warning: true,
             max_udp_payload: 1232,
             tcp_idle_timeout: Duration::from_secs(10),
+            tcp_session_timeout: Duration::from_secs(120),
+            tcp_max_connections: 1000,
+            tcp_max_connections_per_client: 64,
+            tcp_max_pipelined: 32,
+            max_pending: 1024,
             ns_name: None,
             hostmaster: None,
             answer_cache_bytes: 32 << 20,
@@ -652,6 +670,22 @@ impl Config {
                 "dns.tcp_idle_timeout",
                 "must be above zero (0 would keep idle connections open forever)",
             ));
+        }
+        if self.dns.tcp_session_timeout.is_zero() {
+            return Err(invalid("dns.tcp_session_timeout", "must be above zero"));
+        }
+        for (key, value) in [
+            ("dns.tcp_max_connections", self.dns.tcp_max_connections),
+            (
+                "dns.tcp_max_connections_per_client",
+                self.dns.tcp_max_connections_per_client,
+            ),
+            ("dns.tcp_max_pipelined", self.dns.tcp_max_pipelined),
+            ("dns.max_pending", self.dns.max_pending),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be above zero"));
+            }
         }
         if self.snapshot.min_interval.is_zero() {
             return Err(invalid("snapshot.min_interval", "must be above zero"));

@@ -136,6 +136,16 @@ pub struct Metrics {
     pub stale_answers: Counter,
     /// Queries answered SERVFAIL because too many forwarded queries were in flight.
     pub forward_limited: Counter,
+    /// Packets given no answer (too short, a response, an unanswerable source).
+    pub dropped: Counter,
+    /// Queries answered SERVFAIL because `dns.max_pending` were waiting already.
+    pub pending_limited: Counter,
+    /// Open TCP connections.
+    pub tcp_connections: Gauge,
+    /// TCP connections closed to make room for new ones.
+    pub tcp_evicted: Counter,
+    /// TCP accept errors other than a peer giving up (EMFILE, ENOMEM, ...).
+    pub tcp_accept_errors: Counter,
     pub invalid_values: Counter,
     pub relists: Counter,
     /// Restarts of the etcd watcher after it ended or panicked.
@@ -169,6 +179,11 @@ impl Metrics {
             udp_truncated: Counter::default(),
             stale_answers: Counter::default(),
             forward_limited: Counter::default(),
+            dropped: Counter::default(),
+            pending_limited: Counter::default(),
+            tcp_connections: Gauge::default(),
+            tcp_evicted: Counter::default(),
+            tcp_accept_errors: Counter::default(),
             invalid_values: Counter::default(),
             relists: Counter::default(),
             watcher_restarts: Counter::default(),
@@ -193,6 +208,31 @@ impl Metrics {
             "dns_forward_limited",
             "Queries answered SERVFAIL at once because forward.max_in_flight (overall or per client network) was reached",
             m.forward_limited.clone(),
+        );
+        registry.register(
+            "dns_dropped",
+            "Packets given no answer: shorter than a header, responses, or from an address that cannot be answered",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "dns_pending_limited",
+            "Queries answered SERVFAIL at once because dns.max_pending queries were already waiting on static zones or upstreams",
+            m.pending_limited.clone(),
+        );
+        registry.register(
+            "dns_tcp_connections",
+            "Open DNS TCP connections",
+            m.tcp_connections.clone(),
+        );
+        registry.register(
+            "dns_tcp_evicted",
+            "DNS TCP connections closed to make room at dns.tcp_max_connections or dns.tcp_max_connections_per_client",
+            m.tcp_evicted.clone(),
+        );
+        registry.register(
+            "dns_tcp_accept_errors",
+            "Failed accepts of DNS TCP connections (out of file descriptors or memory); each backs off",
+            m.tcp_accept_errors.clone(),
         );
         registry.register(
             "dns_queries",

@@ -1,8 +1,11 @@
 //! The in-memory service view: our own types ([`ServiceName`], [`Instance`], [`Update`]) and the
 //! [`Mirror`] that holds every registered instance. Pure data; no I/O.
 
+mod freshness;
 mod mirror;
 mod types;
+
+pub use freshness::Freshness;
 
 pub use mirror::{InstanceKey, Mirror, Service, Snapshot};
 pub use types::{

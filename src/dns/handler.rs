@@ -1,15 +1,23 @@
-//! The hickory [`RequestHandler`]: protocol checks, zone matching, cached answers, per-response
-//! ordering and EDNS. Never touches etcd: it reads the current [`Snapshot`] of the mirror.
+//! The DNS answer core and its adapter to hickory's request types.
+//!
+//! [`Handler::answer`] decides a whole response from a [`Question`], the [`Client`], a
+//! [`Snapshot`] and its [`Freshness`]: protocol checks, zone routing, freshness, cached answers,
+//! per-response order and UDP fitting. It does no I/O, so it is tested in-process; the transport
+//! ([`super::server`]) decodes packets, calls [`Handler::answer_now`] and sends what it encodes.
+//! Static zones (hickory's catalog) and forwarding need to wait, so they come back as
+//! [`Deferred`] for [`Handler::answer_later`]. Never touches etcd.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::{Edns, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::{DNSClass, LowerName, Name, Record, RecordType};
-use hickory_server::net::runtime::Time;
+use hickory_proto::op::{Edns, Header, LowerQuery, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 use moka::sync::Cache;
 use rand::Rng;
 use tracing::{debug, warn};
@@ -17,9 +25,10 @@ use tracing::{debug, warn};
 use super::forward::{Failure, Forwarder};
 use super::name::{self, Target};
 use super::records::{Built, Outcome, Zone};
+use super::route::{route, Route};
 use super::skydns::SkyZone;
 use super::zones::StaticZones;
-use crate::cache::{Mirror, Snapshot};
+use crate::cache::{Freshness, Mirror, Snapshot};
 use crate::config::DnsConfig;
 use crate::metrics::{self, Metrics, QueryLabels};
 use crate::registry::Status;
@@ -36,7 +45,6 @@ pub struct Handler {
     soa: ArcSwap<(i64, Record)>,
     ns: Record,
     max_udp_payload: u16,
-    max_stale: Option<std::time::Duration>,
     stale_ttl: u32,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
@@ -50,9 +58,46 @@ pub struct Handler {
     forward_limit_logged: std::sync::atomic::AtomicBool,
 }
 
-/// Who answers a request.
+/// The question of a request, as the answer core reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct Question<'r> {
+    /// The request's header fields.
+    pub header: &'r Metadata,
+    pub edns: Option<&'r Edns>,
+    /// The query, when the request holds exactly one.
+    pub query: Option<&'r LowerQuery>,
+}
+
+impl<'r> Question<'r> {
+    pub fn of(request: &'r Request) -> Self {
+        let queries = request.queries.queries();
+        Self {
+            header: &request.metadata,
+            edns: request.edns.as_ref(),
+            query: (queries.len() == 1).then(|| &queries[0]),
+        }
+    }
+}
+
+/// Who asks, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    pub ip: IpAddr,
+    pub protocol: Protocol,
+}
+
+impl Client {
+    pub fn of(request: &Request) -> Self {
+        Self {
+            ip: request.src().ip(),
+            protocol: request.protocol(),
+        }
+    }
+}
+
+/// Who sends the response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
+pub enum Via {
     /// ruddr itself, with the records in the [`Reply`].
     Reply,
     /// A static zone, through hickory's catalog.
@@ -61,23 +106,90 @@ enum Route {
     Forward,
 }
 
-/// What to send: header, EDNS and records, owned until the response is written.
-struct Reply {
-    meta: Metadata,
-    edns: Option<Edns>,
-    built: Option<Arc<Built>>,
+/// A decided response: header, EDNS and records, owned until the response is encoded.
+pub struct Reply {
+    pub meta: Metadata,
+    pub edns: Option<Edns>,
+    pub built: Option<Arc<Built>>,
     /// Indexes into `built.answers`, in response order.
-    order: Vec<usize>,
-    /// How many of the ordered answers get their SRV target address in the additional section.
-    with_additionals: usize,
-    /// Answers not from `built` (apex records).
-    extra: Vec<Record>,
-    soa: Option<Record>,
-    /// Whether the answer came from registry data.
-    from_registry: bool,
-    route: Route,
+    pub order: Vec<usize>,
+    /// How many of the ordered answers get their SRV glue in the additional section.
+    pub with_glue: usize,
+    /// Answers not from `built` (apex, reverse and RFC 8482 records).
+    pub extra: Vec<Record>,
+    /// The zone's SOA, in the authority section of a negative answer.
+    pub soa: Option<Record>,
+    /// The answer came from registry data (counted as stale while etcd is away).
+    pub from_registry: bool,
+    pub via: Via,
     /// UDP payload limit for this client.
-    payload: u16,
+    pub payload: u16,
+}
+
+impl Reply {
+    /// An empty NOERROR response to `header`, with our OPT record if the client sent one
+    /// (its buffer size clamped to 512..=`max_udp`).
+    fn new(q: &Question<'_>, max_udp: u16) -> Self {
+        let mut reply = Reply {
+            meta: Metadata::response_from_request(q.header),
+            edns: None,
+            built: None,
+            order: Vec::new(),
+            with_glue: 0,
+            extra: Vec::new(),
+            soa: None,
+            from_registry: false,
+            via: Via::Reply,
+            payload: 512,
+        };
+        if let Some(req) = q.edns {
+            let mut edns = Edns::new();
+            reply.payload = req.max_payload().clamp(512, max_udp);
+            edns.set_max_payload(reply.payload);
+            reply.edns = Some(edns);
+        }
+        reply
+    }
+
+    fn to(request: &Request, max_udp: u16) -> Self {
+        Self::new(&Question::of(request), max_udp)
+    }
+
+    /// Negative answers (NODATA, NXDOMAIN) carry the zone's SOA (RFC 2308).
+    fn settle(mut self, outcome: Outcome, soa: impl FnOnce() -> Record) -> Self {
+        match outcome {
+            Outcome::Answer => {}
+            Outcome::NoData => self.soa = Some(soa()),
+            Outcome::NxDomain => {
+                self.meta.response_code = ResponseCode::NXDomain;
+                self.soa = Some(soa());
+            }
+        }
+        self
+    }
+
+    fn code(mut self, code: ResponseCode) -> Self {
+        self.meta.response_code = code;
+        self
+    }
+
+    /// Puts `built` in a fresh random order, cut to what fits a UDP answer of `payload` bytes.
+    fn place(&mut self, built: Arc<Built>, protocol: Protocol, qname: &Name, rng: &mut impl Rng) {
+        self.order = built.order(rng);
+        self.with_glue = if protocol == Protocol::Udp {
+            let (answers, glue) = built.fit_udp(&self.order, qname, usize::from(self.payload));
+            if answers < self.order.len() {
+                // Cut here rather than let the encoder run out of room: that way the OPT record
+                // always fits (RFC 6891 7) and TC says the rest is on TCP.
+                self.order.truncate(answers);
+                self.meta.truncation = true;
+            }
+            glue
+        } else {
+            self.order.len()
+        };
+        self.built = Some(built);
+    }
 }
 
 impl Handler {
@@ -126,7 +238,6 @@ impl Handler {
                 .build(),
             soa,
             max_udp_payload: cfg.max_udp_payload,
-            max_stale: cfg.max_stale,
             stale_ttl: cfg.stale_ttl,
             status,
             metrics,
@@ -169,8 +280,8 @@ impl Handler {
         self
     }
 
-    fn may_recurse(&self, request: &Request) -> bool {
-        let ip = request.src().ip().to_canonical();
+    fn may_recurse(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
         self.allow_recursion.iter().any(|net| net.contains(&ip))
     }
 
@@ -195,7 +306,7 @@ impl Handler {
                 Record::from_rdata(
                     owner.clone(),
                     self.zone.ttl,
-                    hickory_proto::rr::RData::PTR(hickory_proto::rr::rdata::PTR(target)),
+                    RData::PTR(hickory_proto::rr::rdata::PTR(target)),
                 )
             })
             .collect()
@@ -218,97 +329,121 @@ impl Handler {
         record
     }
 
-    /// Decides the whole response for one request. Never panics on any input.
-    fn reply(&self, request: &Request) -> Reply {
-        let mut meta = Metadata::response_from_request(&request.metadata);
-        let mut reply = Reply {
-            meta,
-            edns: None,
-            built: None,
-            order: Vec::new(),
-            with_additionals: 0,
-            extra: Vec::new(),
-            soa: None,
-            from_registry: false,
-            route: Route::Reply,
-            payload: 512,
-        };
-        if let Some(req_edns) = &request.edns {
-            let mut edns = Edns::new();
-            reply.payload = req_edns.max_payload().clamp(512, self.max_udp_payload);
-            edns.set_max_payload(reply.payload);
-            reply.edns = Some(edns);
-            if req_edns.version() > 0 {
-                return reply.code(ResponseCode::BADVERS);
-            }
+    /// Decides the whole response to `q` from `client`, answering registry names from
+    /// `snapshot` as `freshness` allows, in an order drawn from `rng`. No I/O; never panics on
+    /// any input. Static zones and forwarding come back with [`Reply::via`] set, undecided.
+    pub fn answer(
+        &self,
+        q: &Question<'_>,
+        client: &Client,
+        snapshot: &Snapshot,
+        freshness: Freshness,
+        rng: &mut impl Rng,
+    ) -> Reply {
+        let mut reply = Reply::new(q, self.max_udp_payload);
+        if q.edns.is_some_and(|e| e.version() > 0) {
+            return reply.code(ResponseCode::BADVERS);
         }
-        if request.metadata.op_code != OpCode::Query {
+        if q.header.op_code != OpCode::Query {
             return reply.code(ResponseCode::NotImp);
         }
-        let Ok(info) = request.request_info() else {
+        let Some(query) = q.query else {
             return reply.code(ResponseCode::FormErr);
         };
-        let query = info.query;
         let qname = query.name();
         let qtype = query.query_type();
         if query.query_class() != DNSClass::IN {
             return reply.code(ResponseCode::Refused);
         }
-        // The most specific zone answers: a static zone inside the discovery zone wins there,
-        // a static parent of the discovery zone does not shadow it.
-        let sky = self
-            .sky
-            .iter()
-            .filter(|z| z.apex.zone_of(qname))
-            .max_by_key(|z| z.apex.num_labels());
-        let static_zone = self.zones.load().origin_of(qname).is_some_and(|o| {
-            (!self.apex.zone_of(qname) || o.num_labels() > self.apex.num_labels())
-                && sky.is_none_or(|z| o.num_labels() > z.apex.num_labels())
-        });
-        if static_zone {
-            if qtype == RecordType::ANY {
+        let zones = self.zones.load();
+        match route(qname, &self.apex, &self.sky, zones.origin_of(qname)) {
+            Route::Static if qtype == RecordType::ANY => {
                 // RFC 8482: a minimal answer instead of every record set.
                 reply.meta.authoritative = true;
                 let hinfo = hickory_proto::rr::rdata::HINFO::new("RFC8482".into(), String::new());
                 reply.extra.push(Record::from_rdata(
                     Name::from(qname),
                     self.zone.ttl,
-                    hickory_proto::rr::RData::HINFO(hinfo),
+                    RData::HINFO(hinfo),
                 ));
-                return reply;
+                reply
             }
-            reply.route = Route::Static;
-            return reply;
-        }
-        if let Some(sky) = sky {
-            return self.reply_sky(reply, request, sky, qname, qtype);
-        }
-        if !self.apex.zone_of(qname) {
-            if qtype == RecordType::PTR && !self.status.is_too_stale(self.max_stale) {
-                let ptrs = self.reverse(&self.mirror.load(), qname);
-                if !ptrs.is_empty() {
-                    reply.meta.authoritative = true;
-                    reply.extra = ptrs;
-                    return reply;
+            Route::Static => {
+                reply.via = Via::Static;
+                reply
+            }
+            Route::Outside => self.outside(reply, q, client, snapshot, freshness),
+            route @ (Route::Registry | Route::Sky(_)) => {
+                // Both kinds of zone are ours: authoritative, no transfers, and registry names
+                // only while the data is usable.
+                reply.meta.authoritative = true;
+                if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+                    return reply.code(ResponseCode::Refused);
+                }
+                match route {
+                    Route::Sky(sky) => {
+                        self.sky_name(reply, sky, qname, qtype, client, snapshot, freshness, rng)
+                    }
+                    _ => self.registry_name(reply, qname, qtype, client, snapshot, freshness, rng),
                 }
             }
-            if self.forwarder.is_some()
-                && request.metadata.recursion_desired
-                && !matches!(qtype, RecordType::AXFR | RecordType::IXFR)
-                && self.may_recurse(request)
-            {
-                reply.route = Route::Forward;
+        }
+    }
+
+    /// A name outside our zones: the reverse name of a registered address, else forwarded
+    /// (for allowed clients asking for recursion), else refused.
+    fn outside(
+        &self,
+        mut reply: Reply,
+        q: &Question<'_>,
+        client: &Client,
+        snapshot: &Snapshot,
+        freshness: Freshness,
+    ) -> Reply {
+        let Some(query) = q.query else {
+            return reply.code(ResponseCode::FormErr);
+        };
+        let qtype = query.query_type();
+        if qtype == RecordType::PTR && freshness != Freshness::Expired {
+            let ptrs = self.reverse(snapshot, query.name());
+            if !ptrs.is_empty() {
+                reply.meta.authoritative = true;
+                reply.extra = ptrs;
                 return reply;
             }
-            return reply.code(ResponseCode::Refused);
         }
-        meta.authoritative = true;
-        reply.meta = meta;
-        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
-            return reply.code(ResponseCode::Refused);
+        if self.forwarder.is_some()
+            && q.header.recursion_desired
+            && !matches!(qtype, RecordType::AXFR | RecordType::IXFR)
+            && self.may_recurse(client.ip)
+        {
+            reply.via = Via::Forward;
+            return reply;
         }
+        reply.code(ResponseCode::Refused)
+    }
 
-        let snapshot = self.mirror.load();
+    /// Registry names are answered only from usable data: with none yet (no sync, no snapshot)
+    /// or past `max_stale`, ruddr cannot say that a name does not exist, so SERVFAIL rather than
+    /// a cacheable NXDOMAIN.
+    fn unusable(reply: Reply) -> Reply {
+        let mut reply = reply.code(ResponseCode::ServFail);
+        reply.meta.authoritative = false;
+        reply
+    }
+
+    /// A name in the discovery zone.
+    #[allow(clippy::too_many_arguments)]
+    fn registry_name(
+        &self,
+        mut reply: Reply,
+        qname: &LowerName,
+        qtype: RecordType,
+        client: &Client,
+        snapshot: &Snapshot,
+        freshness: Freshness,
+        rng: &mut impl Rng,
+    ) -> Reply {
         let below = usize::from(qname.num_labels().saturating_sub(self.apex.num_labels()));
         let mut labels: [&[u8]; 3] = [&[]; 3];
         let target = if below > labels.len() {
@@ -323,7 +458,7 @@ impl Handler {
         let outcome = match target {
             Target::Apex => {
                 match qtype {
-                    RecordType::SOA | RecordType::ANY => reply.extra.push(self.soa_for(&snapshot)),
+                    RecordType::SOA | RecordType::ANY => reply.extra.push(self.soa_for(snapshot)),
                     RecordType::NS => reply.extra.push(self.ns.clone()),
                     _ => {}
                 }
@@ -335,13 +470,7 @@ impl Handler {
             }
             Target::TcpNode if !snapshot.services.is_empty() => Outcome::NoData,
             Target::TcpNode | Target::None => Outcome::NxDomain,
-            // Every other name is a registry name. With no data yet (no sync, no snapshot) or
-            // past max_stale, ruddr cannot say that a name does not exist: SERVFAIL, not a
-            // cacheable NXDOMAIN.
-            _ if !self.status.has_data() || self.status.is_too_stale(self.max_stale) => {
-                reply.meta.authoritative = false;
-                return reply.code(ResponseCode::ServFail);
-            }
+            _ if !freshness.is_usable() => return Self::unusable(reply),
             Target::Service(s)
             | Target::ServiceSrv(s)
             | Target::ServiceNode(s)
@@ -350,12 +479,12 @@ impl Handler {
             | Target::Tag { service: s, .. } => match snapshot.service(s) {
                 None => Outcome::NxDomain,
                 Some(svc) => {
-                    let stale = !self.status.is_connected();
+                    let stale = freshness.is_stale();
                     let key = (qname.clone(), qtype, stale);
                     let built = match self.answers.get(&key) {
                         Some(b) if b.generation == svc.generation => b,
                         _ => {
-                            let ttl = if stale { self.stale_ttl } else { self.zone.ttl };
+                            let ttl = freshness.ttl(self.zone.ttl, self.stale_ttl);
                             let b = Arc::new(self.zone.build(svc, target, qname, qtype, ttl));
                             if b.panic {
                                 warn!(
@@ -369,31 +498,28 @@ impl Handler {
                         }
                     };
                     let outcome = built.outcome;
-                    place(&mut reply, built, request.protocol(), qname);
+                    reply.place(built, client.protocol, qname, rng);
                     outcome
                 }
             },
         };
         debug!(name = %qname, %qtype, ?outcome, "query");
-        reply.settle(outcome, || self.soa_for(&snapshot))
+        reply.settle(outcome, || self.soa_for(snapshot))
     }
-}
 
-impl Handler {
-    /// A name in a SkyDNS zone.
-    fn reply_sky(
+    /// A name in a SkyDNS zone: the same freshness and TTL rules as registry names.
+    #[allow(clippy::too_many_arguments)]
+    fn sky_name(
         &self,
         mut reply: Reply,
-        request: &Request,
         sky: &SkyZone,
         qname: &LowerName,
         qtype: RecordType,
+        client: &Client,
+        snapshot: &Snapshot,
+        freshness: Freshness,
+        rng: &mut impl Rng,
     ) -> Reply {
-        reply.meta.authoritative = true;
-        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
-            return reply.code(ResponseCode::Refused);
-        }
-        let snapshot = self.mirror.load();
         let serial = snapshot.revision as u32;
         if *qname == sky.apex {
             // The apex holds SOA and NS only: entries below it answer their own names.
@@ -409,103 +535,16 @@ impl Handler {
             return reply;
         }
         reply.from_registry = true;
-        if !self.status.has_data() || self.status.is_too_stale(self.max_stale) {
-            reply.meta.authoritative = false;
-            return reply.code(ResponseCode::ServFail);
+        if !freshness.is_usable() {
+            return Self::unusable(reply);
         }
-        let stale = !self.status.is_connected();
-        let built = sky.build(&snapshot, qname, qtype, stale.then_some(self.stale_ttl));
+        let stale_ttl = freshness.is_stale().then_some(self.stale_ttl);
+        let built = sky.build(snapshot, qname, qtype, stale_ttl);
         let outcome = built.outcome;
-        place(&mut reply, Arc::new(built), request.protocol(), qname);
+        reply.place(Arc::new(built), client.protocol, qname, rng);
         debug!(name = %qname, %qtype, ?outcome, "skydns query");
         reply.settle(outcome, || sky.zone.soa(serial))
     }
-}
-
-/// Puts `built` into `reply` in a fresh random order, cut to what fits a UDP answer.
-fn place(reply: &mut Reply, built: Arc<Built>, protocol: Protocol, qname: &LowerName) {
-    reply.order = shuffle(&built.order);
-    if built.single {
-        reply.order.truncate(1);
-    }
-    reply.with_additionals = if protocol == Protocol::Udp {
-        let limit = usize::from(reply.payload);
-        let (answers, additionals) = fit_udp(&built, &reply.order, qname, limit);
-        if answers < reply.order.len() {
-            // Cut here rather than let the encoder run out of room: that way the OPT record
-            // always fits (RFC 6891 7) and TC says the rest is on TCP.
-            reply.order.truncate(answers);
-            reply.meta.truncation = true;
-        }
-        additionals
-    } else {
-        reply.order.len()
-    };
-    reply.built = Some(built);
-}
-
-impl Reply {
-    /// Negative answers (NODATA, NXDOMAIN) carry the zone's SOA (RFC 2308).
-    fn settle(mut self, outcome: Outcome, soa: impl FnOnce() -> Record) -> Self {
-        match outcome {
-            Outcome::Answer => {}
-            Outcome::NoData => self.soa = Some(soa()),
-            Outcome::NxDomain => {
-                self.meta.response_code = ResponseCode::NXDomain;
-                self.soa = Some(soa());
-            }
-        }
-        self
-    }
-
-    fn code(mut self, code: ResponseCode) -> Self {
-        self.meta.response_code = code;
-        self
-    }
-}
-
-/// A fresh random order: by priority, then weighted random (a higher weight is more likely to
-/// come first; Efraimidis-Spirakis keys `-ln(u)/w`). Weight 0 ranks last but still rotates.
-fn shuffle(order: &[(u16, u16)]) -> Vec<usize> {
-    let mut rng = rand::rng();
-    let mut keyed: Vec<(u16, f64, usize)> = order
-        .iter()
-        .enumerate()
-        .map(|(i, &(prio, weight))| {
-            let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
-            let w = if weight == 0 { 0.01 } else { f64::from(weight) };
-            (prio, -u.ln() / w, i)
-        })
-        .collect();
-    keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
-    keyed.into_iter().map(|(_, _, i)| i).collect()
-}
-
-/// How much of a built answer fits in a UDP message of `limit` bytes, with the question and an
-/// OPT record (upper bounds): the number of ordered answers, and of their SRV target addresses.
-/// Additional records are optional: they are cut rather than making the answer truncated.
-fn fit_udp(built: &Built, order: &[usize], qname: &Name, limit: usize) -> (usize, usize) {
-    const HEADER: usize = 12;
-    const QUESTION_FIXED: usize = 4;
-    const OPT: usize = 11;
-    // The question is copied from the request as raw bytes, so the first owner name is written
-    // in full: count the name twice.
-    let mut size = HEADER + 2 * (qname.len() + 1) + QUESTION_FIXED + OPT;
-    for (n, &i) in order.iter().enumerate() {
-        size += built.answer_sizes.get(i).copied().unwrap_or(0);
-        if size > limit {
-            return (n, 0);
-        }
-    }
-    for (n, &i) in order.iter().enumerate() {
-        if let Some(Some(rec)) = built.additionals.get(i) {
-            size += super::records::wire_size(rec);
-            if size > limit {
-                return (order.len(), n);
-            }
-        }
-    }
-    (order.len(), order.len())
 }
 
 impl Handler {
@@ -531,15 +570,98 @@ impl Handler {
             .observe_query(&labels, started.elapsed(), info.truncation);
     }
 
+    /// Answers `request` at once if ruddr itself answers it, writing the encoded response into
+    /// `out`. A request for a static zone or an upstream comes back as [`Deferred`], for
+    /// [`Handler::answer_later`] (which may wait on the network).
+    pub fn answer_now(&self, request: &Request, out: &mut Vec<u8>) -> Result<(), Deferred> {
+        let started = std::time::Instant::now();
+        let snapshot = self.mirror.load();
+        let freshness = self.status.freshness();
+        let reply = self.answer(
+            &Question::of(request),
+            &Client::of(request),
+            &snapshot,
+            freshness,
+            &mut rand::rng(),
+        );
+        if reply.via != Via::Reply {
+            return Err(Deferred { reply, started });
+        }
+        let mut builder = MessageResponseBuilder::new(&request.queries, None);
+        if let Some(edns) = &reply.edns {
+            builder.edns(edns);
+        }
+        let empty: &[Record] = &[];
+        let answers = reply.built.as_deref().map_or(&[][..], |b| b.answers.as_slice());
+        let ordered = reply.order.iter().filter_map(|&i| answers.get(i));
+        let glue = reply
+            .order
+            .iter()
+            .take(reply.with_glue)
+            .filter_map(|&i| answers.get(i).and_then(|a| a.glue.as_deref()));
+        let response = builder.build(
+            reply.meta,
+            ordered.map(|a| &a.record).chain(reply.extra.iter()),
+            empty.iter(),
+            reply.soa.iter(),
+            glue,
+        );
+        let info = encode(response, &request.metadata, request.protocol(), out);
+        self.observe(request, started, &info);
+        if reply.from_registry && freshness.is_stale() {
+            self.metrics.stale_answers.inc();
+        }
+        Ok(())
+    }
+
+    /// Answers a request [`Handler::answer_now`] deferred: through hickory's catalog for a
+    /// static zone, or an upstream.
+    pub async fn answer_later(&self, request: &Request, deferred: Deferred, out: &mut Vec<u8>) {
+        let Deferred { reply, started } = deferred;
+        let info = match reply.via {
+            Via::Static => {
+                let zones = self.zones.load_full();
+                // hickory's catalog sizes UDP answers by the client's buffer alone: cap it at
+                // ours, so a static zone is no reflection amplifier.
+                let collect = Collect {
+                    protocol: request.protocol(),
+                    max_udp: self.max_udp_payload,
+                    out: Default::default(),
+                };
+                let info = zones
+                    .catalog
+                    .handle_request::<Collect, TokioTime>(request, collect.clone())
+                    .await;
+                let bytes = collect.out.lock().map(|mut o| std::mem::take(&mut *o));
+                match bytes {
+                    Ok(bytes) if !bytes.is_empty() => *out = bytes,
+                    _ => {
+                        let info = send_code(request, reply, ResponseCode::ServFail, out);
+                        self.observe(request, started, &info);
+                        return;
+                    }
+                }
+                info
+            }
+            Via::Forward => self.forward(request, reply, out).await,
+            Via::Reply => send_code(request, reply, ResponseCode::ServFail, out),
+        };
+        self.observe(request, started, &info);
+    }
+
+    /// A SERVFAIL for `request`, when the server cannot take on more work for it.
+    pub fn answer_busy(&self, request: &Request, out: &mut Vec<u8>) {
+        let started = std::time::Instant::now();
+        let mut reply = Reply::to(request, self.max_udp_payload);
+        reply.meta.recursion_available = self.may_recurse(request.src().ip());
+        let info = send_code(request, reply, ResponseCode::ServFail, out);
+        self.observe(request, started, &info);
+    }
+
     /// Sends the upstream's answer through, or SERVFAIL when no upstream answered.
-    async fn forward<R: ResponseHandler>(
-        &self,
-        request: &Request,
-        reply: Reply,
-        mut response_handle: R,
-    ) -> ResponseInfo {
+    async fn forward(&self, request: &Request, reply: Reply, out: &mut Vec<u8>) -> ResponseInfo {
         let Some(forwarder) = &self.forwarder else {
-            return send_code(request, reply, ResponseCode::Refused, response_handle).await;
+            return send_code(request, reply, ResponseCode::Refused, out);
         };
         let _admitted = match forwarder.admit(request.src().ip()) {
             Ok(a) => a,
@@ -557,7 +679,7 @@ impl Handler {
                 }
                 let mut reply = reply;
                 reply.meta.recursion_available = true;
-                return send_code(request, reply, ResponseCode::ServFail, response_handle).await;
+                return send_code(request, reply, ResponseCode::ServFail, out);
             }
         };
         let metrics = &self.metrics;
@@ -575,7 +697,7 @@ impl Handler {
             warn!(name = ?request.queries.queries().first().map(|q| q.name().to_string()), "no upstream answered");
             let mut reply = reply;
             reply.meta.recursion_available = true;
-            return send_code(request, reply, ResponseCode::ServFail, response_handle).await;
+            return send_code(request, reply, ResponseCode::ServFail, out);
         };
         let mut meta = message.metadata;
         meta.id = request.metadata.id;
@@ -601,30 +723,64 @@ impl Handler {
             empty.iter(),
             message.additionals.iter(),
         );
-        match response_handle.send_response(response).await {
-            Ok(info) => info,
-            Err(error) => {
-                warn!(%error, "failed to send a forwarded response");
-                unsent(meta)
-            }
+        encode(response, &request.metadata, request.protocol(), out)
+    }
+}
+
+/// A request [`Handler::answer_now`] did not answer itself, with what it decided so far.
+pub struct Deferred {
+    reply: Reply,
+    started: std::time::Instant,
+}
+
+/// Encodes `response` into `out` (cleared first). Over UDP the message is bounded by the
+/// response's EDNS buffer size (512 without EDNS) and the encoder sets TC when records are cut;
+/// an answer that cannot be encoded becomes a bare SERVFAIL.
+pub(crate) fn encode<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    request: &Metadata,
+    protocol: Protocol,
+    out: &mut Vec<u8>,
+) -> ResponseInfo {
+    out.clear();
+    let max = match protocol {
+        Protocol::Udp => response.edns().map_or(512, |e| e.max_payload().max(512)),
+        _ => u16::MAX,
+    };
+    let mut encoder = BinEncoder::new(out);
+    encoder.set_max_size(max);
+    match response.destructive_emit(&mut encoder) {
+        Ok(info) => info,
+        Err(error) => {
+            warn!(%error, "cannot encode a response: answering SERVFAIL");
+            out.clear();
+            let mut metadata = Metadata::response_from_request(request);
+            metadata.response_code = ResponseCode::ServFail;
+            let header = Header {
+                metadata,
+                counts: Default::default(),
+            };
+            let mut encoder = BinEncoder::new(out);
+            // A 12-byte header always fits an empty buffer.
+            let _ = header.emit(&mut encoder);
+            ResponseInfo::from(header)
         }
     }
 }
 
-/// What to report for a response that could not be sent.
-fn unsent(metadata: Metadata) -> ResponseInfo {
-    ResponseInfo::from(hickory_proto::op::Header {
-        metadata,
-        counts: Default::default(),
-    })
-}
-
-/// Sends `reply` with no records and response code `code`.
-async fn send_code<R: ResponseHandler>(
+/// Encodes `reply` with no records and response code `code`.
+fn send_code(
     request: &Request,
     mut reply: Reply,
     code: ResponseCode,
-    mut response_handle: R,
+    out: &mut Vec<u8>,
 ) -> ResponseInfo {
     reply.meta.response_code = code;
     let mut builder = MessageResponseBuilder::new(&request.queries, None);
@@ -632,22 +788,20 @@ async fn send_code<R: ResponseHandler>(
         builder.edns(e);
     }
     let response = builder.build_no_records(reply.meta);
-    match response_handle.send_response(response).await {
-        Ok(info) => info,
-        Err(_) => unsent(reply.meta),
-    }
+    encode(response, &request.metadata, request.protocol(), out)
 }
 
-/// Passes responses on with their EDNS buffer size (which bounds a UDP answer's encoding,
-/// setting TC past it) capped at `max`.
+/// Collects the response hickory's catalog sends (for static zones), with its EDNS buffer size
+/// capped at `max_udp` so a UDP answer is cut (with TC) there.
 #[derive(Clone)]
-struct CapUdpPayload<R> {
-    inner: R,
-    max: u16,
+struct Collect {
+    protocol: Protocol,
+    max_udp: u16,
+    out: Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 #[async_trait::async_trait]
-impl<R: ResponseHandler> ResponseHandler for CapUdpPayload<R> {
+impl ResponseHandler for Collect {
     async fn send_response<'a>(
         &mut self,
         response: hickory_server::zone_handler::MessageResponse<
@@ -659,89 +813,19 @@ impl<R: ResponseHandler> ResponseHandler for CapUdpPayload<R> {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, hickory_server::net::NetError> {
-        let capped = match response.edns() {
-            Some(e) if e.max_payload() > self.max => {
-                let mut c = e.clone();
-                c.set_max_payload(self.max);
-                c
-            }
-            _ => return self.inner.send_response(response).await,
-        };
+        let capped = response.edns().filter(|e| e.max_payload() > self.max_udp).map(|e| {
+            let mut c = e.clone();
+            c.set_max_payload(self.max_udp);
+            c
+        });
         let mut response = response;
-        response.set_edns(&capped);
-        self.inner.send_response(response).await
-    }
-}
-
-#[async_trait::async_trait]
-impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
-        let started = std::time::Instant::now();
-        let reply = self.reply(request);
-        match reply.route {
-            Route::Reply => {}
-            Route::Static => {
-                let zones = self.zones.load_full();
-                // hickory's catalog sizes UDP answers by the client's buffer alone: cap it at
-                // ours, so a static zone is no reflection amplifier.
-                let capped = CapUdpPayload {
-                    inner: response_handle,
-                    max: self.max_udp_payload,
-                };
-                let info = zones
-                    .catalog
-                    .handle_request::<CapUdpPayload<R>, T>(request, capped)
-                    .await;
-                self.observe(request, started, &info);
-                return info;
-            }
-            Route::Forward => {
-                let info = self.forward(request, reply, response_handle).await;
-                self.observe(request, started, &info);
-                return info;
-            }
+        if let Some(c) = &capped {
+            response.set_edns(c);
         }
-        let mut builder = MessageResponseBuilder::new(&request.queries, None);
-        if let Some(edns) = &reply.edns {
-            builder.edns(edns);
-        }
-        let empty: &[Record] = &[];
-        let (answers, additionals) = match &reply.built {
-            Some(b) => (b.answers.as_slice(), b.additionals.as_slice()),
-            None => (empty, &[][..]),
-        };
-        let ordered = reply.order.iter().filter_map(|&i| answers.get(i));
-        let adds = reply
-            .order
-            .iter()
-            .take(reply.with_additionals)
-            .filter_map(|&i| additionals.get(i).and_then(Option::as_deref));
-        let response = builder.build(
-            reply.meta,
-            ordered.chain(reply.extra.iter()),
-            empty.iter(),
-            reply.soa.iter(),
-            adds,
-        );
-        let from_registry = reply.from_registry;
-        match response_handle.send_response(response).await {
-            Ok(info) => {
-                self.observe(request, started, &info);
-                if from_registry && !self.status.is_connected() && self.status.has_data() {
-                    self.metrics.stale_answers.inc();
-                }
-                info
-            }
-            Err(error) => {
-                warn!(%error, "failed to send a DNS response");
-                let mut meta = reply.meta;
-                meta.response_code = ResponseCode::ServFail;
-                unsent(meta)
-            }
-        }
+        // The catalog's request metadata is not at hand here; an encoding failure is answered
+        // as a bare SERVFAIL with id 0 by `encode`'s fallback, which the caller replaces.
+        let mut out = self.out.lock().map_err(|_| "response buffer poisoned")?;
+        let meta = Metadata::new(0, hickory_proto::op::MessageType::Response, OpCode::Query);
+        Ok(encode(response, &meta, self.protocol, &mut out))
     }
 }

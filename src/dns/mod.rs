@@ -5,10 +5,13 @@
 //!  packet ─▶ hickory Server ─▶ Handler: checks (opcode, class, EDNS) ─▶ Target ─▶ cache or build ─▶ shuffle ─▶ packet
 //! ```
 
+pub mod answer;
 pub mod forward;
 pub mod handler;
 pub mod name;
 pub mod records;
+pub mod route;
+pub mod server;
 pub mod skydns;
 pub mod zones;
 

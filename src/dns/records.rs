@@ -1,4 +1,5 @@
-//! Builds DNS records from the mirror. Pure: no I/O, no randomness (the handler orders answers).
+//! Builds DNS records from the mirror. Pure: no I/O, no randomness (answers are ordered per
+//! response, see [`super::answer`]).
 
 use std::net::IpAddr;
 
@@ -21,71 +22,7 @@ pub struct Zone {
     pub hostmaster: Name,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// NOERROR with records.
-    Answer,
-    /// NOERROR, no records of that type (the name exists).
-    NoData,
-    /// The name does not exist.
-    NxDomain,
-}
-
-/// A built answer for one name and type, before per-response ordering.
-#[derive(Debug, Clone)]
-pub struct Built {
-    /// Generation of the service it was built from: a different one means it is outdated.
-    pub generation: u64,
-    pub outcome: Outcome,
-    pub answers: Vec<Record>,
-    /// `(priority, weight)` per answer, for ordering.
-    pub order: Vec<(u16, u16)>,
-    /// The address record of each answer's SRV target, aligned with `answers`.
-    /// Boxed: most answers (A, AAAA, TXT) have none, and an empty slot then costs a pointer
-    /// rather than a whole record in every cached answer.
-    pub additionals: Vec<Option<Box<Record>>>,
-    /// Upper bound of each answer's wire size (its owner, the question's name, counted as a
-    /// 2-byte pointer), aligned with `answers`.
-    pub answer_sizes: Vec<usize>,
-    /// Built in panic mode: too few healthy instances, so all were used.
-    pub panic: bool,
-    /// The answers are alternative CNAMEs: send only the first in response order.
-    pub single: bool,
-}
-
-impl Built {
-    /// Approximate bytes this answer holds in memory (for the answer cache's byte limit):
-    /// the struct, each record with its wire size as a stand-in for its names' heap, and the
-    /// per-answer vectors.
-    pub fn memory_size(&self) -> usize {
-        let record = std::mem::size_of::<Record>();
-        let per_answer = record
-            + std::mem::size_of::<(u16, u16)>()
-            + std::mem::size_of::<Option<Box<Record>>>()
-            + std::mem::size_of::<usize>();
-        let wire: usize = self.answer_sizes.iter().sum();
-        let glue: usize = self
-            .additionals
-            .iter()
-            .flatten()
-            .map(|r| record + wire_size(r))
-            .sum();
-        std::mem::size_of::<Self>() + self.answers.len() * per_answer + wire + glue
-    }
-
-    pub(crate) fn negative(generation: u64, outcome: Outcome) -> Self {
-        Self {
-            generation,
-            outcome,
-            answers: Vec::new(),
-            order: Vec::new(),
-            additionals: Vec::new(),
-            answer_sizes: Vec::new(),
-            panic: false,
-            single: false,
-        }
-    }
-}
+pub use super::answer::{wire_size, Built, Outcome};
 
 /// Splits `s` into pieces of at most 255 bytes, on character boundaries.
 pub(crate) fn split_255(s: &str) -> Vec<String> {
@@ -99,20 +36,6 @@ pub(crate) fn split_255(s: &str) -> Vec<String> {
     }
     out.push(cur);
     out
-}
-
-/// Upper bound of a record's wire size. Owner names are counted in full (an upper bound: the
-/// encoder may compress them); SRV targets are never compressed (RFC 2782).
-pub fn wire_size(record: &Record) -> usize {
-    let rdata = match &record.data {
-        RData::A(_) => 4,
-        RData::AAAA(_) => 16,
-        RData::SRV(s) => 6 + s.target.len() + 1,
-        RData::TXT(t) => t.txt_data.iter().map(|s| s.len() + 1).sum(),
-        RData::CNAME(c) => c.0.len() + 1,
-        _ => 512,
-    };
-    record.name.len() + 1 + 10 + rdata
 }
 
 impl Zone {
@@ -226,9 +149,7 @@ impl Zone {
         if let Target::Instance { .. } = target {
             if let Address::Host(host) = &selected[0].0.address {
                 if let Some(cname) = self.alias(qname, host, ttl) {
-                    built.answers.push(cname);
-                    built.order.push((0, 1));
-                    built.additionals.push(None);
+                    built.push(cname, 0, 1, None);
                 }
                 return built.finish(qname);
             }
@@ -242,9 +163,7 @@ impl Zone {
             for (i, _) in &selected {
                 match i.address.ip() {
                     Some(ip) if want_addr(&ip) => {
-                        built.answers.push(self.address(qname, ip, ttl));
-                        built.order.push((0, i.weight));
-                        built.additionals.push(None);
+                        built.push(self.address(qname, ip, ttl), 0, i.weight, None);
                     }
                     _ => {}
                 }
@@ -257,9 +176,7 @@ impl Zone {
                     continue;
                 };
                 if let Some(cname) = self.alias(qname, host, ttl) {
-                    built.answers.push(cname);
-                    built.order.push((0, i.weight));
-                    built.additionals.push(None);
+                    built.push(cname, 0, i.weight, None);
                     built.single = true;
                 }
             }
@@ -285,11 +202,8 @@ impl Zone {
                     },
                 };
                 let srv = SRV::new(i.priority, i.weight, *port, target_name);
-                built
-                    .answers
-                    .push(Record::from_rdata(qname.clone(), ttl, RData::SRV(srv)));
-                built.order.push((i.priority, i.weight));
-                built.additionals.push(additional.map(Box::new));
+                let record = Record::from_rdata(qname.clone(), ttl, RData::SRV(srv));
+                built.push(record, i.priority, i.weight, additional);
             }
         }
         if qtype == RecordType::TXT {
@@ -301,13 +215,8 @@ impl Zone {
                 // A TXT character-string holds at most 255 bytes: split longer ones.
                 let strings: Vec<String> = strings.iter().flat_map(|s| split_255(s)).collect();
                 if !strings.is_empty() {
-                    built.answers.push(Record::from_rdata(
-                        qname.clone(),
-                        ttl,
-                        RData::TXT(TXT::new(strings)),
-                    ));
-                    built.order.push((0, 1));
-                    built.additionals.push(None);
+                    let record = Record::from_rdata(qname.clone(), ttl, RData::TXT(TXT::new(strings)));
+                    built.push(record, 0, 1, None);
                 }
             }
         }
@@ -329,22 +238,6 @@ pub(crate) fn host_name(host: &str) -> Option<Name> {
     let mut name = Name::from_ascii(host).ok()?;
     name.set_fqdn(true);
     Some(name)
-}
-
-impl Built {
-    /// Sets the outcome from the answers and records their sizes.
-    pub(crate) fn finish(mut self, qname: &Name) -> Self {
-        if !self.answers.is_empty() {
-            self.outcome = Outcome::Answer;
-        }
-        // Answers share the question's name: count them as a 2-byte pointer.
-        self.answer_sizes = self
-            .answers
-            .iter()
-            .map(|r| wire_size(r) - qname.len() - 1 + 2)
-            .collect();
-        self
-    }
 }
 
 #[cfg(test)]
@@ -411,17 +304,17 @@ mod tests {
             (a.outcome, a.answers.len(), a.generation),
             (Outcome::Answer, 1, 42)
         );
-        assert_eq!(a.answers[0].ttl, 5);
+        assert_eq!(a.answers[0].record.ttl, 5);
         let aaaa = z.build(&svc, t, &q("web.svc.internal."), RecordType::AAAA, 5);
         assert_eq!(aaaa.answers.len(), 1);
         let srv = z.build(&svc, t, &q("web.svc.internal."), RecordType::SRV, 5);
         assert_eq!(srv.answers.len(), 2);
-        let RData::SRV(s) = &srv.answers[0].data else {
+        let RData::SRV(s) = &srv.answers[0].record.data else {
             panic!()
         };
         assert_eq!((s.priority, s.weight, s.port), (1, 3, 8080));
         assert_eq!(s.target, q("a.web.svc.internal."));
-        let add = srv.additionals[0].as_ref().unwrap();
+        let add = srv.answers[0].glue.as_ref().unwrap();
         assert_eq!(&add.name, &q("a.web.svc.internal."));
         let mx = z.build(&svc, t, &q("web.svc.internal."), RecordType::MX, 5);
         assert_eq!(mx.outcome, Outcome::NoData);
@@ -466,7 +359,7 @@ mod tests {
             RecordType::TXT,
             5,
         );
-        let RData::TXT(t) = &txt.answers[0].data else {
+        let RData::TXT(t) = &txt.answers[0].record.data else {
             panic!()
         };
         let strings: Vec<&[u8]> = t.txt_data.iter().map(|s| &s[..]).collect();
@@ -497,7 +390,7 @@ mod tests {
             5,
         );
         assert_eq!(port.answers.len(), 2);
-        let RData::SRV(s) = &port.answers[0].data else {
+        let RData::SRV(s) = &port.answers[0].record.data else {
             panic!()
         };
         assert_eq!(s.port, 9090);
@@ -592,8 +485,8 @@ mod tests {
             RecordType::SRV,
             30,
         );
-        assert!(b.answers.iter().all(|r| r.ttl == 30));
-        assert!(b.additionals.iter().flatten().all(|r| r.ttl == 30));
+        assert!(b.answers.iter().all(|a| a.record.ttl == 30));
+        assert!(b.answers.iter().filter_map(|a| a.glue.as_deref()).all(|r| r.ttl == 30));
     }
 
     #[test]
@@ -615,7 +508,7 @@ mod tests {
             RecordType::TXT,
             5,
         );
-        let RData::TXT(txt) = &t.answers[0].data else {
+        let RData::TXT(txt) = &t.answers[0].record.data else {
             panic!()
         };
         assert!(txt.txt_data.iter().all(|s| s.len() <= 255));
@@ -629,7 +522,7 @@ mod tests {
             hickory_proto::op::MessageType::Response,
             hickory_proto::op::OpCode::Query,
         );
-        m.add_answers(t.answers.clone());
+        m.add_answers(t.answers.iter().map(|a| a.record.clone()));
         assert!(m.to_vec().is_ok());
     }
 
@@ -649,16 +542,16 @@ mod tests {
             (a.outcome, a.answers.len(), a.single),
             (Outcome::Answer, 2, true)
         );
-        let RData::CNAME(c) = &a.answers[0].data else {
+        let RData::CNAME(c) = &a.answers[0].record.data else {
             panic!("{:?}", a.answers[0])
         };
         assert_eq!(c.0, q("db1.example.com."));
         let srv = z.build(&svc, Target::Service("web"), &name, RecordType::SRV, 5);
-        let RData::SRV(s) = &srv.answers[0].data else {
+        let RData::SRV(s) = &srv.answers[0].record.data else {
             panic!()
         };
         assert_eq!(s.target, q("db1.example.com."));
-        assert!(srv.additionals.iter().all(Option::is_none));
+        assert!(srv.answers.iter().all(|a| a.glue.is_none()));
         let txt = z.build(
             &svc,
             Target::Instance {
@@ -669,7 +562,7 @@ mod tests {
             RecordType::TXT,
             5,
         );
-        let RData::CNAME(c) = &txt.answers[0].data else {
+        let RData::CNAME(c) = &txt.answers[0].record.data else {
             panic!()
         };
         assert_eq!(c.0, q("db2.example.com."));
@@ -678,7 +571,7 @@ mod tests {
         svc.instances.insert((ip.id.clone(), ip.source), ip);
         let a = z.build(&svc, Target::Service("web"), &name, RecordType::A, 5);
         assert_eq!((a.answers.len(), a.single), (1, false));
-        assert!(matches!(a.answers[0].data, RData::A(_)));
+        assert!(matches!(a.answers[0].record.data, RData::A(_)));
     }
 
     #[test]

@@ -94,12 +94,13 @@ fn strip(name: Name, n: u8) -> Name {
 }
 
 impl SkyZone {
+    /// An entry's TTL: its own, else the zone's; while the data is stale, `stale_ttl` replaces
+    /// it, as for every other registry answer (RFC 8767).
     fn ttl_of(&self, r: &DomainRecord, stale_ttl: Option<u32>) -> u32 {
-        let ttl = r.ttl.unwrap_or(self.ttl);
-        stale_ttl.map_or(ttl, |s| ttl.min(s))
+        stale_ttl.unwrap_or_else(|| r.ttl.unwrap_or(self.ttl))
     }
 
-    /// Builds the answer for `qname` and `qtype`. `stale_ttl` caps TTLs while etcd is away.
+    /// Builds the answer for `qname` and `qtype`. `stale_ttl` replaces TTLs while etcd is away.
     pub fn build(
         &self,
         snapshot: &Snapshot,
@@ -133,9 +134,7 @@ impl SkyZone {
                 let ttl = self.ttl_of(r, stale_ttl);
                 match &r.host {
                     Some(Address::Ip(ip)) if want(ip) && seen.insert(*ip) => {
-                        built.answers.push(address_record(&owner, *ip, ttl));
-                        built.order.push((0, r.weight.max(1)));
-                        built.additionals.push(None);
+                        built.push(address_record(&owner, *ip, ttl), 0, r.weight.max(1), None);
                     }
                     // One name holds one CNAME: offer each, send one.
                     // Not for ANY: a CNAME cannot stand beside the TXT records it also gets.
@@ -144,13 +143,8 @@ impl SkyZone {
                         if target == owner {
                             continue; // x CNAME x is a loop
                         }
-                        built.answers.push(Record::from_rdata(
-                            owner.clone(),
-                            ttl,
-                            RData::CNAME(CNAME(target)),
-                        ));
-                        built.order.push((0, r.weight.max(1)));
-                        built.additionals.push(None);
+                        let record = Record::from_rdata(owner.clone(), ttl, RData::CNAME(CNAME(target)));
+                        built.push(record, 0, r.weight.max(1), None);
                         built.single = true;
                     }
                     _ => {}
@@ -199,13 +193,9 @@ impl SkyZone {
                 if !seen.insert((target.clone(), port)) {
                     continue;
                 }
-                built.answers.push(Record::from_rdata(
-                    owner.clone(),
-                    ttl,
-                    RData::SRV(SRV::new(prio(r), share, port, target)),
-                ));
-                built.order.push((prio(r), share));
-                built.additionals.push(additional.map(Box::new));
+                let srv = SRV::new(prio(r), share, port, target);
+                let record = Record::from_rdata(owner.clone(), ttl, RData::SRV(srv));
+                built.push(record, prio(r), share, additional);
             }
         }
         if matches!(qtype, RecordType::TXT | RecordType::ANY) {
@@ -215,13 +205,9 @@ impl SkyZone {
                 if !seen.insert(text.as_str()) {
                     continue;
                 }
-                built.answers.push(Record::from_rdata(
-                    owner.clone(),
-                    self.ttl_of(r, stale_ttl),
-                    RData::TXT(TXT::new(split_255(text))),
-                ));
-                built.order.push((0, 1));
-                built.additionals.push(None);
+                let ttl = self.ttl_of(r, stale_ttl);
+                let record = Record::from_rdata(owner.clone(), ttl, RData::TXT(TXT::new(split_255(text))));
+                built.push(record, 0, 1, None);
             }
         }
         built.finish(&owner)
@@ -297,7 +283,7 @@ mod tests {
     }
 
     fn data(b: &Built) -> Vec<String> {
-        b.answers.iter().map(|r| r.data.to_string()).collect()
+        b.answers.iter().map(|a| a.record.data.to_string()).collect()
     }
 
     #[test]
@@ -312,15 +298,16 @@ mod tests {
         );
         assert_eq!(a.outcome, Outcome::Answer);
         assert_eq!(data(&a), ["10.0.0.1", "10.0.0.2"]);
-        assert_eq!(a.answers[0].ttl, 60, "the entry's ttl");
-        assert_eq!(a.answers[1].ttl, 300, "the source default");
+        assert_eq!(a.answers[0].record.ttl, 60, "the entry's ttl");
+        assert_eq!(a.answers[1].record.ttl, 300, "the source default");
         let stale = sky().build(
             &s,
             &q("rails.production.east.skydns.local."),
             RecordType::A,
             Some(30),
         );
-        assert!(stale.answers.iter().all(|r| r.ttl <= 30));
+        // Stale: every TTL is replaced by the stale TTL, longer or shorter (RFC 8767).
+        assert!(stale.answers.iter().all(|a| a.record.ttl == 30));
         // A whole region answers from everything below it.
         let east = sky().build(&s, &q("east.skydns.local."), RecordType::AAAA, None);
         assert_eq!(data(&east), ["fd00::3"]);
@@ -355,7 +342,7 @@ mod tests {
         let recs: Vec<(u16, u16, u16, String)> = srv
             .answers
             .iter()
-            .map(|r| match &r.data {
+            .map(|a| match &a.record.data {
                 RData::SRV(s) => (s.priority, s.weight, s.port, s.target.to_string()),
                 other => panic!("{other:?}"),
             })
@@ -383,7 +370,7 @@ mod tests {
                 ),
             ]
         );
-        let add = srv.additionals[0].as_ref().unwrap();
+        let add = srv.answers[0].glue.as_ref().unwrap();
         assert_eq!(
             add.name.to_string(),
             "1.rails.production.east.skydns.local."
@@ -394,11 +381,11 @@ mod tests {
             RecordType::SRV,
             None,
         );
-        let RData::SRV(t) = &db.answers[0].data else {
+        let RData::SRV(t) = &db.answers[0].record.data else {
             panic!()
         };
         assert_eq!(t.target.to_string(), "example.com.", "targetstrip 1");
-        assert!(db.additionals[0].is_none());
+        assert!(db.answers[0].glue.is_none());
     }
 
     #[test]

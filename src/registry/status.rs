@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::ErrorKind;
+use crate::cache::Freshness;
 
 /// Why the last session with etcd ended, while the watch is down.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +40,8 @@ pub struct Status {
     problem: Mutex<Option<Problem>>,
     /// The data came from a snapshot whose time cannot be believed (written in the future).
     age_unknown: AtomicBool,
+    /// How old data may get before registry names answer SERVFAIL (`None`: no limit).
+    max_stale: Option<Duration>,
     epoch: Instant,
 }
 
@@ -55,12 +58,43 @@ impl Default for Status {
             confirmed_ms: AtomicU64::new(0),
             problem: Mutex::new(None),
             age_unknown: AtomicBool::new(false),
+            max_stale: None,
             epoch: Instant::now(),
         }
     }
 }
 
 impl Status {
+    /// A status whose data expires `max_stale` after etcd was last followed.
+    pub fn new(max_stale: Option<Duration>) -> Self {
+        Self {
+            max_stale,
+            ..Self::default()
+        }
+    }
+
+    /// The data's [`Freshness`]: what answers, readiness and metrics go by.
+    pub fn freshness(&self) -> Freshness {
+        if !self.has_data() {
+            return Freshness::Empty;
+        }
+        if self.is_connected() {
+            return Freshness::Current;
+        }
+        Freshness::of(
+            true,
+            false,
+            self.stale_for(),
+            self.is_age_unknown(),
+            self.max_stale,
+        )
+    }
+
+    /// The configured `max_stale`.
+    pub fn max_stale(&self) -> Option<Duration> {
+        self.max_stale
+    }
+
     fn now_ms(&self) -> i64 {
         self.epoch.elapsed().as_millis() as i64
     }

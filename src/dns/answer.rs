@@ -1,0 +1,300 @@
+//! Built answers: the records for one name and type, each with what ordering and UDP fitting
+//! need, and the per-response order (weighted random, with the RNG passed in).
+
+use hickory_proto::rr::{Name, RData, Record};
+use rand::Rng;
+
+/// What a built answer says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// NOERROR with records.
+    Answer,
+    /// NOERROR, no records of that type (the name exists).
+    NoData,
+    /// The name does not exist.
+    NxDomain,
+}
+
+/// One record of an answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub record: Record,
+    /// SRV priority (0 for other types): lower comes first in every response.
+    pub priority: u16,
+    /// Weight within a priority: a higher one is more likely to come first.
+    pub weight: u16,
+    /// The address of an SRV target, for the additional section. Boxed: most answers (A, AAAA,
+    /// TXT) have none, and an empty slot then costs a pointer rather than a whole record.
+    pub glue: Option<Box<Record>>,
+    /// Upper bound of the record's wire size, its owner (the question's name) counted as a
+    /// 2-byte pointer. Set by [`Built::finish`].
+    pub size: usize,
+}
+
+/// A built answer for one name and type, before per-response ordering.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// Generation of the service it was built from: a different one means it is outdated.
+    pub generation: u64,
+    pub outcome: Outcome,
+    pub answers: Vec<Answer>,
+    /// Built in panic mode: too few healthy instances, so all were used.
+    pub panic: bool,
+    /// The answers are alternative CNAMEs: send only the first in response order.
+    pub single: bool,
+}
+
+impl Built {
+    pub fn negative(generation: u64, outcome: Outcome) -> Self {
+        Self {
+            generation,
+            outcome,
+            answers: Vec::new(),
+            panic: false,
+            single: false,
+        }
+    }
+
+    /// Adds a record with its ordering keys and SRV glue.
+    pub fn push(&mut self, record: Record, priority: u16, weight: u16, glue: Option<Record>) {
+        self.answers.push(Answer {
+            record,
+            priority,
+            weight,
+            glue: glue.map(Box::new),
+            size: 0,
+        });
+    }
+
+    /// Sets the outcome from the answers and records their sizes.
+    pub fn finish(mut self, qname: &Name) -> Self {
+        if !self.answers.is_empty() {
+            self.outcome = Outcome::Answer;
+        }
+        // Answers share the question's name: count it as a 2-byte pointer.
+        for a in &mut self.answers {
+            a.size = wire_size(&a.record) - qname.len() - 1 + 2;
+        }
+        self
+    }
+
+    /// Approximate bytes this answer holds in memory (for the answer cache's byte limit): the
+    /// struct, each record with its wire size as a stand-in for its names' heap, and the glue.
+    pub fn memory_size(&self) -> usize {
+        let record = std::mem::size_of::<Record>();
+        let per_answer = std::mem::size_of::<Answer>();
+        let heap: usize = self
+            .answers
+            .iter()
+            .map(|a| a.size + a.glue.as_deref().map_or(0, |g| record + wire_size(g)))
+            .sum();
+        std::mem::size_of::<Self>() + self.answers.len() * per_answer + heap
+    }
+
+    /// A fresh order for one response: by priority, then weighted random (a higher weight is
+    /// more likely to come first; Efraimidis-Spirakis keys `-ln(u)/w`). Weight 0 ranks last but
+    /// still rotates. Alternative CNAMEs keep only the first.
+    pub fn order(&self, rng: &mut impl Rng) -> Vec<usize> {
+        let mut keyed: Vec<(u16, f64, usize)> = self
+            .answers
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+                let w = if a.weight == 0 {
+                    0.01
+                } else {
+                    f64::from(a.weight)
+                };
+                (a.priority, -u.ln() / w, i)
+            })
+            .collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let mut order: Vec<usize> = keyed.into_iter().map(|(_, _, i)| i).collect();
+        if self.single {
+            order.truncate(1);
+        }
+        order
+    }
+
+    /// How much of this answer, in `order`, fits a UDP message of `limit` bytes with the
+    /// question (`qname`) and an OPT record (upper bounds): the number of ordered answers, and
+    /// of their SRV glue records. Glue is optional: it is cut rather than making the answer
+    /// truncated.
+    pub fn fit_udp(&self, order: &[usize], qname: &Name, limit: usize) -> (usize, usize) {
+        const HEADER: usize = 12;
+        const QUESTION_FIXED: usize = 4;
+        const OPT: usize = 11;
+        // The question is copied from the request as raw bytes, so the first owner name is
+        // written in full: count the name twice.
+        let mut size = HEADER + 2 * (qname.len() + 1) + QUESTION_FIXED + OPT;
+        for (n, &i) in order.iter().enumerate() {
+            size += self.answers.get(i).map_or(0, |a| a.size);
+            if size > limit {
+                return (n, 0);
+            }
+        }
+        for (n, &i) in order.iter().enumerate() {
+            if let Some(glue) = self.answers.get(i).and_then(|a| a.glue.as_deref()) {
+                size += wire_size(glue);
+                if size > limit {
+                    return (order.len(), n);
+                }
+            }
+        }
+        (order.len(), order.len())
+    }
+}
+
+/// Upper bound of a record's wire size. Owner names are counted in full (an upper bound: the
+/// encoder may compress them); SRV targets are never compressed (RFC 2782).
+pub fn wire_size(record: &Record) -> usize {
+    let rdata = match &record.data {
+        RData::A(_) => 4,
+        RData::AAAA(_) => 16,
+        RData::SRV(s) => 6 + s.target.len() + 1,
+        RData::TXT(t) => t.txt_data.iter().map(|s| s.len() + 1).sum(),
+        RData::CNAME(c) => c.0.len() + 1,
+        RData::PTR(p) => p.0.len() + 1,
+        _ => 512,
+    };
+    record.name.len() + 1 + 10 + rdata
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::{A, SRV};
+    use rand::SeedableRng;
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    fn srv_answer(n: usize, priority: u16, weight: u16) -> Built {
+        let owner = name("_web._tcp.svc.internal.");
+        let mut b = Built::negative(1, Outcome::NoData);
+        for i in 0..n {
+            let target = name(&format!("i{i}.web.svc.internal."));
+            let glue = Record::from_rdata(
+                target.clone(),
+                5,
+                RData::A(A::new(10, 0, (i / 250) as u8, (i % 250) as u8)),
+            );
+            let srv = SRV::new(priority, weight, 8080, target);
+            b.push(
+                Record::from_rdata(owner.clone(), 5, RData::SRV(srv)),
+                priority,
+                weight,
+                Some(glue),
+            );
+        }
+        b.finish(&owner)
+    }
+
+    #[test]
+    fn order_puts_lower_priorities_first_and_follows_weights() {
+        let mut b = srv_answer(0, 0, 0);
+        let owner = name("web.svc.internal.");
+        for (prio, weight) in [(2, 1), (1, 90), (1, 10), (0, 0)] {
+            b.push(
+                Record::from_rdata(owner.clone(), 5, RData::A(A::new(10, 0, 0, 1))),
+                prio,
+                weight,
+                None,
+            );
+        }
+        let b = b.finish(&owner);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut heavy_first = 0;
+        for _ in 0..2000 {
+            let order = b.order(&mut rng);
+            assert_eq!(order.len(), 4);
+            assert_eq!(order[0], 3, "priority 0 always leads");
+            assert_eq!(order[3], 0, "priority 2 always trails");
+            if order[1] == 1 {
+                heavy_first += 1;
+            }
+        }
+        // Weight 90 against 10: first about 90% of the time.
+        assert!((1700..1900).contains(&heavy_first), "{heavy_first}");
+    }
+
+    #[test]
+    fn zero_weights_still_rotate_and_single_keeps_one() {
+        let owner = name("web.svc.internal.");
+        let mut b = Built::negative(1, Outcome::NoData);
+        for i in 0..3 {
+            b.push(
+                Record::from_rdata(owner.clone(), 5, RData::A(A::new(10, 0, 0, i))),
+                0,
+                0,
+                None,
+            );
+        }
+        let mut b = b.finish(&owner);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let firsts: std::collections::HashSet<usize> =
+            (0..100).map(|_| b.order(&mut rng)[0]).collect();
+        assert_eq!(firsts.len(), 3);
+        b.single = true;
+        assert_eq!(b.order(&mut rng).len(), 1);
+    }
+
+    /// Encodes `built` as a UDP answer cut where `fit_udp` says, and returns its size.
+    fn encoded_size(b: &Built, qname: &Name, limit: usize) -> (usize, usize, usize) {
+        use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+        use hickory_proto::rr::RecordType;
+        let order: Vec<usize> = (0..b.answers.len()).collect();
+        let (answers, glue) = b.fit_udp(&order, qname, limit);
+        let mut m = Message::new(1, MessageType::Response, OpCode::Query);
+        m.add_query(Query::query(qname.clone(), RecordType::SRV));
+        for &i in &order[..answers] {
+            m.add_answer(b.answers[i].record.clone());
+        }
+        for &i in &order[..glue] {
+            m.add_additional(*b.answers[i].glue.clone().unwrap());
+        }
+        let mut edns = Edns::new();
+        edns.set_max_payload(limit as u16);
+        m.set_edns(edns);
+        (m.to_vec().unwrap().len(), answers, glue)
+    }
+
+    #[test]
+    fn fit_udp_keeps_the_encoded_message_within_the_limit() {
+        let qname = name("_web._tcp.svc.internal.");
+        let b = srv_answer(200, 1, 1);
+        for limit in [512, 1232, 4096] {
+            let (size, answers, glue) = encoded_size(&b, &qname, limit);
+            assert!(size <= limit, "{size} > {limit}");
+            assert!(answers > 0 && answers < 200, "{answers}");
+            // Nothing more would have fit: one more answer is over the limit.
+            assert!(size + b.answers[answers].size > limit - 60, "{size} for {limit}");
+            assert!(glue <= answers);
+        }
+        // A small answer fits whole, glue included.
+        let small = srv_answer(3, 1, 1);
+        let (size, answers, glue) = encoded_size(&small, &qname, 512);
+        assert!(size <= 512);
+        assert_eq!((answers, glue), (3, 3));
+    }
+
+    #[test]
+    fn glue_is_cut_before_answers() {
+        let qname = name("_web._tcp.svc.internal.");
+        let b = srv_answer(12, 1, 1);
+        let order: Vec<usize> = (0..12).collect();
+        let (answers, glue) = b.fit_udp(&order, &qname, 700);
+        assert_eq!(answers, 12, "all SRV records fit 700 bytes");
+        assert!(glue < 12, "but not all of their addresses");
+        let (size, ..) = encoded_size(&b, &qname, 700);
+        assert!(size <= 700, "{size}");
+    }
+
+    #[test]
+    fn memory_size_grows_with_the_answer() {
+        assert!(srv_answer(10, 1, 1).memory_size() > srv_answer(1, 1, 1).memory_size());
+        assert!(srv_answer(1, 1, 1).memory_size() > std::mem::size_of::<Built>());
+    }
+}

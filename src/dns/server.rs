@@ -1,0 +1,650 @@
+//! ruddr's own DNS transport: UDP sockets and TCP listeners. It decodes each packet with
+//! hickory-proto, hands the request to the answer core ([`Handler`]) and sends what it encodes.
+//!
+//! Rules kept from hickory's server loop, and the limits it lacked:
+//! - A packet shorter than a header, a packet that is itself a response (QR set), and a packet
+//!   from an address that cannot be answered (port 0, unspecified, broadcast) get nothing.
+//! - A query whose header decodes but whose body does not gets FORMERR.
+//! - UDP queries ruddr answers itself are answered in the socket's loop, without a task. Static
+//!   zones and forwarded names get a task each, at most `dns.max_pending` at once (past it:
+//!   SERVFAIL at once).
+//! - TCP: at most `dns.tcp_max_connections` connections, `dns.tcp_max_connections_per_client`
+//!   per client address; at either cap the longest-idle connection is closed to make room
+//!   (RFC 7766 6.2.3). Idle and whole-connection timeouts, at most `dns.tcp_max_pipelined`
+//!   queries in flight per connection, and accept errors (EMFILE) back off instead of spinning.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use hickory_proto::op::{Header, Metadata, MessageType, ResponseCode};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::Request;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::Handler;
+use crate::metrics::Metrics;
+
+/// Limits of the transport (the `[dns]` keys of the same names).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub tcp_idle_timeout: Duration,
+    pub tcp_session_timeout: Duration,
+    pub tcp_max_connections: usize,
+    pub tcp_max_connections_per_client: usize,
+    pub tcp_max_pipelined: usize,
+    pub max_pending: usize,
+}
+
+/// The listeners of one server, sharing the handler, the limits and the shutdown signal.
+pub struct Transport {
+    handler: Arc<Handler>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    pending: Arc<Semaphore>,
+    connections: Arc<Connections>,
+    logged: Logged,
+}
+
+/// Limits hit, each logged once per process.
+#[derive(Default)]
+struct Logged {
+    pending: AtomicBool,
+    tcp_full: AtomicBool,
+    accept: AtomicBool,
+}
+
+fn first_time(flag: &AtomicBool) -> bool {
+    !flag.swap(true, Relaxed)
+}
+
+/// What a packet is.
+enum Decoded {
+    Request(Box<Request>),
+    /// The header decoded, the rest did not: answer FORMERR.
+    Malformed(Header),
+    /// Not answered at all.
+    Drop,
+}
+
+/// Decodes one packet from `src`.
+fn decode(bytes: &[u8], src: SocketAddr, protocol: Protocol) -> Decoded {
+    if !is_answerable(src) {
+        return Decoded::Drop;
+    }
+    let Ok(header) = Header::read(&mut BinDecoder::new(bytes)) else {
+        return Decoded::Drop;
+    };
+    // Never answer a response: that would make ruddr a reflector between two spoofed peers.
+    if header.metadata.message_type == MessageType::Response {
+        return Decoded::Drop;
+    }
+    match Request::from_bytes(bytes.to_vec(), src, protocol) {
+        Ok(request) => Decoded::Request(Box::new(request)),
+        Err(error) => {
+            debug!(%src, %error, "malformed query");
+            Decoded::Malformed(header)
+        }
+    }
+}
+
+/// Whether a response to `src` can be delivered (as hickory's server checks).
+fn is_answerable(src: SocketAddr) -> bool {
+    if src.port() == 0 {
+        return false;
+    }
+    match src.ip() {
+        IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_broadcast(),
+        IpAddr::V6(v6) => !v6.is_unspecified(),
+    }
+}
+
+/// FORMERR for a query whose header is `header`: the header alone, no question.
+fn format_error(header: &Header, out: &mut Vec<u8>) {
+    out.clear();
+    let mut metadata = Metadata::response_from_request(&header.metadata);
+    metadata.response_code = ResponseCode::FormErr;
+    let reply = Header {
+        metadata,
+        counts: Default::default(),
+    };
+    // A 12-byte header always fits an empty buffer.
+    let _ = reply.emit(&mut BinEncoder::new(out));
+}
+
+impl Transport {
+    pub fn new(
+        handler: Arc<Handler>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            pending: Arc::new(Semaphore::new(limits.max_pending)),
+            connections: Arc::new(Connections::new(Instant::now())),
+            handler,
+            limits,
+            metrics,
+            shutdown,
+            tasks: TaskTracker::new(),
+            logged: Logged::default(),
+        })
+    }
+
+    /// Serves `socket` until shutdown.
+    pub fn serve_udp(self: &Arc<Self>, socket: UdpSocket) {
+        let this = self.clone();
+        self.tasks.spawn(async move { this.udp_loop(Arc::new(socket)).await });
+    }
+
+    /// Accepts on `listener` until shutdown.
+    pub fn serve_tcp(self: &Arc<Self>, listener: TcpListener) {
+        let this = self.clone();
+        self.tasks.spawn(async move { this.accept_loop(listener).await });
+    }
+
+    /// Waits for the listeners and in-flight queries to end after shutdown, at most `grace`.
+    /// Returns whether everything ended in time.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+    }
+
+    async fn udp_loop(self: Arc<Self>, socket: Arc<UdpSocket>) {
+        let mut buf = vec![0u8; 65_535];
+        let mut out = Vec::with_capacity(4096);
+        loop {
+            let received = tokio::select! {
+                r = socket.recv_from(&mut buf) => r,
+                _ = self.shutdown.cancelled() => return,
+            };
+            let (len, src) = match received {
+                Ok(r) => r,
+                Err(error) => {
+                    // ICMP errors for earlier replies surface here on some systems; nothing
+                    // is wrong with the socket itself.
+                    debug!(%error, "udp receive error");
+                    continue;
+                }
+            };
+            let request = match decode(&buf[..len], src, Protocol::Udp) {
+                Decoded::Drop => {
+                    self.metrics.dropped.inc();
+                    continue;
+                }
+                Decoded::Malformed(header) => {
+                    format_error(&header, &mut out);
+                    send_udp(&socket, &out, src).await;
+                    continue;
+                }
+                Decoded::Request(r) => r,
+            };
+            let deferred = match self.handler.answer_now(&request, &mut out) {
+                Ok(()) => {
+                    send_udp(&socket, &out, src).await;
+                    continue;
+                }
+                Err(deferred) => deferred,
+            };
+            let Ok(permit) = self.pending.clone().try_acquire_owned() else {
+                self.metrics.pending_limited.inc();
+                if first_time(&self.logged.pending) {
+                    warn!(
+                        limit = self.limits.max_pending,
+                        "too many queries waiting on static zones or upstreams: answering SERVFAIL (logged once; see ruddr_dns_pending_limited_total)",
+                    );
+                }
+                self.handler.answer_busy(&request, &mut out);
+                send_udp(&socket, &out, src).await;
+                continue;
+            };
+            let (this, socket) = (self.clone(), socket.clone());
+            self.tasks.spawn(async move {
+                let mut out = Vec::new();
+                this.handler
+                    .answer_later(&request, deferred, &mut out)
+                    .await;
+                send_udp(&socket, &out, src).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        const BACKOFF_MIN: Duration = Duration::from_millis(5);
+        const BACKOFF_MAX: Duration = Duration::from_secs(1);
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = self.shutdown.cancelled() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(error) if is_transient_accept_error(&error) => continue,
+                Err(error) => {
+                    // Out of file descriptors (or memory): free the longest-idle connection
+                    // and wait, rather than retrying at once and spinning.
+                    self.metrics.tcp_accept_errors.inc();
+                    if first_time(&self.logged.accept) {
+                        warn!(%error, "cannot accept TCP connections: backing off (logged once; see ruddr_dns_tcp_accept_errors_total)");
+                    }
+                    if self.connections.evict(None) {
+                        self.metrics.tcp_evicted.inc();
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            backoff = BACKOFF_MIN;
+            if !is_answerable(peer) {
+                continue;
+            }
+            let (slot, evicted) = self.connections.admit(peer.ip(), &self.limits);
+            if evicted > 0 {
+                self.metrics.tcp_evicted.inc_by(evicted);
+                if first_time(&self.logged.tcp_full) {
+                    warn!(
+                        max = self.limits.tcp_max_connections,
+                        per_client = self.limits.tcp_max_connections_per_client,
+                        "TCP connection limit reached: closing the longest-idle connections to make room (logged once; see ruddr_dns_tcp_evicted_total)",
+                    );
+                }
+            }
+            self.metrics.tcp_connections.inc();
+            let this = self.clone();
+            self.tasks.spawn(async move {
+                this.connection(stream, peer, &slot).await;
+                this.metrics.tcp_connections.dec();
+                drop(slot);
+            });
+        }
+    }
+
+    /// Serves one TCP connection: length-prefixed queries, answered in any order, at most
+    /// `tcp_max_pipelined` at once.
+    async fn connection(&self, stream: TcpStream, peer: SocketAddr, slot: &Slot) {
+        let _ = stream.set_nodelay(true);
+        let (read, mut write) = stream.into_split();
+        let mut frames = FramedRead::new(
+            read,
+            LengthDelimitedCodec::builder()
+                .length_field_length(2)
+                .max_frame_length(usize::from(u16::MAX))
+                .new_codec(),
+        );
+        type Pending = Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send>>;
+        let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
+        let session = tokio::time::sleep(self.limits.tcp_session_timeout);
+        tokio::pin!(session);
+        let idle = tokio::time::sleep(self.limits.tcp_idle_timeout);
+        tokio::pin!(idle);
+        let mut out = Vec::with_capacity(4096);
+        let mut reading = true;
+        loop {
+            let can_read = reading && in_flight.len() < self.limits.tcp_max_pipelined;
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = slot.closed.cancelled() => return,
+                _ = &mut session => return,
+                _ = &mut idle, if in_flight.is_empty() => return,
+                Some(response) = in_flight.next(), if !in_flight.is_empty() => {
+                    slot.busy.fetch_sub(1, Relaxed);
+                    if !self.write(&mut write, &response).await {
+                        return;
+                    }
+                    slot.touch(&self.connections);
+                    idle.as_mut().reset(tokio::time::Instant::now() + self.limits.tcp_idle_timeout);
+                }
+                frame = frames.next(), if can_read => {
+                    let bytes = match frame {
+                        Some(Ok(bytes)) => bytes,
+                        // The client closed its side (finish what is in flight) or sent a
+                        // frame that cannot be read (close).
+                        None => { reading = false; if in_flight.is_empty() { return } continue }
+                        Some(Err(error)) => { debug!(%peer, %error, "tcp read"); return }
+                    };
+                    slot.touch(&self.connections);
+                    idle.as_mut().reset(tokio::time::Instant::now() + self.limits.tcp_idle_timeout);
+                    let request = match decode(&bytes, peer, Protocol::Tcp) {
+                        Decoded::Drop => { self.metrics.dropped.inc(); continue }
+                        Decoded::Malformed(header) => {
+                            format_error(&header, &mut out);
+                            if !self.write(&mut write, &out).await { return }
+                            continue;
+                        }
+                        Decoded::Request(r) => r,
+                    };
+                    match self.handler.answer_now(&request, &mut out) {
+                        Ok(()) => {
+                            if !self.write(&mut write, &out).await { return }
+                        }
+                        Err(deferred) => {
+                            let handler = self.handler.clone();
+                            slot.busy.fetch_add(1, Relaxed);
+                            in_flight.push(Box::pin(async move {
+                                let mut out = Vec::new();
+                                handler.answer_later(&request, deferred, &mut out).await;
+                                out
+                            }));
+                        }
+                    }
+                }
+                else => return,
+            }
+        }
+    }
+
+    /// Writes one length-prefixed message; false when the connection is gone or the client
+    /// does not read it within the idle timeout.
+    async fn write(&self, write: &mut tokio::net::tcp::OwnedWriteHalf, message: &[u8]) -> bool {
+        let Ok(len) = u16::try_from(message.len()) else {
+            return false;
+        };
+        let mut frame = Vec::with_capacity(message.len() + 2);
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(message);
+        matches!(
+            tokio::time::timeout(self.limits.tcp_idle_timeout, write.write_all(&frame)).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
+async fn send_udp(socket: &UdpSocket, message: &[u8], to: SocketAddr) {
+    if let Err(error) = socket.send_to(message, to).await {
+        debug!(%to, %error, "udp send failed");
+    }
+}
+
+/// Errors of one connection attempt that say nothing about the listener.
+fn is_transient_accept_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// One open connection in the table.
+struct Entry {
+    client: IpAddr,
+    slot: Arc<SlotState>,
+}
+
+/// What a connection and the table share.
+struct SlotState {
+    /// Milliseconds after the table's epoch of the last query or response.
+    last_active: AtomicU64,
+    /// Queries in flight on the connection.
+    busy: AtomicUsize,
+    /// Cancelled to close the connection (to make room for another).
+    closed: CancellationToken,
+}
+
+/// A connection's place in the table; leaving it frees the place.
+struct Slot {
+    id: u64,
+    state: Arc<SlotState>,
+    table: Arc<Connections>,
+}
+
+impl std::ops::Deref for Slot {
+    type Target = SlotState;
+    fn deref(&self) -> &SlotState {
+        &self.state
+    }
+}
+
+impl Slot {
+    fn touch(&self, table: &Connections) {
+        self.last_active.store(table.now_ms(), Relaxed);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.table.remove(self.id);
+    }
+}
+
+/// The open TCP connections, for the caps and for finding the longest-idle one.
+struct Connections {
+    epoch: Instant,
+    inner: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    next_id: u64,
+    open: HashMap<u64, Entry>,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+impl Connections {
+    fn new(epoch: Instant) -> Self {
+        Self {
+            epoch,
+            inner: Mutex::new(Table::default()),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        // Every change leaves the table whole: a poisoned lock still holds a usable table.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a place for a connection from `client`, first closing the longest-idle
+    /// connections (of that client at its cap, of anyone at the overall cap) to make room.
+    /// Returns the place and how many connections were closed for it.
+    fn admit(self: &Arc<Self>, client: IpAddr, limits: &Limits) -> (Slot, u64) {
+        let mut evicted = 0;
+        let mut table = self.table();
+        while table.per_client.get(&client).copied().unwrap_or(0)
+            >= limits.tcp_max_connections_per_client.max(1)
+            && Self::evict_in(&mut table, Some(client))
+        {
+            evicted += 1;
+        }
+        while table.open.len() >= limits.tcp_max_connections.max(1)
+            && Self::evict_in(&mut table, None)
+        {
+            evicted += 1;
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        let state = Arc::new(SlotState {
+            last_active: AtomicU64::new(self.now_ms()),
+            busy: AtomicUsize::new(0),
+            closed: CancellationToken::new(),
+        });
+        table.open.insert(
+            id,
+            Entry {
+                client,
+                slot: state.clone(),
+            },
+        );
+        *table.per_client.entry(client).or_default() += 1;
+        drop(table);
+        let slot = Slot {
+            id,
+            state,
+            table: self.clone(),
+        };
+        (slot, evicted)
+    }
+
+    /// Closes the longest-idle connection (of `client`, if given): one with no query in flight
+    /// if there is one. Returns whether one was closed.
+    fn evict(&self, client: Option<IpAddr>) -> bool {
+        Self::evict_in(&mut self.table(), client)
+    }
+
+    fn evict_in(table: &mut Table, client: Option<IpAddr>) -> bool {
+        let victim = table
+            .open
+            .iter()
+            .filter(|(_, e)| client.is_none_or(|c| e.client == c))
+            .min_by_key(|(_, e)| {
+                (
+                    e.slot.busy.load(Relaxed) > 0,
+                    e.slot.last_active.load(Relaxed),
+                )
+            })
+            .map(|(id, _)| *id);
+        let Some(id) = victim else {
+            return false;
+        };
+        if let Some(entry) = Self::remove_in(table, id) {
+            entry.slot.closed.cancel();
+        }
+        true
+    }
+
+    fn remove(&self, id: u64) {
+        Self::remove_in(&mut self.table(), id);
+    }
+
+    fn remove_in(table: &mut Table, id: u64) -> Option<Entry> {
+        let entry = table.open.remove(&id)?;
+        if let Some(n) = table.per_client.get_mut(&entry.client) {
+            *n -= 1;
+            if *n == 0 {
+                table.per_client.remove(&entry.client);
+            }
+        }
+        Some(entry)
+    }
+}
+
+/// Logs the transport's limits once at start.
+pub fn log_limits(limits: &Limits) {
+    info!(
+        tcp_max_connections = limits.tcp_max_connections,
+        tcp_max_connections_per_client = limits.tcp_max_connections_per_client,
+        tcp_idle_timeout = ?limits.tcp_idle_timeout,
+        tcp_session_timeout = ?limits.tcp_session_timeout,
+        max_pending = limits.max_pending,
+        "dns transport limits",
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max: usize, per_client: usize) -> Limits {
+        Limits {
+            tcp_idle_timeout: Duration::from_secs(10),
+            tcp_session_timeout: Duration::from_secs(60),
+            tcp_max_connections: max,
+            tcp_max_connections_per_client: per_client,
+            tcp_max_pipelined: 4,
+            max_pending: 8,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn full_table_closes_the_longest_idle_connection() {
+        let table = Arc::new(Connections::new(Instant::now()));
+        let l = limits(3, 3);
+        let (a, _) = table.admit(ip("127.0.0.1"), &l);
+        let (b, _) = table.admit(ip("127.0.0.2"), &l);
+        let (c, _) = table.admit(ip("127.0.0.3"), &l);
+        a.last_active.store(50, Relaxed);
+        b.last_active.store(10, Relaxed);
+        c.last_active.store(30, Relaxed);
+        let (d, evicted) = table.admit(ip("127.0.0.4"), &l);
+        assert_eq!(evicted, 1);
+        d.last_active.store(100, Relaxed);
+        assert!(b.closed.is_cancelled(), "the longest idle goes");
+        assert!(!a.closed.is_cancelled() && !c.closed.is_cancelled());
+        assert_eq!(table.table().open.len(), 3);
+        // A busy connection goes after every idle one, even if it was quiet for longer.
+        c.busy.store(1, Relaxed);
+        c.last_active.store(0, Relaxed);
+        let (_e, evicted) = table.admit(ip("127.0.0.5"), &l);
+        assert_eq!(evicted, 1);
+        assert!(a.closed.is_cancelled() && !c.closed.is_cancelled());
+        // Dropping a closed slot does not disturb the table.
+        drop(b);
+        drop(a);
+        assert_eq!(table.table().open.len(), 3);
+    }
+
+    #[test]
+    fn per_client_cap_closes_that_clients_connection() {
+        let table = Arc::new(Connections::new(Instant::now()));
+        let l = limits(100, 2);
+        let (x1, _) = table.admit(ip("10.0.0.1"), &l);
+        let (other, _) = table.admit(ip("10.0.0.2"), &l);
+        let (x2, _) = table.admit(ip("10.0.0.1"), &l);
+        other.last_active.store(0, Relaxed);
+        x1.last_active.store(5, Relaxed);
+        x2.last_active.store(9, Relaxed);
+        let (_x3, evicted) = table.admit(ip("10.0.0.1"), &l);
+        assert_eq!(evicted, 1);
+        assert!(x1.closed.is_cancelled());
+        assert!(!other.closed.is_cancelled(), "another client is never closed for it");
+        assert_eq!(table.table().per_client[&ip("10.0.0.1")], 2);
+        drop(other);
+        assert!(!table.table().per_client.contains_key(&ip("10.0.0.2")));
+    }
+
+    #[test]
+    fn packets_that_get_no_answer() {
+        let src: SocketAddr = "127.0.0.1:5353".parse().unwrap();
+        assert!(matches!(decode(&[0; 5], src, Protocol::Udp), Decoded::Drop));
+        // A response (QR set) is never answered, even a malformed one.
+        let mut response = [0u8; 12];
+        response[2] = 0x80;
+        response[5] = 1; // one question that is not there
+        assert!(matches!(decode(&response, src, Protocol::Udp), Decoded::Drop));
+        // A query with a question count but no question: FORMERR with its id.
+        let mut query = [0u8; 12];
+        query[0] = 0xab;
+        query[1] = 0xcd;
+        query[5] = 1;
+        let Decoded::Malformed(header) = decode(&query, src, Protocol::Udp) else {
+            panic!("expected FORMERR")
+        };
+        let mut out = Vec::new();
+        format_error(&header, &mut out);
+        assert_eq!(out.len(), 12);
+        assert_eq!(&out[..2], &[0xab, 0xcd]);
+        assert_eq!(out[2] & 0x80, 0x80, "QR");
+        assert_eq!(out[3] & 0x0f, 1, "FORMERR");
+        for bad in ["0.0.0.0:53", "255.255.255.255:53", "127.0.0.1:0", "[::]:53"] {
+            assert!(!is_answerable(bad.parse().unwrap()), "{bad}");
+        }
+    }
+}
