@@ -585,7 +585,10 @@ impl Handler {
             &mut rand::rng(),
         );
         if reply.via != Via::Reply {
-            return Err(Deferred { reply, started });
+            return Err(Deferred {
+                reply: Box::new(reply),
+                started,
+            });
         }
         let mut builder = MessageResponseBuilder::new(&request.queries, None);
         if let Some(edns) = &reply.edns {
@@ -618,6 +621,7 @@ impl Handler {
     /// static zone, or an upstream.
     pub async fn answer_later(&self, request: &Request, deferred: Deferred, out: &mut Vec<u8>) {
         let Deferred { reply, started } = deferred;
+        let reply = *reply;
         let info = match reply.via {
             Via::Static => {
                 let zones = self.zones.load_full();
@@ -729,7 +733,7 @@ impl Handler {
 
 /// A request [`Handler::answer_now`] did not answer itself, with what it decided so far.
 pub struct Deferred {
-    reply: Reply,
+    reply: Box<Reply>,
     started: std::time::Instant,
 }
 
