@@ -116,6 +116,20 @@ pub enum ForwardResult {
     error,
 }
 
+/// What happened to a UDP response over the rate limit.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RateLimitAction {
+    /// Sent empty with TC set, so the client retries over TCP.
+    slip,
+    drop,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    pub action: RateLimitAction,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     kind: &'static str,
@@ -136,6 +150,9 @@ pub struct Metrics {
     pub stale_answers: Counter,
     /// Queries answered SERVFAIL because too many forwarded queries were in flight.
     pub forward_limited: Counter,
+    /// UDP responses over `rate_limit.responses_per_second`, counted by
+    /// [`crate::dns::rrl::RateLimiter::check`] as it decides.
+    pub rate_limited: Family<RateLimitLabels, Counter>,
     pub invalid_values: Counter,
     pub relists: Counter,
     /// Restarts of the etcd watcher after it ended or panicked.
@@ -169,6 +186,7 @@ impl Metrics {
             udp_truncated: Counter::default(),
             stale_answers: Counter::default(),
             forward_limited: Counter::default(),
+            rate_limited: Family::default(),
             invalid_values: Counter::default(),
             relists: Counter::default(),
             watcher_restarts: Counter::default(),
@@ -193,6 +211,11 @@ impl Metrics {
             "dns_forward_limited",
             "Queries answered SERVFAIL at once because forward.max_in_flight (overall or per client network) was reached",
             m.forward_limited.clone(),
+        );
+        registry.register(
+            "dns_rate_limited",
+            "UDP responses over rate_limit.responses_per_second, by action: slip (sent empty with TC set) or drop (not sent)",
+            m.rate_limited.clone(),
         );
         registry.register(
             "dns_queries",

@@ -9,6 +9,7 @@ pub mod forward;
 pub mod handler;
 pub mod name;
 pub mod records;
+pub mod rrl;
 pub mod skydns;
 pub mod zones;
 
