@@ -56,6 +56,7 @@ pub struct Config {
     pub dns: DnsConfig,
     pub snapshot: SnapshotConfig,
     pub forward: ForwardConfig,
+    pub rate_limit: RateLimitConfig,
     /// Directory of RFC 1035 zone files (`<zone>.zone`) served beside the discovery zone; a
     /// missing directory means no static zones. Relative to the config file.
     pub zones_dir: PathBuf,
@@ -125,6 +126,79 @@ impl Default for ForwardConfig {
             max_in_flight: 256,
             max_in_flight_per_client: 64,
         }
+    }
+}
+
+/// Response rate limiting over UDP ([`crate::dns::rrl`]); TCP is never limited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// UDP responses per second per client network and kind of response (answers for one
+    /// name, NXDOMAINs for one zone, errors); bursts of up to twice this. 0 turns it off.
+    pub responses_per_second: u32,
+    /// Every `slip`th limited response is sent empty with TC set, so real clients retry over
+    /// TCP; the others are dropped. 0 drops them all, 1 truncates them all.
+    pub slip: u32,
+    /// Client networks that share buckets: the source address masked to these lengths
+    /// (IPv4-mapped IPv6 counts as IPv4).
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    /// Client networks never limited.
+    pub exempt: Vec<ipnet::IpNet>,
+    /// Buckets kept (about 40 bytes each, allocated when the limit is on). A key whose slot is
+    /// taken replaces the bucket there, so a table too small limits too little, never too much.
+    pub table_size: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            responses_per_second: 0,
+            slip: 2,
+            ipv4_prefix: 24,
+            ipv6_prefix: 56,
+            exempt: Vec::new(),
+            table_size: 65_536,
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// Checks the rate limit settings (also when the limit is off, so turning it on later
+    /// cannot reveal an old mistake).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        // Far above what one server answers: a higher rate could never be reached.
+        const MAX_RATE: u32 = 1_000_000;
+        if self.responses_per_second > MAX_RATE {
+            return Err(invalid(
+                "rate_limit.responses_per_second",
+                format!("must be at most {MAX_RATE} (0 turns rate limiting off)"),
+            ));
+        }
+        // knotd's limit; past it, slipping is dropping.
+        if self.slip > 100 {
+            return Err(invalid("rate_limit.slip", "must be between 0 and 100"));
+        }
+        if self.ipv4_prefix > 32 {
+            return Err(invalid(
+                "rate_limit.ipv4_prefix",
+                "must be between 0 and 32",
+            ));
+        }
+        if self.ipv6_prefix > 128 {
+            return Err(invalid(
+                "rate_limit.ipv6_prefix",
+                "must be between 0 and 128",
+            ));
+        }
+        // 2^24 buckets take about 640 MiB; more would be a typo.
+        if !(1..=1 << 24).contains(&self.table_size) {
+            return Err(invalid(
+                "rate_limit.table_size",
+                "must be between 1 and 16777216",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -263,6 +337,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             snapshot: SnapshotConfig::default(),
             forward: ForwardConfig::default(),
+            rate_limit: RateLimitConfig::default(),
             zones_dir: PathBuf::from("zones"),
             sources: Vec::new(),
         }
@@ -665,6 +740,7 @@ impl Config {
                 "max_in_flight and max_in_flight_per_client must be above zero",
             ));
         }
+        self.rate_limit.validate()?;
         if self.dns.tcp_idle_timeout.is_zero() {
             return Err(invalid(
                 "dns.tcp_idle_timeout",
@@ -832,6 +908,43 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_is_off_by_default_and_read_from_its_section() {
+        let d = RateLimitConfig::default();
+        assert_eq!(d.responses_per_second, 0, "off unless configured");
+        assert!(d.exempt.is_empty(), "nothing exempt unless listed");
+        let mut cfg: Config = toml::from_str(
+            "[rate_limit]\nresponses_per_second = 20\nslip = 0\nipv4_prefix = 32\nipv6_prefix = 64\nexempt = [\"10.0.0.0/8\", \"fd00::/8\"]\ntable_size = 1024\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let r = &cfg.rate_limit;
+        assert_eq!(
+            (
+                r.responses_per_second,
+                r.slip,
+                r.ipv4_prefix,
+                r.ipv6_prefix,
+                r.table_size
+            ),
+            (20, 0, 32, 64, 1024)
+        );
+        assert_eq!(r.exempt.len(), 2);
+        // Typos and bad networks are errors naming the key.
+        for (text, want) in [
+            (
+                "[rate_limit]\nresponse_per_second = 5\n",
+                "response_per_second",
+            ),
+            ("[rate_limit]\nexempt = [\"10.0.0.0/33\"]\n", "exempt"),
+            ("[rate_limit]\nipv4_prefix = 300\n", "ipv4_prefix"),
+            ("[rate_limit]\nslip = -1\n", "slip"),
+        ] {
+            let err = toml::from_str::<Config>(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn flags_override_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
@@ -911,6 +1024,17 @@ mod tests {
             ("[dns]\nanswer_cache_bytes = 10\n", "dns.answer_cache_bytes"),
             ("[dns]\ntcp_idle_timeout = \"0s\"\n", "dns.tcp_idle_timeout"),
             ("[forward]\nmax_in_flight = 0\n", "forward.max_in_flight"),
+            (
+                "[rate_limit]\nresponses_per_second = 2000000\n",
+                "rate_limit.responses_per_second",
+            ),
+            ("[rate_limit]\nslip = 101\n", "rate_limit.slip"),
+            ("[rate_limit]\nipv4_prefix = 33\n", "rate_limit.ipv4_prefix"),
+            (
+                "[rate_limit]\nipv6_prefix = 129\n",
+                "rate_limit.ipv6_prefix",
+            ),
+            ("[rate_limit]\ntable_size = 0\n", "rate_limit.table_size"),
         ];
         for (text, option) in cases {
             let mut cfg: Config = toml::from_str(text).unwrap();

@@ -116,6 +116,20 @@ pub enum ForwardResult {
     error,
 }
 
+/// What happened to a UDP response over the rate limit.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RateLimitAction {
+    /// Sent empty with TC set, so the client retries over TCP.
+    slip,
+    drop,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    pub action: RateLimitAction,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     kind: &'static str,
@@ -146,6 +160,9 @@ pub struct Metrics {
     pub tcp_evicted: Counter,
     /// TCP accept errors other than a peer giving up (EMFILE, ENOMEM, ...).
     pub tcp_accept_errors: Counter,
+    /// UDP responses over `rate_limit.responses_per_second`, counted by
+    /// [`crate::dns::rrl::RateLimiter::check`] as it decides.
+    pub rate_limited: Family<RateLimitLabels, Counter>,
     pub invalid_values: Counter,
     pub relists: Counter,
     /// Restarts of the etcd watcher after it ended or panicked.
@@ -184,6 +201,7 @@ impl Metrics {
             tcp_connections: Gauge::default(),
             tcp_evicted: Counter::default(),
             tcp_accept_errors: Counter::default(),
+            rate_limited: Family::default(),
             invalid_values: Counter::default(),
             relists: Counter::default(),
             watcher_restarts: Counter::default(),
@@ -233,6 +251,11 @@ impl Metrics {
             "dns_tcp_accept_errors",
             "Failed accepts of DNS TCP connections (out of file descriptors or memory); each backs off",
             m.tcp_accept_errors.clone(),
+        );
+        registry.register(
+            "dns_rate_limited",
+            "UDP responses over rate_limit.responses_per_second, by action: slip (sent empty with TC set) or drop (not sent)",
+            m.rate_limited.clone(),
         );
         registry.register(
             "dns_queries",

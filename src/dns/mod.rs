@@ -12,6 +12,7 @@ pub mod name;
 pub mod records;
 pub mod route;
 pub mod server;
+pub mod rrl;
 pub mod skydns;
 pub mod zones;
 
