@@ -103,6 +103,14 @@ pub struct ForwardConfig {
     /// The same per client network (/24 for IPv4, /56 for IPv6), so one client cannot use
     /// them all.
     pub max_in_flight_per_client: usize,
+    /// Upstream sockets open at once (each query sends from a fresh one on a random port);
+    /// a query finding none free within 100 ms gets SERVFAIL.
+    pub max_sockets: usize,
+    /// Bytes of forwarded answers kept for their TTLs; 0 turns the cache off.
+    pub cache_bytes: u64,
+    /// The longest a forwarded answer is cached; longer TTLs are lowered to it.
+    #[serde(with = "humantime_serde")]
+    pub cache_max_ttl: Duration,
 }
 
 impl Default for ForwardConfig {
@@ -124,6 +132,9 @@ impl Default for ForwardConfig {
             .collect(),
             max_in_flight: 256,
             max_in_flight_per_client: 64,
+            max_sockets: 128,
+            cache_bytes: 16 << 20,
+            cache_max_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -647,6 +658,22 @@ impl Config {
                 "max_in_flight and max_in_flight_per_client must be above zero",
             ));
         }
+        let f = &self.forward;
+        if f.max_sockets == 0 {
+            return Err(invalid("forward.max_sockets", "must be above zero"));
+        }
+        if f.cache_bytes != 0 && f.cache_bytes < 1 << 16 {
+            return Err(invalid(
+                "forward.cache_bytes",
+                "must be 0 (no cache) or at least 65536",
+            ));
+        }
+        if f.cache_max_ttl < Duration::from_secs(1) {
+            return Err(invalid(
+                "forward.cache_max_ttl",
+                "must be at least 1s (set forward.cache_bytes = 0 to turn the cache off)",
+            ));
+        }
         if self.dns.tcp_idle_timeout.is_zero() {
             return Err(invalid(
                 "dns.tcp_idle_timeout",
@@ -877,6 +904,9 @@ mod tests {
             ("[dns]\nanswer_cache_bytes = 10\n", "dns.answer_cache_bytes"),
             ("[dns]\ntcp_idle_timeout = \"0s\"\n", "dns.tcp_idle_timeout"),
             ("[forward]\nmax_in_flight = 0\n", "forward.max_in_flight"),
+            ("[forward]\nmax_sockets = 0\n", "forward.max_sockets"),
+            ("[forward]\ncache_bytes = 1000\n", "forward.cache_bytes"),
+            ("[forward]\ncache_max_ttl = \"0s\"\n", "forward.cache_max_ttl"),
         ];
         for (text, option) in cases {
             let mut cfg: Config = toml::from_str(text).unwrap();
