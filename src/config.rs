@@ -906,7 +906,10 @@ mod tests {
             ("[forward]\nmax_in_flight = 0\n", "forward.max_in_flight"),
             ("[forward]\nmax_sockets = 0\n", "forward.max_sockets"),
             ("[forward]\ncache_bytes = 1000\n", "forward.cache_bytes"),
-            ("[forward]\ncache_max_ttl = \"0s\"\n", "forward.cache_max_ttl"),
+            (
+                "[forward]\ncache_max_ttl = \"0s\"\n",
+                "forward.cache_max_ttl",
+            ),
         ];
         for (text, option) in cases {
             let mut cfg: Config = toml::from_str(text).unwrap();

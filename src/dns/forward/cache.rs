@@ -95,12 +95,7 @@ impl Answers {
 
     /// The stored answer for `key`, its TTLs reduced by the whole seconds spent in the cache
     /// and owner names equal to `question` spelled as the client spelled it.
-    pub fn get(
-        &self,
-        key: &Key,
-        question: &Name,
-        now: Instant,
-    ) -> Option<(SocketAddr, Message)> {
+    pub fn get(&self, key: &Key, question: &Name, now: Instant) -> Option<(SocketAddr, Message)> {
         let entries = self.entries.as_ref()?;
         let stored = entries.get(key)?;
         let age = now.saturating_duration_since(stored.stored_at);
@@ -250,7 +245,11 @@ mod tests {
     fn answer(q: &str, ttl: u32) -> Message {
         let mut m = Message::new(7, MessageType::Response, OpCode::Query);
         m.add_query(Query::query(name(q), RecordType::A));
-        m.add_answer(Record::from_rdata(name(q), ttl, RData::A(A::new(192, 0, 2, 1))));
+        m.add_answer(Record::from_rdata(
+            name(q),
+            ttl,
+            RData::A(A::new(192, 0, 2, 1)),
+        ));
         m
     }
 
@@ -277,7 +276,12 @@ mod tests {
     fn ttls_count_down_while_cached() {
         let cache = Answers::new(1 << 20, Duration::from_secs(3600));
         let t0 = Instant::now();
-        cache.insert(key("a.example.", false, false), upstream(), &answer("a.example.", 300), t0);
+        cache.insert(
+            key("a.example.", false, false),
+            upstream(),
+            &answer("a.example.", 300),
+            t0,
+        );
         let get = |after: u64| {
             cache
                 .get(
@@ -297,7 +301,12 @@ mod tests {
     fn ttls_are_capped() {
         let cache = Answers::new(1 << 20, Duration::from_secs(3600));
         let t0 = Instant::now();
-        cache.insert(key("a.example.", false, false), upstream(), &answer("a.example.", 86400), t0);
+        cache.insert(
+            key("a.example.", false, false),
+            upstream(),
+            &answer("a.example.", 86400),
+            t0,
+        );
         let (_, m) = cache
             .get(&key("a.example.", false, false), &name("a.example."), t0)
             .unwrap();
@@ -313,31 +322,80 @@ mod tests {
         let max = Duration::from_secs(3600);
         let secs = |m: &Message| cache_ttl(m, max).map(|d| d.as_secs());
         // min(SOA TTL, SOA MINIMUM), for NXDOMAIN and NODATA alike.
-        assert_eq!(secs(&negative(ResponseCode::NXDomain, Some((600, 60)))), Some(60));
-        assert_eq!(secs(&negative(ResponseCode::NXDomain, Some((30, 60)))), Some(30));
-        assert_eq!(secs(&negative(ResponseCode::NoError, Some((600, 120)))), Some(120));
+        assert_eq!(
+            secs(&negative(ResponseCode::NXDomain, Some((600, 60)))),
+            Some(60)
+        );
+        assert_eq!(
+            secs(&negative(ResponseCode::NXDomain, Some((30, 60)))),
+            Some(30)
+        );
+        assert_eq!(
+            secs(&negative(ResponseCode::NoError, Some((600, 120)))),
+            Some(120)
+        );
         // No SOA: not cached.
         assert_eq!(secs(&negative(ResponseCode::NXDomain, None)), None);
         assert_eq!(secs(&negative(ResponseCode::NoError, None)), None);
         // Failures and truncated answers are never cached.
-        assert_eq!(secs(&negative(ResponseCode::ServFail, Some((600, 60)))), None);
-        assert_eq!(secs(&negative(ResponseCode::Refused, Some((600, 60)))), None);
+        assert_eq!(
+            secs(&negative(ResponseCode::ServFail, Some((600, 60)))),
+            None
+        );
+        assert_eq!(
+            secs(&negative(ResponseCode::Refused, Some((600, 60)))),
+            None
+        );
         let mut truncated = answer("a.example.", 300);
         truncated.metadata.truncation = true;
         assert_eq!(secs(&truncated), None);
-        assert_eq!(secs(&answer("a.example.", 0)), None, "TTL 0 means do not cache");
-        assert_eq!(secs(&negative(ResponseCode::NXDomain, Some((86400, 86400)))), Some(3600));
+        assert_eq!(
+            secs(&answer("a.example.", 0)),
+            None,
+            "TTL 0 means do not cache"
+        );
+        assert_eq!(
+            secs(&negative(ResponseCode::NXDomain, Some((86400, 86400)))),
+            Some(3600)
+        );
 
         let cache = Answers::new(1 << 20, max);
         let t0 = Instant::now();
-        let k = Key::new(&Query::query(name("gone.example."), RecordType::A), false, false, true);
-        cache.insert(k.clone(), upstream(), &negative(ResponseCode::NXDomain, Some((600, 60))), t0);
-        let (_, m) = cache.get(&k, &name("gone.example."), t0 + Duration::from_secs(20)).unwrap();
+        let k = Key::new(
+            &Query::query(name("gone.example."), RecordType::A),
+            false,
+            false,
+            true,
+        );
+        cache.insert(
+            k.clone(),
+            upstream(),
+            &negative(ResponseCode::NXDomain, Some((600, 60))),
+            t0,
+        );
+        let (_, m) = cache
+            .get(&k, &name("gone.example."), t0 + Duration::from_secs(20))
+            .unwrap();
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
-        assert_eq!(m.authorities[0].ttl, 40, "the SOA counts down from the negative TTL");
-        assert!(cache.get(&k, &name("gone.example."), t0 + Duration::from_secs(60)).is_none());
-        let k2 = Key::new(&Query::query(name("gone.example."), RecordType::MX), false, false, true);
-        cache.insert(k2.clone(), upstream(), &negative(ResponseCode::NXDomain, None), t0);
+        assert_eq!(
+            m.authorities[0].ttl, 40,
+            "the SOA counts down from the negative TTL"
+        );
+        assert!(cache
+            .get(&k, &name("gone.example."), t0 + Duration::from_secs(60))
+            .is_none());
+        let k2 = Key::new(
+            &Query::query(name("gone.example."), RecordType::MX),
+            false,
+            false,
+            true,
+        );
+        cache.insert(
+            k2.clone(),
+            upstream(),
+            &negative(ResponseCode::NXDomain, None),
+            t0,
+        );
         assert!(cache.get(&k2, &name("gone.example."), t0).is_none());
     }
 
@@ -345,13 +403,20 @@ mod tests {
     fn key_includes_do_and_cd_but_not_case() {
         let cache = Answers::new(1 << 20, Duration::from_secs(3600));
         let t0 = Instant::now();
-        cache.insert(key("a.example.", false, false), upstream(), &answer("a.example.", 300), t0);
+        cache.insert(
+            key("a.example.", false, false),
+            upstream(),
+            &answer("a.example.", 300),
+            t0,
+        );
         let q = name("a.example.");
         assert!(cache.get(&key("a.example.", true, false), &q, t0).is_none());
         assert!(cache.get(&key("a.example.", false, true), &q, t0).is_none());
         let rd0 = Key::new(&Query::query(q.clone(), RecordType::A), false, false, false);
         assert!(cache.get(&rd0, &q, t0).is_none());
-        assert!(cache.get(&key("A.Example.", false, false), &q, t0).is_some());
+        assert!(cache
+            .get(&key("A.Example.", false, false), &q, t0)
+            .is_some());
     }
 
     #[test]
@@ -386,15 +451,29 @@ mod tests {
             let q = format!("host-{i}.example.");
             let mut m = answer(&q, 300);
             for j in 0..10 {
-                m.add_answer(Record::from_rdata(name(&q), 300, RData::A(A::new(10, 0, 0, j))));
+                m.add_answer(Record::from_rdata(
+                    name(&q),
+                    300,
+                    RData::A(A::new(10, 0, 0, j)),
+                ));
             }
             cache.insert(key(&q, false, false), upstream(), &m, t0);
         }
         let size = cache.weighted_size();
-        assert!(size > 0 && size <= bytes, "{size} bytes cached, limit {bytes}");
+        assert!(
+            size > 0 && size <= bytes,
+            "{size} bytes cached, limit {bytes}"
+        );
         let off = Answers::new(0, Duration::from_secs(3600));
-        off.insert(key("a.example.", false, false), upstream(), &answer("a.example.", 300), t0);
+        off.insert(
+            key("a.example.", false, false),
+            upstream(),
+            &answer("a.example.", 300),
+            t0,
+        );
         assert!(!off.is_enabled());
-        assert!(off.get(&key("a.example.", false, false), &name("a.example."), t0).is_none());
+        assert!(off
+            .get(&key("a.example.", false, false), &name("a.example."), t0)
+            .is_none());
     }
 }

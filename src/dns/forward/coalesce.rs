@@ -110,7 +110,11 @@ mod tests {
         lead.finish(Arc::new(Some((addr, Message::query()))));
         let outcome = wait(slot).await.unwrap();
         assert_eq!(outcome.as_ref().as_ref().map(|(a, _)| *a), Some(addr));
-        assert_eq!(flights.len(), 0, "a finished question is no longer in flight");
+        assert_eq!(
+            flights.len(),
+            0,
+            "a finished question is no longer in flight"
+        );
     }
 
     #[tokio::test]

@@ -429,3 +429,6 @@ mod limit_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

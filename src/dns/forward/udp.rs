@@ -145,7 +145,10 @@ mod tests {
         let sockets = Sockets::new(2, Duration::from_millis(20));
         let one = sockets.acquire().await.unwrap();
         let _two = sockets.acquire().await.unwrap();
-        assert!(sockets.acquire().await.is_none(), "a third waits, then gives up");
+        assert!(
+            sockets.acquire().await.is_none(),
+            "a third waits, then gives up"
+        );
         drop(one);
         assert!(sockets.acquire().await.is_some());
     }
