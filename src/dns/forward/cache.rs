@@ -62,6 +62,17 @@ impl moka::Expiry<Key, Arc<Stored>> for ByTtl {
     ) -> Option<Duration> {
         Some(value.ttl)
     }
+
+    /// A replaced entry lives for its own TTL (the default would keep the old entry's).
+    fn expire_after_update(
+        &self,
+        _key: &Key,
+        value: &Arc<Stored>,
+        _updated_at: Instant,
+        _remaining: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
 }
 
 /// The answer cache; disabled (every lookup a miss, nothing stored) when built with 0 bytes.
