@@ -98,7 +98,7 @@ pub struct ForwardConfig {
     /// Client networks that may use forwarding (never an open resolver by default).
     pub allow_recursion: Vec<ipnet::IpNet>,
     /// Forwarded queries waiting for an upstream at once, overall; past it, SERVFAIL at once.
-    /// Each holds a socket, so this bounds the file descriptors a dead upstream can take.
+    /// Queries waiting for an identical one in flight count too, though they hold no socket.
     pub max_in_flight: usize,
     /// The same per client network (/24 for IPv4, /56 for IPv6), so one client cannot use
     /// them all.
@@ -884,6 +884,24 @@ mod tests {
             let err = load(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn forward_cache_and_sockets_are_configurable() {
+        let text = "[forward]\nmax_sockets = 8\ncache_bytes = 0\ncache_max_ttl = \"10m\"\n";
+        let mut cfg: Config = toml::from_str(text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.forward.max_sockets, 8);
+        assert_eq!(
+            cfg.forward.cache_bytes, 0,
+            "0 turns the cache off and is valid"
+        );
+        assert_eq!(cfg.forward.cache_max_ttl, Duration::from_secs(600));
+        let d = ForwardConfig::default();
+        assert_eq!(
+            (d.max_sockets, d.cache_bytes, d.cache_max_ttl),
+            (128, 16 << 20, Duration::from_secs(3600))
+        );
     }
 
     #[test]
