@@ -99,11 +99,19 @@ pub struct ForwardConfig {
     /// Client networks that may use forwarding (never an open resolver by default).
     pub allow_recursion: Vec<ipnet::IpNet>,
     /// Forwarded queries waiting for an upstream at once, overall; past it, SERVFAIL at once.
-    /// Each holds a socket, so this bounds the file descriptors a dead upstream can take.
+    /// Queries waiting for an identical one in flight count too, though they hold no socket.
     pub max_in_flight: usize,
     /// The same per client network (/24 for IPv4, /56 for IPv6), so one client cannot use
     /// them all.
     pub max_in_flight_per_client: usize,
+    /// Upstream sockets open at once (each query sends from a fresh one on a random port);
+    /// a query finding none free within 100 ms gets SERVFAIL.
+    pub max_sockets: usize,
+    /// Bytes of forwarded answers kept for their TTLs; 0 turns the cache off.
+    pub cache_bytes: u64,
+    /// The longest a forwarded answer is cached; longer TTLs are lowered to it.
+    #[serde(with = "humantime_serde")]
+    pub cache_max_ttl: Duration,
 }
 
 impl Default for ForwardConfig {
@@ -125,6 +133,9 @@ impl Default for ForwardConfig {
             .collect(),
             max_in_flight: 256,
             max_in_flight_per_client: 64,
+            max_sockets: 128,
+            cache_bytes: 16 << 20,
+            cache_max_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -741,6 +752,22 @@ impl Config {
             ));
         }
         self.rate_limit.validate()?;
+        let f = &self.forward;
+        if f.max_sockets == 0 {
+            return Err(invalid("forward.max_sockets", "must be above zero"));
+        }
+        if f.cache_bytes != 0 && f.cache_bytes < 1 << 16 {
+            return Err(invalid(
+                "forward.cache_bytes",
+                "must be 0 (no cache) or at least 65536",
+            ));
+        }
+        if f.cache_max_ttl < Duration::from_secs(1) {
+            return Err(invalid(
+                "forward.cache_max_ttl",
+                "must be at least 1s (set forward.cache_bytes = 0 to turn the cache off)",
+            ));
+        }
         if self.dns.tcp_idle_timeout.is_zero() {
             return Err(invalid(
                 "dns.tcp_idle_timeout",
@@ -1007,6 +1034,24 @@ mod tests {
     }
 
     #[test]
+    fn forward_cache_and_sockets_are_configurable() {
+        let text = "[forward]\nmax_sockets = 8\ncache_bytes = 0\ncache_max_ttl = \"10m\"\n";
+        let mut cfg: Config = toml::from_str(text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.forward.max_sockets, 8);
+        assert_eq!(
+            cfg.forward.cache_bytes, 0,
+            "0 turns the cache off and is valid"
+        );
+        assert_eq!(cfg.forward.cache_max_ttl, Duration::from_secs(600));
+        let d = ForwardConfig::default();
+        assert_eq!(
+            (d.max_sockets, d.cache_bytes, d.cache_max_ttl),
+            (128, 16 << 20, Duration::from_secs(3600))
+        );
+    }
+
+    #[test]
     fn bad_values_name_the_option() {
         let cases = [
             ("[etcd]\nprefix = \"ruddr\"\n", "etcd.prefix"),
@@ -1035,6 +1080,12 @@ mod tests {
                 "rate_limit.ipv6_prefix",
             ),
             ("[rate_limit]\ntable_size = 0\n", "rate_limit.table_size"),
+            ("[forward]\nmax_sockets = 0\n", "forward.max_sockets"),
+            ("[forward]\ncache_bytes = 1000\n", "forward.cache_bytes"),
+            (
+                "[forward]\ncache_max_ttl = \"0s\"\n",
+                "forward.cache_max_ttl",
+            ),
         ];
         for (text, option) in cases {
             let mut cfg: Config = toml::from_str(text).unwrap();

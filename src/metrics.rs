@@ -130,6 +130,19 @@ pub struct RateLimitLabels {
     pub action: RateLimitAction,
 }
 
+/// Whether a forwarded question was answered from the forward cache.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum CacheResult {
+    hit,
+    miss,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    result: CacheResult,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     kind: &'static str,
@@ -163,6 +176,11 @@ pub struct Metrics {
     /// UDP responses over `rate_limit.responses_per_second`, counted by
     /// [`crate::dns::rrl::RateLimiter::check`] as it decides.
     pub rate_limited: Family<RateLimitLabels, Counter>,
+    /// Forwarded queries that waited for an identical one in flight instead of asking upstream.
+    pub forward_coalesced: Counter,
+    /// Forwarded queries answered SERVFAIL because every upstream socket was in use.
+    pub forward_sockets_exhausted: Counter,
+    forward_cache: Family<CacheLabels, Counter>,
     pub invalid_values: Counter,
     pub relists: Counter,
     /// Restarts of the etcd watcher after it ended or panicked.
@@ -202,6 +220,9 @@ impl Metrics {
             tcp_evicted: Counter::default(),
             tcp_accept_errors: Counter::default(),
             rate_limited: Family::default(),
+            forward_coalesced: Counter::default(),
+            forward_sockets_exhausted: Counter::default(),
+            forward_cache: Family::default(),
             invalid_values: Counter::default(),
             relists: Counter::default(),
             watcher_restarts: Counter::default(),
@@ -256,6 +277,21 @@ impl Metrics {
             "dns_rate_limited",
             "UDP responses over rate_limit.responses_per_second, by action: slip (sent empty with TC set) or drop (not sent)",
             m.rate_limited.clone(),
+        );
+        registry.register(
+            "dns_forward_cache",
+            "Forwarded questions looked up in the forward cache, by result",
+            m.forward_cache.clone(),
+        );
+        registry.register(
+            "dns_forward_coalesced",
+            "Forwarded queries that waited for an identical query already in flight instead of asking an upstream",
+            m.forward_coalesced.clone(),
+        );
+        registry.register(
+            "dns_forward_sockets_exhausted",
+            "Forwarded queries answered SERVFAIL because all forward.max_sockets upstream sockets were in use",
+            m.forward_sockets_exhausted.clone(),
         );
         registry.register(
             "dns_queries",
@@ -357,6 +393,13 @@ impl Metrics {
     }
 
     /// Records one attempt at an upstream (label values come from the configured list only).
+    /// The forward cache's counter for `result`, for the forwarder to keep.
+    pub fn forward_cache(&self, result: CacheResult) -> Counter {
+        self.forward_cache
+            .get_or_create(&CacheLabels { result })
+            .clone()
+    }
+
     pub fn observe_forward(&self, upstream: std::net::SocketAddr, result: ForwardResult) {
         self.forwarded
             .get_or_create(&ForwardLabels {

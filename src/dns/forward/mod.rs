@@ -1,6 +1,21 @@
 //! Forwarding names outside ruddr's zones to upstream resolvers, in order, with a timeout each;
 //! UDP first and TCP when the upstream truncates. The upstream's answer is passed through:
-//! rcode, flags, TTLs and every record (DNSSEC ones included) as received.
+//! rcode, flags, TTLs and every record (DNSSEC ones included) as received, except that TTLs
+//! count down while it sits in the cache and the question name takes each client's case.
+//!
+//! ```text
+//! forward ─▶ cache hit? ──yes──▶ answer (TTLs reduced by the time cached)
+//!               │ no
+//!               ▼
+//!           same question in flight? ──yes──▶ wait for that query's outcome (coalesce)
+//!               │ no
+//!               ▼
+//!           a socket from the bound (udp) ─▶ upstreams in order ─▶ cache ─▶ followers, answer
+//! ```
+
+mod cache;
+mod coalesce;
+mod udp;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,24 +27,43 @@ use ipnet::IpNet;
 
 use futures_util::StreamExt;
 use hickory_proto::op::{
-    DnsRequest, DnsRequestOptions, Message, MessageType, OpCode, ResponseCode,
+    DnsRequest, DnsRequestOptions, Message, MessageType, OpCode, Query, ResponseCode,
 };
 use hickory_server::net::runtime::TokioRuntimeProvider;
 use hickory_server::net::tcp::TcpClientStream;
-use hickory_server::net::udp::UdpClientStream;
 use hickory_server::net::xfer::{DnsExchange, DnsHandle};
 use hickory_server::server::Request;
+use prometheus_client::metrics::counter::Counter;
 use tracing::debug;
+
+use crate::config::ForwardConfig;
+use crate::metrics::Metrics;
+use cache::{Answers, Key};
+use coalesce::{InFlight, Role};
+use udp::Sockets;
 
 /// Upstream resolvers, tried in order; one that failed recently is tried after the others
 /// (for `PENALTY`), so a dead first upstream does not cost every query a timeout.
 pub struct Forwarder {
-    upstreams: Vec<(SocketAddr, DnsExchange<TokioRuntimeProvider>)>,
+    upstreams: Vec<SocketAddr>,
     /// Per upstream: milliseconds after `epoch` of its last failure, 0 for none.
     failed_at: Vec<AtomicU64>,
     epoch: Instant,
     timeout: Duration,
     limits: Arc<Limits>,
+    sockets: Sockets,
+    answers: Answers,
+    flights: InFlight,
+    counters: Counters,
+}
+
+/// The forwarder's counters (see `Metrics`); unregistered ones when built without metrics.
+#[derive(Default)]
+struct Counters {
+    cache_hit: Counter,
+    cache_miss: Counter,
+    coalesced: Counter,
+    sockets_exhausted: Counter,
 }
 
 /// Caps on forwarded queries in flight, overall and per client network.
@@ -96,32 +130,53 @@ pub enum Failure {
 }
 
 impl Forwarder {
-    /// Prepares a UDP exchange per upstream. Must run inside the Tokio runtime.
+    /// A forwarder with the default socket bound and cache, its counters not exported.
+    /// Kept for callers that predate [`Forwarder::from_config`].
     pub fn new(
         upstreams: &[SocketAddr],
         timeout: Duration,
         max_in_flight: usize,
         max_in_flight_per_client: usize,
     ) -> Self {
-        let upstreams = upstreams
-            .iter()
-            .map(|addr| {
-                let exchange = UdpClientStream::builder(*addr, TokioRuntimeProvider::new())
-                    .with_timeout(Some(timeout))
-                    .exchange();
-                (*addr, exchange)
-            })
-            .collect::<Vec<_>>();
-        Self {
-            failed_at: upstreams.iter().map(|_| AtomicU64::new(0)).collect(),
-            upstreams,
-            epoch: Instant::now(),
+        let cfg = ForwardConfig {
+            upstreams: upstreams.to_vec(),
             timeout,
+            max_in_flight,
+            max_in_flight_per_client,
+            ..ForwardConfig::default()
+        };
+        Self::build(&cfg, Counters::default())
+    }
+
+    /// A forwarder as `cfg` says, counting cache hits, coalesced queries and socket
+    /// shortages in `metrics`.
+    pub fn from_config(cfg: &ForwardConfig, metrics: &Metrics) -> Self {
+        Self::build(
+            cfg,
+            Counters {
+                cache_hit: metrics.forward_cache(crate::metrics::CacheResult::hit),
+                cache_miss: metrics.forward_cache(crate::metrics::CacheResult::miss),
+                coalesced: metrics.forward_coalesced.clone(),
+                sockets_exhausted: metrics.forward_sockets_exhausted.clone(),
+            },
+        )
+    }
+
+    fn build(cfg: &ForwardConfig, counters: Counters) -> Self {
+        Self {
+            failed_at: cfg.upstreams.iter().map(|_| AtomicU64::new(0)).collect(),
+            upstreams: cfg.upstreams.clone(),
+            epoch: Instant::now(),
+            timeout: cfg.timeout,
             limits: Arc::new(Limits {
-                max: max_in_flight,
-                max_per_client: max_in_flight_per_client,
+                max: cfg.max_in_flight,
+                max_per_client: cfg.max_in_flight_per_client,
                 in_flight: Mutex::new((0, HashMap::new())),
             }),
+            sockets: Sockets::new(cfg.max_sockets, udp::SOCKET_WAIT),
+            answers: Answers::new(cfg.cache_bytes, cfg.cache_max_ttl),
+            flights: InFlight::default(),
+            counters,
         }
     }
 
@@ -161,12 +216,21 @@ impl Forwarder {
     }
 
     pub fn upstreams(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.upstreams.iter().map(|(a, _)| *a)
+        self.upstreams.iter().copied()
     }
 
-    /// The upstream message for the request's question, as sent by the first upstream that
-    /// answers; each failure is reported through `on_attempt`.
+    /// The longest a leader can take: UDP then TCP at every upstream, after waiting for a
+    /// socket. Followers wait no longer than this.
+    fn budget(&self) -> Duration {
+        let attempts = u32::try_from(self.upstreams.len() * 2).unwrap_or(u32::MAX);
+        self.timeout.saturating_mul(attempts) + udp::SOCKET_WAIT
+    }
+
+    /// The upstream message for the request's question: from the cache, from an identical
+    /// query already in flight, or as sent by the first upstream that answers, each failure
+    /// being reported through `on_attempt` (only for queries this call sent).
     /// `payload` is the UDP size ruddr accepts from upstreams on this client's behalf.
+    /// Owner names equal to the question are spelled as in the request.
     pub async fn forward(
         &self,
         request: &Request,
@@ -174,11 +238,69 @@ impl Forwarder {
         mut on_attempt: impl FnMut(SocketAddr, Result<(), Failure>),
     ) -> Option<(SocketAddr, Message)> {
         let query = request.queries.queries().first()?.original().clone();
-        let mut msg = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+        let dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+        let key = Key::new(
+            &query,
+            dnssec_ok,
+            request.metadata.checking_disabled,
+            request.metadata.recursion_desired,
+        );
+        if self.answers.is_enabled() {
+            if let Some(hit) = self.answers.get(&key, query.name(), Instant::now()) {
+                self.counters.cache_hit.inc();
+                return Some(hit);
+            }
+            self.counters.cache_miss.inc();
+        }
+        let restored = |outcome: Option<(SocketAddr, Message)>| {
+            outcome.map(|(addr, mut message)| {
+                cache::restore_case(&mut message, query.name());
+                (addr, message)
+            })
+        };
+        // A follower whose leader gave up asks again, once: as the leader or behind a new one.
+        for _ in 0..2 {
+            match self.flights.join(key.clone()) {
+                Role::Follow(slot) => {
+                    self.counters.coalesced.inc();
+                    match tokio::time::timeout(self.budget(), coalesce::wait(slot)).await {
+                        Ok(Some(outcome)) => return restored(outcome.as_ref().clone()),
+                        Ok(None) => continue,
+                        Err(_) => return None,
+                    }
+                }
+                Role::Lead(lead) => {
+                    let outcome = self.ask(request, &query, payload, &mut on_attempt).await;
+                    if let Some((addr, message)) = &outcome {
+                        // Before `finish`: a question arriving after it finds the cache filled.
+                        self.answers.insert(key, *addr, message, Instant::now());
+                    }
+                    lead.finish(Arc::new(outcome.clone()));
+                    return restored(outcome);
+                }
+            }
+        }
+        None
+    }
+
+    /// Asks the upstreams in turn (see [`Forwarder::forward`]), holding one socket of the bound.
+    async fn ask(
+        &self,
+        request: &Request,
+        query: &Query,
+        payload: u16,
+        on_attempt: &mut impl FnMut(SocketAddr, Result<(), Failure>),
+    ) -> Option<(SocketAddr, Message)> {
+        let Some(_socket) = self.sockets.acquire().await else {
+            self.counters.sockets_exhausted.inc();
+            debug!("every upstream socket is in use: SERVFAIL");
+            return None;
+        };
+        let mut msg = Message::new(0, MessageType::Query, OpCode::Query);
         msg.metadata.recursion_desired = request.metadata.recursion_desired;
         msg.metadata.checking_disabled = request.metadata.checking_disabled;
         msg.metadata.authentic_data = request.metadata.authentic_data;
-        msg.add_query(query);
+        msg.add_query(query.clone());
         let mut options = DnsRequestOptions::default();
         options.recursion_desired = request.metadata.recursion_desired;
         options.use_edns = request.edns.is_some();
@@ -194,14 +316,15 @@ impl Forwarder {
         }
         let mut fallback = None;
         for i in self.order() {
-            let (addr, udp) = &self.upstreams[i];
-            let req = DnsRequest::new(msg.clone(), options);
-            let result = tokio::time::timeout(self.timeout, first_response(udp, req)).await;
+            let addr = self.upstreams[i];
+            // A new random id for every attempt, as each goes from a new random port.
+            msg.metadata.id = rand::random();
+            let result = tokio::time::timeout(self.timeout, udp::exchange(addr, &msg)).await;
             let message = match result {
                 Ok(Some(m)) if m.metadata.truncation => {
                     // Truncated over UDP: ask the same upstream over TCP for the whole answer.
                     match self
-                        .over_tcp(*addr, DnsRequest::new(msg.clone(), options))
+                        .over_tcp(addr, DnsRequest::new(msg.clone(), options))
                         .await
                     {
                         Some(m) => m,
@@ -212,13 +335,13 @@ impl Forwarder {
                 Ok(None) => {
                     self.failed_at[i].store(self.now_ms(), Relaxed);
                     debug!(upstream = %addr, "upstream failed");
-                    on_attempt(*addr, Err(Failure::Error));
+                    on_attempt(addr, Err(Failure::Error));
                     continue;
                 }
                 Err(_) => {
                     self.failed_at[i].store(self.now_ms(), Relaxed);
                     debug!(upstream = %addr, timeout = ?self.timeout, "upstream timed out");
-                    on_attempt(*addr, Err(Failure::Timeout));
+                    on_attempt(addr, Err(Failure::Timeout));
                     continue;
                 }
             };
@@ -229,13 +352,13 @@ impl Forwarder {
                 // This upstream cannot answer (broken, or not serving us): try the next one, and
                 // pass this answer on only if none does better.
                 self.failed_at[i].store(self.now_ms(), Relaxed);
-                on_attempt(*addr, Err(Failure::Error));
-                fallback = Some((*addr, message));
+                on_attempt(addr, Err(Failure::Error));
+                fallback = Some((addr, message));
                 continue;
             }
             self.failed_at[i].store(0, Relaxed);
-            on_attempt(*addr, Ok(()));
-            return Some((*addr, message));
+            on_attempt(addr, Ok(()));
+            return Some((addr, message));
         }
         fallback
     }
@@ -306,3 +429,6 @@ mod limit_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,490 @@
+//! Forwarded answers kept for their TTLs (RFC 1035 §7.4, RFC 2308 for negative ones), keyed by
+//! the question and the flags that change an upstream's answer. Rebuildable data only, so moka's
+//! admission policy refusing a new key is acceptable here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, RecordType};
+
+/// What an upstream's answer depends on: the question (name case-insensitively) and the
+/// DO, CD and RD bits. RD is included because an RD=0 query to a recursive upstream gets only
+/// what it has cached, which must not be served to RD=1 clients.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    name: LowerName,
+    qtype: RecordType,
+    class: DNSClass,
+    dnssec_ok: bool,
+    checking_disabled: bool,
+    recursion_desired: bool,
+}
+
+impl Key {
+    pub fn new(
+        query: &Query,
+        dnssec_ok: bool,
+        checking_disabled: bool,
+        recursion_desired: bool,
+    ) -> Self {
+        Self {
+            name: LowerName::new(query.name()),
+            qtype: query.query_type(),
+            class: query.query_class(),
+            dnssec_ok,
+            checking_disabled,
+            recursion_desired,
+        }
+    }
+}
+
+/// One stored answer: its encoding (so the byte bound is honest), when it was stored, and how
+/// long it may be served.
+struct Stored {
+    wire: Vec<u8>,
+    upstream: SocketAddr,
+    stored_at: Instant,
+    ttl: Duration,
+}
+
+/// moka's per-entry expiry: an entry is dropped once its TTL has run out. Reads also check the
+/// age themselves, against the caller's clock, so a read never serves an expired answer.
+struct ByTtl;
+
+impl moka::Expiry<Key, Arc<Stored>> for ByTtl {
+    fn expire_after_create(
+        &self,
+        _key: &Key,
+        value: &Arc<Stored>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+
+    /// A replaced entry lives for its own TTL (the default would keep the old entry's).
+    fn expire_after_update(
+        &self,
+        _key: &Key,
+        value: &Arc<Stored>,
+        _updated_at: Instant,
+        _remaining: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// The answer cache; disabled (every lookup a miss, nothing stored) when built with 0 bytes.
+pub struct Answers {
+    entries: Option<moka::sync::Cache<Key, Arc<Stored>>>,
+    max_ttl: Duration,
+}
+
+/// Per-entry overhead counted on top of the encoded answer and the key's name.
+const ENTRY_OVERHEAD: usize = 128;
+
+impl Answers {
+    /// At most about `bytes` of answers (0: no cache), each kept at most `max_ttl`.
+    pub fn new(bytes: u64, max_ttl: Duration) -> Self {
+        let entries = (bytes > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(bytes)
+                .weigher(|key: &Key, value: &Arc<Stored>| {
+                    let size = value.wire.len() + key.name.len() + ENTRY_OVERHEAD;
+                    u32::try_from(size).unwrap_or(u32::MAX)
+                })
+                .expire_after(ByTtl)
+                .build()
+        });
+        Self { entries, max_ttl }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.entries.is_some()
+    }
+
+    /// The stored answer for `key`, its TTLs reduced by the whole seconds spent in the cache
+    /// and owner names equal to `question` spelled as the client spelled it.
+    pub fn get(&self, key: &Key, question: &Name, now: Instant) -> Option<(SocketAddr, Message)> {
+        let entries = self.entries.as_ref()?;
+        let stored = entries.get(key)?;
+        let age = now.saturating_duration_since(stored.stored_at);
+        if age >= stored.ttl {
+            entries.invalidate(key);
+            return None;
+        }
+        // Stored by `insert` from a message that was encoded without error.
+        let mut message = Message::from_vec(&stored.wire).ok()?;
+        let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+        for record in sections_mut(&mut message) {
+            record.ttl = record.ttl.saturating_sub(elapsed);
+        }
+        restore_case(&mut message, question);
+        Some((stored.upstream, message))
+    }
+
+    /// Stores `message` from `upstream` if it may be cached (see [`cache_ttl`]), with record
+    /// TTLs capped at the cache's maximum.
+    pub fn insert(&self, key: Key, upstream: SocketAddr, message: &Message, now: Instant) {
+        let Some(entries) = &self.entries else {
+            return;
+        };
+        let Some(ttl) = cache_ttl(message, self.max_ttl) else {
+            return;
+        };
+        let mut message = message.clone();
+        let cap = u32::try_from(self.max_ttl.as_secs()).unwrap_or(u32::MAX);
+        for record in sections_mut(&mut message) {
+            record.ttl = record.ttl.min(cap);
+        }
+        if is_negative(&message) {
+            // RFC 2308 §3: the SOA of a negative answer carries the negative TTL, so it counts
+            // down to 0 with the entry and clients keep the answer no longer than we do.
+            let negative = u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX);
+            for record in &mut message.authorities {
+                if matches!(record.data, RData::SOA(_)) {
+                    record.ttl = record.ttl.min(negative);
+                }
+            }
+        }
+        let Ok(wire) = message.to_vec() else {
+            return;
+        };
+        entries.insert(
+            key,
+            Arc::new(Stored {
+                wire,
+                upstream,
+                stored_at: now,
+                ttl,
+            }),
+        );
+    }
+
+    #[cfg(test)]
+    fn weighted_size(&self) -> u64 {
+        self.entries.as_ref().map_or(0, |e| {
+            e.run_pending_tasks();
+            e.weighted_size()
+        })
+    }
+}
+
+fn sections_mut(message: &mut Message) -> impl Iterator<Item = &mut hickory_proto::rr::Record> {
+    message
+        .answers
+        .iter_mut()
+        .chain(message.authorities.iter_mut())
+        .chain(message.additionals.iter_mut())
+}
+
+/// How long `message` may be served from the cache, or `None` if it must not be cached:
+/// - a positive answer: its smallest answer-record TTL;
+/// - NXDOMAIN, or NOERROR without answers (NODATA): min(SOA TTL, SOA MINIMUM) of the SOA in the
+///   authority section (RFC 2308 §5), and never without one;
+/// - anything else (SERVFAIL, REFUSED, ...), a truncated answer, or a TTL of 0: not cached.
+///
+/// Capped at `max_ttl`.
+pub fn cache_ttl(message: &Message, max_ttl: Duration) -> Option<Duration> {
+    if message.metadata.truncation {
+        return None;
+    }
+    if !matches!(
+        message.metadata.response_code,
+        ResponseCode::NoError | ResponseCode::NXDomain
+    ) {
+        return None;
+    }
+    let negative = is_negative(message);
+    let mut ttl = message.answers.iter().map(|r| r.ttl).min();
+    if negative {
+        let soa = message.authorities.iter().find_map(|r| match &r.data {
+            RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
+            _ => None,
+        })?;
+        ttl = Some(ttl.map_or(soa, |t| t.min(soa)));
+    }
+    let ttl = Duration::from_secs(u64::from(ttl?)).min(max_ttl);
+    (!ttl.is_zero()).then_some(ttl)
+}
+
+/// NXDOMAIN, or NOERROR without answers (NODATA).
+fn is_negative(message: &Message) -> bool {
+    message.metadata.response_code == ResponseCode::NXDomain || message.answers.is_empty()
+}
+
+/// Spells the question, and every owner name equal to it, as `question` (the client's case):
+/// the answer may come from another client's query or from the cache.
+pub fn restore_case(message: &mut Message, question: &Name) {
+    for query in &mut message.queries {
+        if query.name() == question {
+            query.set_name(question.clone());
+        }
+    }
+    for record in sections_mut(message) {
+        if record.name == *question {
+            record.name = question.clone();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{MessageType, OpCode};
+    use hickory_proto::rr::rdata::{A, SOA};
+    use hickory_proto::rr::Record;
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    fn key(q: &str, dnssec_ok: bool, checking_disabled: bool) -> Key {
+        Key::new(
+            &Query::query(name(q), RecordType::A),
+            dnssec_ok,
+            checking_disabled,
+            true,
+        )
+    }
+
+    fn upstream() -> SocketAddr {
+        "127.0.0.1:53".parse().unwrap()
+    }
+
+    fn answer(q: &str, ttl: u32) -> Message {
+        let mut m = Message::new(7, MessageType::Response, OpCode::Query);
+        m.add_query(Query::query(name(q), RecordType::A));
+        m.add_answer(Record::from_rdata(
+            name(q),
+            ttl,
+            RData::A(A::new(192, 0, 2, 1)),
+        ));
+        m
+    }
+
+    fn negative(code: ResponseCode, soa_ttl: Option<(u32, u32)>) -> Message {
+        let mut m = Message::new(7, MessageType::Response, OpCode::Query);
+        m.metadata.response_code = code;
+        m.add_query(Query::query(name("gone.example."), RecordType::A));
+        if let Some((ttl, minimum)) = soa_ttl {
+            let soa = SOA::new(
+                name("ns.example."),
+                name("hostmaster.example."),
+                1,
+                3600,
+                600,
+                86400,
+                minimum,
+            );
+            m.add_authority(Record::from_rdata(name("example."), ttl, RData::SOA(soa)));
+        }
+        m
+    }
+
+    #[test]
+    fn ttls_count_down_while_cached() {
+        let cache = Answers::new(1 << 20, Duration::from_secs(3600));
+        let t0 = Instant::now();
+        cache.insert(
+            key("a.example.", false, false),
+            upstream(),
+            &answer("a.example.", 300),
+            t0,
+        );
+        let get = |after: u64| {
+            cache
+                .get(
+                    &key("a.example.", false, false),
+                    &name("a.example."),
+                    t0 + Duration::from_secs(after),
+                )
+                .map(|(_, m)| m.answers[0].ttl)
+        };
+        assert_eq!(get(0), Some(300));
+        assert_eq!(get(10), Some(290));
+        assert_eq!(get(299), Some(1));
+        assert_eq!(get(300), None, "expired at its TTL");
+    }
+
+    #[test]
+    fn ttls_are_capped() {
+        let cache = Answers::new(1 << 20, Duration::from_secs(3600));
+        let t0 = Instant::now();
+        cache.insert(
+            key("a.example.", false, false),
+            upstream(),
+            &answer("a.example.", 86400),
+            t0,
+        );
+        let (_, m) = cache
+            .get(&key("a.example.", false, false), &name("a.example."), t0)
+            .unwrap();
+        assert_eq!(m.answers[0].ttl, 3600);
+        let later = t0 + Duration::from_secs(3600);
+        assert!(cache
+            .get(&key("a.example.", false, false), &name("a.example."), later)
+            .is_none());
+    }
+
+    #[test]
+    fn negative_answers_follow_rfc_2308() {
+        let max = Duration::from_secs(3600);
+        let secs = |m: &Message| cache_ttl(m, max).map(|d| d.as_secs());
+        // min(SOA TTL, SOA MINIMUM), for NXDOMAIN and NODATA alike.
+        assert_eq!(
+            secs(&negative(ResponseCode::NXDomain, Some((600, 60)))),
+            Some(60)
+        );
+        assert_eq!(
+            secs(&negative(ResponseCode::NXDomain, Some((30, 60)))),
+            Some(30)
+        );
+        assert_eq!(
+            secs(&negative(ResponseCode::NoError, Some((600, 120)))),
+            Some(120)
+        );
+        // No SOA: not cached.
+        assert_eq!(secs(&negative(ResponseCode::NXDomain, None)), None);
+        assert_eq!(secs(&negative(ResponseCode::NoError, None)), None);
+        // Failures and truncated answers are never cached.
+        assert_eq!(
+            secs(&negative(ResponseCode::ServFail, Some((600, 60)))),
+            None
+        );
+        assert_eq!(
+            secs(&negative(ResponseCode::Refused, Some((600, 60)))),
+            None
+        );
+        let mut truncated = answer("a.example.", 300);
+        truncated.metadata.truncation = true;
+        assert_eq!(secs(&truncated), None);
+        assert_eq!(
+            secs(&answer("a.example.", 0)),
+            None,
+            "TTL 0 means do not cache"
+        );
+        assert_eq!(
+            secs(&negative(ResponseCode::NXDomain, Some((86400, 86400)))),
+            Some(3600)
+        );
+
+        let cache = Answers::new(1 << 20, max);
+        let t0 = Instant::now();
+        let k = Key::new(
+            &Query::query(name("gone.example."), RecordType::A),
+            false,
+            false,
+            true,
+        );
+        cache.insert(
+            k.clone(),
+            upstream(),
+            &negative(ResponseCode::NXDomain, Some((600, 60))),
+            t0,
+        );
+        let (_, m) = cache
+            .get(&k, &name("gone.example."), t0 + Duration::from_secs(20))
+            .unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(
+            m.authorities[0].ttl, 40,
+            "the SOA counts down from the negative TTL"
+        );
+        assert!(cache
+            .get(&k, &name("gone.example."), t0 + Duration::from_secs(60))
+            .is_none());
+        let k2 = Key::new(
+            &Query::query(name("gone.example."), RecordType::MX),
+            false,
+            false,
+            true,
+        );
+        cache.insert(
+            k2.clone(),
+            upstream(),
+            &negative(ResponseCode::NXDomain, None),
+            t0,
+        );
+        assert!(cache.get(&k2, &name("gone.example."), t0).is_none());
+    }
+
+    #[test]
+    fn key_includes_do_and_cd_but_not_case() {
+        let cache = Answers::new(1 << 20, Duration::from_secs(3600));
+        let t0 = Instant::now();
+        cache.insert(
+            key("a.example.", false, false),
+            upstream(),
+            &answer("a.example.", 300),
+            t0,
+        );
+        let q = name("a.example.");
+        assert!(cache.get(&key("a.example.", true, false), &q, t0).is_none());
+        assert!(cache.get(&key("a.example.", false, true), &q, t0).is_none());
+        let rd0 = Key::new(&Query::query(q.clone(), RecordType::A), false, false, false);
+        assert!(cache.get(&rd0, &q, t0).is_none());
+        assert!(cache
+            .get(&key("A.Example.", false, false), &q, t0)
+            .is_some());
+    }
+
+    #[test]
+    fn the_clients_case_is_restored() {
+        let cache = Answers::new(1 << 20, Duration::from_secs(3600));
+        let t0 = Instant::now();
+        let mut stored = answer("www.example.", 300);
+        stored.add_answer(Record::from_rdata(
+            name("Other.example."),
+            300,
+            RData::A(A::new(192, 0, 2, 2)),
+        ));
+        cache.insert(key("www.example.", false, false), upstream(), &stored, t0);
+        let theirs = name("wWw.ExAmple.");
+        let (_, m) = cache
+            .get(&key("WWW.EXAMPLE.", false, false), &theirs, t0)
+            .unwrap();
+        assert!(m.queries[0].name().eq_case(&theirs));
+        assert!(m.answers[0].name.eq_case(&theirs));
+        assert!(
+            m.answers[1].name.eq_case(&name("Other.example.")),
+            "other owner names stay as received"
+        );
+    }
+
+    #[test]
+    fn size_is_bounded_in_bytes() {
+        let bytes = 64 * 1024;
+        let cache = Answers::new(bytes, Duration::from_secs(3600));
+        let t0 = Instant::now();
+        for i in 0..2000 {
+            let q = format!("host-{i}.example.");
+            let mut m = answer(&q, 300);
+            for j in 0..10 {
+                m.add_answer(Record::from_rdata(
+                    name(&q),
+                    300,
+                    RData::A(A::new(10, 0, 0, j)),
+                ));
+            }
+            cache.insert(key(&q, false, false), upstream(), &m, t0);
+        }
+        let size = cache.weighted_size();
+        assert!(
+            size > 0 && size <= bytes,
+            "{size} bytes cached, limit {bytes}"
+        );
+        let off = Answers::new(0, Duration::from_secs(3600));
+        off.insert(
+            key("a.example.", false, false),
+            upstream(),
+            &answer("a.example.", 300),
+            t0,
+        );
+        assert!(!off.is_enabled());
+        assert!(off
+            .get(&key("a.example.", false, false), &name("a.example."), t0)
+            .is_none());
+    }
+}
