@@ -15,8 +15,9 @@ use crate::admin::{self, Admin};
 use crate::cache::{Mirror, Update};
 use crate::config::{Config, ConfigError};
 use crate::dns::forward::Forwarder;
-use crate::dns::zones::StaticZones;
+use crate::dns::rrl::RateLimiter;
 use crate::dns::server::{Limits, Transport};
+use crate::dns::zones::StaticZones;
 use crate::dns::Handler;
 use crate::metrics::Metrics;
 use crate::persist;
@@ -60,14 +61,8 @@ pub async fn run(
         info!(%zone, records, "serving static zone");
     }
     let zones = Arc::new(arc_swap::ArcSwap::from_pointee(zones));
-    let forwarder = (!cfg.forward.upstreams.is_empty()).then(|| {
-        Forwarder::new(
-            &cfg.forward.upstreams,
-            cfg.forward.timeout,
-            cfg.forward.max_in_flight,
-            cfg.forward.max_in_flight_per_client,
-        )
-    });
+    let forwarder =
+        (!cfg.forward.upstreams.is_empty()).then(|| Forwarder::from_config(&cfg.forward, &metrics));
     if let Some(f) = &forwarder {
         let upstreams: Vec<String> = f.upstreams().map(|a| a.to_string()).collect();
         info!(upstreams = %upstreams.join(","), timeout = ?cfg.forward.timeout, "forwarding other names");
@@ -88,7 +83,21 @@ pub async fn run(
     let zone = handler.origin().to_string();
     let limits = transport_limits(&cfg);
     crate::dns::server::log_limits(&limits);
-    let transport = Transport::new(Arc::new(handler), limits, metrics.clone(), token.clone());
+    let rate_limit = RateLimiter::new(&cfg.rate_limit, &metrics);
+    if rate_limit.is_some() {
+        info!(
+            responses_per_second = cfg.rate_limit.responses_per_second,
+            slip = cfg.rate_limit.slip,
+            "response rate limiting on (UDP)",
+        );
+    }
+    let transport = Transport::new(
+        Arc::new(handler),
+        limits,
+        rate_limit,
+        metrics.clone(),
+        token.clone(),
+    );
     for addr in &cfg.listen {
         let (udp, tcp) = bind_pair(*addr).await?;
         info!(

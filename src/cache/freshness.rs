@@ -77,16 +77,28 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert_eq!(Freshness::of(false, false, None, false, None), Freshness::Empty);
-        assert_eq!(Freshness::of(false, true, None, false, None), Freshness::Empty);
-        assert_eq!(Freshness::of(true, true, None, false, Some(MIN)), Freshness::Current);
+        assert_eq!(
+            Freshness::of(false, false, None, false, None),
+            Freshness::Empty
+        );
+        assert_eq!(
+            Freshness::of(false, true, None, false, None),
+            Freshness::Empty
+        );
+        assert_eq!(
+            Freshness::of(true, true, None, false, Some(MIN)),
+            Freshness::Current
+        );
         let young = Some(Duration::from_secs(5));
         assert_eq!(
             Freshness::of(true, false, young, false, Some(MIN)),
             Freshness::Stale { age: young }
         );
         let old = Some(Duration::from_secs(61));
-        assert_eq!(Freshness::of(true, false, old, false, Some(MIN)), Freshness::Expired);
+        assert_eq!(
+            Freshness::of(true, false, old, false, Some(MIN)),
+            Freshness::Expired
+        );
         assert_eq!(
             Freshness::of(true, false, old, false, None),
             Freshness::Stale { age: old },
@@ -97,7 +109,10 @@ mod tests {
     #[test]
     fn an_unknown_age_is_older_than_any_limit() {
         let huge = Some(Duration::MAX / 2);
-        assert_eq!(Freshness::of(true, false, huge, true, Some(MIN)), Freshness::Expired);
+        assert_eq!(
+            Freshness::of(true, false, huge, true, Some(MIN)),
+            Freshness::Expired
+        );
         assert_eq!(
             Freshness::of(true, false, huge, true, None),
             Freshness::Stale { age: None }

@@ -270,7 +270,10 @@ mod tests {
             assert!(size <= limit, "{size} > {limit}");
             assert!(answers > 0 && answers < 200, "{answers}");
             // Nothing more would have fit: one more answer is over the limit.
-            assert!(size + b.answers[answers].size > limit - 60, "{size} for {limit}");
+            assert!(
+                size + b.answers[answers].size > limit - 60,
+                "{size} for {limit}"
+            );
             assert!(glue <= answers);
         }
         // A small answer fits whole, glue included.

@@ -312,6 +312,44 @@ impl Handler {
             .collect()
     }
 
+    /// The end of the wire-form name `name` that is the zone it falls in (the discovery zone,
+    /// a SkyDNS zone, else its last two labels): what response rate limiting counts NXDOMAIN
+    /// answers by.
+    pub fn zone_suffix<'n>(&self, name: &'n [u8]) -> &'n [u8] {
+        let mut starts = [0usize; 128];
+        let mut count = 0;
+        let mut at = 0;
+        while let Some(&len) = name.get(at) {
+            if len == 0 || count == starts.len() || at + 1 + usize::from(len) > name.len() {
+                break;
+            }
+            starts[count] = at;
+            count += 1;
+            at += 1 + usize::from(len);
+        }
+        let zone_labels = |apex: &LowerName| usize::from(apex.num_labels());
+        let wanted = std::iter::once(&self.apex)
+            .chain(self.sky.iter().map(|z| &z.apex))
+            .filter(|apex| {
+                let n = zone_labels(apex);
+                n <= count && {
+                    let mut labels = starts[count - n..count]
+                        .iter()
+                        .map(|&at| &name[at + 1..at + 1 + usize::from(name[at])]);
+                    apex.iter()
+                        .all(|l| labels.next().is_some_and(|w| w.eq_ignore_ascii_case(l)))
+                }
+            })
+            .map(zone_labels)
+            .max()
+            .unwrap_or(2)
+            .min(count);
+        if wanted == 0 {
+            return &name[name.len().saturating_sub(1)..];
+        }
+        &name[starts[count - wanted]..]
+    }
+
     /// The zone apex this handler is authoritative for.
     pub fn origin(&self) -> &Name {
         &self.zone.origin
@@ -590,26 +628,7 @@ impl Handler {
                 started,
             });
         }
-        let mut builder = MessageResponseBuilder::new(&request.queries, None);
-        if let Some(edns) = &reply.edns {
-            builder.edns(edns);
-        }
-        let empty: &[Record] = &[];
-        let answers = reply.built.as_deref().map_or(&[][..], |b| b.answers.as_slice());
-        let ordered = reply.order.iter().filter_map(|&i| answers.get(i));
-        let glue = reply
-            .order
-            .iter()
-            .take(reply.with_glue)
-            .filter_map(|&i| answers.get(i).and_then(|a| a.glue.as_deref()));
-        let response = builder.build(
-            reply.meta,
-            ordered.map(|a| &a.record).chain(reply.extra.iter()),
-            empty.iter(),
-            reply.soa.iter(),
-            glue,
-        );
-        let info = encode(response, &request.metadata, request.protocol(), out);
+        let info = encode_reply(request, &reply, out);
         self.observe(request, started, &info);
         if reply.from_registry && freshness.is_stale() {
             self.metrics.stale_answers.inc();
@@ -779,6 +798,33 @@ pub(crate) fn encode<'a>(
     }
 }
 
+/// Encodes a reply ruddr decided itself, its records in the reply's order.
+fn encode_reply(request: &Request, reply: &Reply, out: &mut Vec<u8>) -> ResponseInfo {
+    let mut builder = MessageResponseBuilder::new(&request.queries, None);
+    if let Some(edns) = &reply.edns {
+        builder.edns(edns);
+    }
+    let empty: &[Record] = &[];
+    let answers = reply
+        .built
+        .as_deref()
+        .map_or(&[][..], |b| b.answers.as_slice());
+    let ordered = reply.order.iter().filter_map(|&i| answers.get(i));
+    let glue = reply
+        .order
+        .iter()
+        .take(reply.with_glue)
+        .filter_map(|&i| answers.get(i).and_then(|a| a.glue.as_deref()));
+    let response = builder.build(
+        reply.meta,
+        ordered.map(|a| &a.record).chain(reply.extra.iter()),
+        empty.iter(),
+        reply.soa.iter(),
+        glue,
+    );
+    encode(response, &request.metadata, request.protocol(), out)
+}
+
 /// Encodes `reply` with no records and response code `code`.
 fn send_code(
     request: &Request,
@@ -817,11 +863,14 @@ impl ResponseHandler for Collect {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, hickory_server::net::NetError> {
-        let capped = response.edns().filter(|e| e.max_payload() > self.max_udp).map(|e| {
-            let mut c = e.clone();
-            c.set_max_payload(self.max_udp);
-            c
-        });
+        let capped = response
+            .edns()
+            .filter(|e| e.max_payload() > self.max_udp)
+            .map(|e| {
+                let mut c = e.clone();
+                c.set_max_payload(self.max_udp);
+                c
+            });
         let mut response = response;
         if let Some(c) = &capped {
             response.set_edns(c);
@@ -831,5 +880,331 @@ impl ResponseHandler for Collect {
         let mut out = self.out.lock().map_err(|_| "response buffer poisoned")?;
         let meta = Metadata::new(0, hickory_proto::op::MessageType::Response, OpCode::Query);
         Ok(encode(response, &meta, self.protocol, &mut out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{Address, Health, Instance, InstanceId, ServiceName, SourceId, Update};
+    use hickory_proto::op::{Message, Query};
+    use rand::SeedableRng;
+
+    const STALE: Freshness = Freshness::Stale { age: None };
+
+    fn instance(id: &str, addr: &str, port: u16) -> Instance {
+        Instance {
+            id: InstanceId::new(id).unwrap(),
+            address: Address::parse(addr).unwrap(),
+            port: Some(port),
+            ports: Default::default(),
+            tags: vec![],
+            weight: 1,
+            priority: 0,
+            health: Health::Passing,
+            meta: Default::default(),
+            source: SourceId::NATIVE,
+        }
+    }
+
+    /// A handler for `svc.internal.` over a mirror with `web` (3 instances) and `big` (200).
+    fn handler() -> Handler {
+        let mirror = Arc::new(Mirror::new());
+        let mut updates = Vec::new();
+        for (i, ip) in ["10.0.0.1", "10.0.0.2", "fd00::3"].iter().enumerate() {
+            updates.push(Update::Put {
+                service: ServiceName::new("web").unwrap(),
+                instance: instance(&format!("w{i}"), ip, 8080),
+            });
+        }
+        for i in 0..200u16 {
+            updates.push(Update::Put {
+                service: ServiceName::new("big").unwrap(),
+                instance: instance(
+                    &format!("b{i}"),
+                    &format!("10.1.{}.{}", i / 250, i % 250),
+                    80,
+                ),
+            });
+        }
+        mirror.apply(updates, 7);
+        let cfg = DnsConfig {
+            zone: "svc.internal.".into(),
+            ..DnsConfig::default()
+        };
+        // answer_now reads the status: a connected registry.
+        let status = Arc::new(Status::default());
+        status.set_connected();
+        Handler::new(&cfg, mirror, status, Arc::new(Metrics::new())).unwrap()
+    }
+
+    fn query(name: &str, qtype: RecordType) -> Message {
+        let mut m = Message::query();
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        m
+    }
+
+    fn with_edns(mut m: Message, payload: u16, version: u8) -> Message {
+        let mut e = Edns::new();
+        e.set_max_payload(payload);
+        e.set_version(version);
+        m.set_edns(e);
+        m
+    }
+
+    /// Answers `m` as a UDP query and decodes what would be sent.
+    fn ask(h: &Handler, m: &Message, freshness: Freshness) -> (Reply, Message) {
+        ask_over(h, m, freshness, Protocol::Udp)
+    }
+
+    fn ask_over(
+        h: &Handler,
+        m: &Message,
+        freshness: Freshness,
+        protocol: Protocol,
+    ) -> (Reply, Message) {
+        let request = Request::from_bytes(
+            m.to_vec().unwrap(),
+            "127.0.0.1:5300".parse().unwrap(),
+            protocol,
+        )
+        .unwrap();
+        let snapshot = h.mirror.load();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let reply = h.answer(
+            &Question::of(&request),
+            &Client::of(&request),
+            &snapshot,
+            freshness,
+            &mut rng,
+        );
+        let mut out = Vec::new();
+        encode_reply(&request, &reply, &mut out);
+        (reply, Message::from_vec(&out).unwrap())
+    }
+
+    fn rcode(h: &Handler, name: &str, qtype: RecordType, f: Freshness) -> ResponseCode {
+        ask(h, &query(name, qtype), f).0.meta.response_code
+    }
+
+    #[test]
+    fn protocol_checks_come_first() {
+        let h = handler();
+        let bad_version = with_edns(query("web.svc.internal.", RecordType::A), 1232, 1);
+        assert_eq!(
+            ask(&h, &bad_version, Freshness::Current)
+                .0
+                .meta
+                .response_code,
+            ResponseCode::BADVERS
+        );
+        let mut notify = query("web.svc.internal.", RecordType::A);
+        notify.metadata.op_code = OpCode::Notify;
+        assert_eq!(
+            ask(&h, &notify, Freshness::Current).0.meta.response_code,
+            ResponseCode::NotImp
+        );
+        let mut chaos = query("web.svc.internal.", RecordType::A);
+        chaos.queries[0].set_query_class(DNSClass::CH);
+        assert_eq!(
+            ask(&h, &chaos, Freshness::Current).0.meta.response_code,
+            ResponseCode::Refused
+        );
+        let mut two = query("web.svc.internal.", RecordType::A);
+        two.add_query(Query::query(
+            Name::from_ascii("x.svc.internal.").unwrap(),
+            RecordType::A,
+        ));
+        assert_eq!(
+            ask(&h, &two, Freshness::Current).0.meta.response_code,
+            ResponseCode::FormErr
+        );
+        assert_eq!(
+            rcode(&h, "svc.internal.", RecordType::AXFR, Freshness::Current),
+            ResponseCode::Refused
+        );
+        // Outside every zone, with no forwarder: REFUSED.
+        assert_eq!(
+            rcode(&h, "example.com.", RecordType::A, Freshness::Current),
+            ResponseCode::Refused
+        );
+    }
+
+    #[test]
+    fn positive_negative_and_apex_answers() {
+        let h = handler();
+        let (reply, m) = ask(
+            &h,
+            &query("wEb.SvC.InTeRnAl.", RecordType::A),
+            Freshness::Current,
+        );
+        assert_eq!(reply.meta.response_code, ResponseCode::NoError);
+        assert!(m.metadata.authoritative);
+        assert_eq!(m.answers.len(), 2);
+        assert!(m.answers.iter().all(|r| r.ttl == 5));
+        let (_, nx) = ask(
+            &h,
+            &query("nope.svc.internal.", RecordType::A),
+            Freshness::Current,
+        );
+        assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+        assert!(
+            matches!(nx.authorities[0].data, RData::SOA(_)),
+            "NXDOMAIN carries the SOA"
+        );
+        let (_, nodata) = ask(
+            &h,
+            &query("web.svc.internal.", RecordType::MX),
+            Freshness::Current,
+        );
+        assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
+        assert!(nodata.answers.is_empty() && matches!(nodata.authorities[0].data, RData::SOA(_)));
+        let (_, soa) = ask(
+            &h,
+            &query("svc.internal.", RecordType::SOA),
+            Freshness::Current,
+        );
+        let RData::SOA(s) = &soa.answers[0].data else {
+            panic!()
+        };
+        assert_eq!(s.serial, 7, "the serial is the revision");
+        assert_eq!(
+            rcode(&h, "_tcp.svc.internal.", RecordType::A, Freshness::Current),
+            ResponseCode::NoError
+        );
+        assert_eq!(
+            rcode(
+                &h,
+                "a.b.c.d.svc.internal.",
+                RecordType::A,
+                Freshness::Current
+            ),
+            ResponseCode::NXDomain
+        );
+    }
+
+    #[test]
+    fn freshness_decides_registry_names_only() {
+        let h = handler();
+        for f in [Freshness::Empty, Freshness::Expired] {
+            let (reply, m) = ask(&h, &query("web.svc.internal.", RecordType::A), f);
+            assert_eq!(reply.meta.response_code, ResponseCode::ServFail, "{f:?}");
+            assert!(!reply.meta.authoritative);
+            assert!(m.answers.is_empty());
+            assert_eq!(
+                rcode(&h, "nope.svc.internal.", RecordType::A, f),
+                ResponseCode::ServFail
+            );
+            // The apex is ruddr's own, not registry data.
+            assert_eq!(
+                rcode(&h, "svc.internal.", RecordType::SOA, f),
+                ResponseCode::NoError
+            );
+        }
+        let (reply, _) = ask(&h, &query("web.svc.internal.", RecordType::SRV), STALE);
+        let built = reply.built.unwrap();
+        assert!(
+            built.answers.iter().all(|a| a.record.ttl == 30),
+            "stale TTL replaces the TTL"
+        );
+        assert!(built
+            .answers
+            .iter()
+            .filter_map(|a| a.glue.as_deref())
+            .all(|g| g.ttl == 30));
+        assert!(reply.from_registry);
+    }
+
+    #[test]
+    fn udp_answers_are_cut_to_the_clients_buffer_with_tc() {
+        let h = handler();
+        for (payload, edns) in [(512u16, false), (1232, true), (4096, true)] {
+            let mut m = query("_big._tcp.svc.internal.", RecordType::SRV);
+            if edns {
+                m = with_edns(m, payload, 0);
+            }
+            let request = Request::from_bytes(
+                m.to_vec().unwrap(),
+                "127.0.0.1:5300".parse().unwrap(),
+                Protocol::Udp,
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            h.answer_now(&request, &mut out).ok().unwrap();
+            // ruddr's own limit is 1232 whatever the client offers.
+            assert!(
+                out.len() <= usize::from(payload.min(1232)),
+                "{} for {payload}",
+                out.len()
+            );
+            let sent = Message::from_vec(&out).unwrap();
+            assert!(
+                sent.metadata.truncation,
+                "200 SRV records do not fit {payload}"
+            );
+            assert!(!sent.answers.is_empty());
+            assert_eq!(
+                sent.edns.is_some(),
+                edns,
+                "OPT kept whenever the client sent one"
+            );
+        }
+        // Over TCP everything is sent.
+        let (_, all) = ask_over(
+            &h,
+            &query("_big._tcp.svc.internal.", RecordType::SRV),
+            Freshness::Current,
+            Protocol::Tcp,
+        );
+        assert_eq!(all.answers.len(), 200);
+        assert_eq!(all.additionals.len(), 200);
+        assert!(!all.metadata.truncation);
+    }
+
+    #[test]
+    fn order_comes_from_the_rng() {
+        let h = handler();
+        let m = query("web.svc.internal.", RecordType::SRV);
+        let request = Request::from_bytes(
+            m.to_vec().unwrap(),
+            "127.0.0.1:5300".parse().unwrap(),
+            Protocol::Udp,
+        )
+        .unwrap();
+        let snapshot = h.mirror.load();
+        let order = |seed| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            h.answer(
+                &Question::of(&request),
+                &Client::of(&request),
+                &snapshot,
+                Freshness::Current,
+                &mut rng,
+            )
+            .order
+        };
+        assert_eq!(order(1), order(1), "same seed, same order");
+        let firsts: std::collections::HashSet<usize> = (0..50).map(|s| order(s)[0]).collect();
+        assert_eq!(firsts.len(), 3, "every instance comes first for some seed");
+    }
+
+    #[test]
+    fn nxdomain_zone_for_rate_limiting() {
+        let h = handler();
+        let wire = |s: &str| {
+            let mut out = Vec::new();
+            let n = Name::from_ascii(s).unwrap();
+            let mut e = BinEncoder::new(&mut out);
+            n.emit(&mut e).unwrap();
+            out
+        };
+        let name = wire("a.b.WEB.Svc.internal.");
+        assert_eq!(h.zone_suffix(&name), wire("Svc.internal.").as_slice());
+        let other = wire("x.y.example.com.");
+        assert_eq!(h.zone_suffix(&other), wire("example.com.").as_slice());
+        let root = wire(".");
+        assert_eq!(h.zone_suffix(&root), root.as_slice());
+        // Cut short: no panic.
+        assert!(h.zone_suffix(&name[..5]).len() <= 5);
     }
 }

@@ -11,8 +11,8 @@ pub mod handler;
 pub mod name;
 pub mod records;
 pub mod route;
-pub mod server;
 pub mod rrl;
+pub mod server;
 pub mod skydns;
 pub mod zones;
 

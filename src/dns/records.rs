@@ -215,7 +215,8 @@ impl Zone {
                 // A TXT character-string holds at most 255 bytes: split longer ones.
                 let strings: Vec<String> = strings.iter().flat_map(|s| split_255(s)).collect();
                 if !strings.is_empty() {
-                    let record = Record::from_rdata(qname.clone(), ttl, RData::TXT(TXT::new(strings)));
+                    let record =
+                        Record::from_rdata(qname.clone(), ttl, RData::TXT(TXT::new(strings)));
                     built.push(record, 0, 1, None);
                 }
             }
@@ -486,7 +487,11 @@ mod tests {
             30,
         );
         assert!(b.answers.iter().all(|a| a.record.ttl == 30));
-        assert!(b.answers.iter().filter_map(|a| a.glue.as_deref()).all(|r| r.ttl == 30));
+        assert!(b
+            .answers
+            .iter()
+            .filter_map(|a| a.glue.as_deref())
+            .all(|r| r.ttl == 30));
     }
 
     #[test]

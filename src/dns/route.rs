@@ -96,13 +96,25 @@ mod tests {
         assert_eq!(case("1.0.0.10.in-addr.arpa.", None), "outside");
         // A static parent does not shadow the discovery zone; a static child wins inside it.
         assert_eq!(case("web.svc.internal.", Some("internal.")), "registry");
-        assert_eq!(case("db.legacy.svc.internal.", Some("legacy.svc.internal.")), "static");
+        assert_eq!(
+            case("db.legacy.svc.internal.", Some("legacy.svc.internal.")),
+            "static"
+        );
         assert_eq!(case("www.example.com.", Some("example.com.")), "static");
         // The deepest SkyDNS zone; a static zone only over a shallower one.
         assert_eq!(case("a.west.skydns.local.", None), "sky skydns.local.");
         assert_eq!(case("a.east.skydns.local.", None), "sky east.skydns.local.");
-        assert_eq!(case("a.east.skydns.local.", Some("local.")), "sky east.skydns.local.");
-        assert_eq!(case("x.old.skydns.local.", Some("old.skydns.local.")), "static");
-        assert_eq!(case("x.old.east.skydns.local.", Some("east.skydns.local.")), "sky east.skydns.local.");
+        assert_eq!(
+            case("a.east.skydns.local.", Some("local.")),
+            "sky east.skydns.local."
+        );
+        assert_eq!(
+            case("x.old.skydns.local.", Some("old.skydns.local.")),
+            "static"
+        );
+        assert_eq!(
+            case("x.old.east.skydns.local.", Some("east.skydns.local.")),
+            "sky east.skydns.local."
+        );
     }
 }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use hickory_proto::op::{Header, Metadata, MessageType, ResponseCode};
+use hickory_proto::op::{Header, MessageType, Metadata, ResponseCode};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::rrl::{Kind, RateLimiter, Verdict};
 use super::Handler;
 use crate::metrics::Metrics;
 
@@ -57,6 +58,8 @@ pub struct Transport {
     tasks: TaskTracker,
     pending: Arc<Semaphore>,
     connections: Arc<Connections>,
+    /// Response rate limiting over UDP (`None`: off).
+    rate_limit: Option<RateLimiter>,
     logged: Logged,
 }
 
@@ -130,6 +133,7 @@ impl Transport {
     pub fn new(
         handler: Arc<Handler>,
         limits: Limits,
+        rate_limit: Option<RateLimiter>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
@@ -141,6 +145,7 @@ impl Transport {
             metrics,
             shutdown,
             tasks: TaskTracker::new(),
+            rate_limit,
             logged: Logged::default(),
         })
     }
@@ -148,13 +153,15 @@ impl Transport {
     /// Serves `socket` until shutdown.
     pub fn serve_udp(self: &Arc<Self>, socket: UdpSocket) {
         let this = self.clone();
-        self.tasks.spawn(async move { this.udp_loop(Arc::new(socket)).await });
+        self.tasks
+            .spawn(async move { this.udp_loop(Arc::new(socket)).await });
     }
 
     /// Accepts on `listener` until shutdown.
     pub fn serve_tcp(self: &Arc<Self>, listener: TcpListener) {
         let this = self.clone();
-        self.tasks.spawn(async move { this.accept_loop(listener).await });
+        self.tasks
+            .spawn(async move { this.accept_loop(listener).await });
     }
 
     /// Waits for the listeners and in-flight queries to end after shutdown, at most `grace`.
@@ -188,14 +195,15 @@ impl Transport {
                 }
                 Decoded::Malformed(header) => {
                     format_error(&header, &mut out);
-                    send_udp(&socket, &out, src).await;
+                    self.reply_udp(&socket, &mut out, src, &buf[..len]).await;
                     continue;
                 }
                 Decoded::Request(r) => r,
             };
             let deferred = match self.handler.answer_now(&request, &mut out) {
                 Ok(()) => {
-                    send_udp(&socket, &out, src).await;
+                    self.reply_udp(&socket, &mut out, src, request.as_slice())
+                        .await;
                     continue;
                 }
                 Err(deferred) => deferred,
@@ -209,7 +217,8 @@ impl Transport {
                     );
                 }
                 self.handler.answer_busy(&request, &mut out);
-                send_udp(&socket, &out, src).await;
+                self.reply_udp(&socket, &mut out, src, request.as_slice())
+                    .await;
                 continue;
             };
             let (this, socket) = (self.clone(), socket.clone());
@@ -218,8 +227,9 @@ impl Transport {
                 this.handler
                     .answer_later(&request, deferred, &mut out)
                     .await;
-                send_udp(&socket, &out, src).await;
                 drop(permit);
+                this.reply_udp(&socket, &mut out, src, request.as_slice())
+                    .await;
             });
         }
     }
@@ -366,6 +376,66 @@ impl Transport {
             tokio::time::timeout(self.limits.tcp_idle_timeout, write.write_all(&frame)).await,
             Ok(Ok(()))
         )
+    }
+}
+
+impl Transport {
+    /// Sends the UDP response in `out` to the query `query`, unless the response rate limit
+    /// says to drop it or to send an empty truncated answer instead (TCP is never limited).
+    async fn reply_udp(&self, socket: &UdpSocket, out: &mut Vec<u8>, to: SocketAddr, query: &[u8]) {
+        if let (Some(limiter), Some(&flags)) = (&self.rate_limit, out.get(3)) {
+            let name = question_name(query).unwrap_or(&[]);
+            let kind = match ResponseCode::from_low(flags & 0x0f) {
+                ResponseCode::NoError => Kind::Answer { name },
+                ResponseCode::NXDomain => Kind::NxDomain {
+                    zone: self.handler.zone_suffix(name),
+                },
+                _ => Kind::Error,
+            };
+            match limiter.check(to.ip(), kind, Instant::now()) {
+                Verdict::Send => {}
+                Verdict::Drop => return,
+                Verdict::Slip => slip(out, query),
+            }
+        }
+        send_udp(socket, out, to).await
+    }
+}
+
+/// The question's name in a query, in wire form with its final zero byte; `None` when there
+/// is no question or it is compressed or cut short.
+fn question_name(query: &[u8]) -> Option<&[u8]> {
+    if query.get(4..6)? == [0, 0] {
+        return None;
+    }
+    let mut at = 12;
+    loop {
+        let len = usize::from(*query.get(at)?);
+        if len == 0 {
+            return query.get(12..=at);
+        }
+        if len > 63 {
+            return None;
+        }
+        at += 1 + len;
+    }
+}
+
+/// Turns the response in `out` into an empty truncated one (TC set, the question kept, no
+/// records), so a client over the rate limit retries over TCP (a "slip").
+fn slip(out: &mut Vec<u8>, query: &[u8]) {
+    out.truncate(12);
+    if out.len() < 12 {
+        return;
+    }
+    out[2] |= 0x02; // TC
+    out[6..12].fill(0);
+    match question_name(query).and_then(|n| query.get(12..12 + n.len() + 4)) {
+        Some(question) => {
+            out[4..6].copy_from_slice(&[0, 1]);
+            out.extend_from_slice(question);
+        }
+        None => out[4..6].fill(0),
     }
 }
 
@@ -614,10 +684,48 @@ mod tests {
         let (_x3, evicted) = table.admit(ip("10.0.0.1"), &l);
         assert_eq!(evicted, 1);
         assert!(x1.closed.is_cancelled());
-        assert!(!other.closed.is_cancelled(), "another client is never closed for it");
+        assert!(
+            !other.closed.is_cancelled(),
+            "another client is never closed for it"
+        );
         assert_eq!(table.table().per_client[&ip("10.0.0.1")], 2);
         drop(other);
         assert!(!table.table().per_client.contains_key(&ip("10.0.0.2")));
+    }
+
+    #[test]
+    fn slip_is_an_empty_truncated_answer_with_the_question() {
+        use hickory_proto::op::{Message, Query};
+        use hickory_proto::rr::{Name, RecordType};
+        let mut q = Message::query();
+        q.add_query(Query::query(
+            Name::from_ascii("Web.svc.internal.").unwrap(),
+            RecordType::A,
+        ));
+        let query = q.to_vec().unwrap();
+        assert_eq!(
+            question_name(&query).unwrap(),
+            b"\x03Web\x03svc\x08internal\x00"
+        );
+        let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+        r.add_query(q.queries[0].clone());
+        r.add_answer(hickory_proto::rr::Record::from_rdata(
+            Name::from_ascii("web.svc.internal.").unwrap(),
+            5,
+            hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(10, 0, 0, 1)),
+        ));
+        let mut out = r.to_vec().unwrap();
+        slip(&mut out, &query);
+        let slipped = Message::from_vec(&out).unwrap();
+        assert!(slipped.metadata.truncation);
+        assert_eq!(slipped.metadata.id, q.metadata.id);
+        assert!(slipped.answers.is_empty() && slipped.additionals.is_empty());
+        assert_eq!(slipped.queries, q.queries);
+        // Names that cannot be read: no question, a pointer, cut short.
+        assert_eq!(question_name(&[0; 12]), None);
+        let mut cut = query.clone();
+        cut.truncate(16);
+        assert_eq!(question_name(&cut), None);
     }
 
     #[test]
@@ -628,7 +736,10 @@ mod tests {
         let mut response = [0u8; 12];
         response[2] = 0x80;
         response[5] = 1; // one question that is not there
-        assert!(matches!(decode(&response, src, Protocol::Udp), Decoded::Drop));
+        assert!(matches!(
+            decode(&response, src, Protocol::Udp),
+            Decoded::Drop
+        ));
         // A query with a question count but no question: FORMERR with its id.
         let mut query = [0u8; 12];
         query[0] = 0xab;

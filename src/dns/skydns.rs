@@ -143,7 +143,8 @@ impl SkyZone {
                         if target == owner {
                             continue; // x CNAME x is a loop
                         }
-                        let record = Record::from_rdata(owner.clone(), ttl, RData::CNAME(CNAME(target)));
+                        let record =
+                            Record::from_rdata(owner.clone(), ttl, RData::CNAME(CNAME(target)));
                         built.push(record, 0, r.weight.max(1), None);
                         built.single = true;
                     }
@@ -206,7 +207,8 @@ impl SkyZone {
                     continue;
                 }
                 let ttl = self.ttl_of(r, stale_ttl);
-                let record = Record::from_rdata(owner.clone(), ttl, RData::TXT(TXT::new(split_255(text))));
+                let record =
+                    Record::from_rdata(owner.clone(), ttl, RData::TXT(TXT::new(split_255(text))));
                 built.push(record, 0, 1, None);
             }
         }
@@ -283,7 +285,10 @@ mod tests {
     }
 
     fn data(b: &Built) -> Vec<String> {
-        b.answers.iter().map(|a| a.record.data.to_string()).collect()
+        b.answers
+            .iter()
+            .map(|a| a.record.data.to_string())
+            .collect()
     }
 
     #[test]
