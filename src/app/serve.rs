@@ -20,7 +20,7 @@ use crate::dns::zones::StaticZones;
 use crate::dns::Handler;
 use crate::metrics::Metrics;
 use crate::persist;
-use crate::registry::{self, Status, Watcher};
+use crate::registry::{self, Layout, Source, Status, Watcher};
 
 /// How long in-flight queries may take to finish after a shutdown signal.
 const GRACE: Duration = Duration::from_secs(5);
@@ -76,7 +76,7 @@ pub async fn run(
     }
     let handler = Handler::new(&cfg.dns, mirror.clone(), status.clone(), metrics.clone())
         .context("building the DNS handler")?;
-    let sky = sky_zones(&cfg, &sources, &handler)?;
+    let sky = sky_zones(&sources, &handler)?;
     let handler = handler.with_sky(sky).with_outside(
         zones.clone(),
         forwarder,
@@ -126,8 +126,8 @@ pub async fn run(
     };
 
     let client = registry::connect(&cfg.etcd).await?;
-    for s in &sources[1..] {
-        info!(format = %s.format, prefix = %s.prefix, "reading a framework layout");
+    for s in sources.iter().filter(|s| s.layout != Layout::Native) {
+        info!(format = %s.layout, prefix = %s.prefix, "reading a framework layout");
     }
     // Test-only fault injection: the watcher panics this many times once established.
     let inject = Arc::new(std::sync::atomic::AtomicU32::new(
@@ -213,24 +213,25 @@ fn raise_open_file_limit() {
     }
 }
 
-/// The zones of the SkyDNS sources, each tied to its source (`sources` as
-/// [`Config::registry_sources`] made them: the native one, then one per `[[sources]]` entry).
+/// The zones of the SkyDNS sources, each tied to its source and TTL.
 fn sky_zones(
-    cfg: &Config,
-    sources: &[registry::formats::Source],
+    sources: &[Source],
     handler: &Handler,
 ) -> anyhow::Result<Vec<crate::dns::skydns::SkyZone>> {
     use hickory_proto::rr::{LowerName, Name};
     let mut out = Vec::new();
-    for (conf, source) in cfg.sources.iter().zip(&sources[1..]) {
-        for zone in &conf.zones {
+    for source in sources {
+        let Layout::Skydns { zones, ttl } = &source.layout else {
+            continue;
+        };
+        for zone in zones {
             let origin = Name::from_ascii(zone).with_context(|| format!("skydns zone {zone}"))?;
             info!(zone = %origin, prefix = %source.prefix, "answering a skydns zone");
             out.push(crate::dns::skydns::SkyZone {
                 apex: LowerName::new(&origin),
                 zone: handler.zone_for(origin)?,
                 source: source.id,
-                ttl: conf.ttl,
+                ttl: *ttl,
             });
         }
     }
@@ -272,7 +273,7 @@ async fn reload_zones_on_sighup(
 fn restore_snapshot(
     path: &std::path::Path,
     max_bytes: u64,
-    sources: &[registry::formats::Source],
+    sources: &[Source],
     mirror: &Mirror,
     status: &Status,
 ) {

@@ -2,14 +2,18 @@
 //! and re-list, and the parsing of keys and values into [`crate::cache`] types.
 
 mod backoff;
-pub mod formats;
+pub mod layout;
 pub mod list;
-mod parse;
+mod source;
 mod status;
 mod watcher;
 
 pub use backoff::Backoff;
-pub use parse::{encode_value, parse_entry, parse_key, parse_value, EntryError};
+pub use layout::native::{
+    encode_value, entry as parse_entry, key as parse_key, value as parse_value,
+};
+pub use layout::{Entry, EntryError, Format, Key, Layout};
+pub use source::Source;
 pub use status::{Problem, Status};
 pub use watcher::{connect, progress_interval, supervise, Watcher};
 

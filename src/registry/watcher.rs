@@ -16,9 +16,9 @@ use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::formats::{Entry, Key, Source};
 use super::list::{list, Listed};
 use super::{is_source_error, Backoff, ErrorKind, RegistryError, Status};
+use super::{Entry, Key, Source};
 use crate::cache::{Mirror, Update};
 use crate::config::EtcdConfig;
 use crate::metrics::Metrics;
@@ -165,7 +165,7 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Watches `sources` (at least one; the native prefix comes first by convention).
+    /// Watches `sources`, each listed and watched on its own revision.
     pub fn new(
         client: Client,
         cfg: &EtcdConfig,
@@ -610,7 +610,7 @@ impl Watcher {
         }
         info!(
             prefix = %source.prefix,
-            format = %source.format,
+            format = %source.layout,
             revision,
             pages = header.pages,
             instances = count,
@@ -629,7 +629,7 @@ impl Watcher {
         if w.refused.as_deref() != Some(reason.as_str()) {
             error!(
                 prefix = %w.source.prefix,
-                format = %w.source.format,
+                format = %w.source.layout,
                 %reason,
                 retry_in = ?self.source_retry,
                 "etcd refuses this source; its names keep their last known data",
@@ -718,7 +718,7 @@ struct Batch {
 fn warn_skipped(source: &Source, key: &[u8], error: &super::EntryError) {
     warn!(
         key = %String::from_utf8_lossy(key),
-        format = %source.format,
+        format = %source.layout,
         %error,
         "skipping registry entry",
     );
