@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::ServiceName;
+use crate::cache::{DomainLabel, ServiceName};
 use crate::cli::{EtcdArgs, ServeArgs};
 use crate::registry::{Format, Layout, Source};
 
@@ -758,13 +758,7 @@ fn normalize_name(option: &'static str, name: &str) -> Result<String, ConfigErro
     if !n.ends_with('.') {
         n.push('.');
     }
-    let labels_ok = n == "."
-        || n[..n.len() - 1].split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
+    let labels_ok = n == "." || n[..n.len() - 1].split('.').all(DomainLabel::is_valid);
     if !labels_ok || n.len() > 254 {
         return Err(invalid(option, format!("{name:?} is not a domain name")));
     }

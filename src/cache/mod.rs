@@ -6,6 +6,6 @@ mod types;
 
 pub use mirror::{InstanceKey, Mirror, Service, Snapshot};
 pub use types::{
-    Address, DomainKey, DomainRecord, Health, Instance, InstanceId, InvalidAddress, InvalidLabel,
-    Meta, Ports, ServiceName, SourceId, Update,
+    Address, DomainKey, DomainLabel, DomainRecord, Health, Instance, InstanceId, InvalidAddress,
+    InvalidDomainLabel, InvalidLabel, Meta, Ports, ServiceName, SourceId, Update,
 };

@@ -10,7 +10,7 @@ mod watcher;
 
 pub use backoff::Backoff;
 pub use layout::native::{
-    encode_value, entry as parse_entry, key as parse_key, value as parse_value,
+    encode_key, encode_value, entry as parse_entry, key as parse_key, value as parse_value,
 };
 pub use layout::{Entry, EntryError, Format, Key, Layout};
 pub use source::Source;

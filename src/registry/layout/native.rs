@@ -26,6 +26,12 @@ struct RawValue {
     meta: BTreeMap<String, serde_json::Value>,
 }
 
+/// The key of `service`'s instance `id` under `prefix`: `<prefix><service>/<instance-id>`;
+/// [`key`] reads it back.
+pub fn encode_key(prefix: &str, service: &ServiceName, id: &InstanceId) -> String {
+    format!("{prefix}{service}/{id}")
+}
+
 /// Splits `<prefix><service>/<instance-id>` into its parts.
 pub fn key(prefix: &str, key: &[u8]) -> Result<(ServiceName, InstanceId), EntryError> {
     let key = std::str::from_utf8(key).map_err(|_| EntryError::KeyShape)?;
@@ -164,6 +170,17 @@ mod tests {
         let encoded = encode_value(&bare);
         assert!(encoded.contains(r#""meta":{}"#), "{encoded}");
         assert_eq!(value(i.id.clone(), encoded.as_bytes()).unwrap(), bare);
+    }
+
+    #[test]
+    fn encode_key_then_key_is_the_identity() {
+        let (svc, id) = (
+            ServiceName::new("Web").unwrap(),
+            InstanceId::new("web-1").unwrap(),
+        );
+        let k = encode_key(P, &svc, &id);
+        assert_eq!(k, "/ruddr/services/web/web-1");
+        assert_eq!(key(P, k.as_bytes()).unwrap(), (svc, id));
     }
 
     #[test]
