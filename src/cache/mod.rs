@@ -4,7 +4,7 @@
 mod mirror;
 mod types;
 
-pub use mirror::{InstanceKey, Mirror, Service, Snapshot};
+pub use mirror::{InstanceKey, KeyOwner, Mirror, Service, Snapshot};
 pub use types::{
     Address, DomainKey, DomainLabel, DomainRecord, Health, Instance, InstanceId, InvalidAddress,
     InvalidDomainLabel, InvalidLabel, Meta, Ports, ServiceName, SourceId, Update,

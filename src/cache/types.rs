@@ -368,6 +368,16 @@ pub enum Update {
         id: InstanceId,
         source: SourceId,
     },
+    /// Everything one registry key holds now, for layouts where one key holds several
+    /// instances (go-micro: one key, the nodes of its value). Replaces the instances that `key`
+    /// (the key's own id) gave before: ids no longer listed are removed, and an empty list
+    /// (the key was deleted) removes them all. Other keys' instances are left alone.
+    Replace {
+        service: ServiceName,
+        source: SourceId,
+        key: InstanceId,
+        instances: Vec<Instance>,
+    },
     /// A SkyDNS entry was written.
     DomainPut {
         key: DomainKey,
@@ -377,6 +387,8 @@ pub enum Update {
     DomainDelete { key: DomainKey },
     /// Everything one source holds, as listed at one revision: replaces that source's
     /// instances and entries (everything when `source` is `None`) and leaves the others alone.
+    /// It also forgets which keys held that source's instances: a [`Update::Replace`] per key
+    /// in the same batch records them again.
     Reset {
         source: Option<SourceId>,
         instances: Vec<(ServiceName, Instance)>,

@@ -4,7 +4,7 @@
 use super::layout::{
     etcd_naming, go_micro, go_zero, kratos, native, skydns, Entry, EntryError, Key, Layout,
 };
-use crate::cache::{SourceId, Update};
+use crate::cache::{Instance, SourceId, Update};
 
 /// One watched prefix and how to read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,19 +88,31 @@ impl Source {
             }
         };
         let text = || std::str::from_utf8(value).map_err(|_| EntryError::NotUtf8);
-        let instance = match &self.layout {
-            Layout::Native => Some(native::value(id, value)?),
-            Layout::EtcdNaming { .. } => etcd_naming::value(id, text()?)?,
-            Layout::GoZero { .. } => Some(go_zero::value(id, text()?)?),
-            Layout::Kratos => Some(kratos::value(id, text()?)?),
-            Layout::GoMicro => Some(go_micro::value(id, text()?)?),
-            // Its keys name domains, handled above.
+        let one = |instance: Instance| Entry::Instance(service.clone(), instance);
+        let mut entry = match &self.layout {
+            Layout::Native => one(native::value(id, value)?),
+            Layout::EtcdNaming { .. } => match etcd_naming::value(id, text()?)? {
+                Some(instance) => one(instance),
+                None => return Ok(None),
+            },
+            Layout::GoZero { .. } => one(go_zero::value(id, text()?)?),
+            Layout::Kratos => one(kratos::value(id, text()?)?),
+            Layout::GoMicro => Entry::Instances {
+                instances: go_micro::value(id.clone(), text()?)?,
+                service: service.clone(),
+                key: id,
+            },
+            // Its keys name domains: handled above.
             Layout::Skydns { .. } => return Err(EntryError::KeyShape),
         };
-        Ok(instance.map(|mut i| {
-            i.source = self.id;
-            Entry::Instance(service, i)
-        }))
+        match &mut entry {
+            Entry::Instance(_, i) => i.source = self.id,
+            Entry::Instances { instances, .. } => {
+                instances.iter_mut().for_each(|i| i.source = self.id)
+            }
+            Entry::Domain(..) => {}
+        }
+        Ok(Some(entry))
     }
 
     /// The mirror update for a written key. An empty value (a marker, or written over an
@@ -108,6 +120,16 @@ impl Source {
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<Option<Update>, EntryError> {
         Ok(match self.entry(key, value)? {
             Some(Entry::Instance(service, instance)) => Some(Update::Put { service, instance }),
+            Some(Entry::Instances {
+                service,
+                key,
+                instances,
+            }) => Some(Update::Replace {
+                service,
+                source: self.id,
+                key,
+                instances,
+            }),
             Some(Entry::Domain(key, record)) => Some(Update::DomainPut { key, record }),
             None => self.delete(key),
         })
@@ -117,6 +139,12 @@ impl Source {
     /// never in the mirror).
     pub fn delete(&self, key: &[u8]) -> Option<Update> {
         Some(match self.key(key).ok()? {
+            Key::Instance(service, key) if self.layout == Layout::GoMicro => Update::Replace {
+                service,
+                source: self.id,
+                key,
+                instances: Vec::new(),
+            },
             Key::Instance(service, id) => Update::Delete {
                 service,
                 id,
@@ -157,16 +185,32 @@ mod tests {
     fn every_layout_reads_through_its_source() {
         let micro = framework(Layout::GoMicro, "/micro/registry/");
         let v = r#"{"nodes":[{"id":"n1","address":"10.0.0.8:80"}]}"#;
-        let Some(Entry::Instance(svc, i)) = micro
+        let Some(Entry::Instances {
+            service,
+            key,
+            instances,
+        }) = micro
             .entry(b"/micro/registry/greeter/n1", v.as_bytes())
             .unwrap()
         else {
             panic!()
         };
+        let i = &instances[0];
         assert_eq!(
-            (svc.as_str(), i.id.as_str(), i.source),
-            ("greeter", "n1", micro.id)
+            (service.as_str(), key.as_str(), i.id.as_str(), i.source),
+            ("greeter", "n1", "n1", micro.id)
         );
+        let kratos = framework(Layout::Kratos, "/microservices");
+        let Some(Entry::Instance(_, i)) = kratos
+            .entry(
+                b"/microservices/a/b",
+                br#"{"endpoints":["grpc://10.0.0.1:1"]}"#,
+            )
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(i.source, kratos.id);
         let named = framework(
             Layout::EtcdNaming {
                 service: Some(ServiceName::new("api").unwrap()),
@@ -254,6 +298,34 @@ mod tests {
         assert!(Source::native("/ruddr/services/")
             .put(b"/ruddr/services/a/b", b"")
             .is_err());
+    }
+
+    #[test]
+    fn a_go_micro_key_puts_and_deletes_all_its_nodes() {
+        let micro = framework(Layout::GoMicro, "/micro/registry/");
+        let key = b"/micro/registry/greeter/greeter-a";
+        let v = br#"{"nodes":[{"id":"greeter-a","address":"10.0.0.1:80"},{"id":"greeter-b","address":"10.0.0.2:80"},{"id":"greeter-c","address":"10.0.0.3:80"}]}"#;
+        let Some(Update::Replace {
+            service,
+            source,
+            key: owner,
+            instances,
+        }) = micro.put(key, v).unwrap()
+        else {
+            panic!("a replace of the key's instances")
+        };
+        assert_eq!(
+            (service.as_str(), owner.as_str(), source),
+            ("greeter", "greeter-a", micro.id)
+        );
+        assert_eq!(instances.len(), 3);
+        assert!(instances.iter().all(|i| i.source == micro.id));
+        for gone in [micro.delete(key), micro.put(key, b"").unwrap()] {
+            assert!(
+                matches!(gone, Some(Update::Replace { instances, .. }) if instances.is_empty()),
+                "a delete (or marker) removes every node of the key"
+            );
+        }
     }
 
     #[test]

@@ -539,6 +539,9 @@ impl Watcher {
         let source = &self.sources[i].source;
         let current = self.mirror.load_full();
         let mut instances = Vec::new();
+        // Keys holding several instances: they go into the listing, and their ownership is
+        // recorded again (a reset forgets it).
+        let mut keyed = Vec::new();
         let mut domains = Vec::new();
         let mut skipped = 0usize;
         let metrics = &self.metrics;
@@ -547,6 +550,7 @@ impl Watcher {
                 Listed::Kv(kv) => kv,
                 Listed::Restart => {
                     instances.clear();
+                    keyed.clear();
                     domains.clear();
                     skipped = 0;
                     return;
@@ -554,6 +558,14 @@ impl Watcher {
             };
             match source.entry(kv.key(), kv.value()) {
                 Ok(Some(Entry::Instance(service, instance))) => instances.push((service, instance)),
+                Ok(Some(Entry::Instances {
+                    service,
+                    key,
+                    instances: several,
+                })) => {
+                    instances.extend(several.iter().map(|i| (service.clone(), i.clone())));
+                    keyed.push((service, key, several));
+                }
                 Ok(Some(Entry::Domain(key, record))) => domains.push((key, record)),
                 Ok(None) => {}
                 Err(error) => {
@@ -563,6 +575,11 @@ impl Watcher {
                     // A bad value over a good one keeps the good one, as the watch path does.
                     match source.key(kv.key()) {
                         Ok(Key::Instance(service, id)) => {
+                            if let Some(prev) = current.key_instances(source.id, &service, &id) {
+                                instances.extend(prev.iter().map(|i| (service.clone(), i.clone())));
+                                keyed.push((service, id, prev));
+                                return;
+                            }
                             let prev = current
                                 .service(service.as_str())
                                 .and_then(|s| s.instances.get(&(id, source.id)));
@@ -596,14 +613,22 @@ impl Watcher {
         let source = &self.sources[i].source;
         let (count, entries) = (instances.len(), domains.len());
         self.high = self.high.max(revision);
-        let applied = self.mirror.apply(
-            [Update::Reset {
-                source: Some(source.id),
+        let replaces = keyed
+            .into_iter()
+            .map(|(service, key, instances)| Update::Replace {
+                service,
+                source: source.id,
+                key,
                 instances,
-                domains,
-            }],
-            self.high,
-        );
+            });
+        let reset = Update::Reset {
+            source: Some(source.id),
+            instances,
+            domains,
+        };
+        let applied = self
+            .mirror
+            .apply(std::iter::once(reset).chain(replaces), self.high);
         if header.keys >= TRIM_AFTER_KEYS {
             // The pages and the parsed listing are gone now: give their memory back.
             tokio::task::spawn_blocking(crate::memory::trim);

@@ -129,6 +129,12 @@ pub enum Key {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
     Instance(ServiceName, Instance),
+    /// Every instance of a key that holds several (go-micro); `key` is the key's own id.
+    Instances {
+        service: ServiceName,
+        key: InstanceId,
+        instances: Vec<Instance>,
+    },
     Domain(DomainKey, DomainRecord),
 }
 
@@ -161,6 +167,8 @@ pub enum EntryError {
     Missing(&'static str),
     #[error("{0} {1} is out of range")]
     Field(&'static str, i64),
+    #[error("node id {0:?} appears twice (as an instance label)")]
+    DuplicateNode(String),
 }
 
 /// Turns any string into a DNS label: lower case, other characters as `-`, at most 63 bytes.
