@@ -6,6 +6,7 @@ pub mod layout;
 pub mod list;
 mod source;
 mod status;
+mod watch_set;
 mod watcher;
 
 pub use backoff::Backoff;

@@ -3,7 +3,6 @@
 //! native prefix and each framework layout) is listed and watched on its own revision, over one
 //! gRPC watch stream, so a compaction behind one source re-lists that source alone.
 
-use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -17,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::list::{list, Listed};
+use super::watch_set::{Action, Event, Header, Response, WatchSet};
 use super::{is_source_error, Backoff, ErrorKind, RegistryError, Status};
 use super::{Entry, Key, Source};
 use crate::cache::{Mirror, Update};
@@ -318,19 +318,14 @@ impl Watcher {
                 }
             }
         }
-        let mut session = Session {
-            starts: vec![0; self.sources.len()],
-            ..Session::default()
-        };
+        let sources = self.sources.iter().map(|w| w.source.clone()).collect();
+        let mut set = WatchSet::new(sources, self.cluster_id);
         let mut stream: Option<etcd_client::WatchStream> = None;
-        // etcd handles a stream's create requests in order: the n-th `created` is the n-th
-        // source watched.
         for (i, w) in self.sources.iter().enumerate() {
             if w.refused.is_some() {
                 continue;
             }
             let start = w.revision.unwrap_or(0) + 1;
-            session.starts[i] = start;
             // Fragmented: a catch-up larger than a message arrives in parts, each within the
             // decode limit; its events count only once the last part is in.
             let opts = WatchOptions::new()
@@ -343,7 +338,7 @@ impl Watcher {
                 None => stream = Some(self.watch.watch(key, Some(opts)).await?),
                 Some(s) => s.watch(key, Some(opts)).await?,
             }
-            session.pending.push_back(i);
+            set.watching(i, start);
         }
         let mut retry = tokio::time::interval_at(
             tokio::time::Instant::now() + self.source_retry,
@@ -382,130 +377,115 @@ impl Watcher {
                 }
             };
             let mut batch = Batch::default();
-            self.receive(msg?, &mut session, &mut batch).await?;
+            self.receive(msg?, &mut set, &mut batch).await?;
             // Coalesce a burst: what etcd has already sent is applied and published as one
             // snapshot rather than one per message.
             while batch.updates.len() < COALESCE_MAX {
                 let Some(msg) = stream.message().now_or_never() else {
                     break;
                 };
-                self.receive(msg?, &mut session, &mut batch).await?;
+                self.receive(msg?, &mut set, &mut batch).await?;
             }
             self.commit(batch);
         }
     }
 
-    /// Takes one watch message: watch bookkeeping, or its events into `batch`.
+    /// Takes one watch message: carries out what `set` makes of it, events into `batch`.
     async fn receive(
         &mut self,
         resp: Option<WatchResponse>,
-        session: &mut Session,
+        set: &mut WatchSet,
         batch: &mut Batch,
     ) -> Result<(), RegistryError> {
         let resp = resp.ok_or(RegistryError::StreamClosed)?;
-        if resp.created() {
-            if let Some(i) = session.pending.pop_front() {
-                session.by_watch.insert(resp.watch_id(), i);
-            }
-        }
-        let index = session.by_watch.get(&resp.watch_id()).copied();
-        let starts = &session.starts;
-        if resp.canceled() {
-            let prefix = index.map_or(String::new(), |i| self.sources[i].source.prefix.clone());
-            if let (Some(i), true) = (index, resp.compact_revision() > 0) {
-                // Every source resuming below the compaction would hit it too: re-list
-                // those now rather than one failed session each.
-                for (w, start) in self.sources.iter_mut().zip(starts) {
-                    if *start < resp.compact_revision() {
-                        w.revision = None;
-                    }
+        let data = Response {
+            watch_id: resp.watch_id(),
+            created: resp.created(),
+            canceled: resp.canceled(),
+            cancel_reason: resp.cancel_reason(),
+            compact_revision: resp.compact_revision(),
+            fragment: resp.0.fragment,
+            header: resp.header().map(|h| Header {
+                revision: h.revision(),
+                cluster_id: h.cluster_id(),
+            }),
+            events: resp
+                .events()
+                .iter()
+                .filter_map(|e| {
+                    let kv = e.kv()?;
+                    Some(Event {
+                        is_put: e.event_type() == EventType::Put,
+                        key: kv.key(),
+                        value: kv.value(),
+                        mod_revision: kv.mod_revision(),
+                    })
+                })
+                .collect(),
+        };
+        let metrics = &self.metrics;
+        let action = set.receive(&data, &mut |source, key, error| {
+            metrics.invalid_values.inc();
+            warn_skipped(source, key, error);
+        });
+        match action {
+            Action::Nothing => {}
+            Action::Established => self.on_connected(),
+            Action::Behind {
+                source,
+                applied,
+                established,
+            } => {
+                // A follower can lag a little; ask through the leader (a linearizable read)
+                // before concluding that etcd was rebuilt with a lower history.
+                let key = source.map_or(String::new(), |i| self.sources[i].source.prefix.clone());
+                let now = self
+                    .kv
+                    .get(key, Some(GetOptions::new().with_prefix().with_limit(1)))
+                    .await?
+                    .header()
+                    .map_or(i64::MAX, |h| h.revision());
+                if now < applied {
+                    return Err(RegistryError::History(format!(
+                        "etcd is at revision {now}, behind the {applied} already applied"
+                    )));
                 }
-                self.sources[i].revision = None;
+                if established {
+                    self.on_connected();
+                }
+            }
+            Action::Apply { updates, revisions } => {
+                self.status.confirm();
+                batch.updates.extend(updates);
+                batch.revisions.extend(revisions);
+            }
+            Action::Relist {
+                source,
+                relist,
+                wanted,
+                compacted,
+            } => {
+                for i in relist {
+                    self.sources[i].revision = None;
+                }
                 return Err(RegistryError::Compacted {
-                    prefix,
-                    wanted: starts[i],
-                    compacted: resp.compact_revision(),
+                    prefix: self.sources[source].source.prefix.clone(),
+                    wanted,
+                    compacted,
                 });
             }
-            let reason = format!("{prefix}: {}", resp.cancel_reason());
-            return match index {
-                // etcd refused this one watch (permission denied): the others go on.
-                Some(i) if resp.created() => {
-                    session.by_watch.remove(&resp.watch_id());
-                    self.refused(i, reason);
-                    if session.pending.is_empty() {
-                        self.on_connected();
-                    }
-                    Ok(())
-                }
-                _ => Err(RegistryError::Canceled(reason)),
-            };
-        }
-        if resp.created() {
-            let start = index.map_or(1, |i| starts[i]);
-            // An etcd rebuilt from scratch (or another cluster behind the same address) has
-            // revisions below ours or another cluster id: resuming would miss everything.
-            if let Some(h) = resp.header() {
-                if self.cluster_id.is_some_and(|id| id != h.cluster_id()) {
-                    return Err(RegistryError::History("etcd cluster id changed".into()));
-                }
-                if h.revision() < start - 1 {
-                    // A follower can lag a little; ask through the leader (a linearizable
-                    // read) before concluding that etcd was rebuilt with a lower history.
-                    let key =
-                        index.map_or(String::new(), |i| self.sources[i].source.prefix.clone());
-                    let now = self
-                        .kv
-                        .get(key, Some(GetOptions::new().with_prefix().with_limit(1)))
-                        .await?
-                        .header()
-                        .map_or(i64::MAX, |h| h.revision());
-                    if now < start - 1 {
-                        return Err(RegistryError::History(format!(
-                            "etcd is at revision {now}, behind the {} already applied",
-                            start - 1
-                        )));
-                    }
+            Action::Refused {
+                source,
+                reason,
+                established,
+            } => {
+                self.refused(source, reason);
+                if established {
+                    self.on_connected();
                 }
             }
-            if session.pending.is_empty() {
-                self.on_connected();
-            }
-            return Ok(());
-        }
-        // Progress notifications carry no events but still confirm we are current.
-        self.status.confirm();
-        let Some(i) = index else { return Ok(()) };
-        let source = &self.sources[i].source;
-        let part = session.partial.entry(resp.watch_id()).or_default();
-        for event in resp.events() {
-            let Some(kv) = event.kv() else { continue };
-            // Resume point: the last event actually received. The header revision is the
-            // store's current one and can run ahead of events etcd still has queued for a
-            // catching-up watcher (and, before etcd 3.4.24, of progress notifications), so it
-            // is never used.
-            part.revision = part.revision.max(kv.mod_revision());
-            match event.event_type() {
-                EventType::Put => match source.put(kv.key(), kv.value()) {
-                    Ok(update) => part.updates.extend(update),
-                    Err(error) => {
-                        self.metrics.invalid_values.inc();
-                        warn_skipped(source, kv.key(), &error);
-                    }
-                },
-                // Keys that never parsed were never in the mirror: nothing to delete.
-                EventType::Delete => part.updates.extend(source.delete(kv.key())),
-            }
-        }
-        if resp.0.fragment {
-            // More of this revision follows: nothing counts until the last part is in.
-            return Ok(());
-        }
-        if let Some(done) = session.partial.remove(&resp.watch_id()) {
-            batch.updates.extend(done.updates);
-            if done.revision > 0 {
-                batch.revisions.push((i, done.revision));
-            }
+            Action::History(why) => return Err(RegistryError::History(why)),
+            Action::Canceled(reason) => return Err(RegistryError::Canceled(reason)),
         }
         Ok(())
     }
@@ -712,24 +692,6 @@ impl Watcher {
             None => info!(revision = self.high, prefixes = %prefixes.join(","), "watching etcd"),
         }
     }
-}
-
-/// What one watch session tracks about its watches.
-#[derive(Default)]
-struct Session {
-    /// The revision each source's watch started at.
-    starts: Vec<i64>,
-    /// Sources whose `created` has not arrived yet, in request order.
-    pending: VecDeque<usize>,
-    by_watch: HashMap<i64, usize>,
-    /// Fragments of a response whose last part has not arrived, per watch id.
-    partial: HashMap<i64, Partial>,
-}
-
-#[derive(Default)]
-struct Partial {
-    updates: Vec<Update>,
-    revision: i64,
 }
 
 /// Events received together, applied as one snapshot.
