@@ -49,8 +49,6 @@ pub enum RegistryError {
     Canceled(String),
     #[error("{0}; re-listing")]
     History(String),
-    #[error("retrying the sources etcd refused")]
-    RetrySources,
     #[error("etcd refuses every configured prefix")]
     AllRefused,
     #[error("etcd has not confirmed the watch for {0:?} (no event, no progress notification)")]
@@ -143,7 +141,7 @@ impl RegistryError {
             RegistryError::StreamClosed | RegistryError::Unconfirmed(_) => ErrorKind::Unreachable,
             RegistryError::Canceled(_) => ErrorKind::BadResponse,
             RegistryError::History(_) | RegistryError::Compacted { .. } => ErrorKind::Compacted,
-            RegistryError::RetrySources | RegistryError::AllRefused => ErrorKind::Refused,
+            RegistryError::AllRefused => ErrorKind::Refused,
         }
     }
 }

@@ -227,11 +227,11 @@ impl Watcher {
         loop {
             let err = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                Err(e) = self.session() => e,
+                Err(ended) = self.session() => match ended {
+                    Ended::RetryRefused => continue,
+                    Ended::Failed(e) => e,
+                },
             };
-            if let RegistryError::RetrySources = err {
-                continue;
-            }
             let kind = err.kind();
             self.metrics.observe_registry_error(kind.as_str());
             if let RegistryError::Compacted { .. } | RegistryError::History(_) = err {
@@ -308,13 +308,13 @@ impl Watcher {
 
     /// One connection's worth of work: list the sources that need it, then follow one watch per
     /// source (all on one stream) until it fails.
-    async fn session(&mut self) -> Result<Infallible, RegistryError> {
+    async fn session(&mut self) -> Result<Infallible, Ended> {
         for i in 0..self.sources.len() {
             if self.sources[i].revision.is_none() {
                 match self.list(i).await {
                     Ok(()) => self.accepted(i),
                     Err(e) if is_source_error(&e) => self.refused(i, e.to_string()),
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
@@ -346,7 +346,7 @@ impl Watcher {
         );
         let Some(mut stream) = stream else {
             // Nothing to follow: as good as an outage (stale, backoff, retry).
-            return Err(RegistryError::AllRefused);
+            return Err(RegistryError::AllRefused.into());
         };
         let mut progress = tokio::time::interval(self.progress_interval);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -357,7 +357,7 @@ impl Watcher {
                 msg = stream.message() => msg,
                 _ = retry.tick(), if self.sources.iter().any(|w| w.refused.is_some()) => {
                     // A new session lists the refused sources again and resumes the others.
-                    return Err(RegistryError::RetrySources);
+                    return Err(Ended::RetryRefused);
                 }
                 _ = progress.tick() => {
                     // Only what etcd confirmed counts: without an event or a progress
@@ -368,7 +368,7 @@ impl Watcher {
                         .unwrap_or(Duration::MAX)
                         .min(watching_since.elapsed());
                     if unconfirmed > self.confirm_within {
-                        return Err(RegistryError::Unconfirmed(unconfirmed));
+                        return Err(RegistryError::Unconfirmed(unconfirmed).into());
                     }
                     self.maybe_inject_panic();
                     // etcd answers with a progress notification: proof the mirror is current.
@@ -691,6 +691,19 @@ impl Watcher {
             None if already => debug!(revision = self.high, "watch re-established"),
             None => info!(revision = self.high, prefixes = %prefixes.join(","), "watching etcd"),
         }
+    }
+}
+
+/// Why a watch session ended.
+enum Ended {
+    /// Time to list the sources etcd refused again (the others resume): not a failure.
+    RetryRefused,
+    Failed(RegistryError),
+}
+
+impl<E: Into<RegistryError>> From<E> for Ended {
+    fn from(e: E) -> Self {
+        Ended::Failed(e.into())
     }
 }
 
