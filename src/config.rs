@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::ServiceName;
+use crate::cache::{DomainLabel, ServiceName};
 use crate::cli::{EtcdArgs, ServeArgs};
-use crate::registry::formats::{Format, Source};
+use crate::registry::{Format, Layout, Source};
 
 /// A configuration that cannot be used. Every message names the file or option at fault.
 #[derive(Debug, thiserror::Error)]
@@ -853,7 +853,7 @@ impl Config {
             if src.ttl > i32::MAX as u32 {
                 return Err(at("ttl is too large".into()));
             }
-            let normalized = Source::framework(f, &src.prefix, None).prefix;
+            let normalized = Source::framework_prefix(&src.prefix);
             for (other, p) in &prefixes {
                 if normalized.starts_with(p.as_str()) || p.starts_with(&normalized) {
                     return Err(at(format!(
@@ -871,7 +871,8 @@ impl Config {
         let mut out = vec![Source::native(&self.etcd.prefix)];
         for s in &self.sources {
             let service = s.service.as_deref().and_then(|n| ServiceName::new(n).ok());
-            out.push(Source::framework(s.format, &s.prefix, service));
+            let layout = Layout::new(s.format, service, s.zones.clone(), s.ttl);
+            out.push(Source::framework(layout, &s.prefix));
         }
         out
     }
@@ -894,13 +895,7 @@ fn normalize_name(option: &'static str, name: &str) -> Result<String, ConfigErro
     if !n.ends_with('.') {
         n.push('.');
     }
-    let labels_ok = n == "."
-        || n[..n.len() - 1].split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
+    let labels_ok = n == "." || n[..n.len() - 1].split('.').all(DomainLabel::is_valid);
     if !labels_ok || n.len() > 254 {
         return Err(invalid(option, format!("{name:?} is not a domain name")));
     }

@@ -10,7 +10,7 @@
 //!
 //! - [`cli`]: clap flags, raw and unvalidated.
 //! - [`config`]: defaults, TOML file and flags merged into one validated [`config::Config`].
-//! - [`app`]: wiring; builds the parts, spawns the tasks, owns shutdown.
+//! - [`app`]: the commands; `serve` wiring builds the parts, spawns the tasks, owns shutdown.
 //! - [`registry`]: everything that talks to etcd: connection, list, watch, key and value parsing.
 //! - [`cache`]: the in-memory service view; applies updates; no I/O, no etcd or DNS types.
 //! - [`dns`]: the hickory request handler, record building and query-name parsing.

@@ -1,12 +1,11 @@
-//! The `ruddr` binary: parse flags, set up logging, run, and map errors to exit codes
-//! (64 for bad usage or configuration, 1 for anything else).
+//! The `ruddr` binary: parse flags, set up logging, run the command, and map its failure to an
+//! exit code (64 for bad usage or configuration, 1 for anything else).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use ruddr::cli::{Cli, Command, LogFormat};
-use ruddr::config::{Config, ConfigError};
-use ruddr::dns::zones::StaticZones;
+use ruddr::app::Failure;
+use ruddr::cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 const EX_USAGE: u8 = 64;
@@ -21,111 +20,16 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&cli);
-    match cli.command {
-        Command::CheckConfig(args) => match Config::load(&args) {
-            Ok(cfg) => {
-                let zones = match StaticZones::load_dir(&cfg.zones_dir) {
-                    Ok(z) => z,
-                    Err(e) => return usage_failed(&e),
-                };
-                match toml::to_string_pretty(&cfg) {
-                    Ok(text) => print!("{text}"),
-                    Err(e) => eprintln!("ruddr: cannot print the configuration: {e}"),
-                }
-                for (zone, records) in &zones.summary {
-                    println!("# static zone {zone}: {records} records");
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => config_failed(&e),
-        },
-        Command::Register(args) => {
-            let (etcd, regs) = match ruddr::app::register_plan(&args) {
-                Ok(plan) => plan,
-                Err(e) => return config_failed(&e),
-            };
-            match runtime().map(|rt| {
-                rt.block_on(ruddr::app::register(
-                    etcd,
-                    regs,
-                    args.command,
-                    args.stop_timeout,
-                ))
-            }) {
-                Ok(Ok(code)) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-                Ok(Err(e)) | Err(e) => failed(&e),
-            }
+    match ruddr::app::execute(cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure::Usage(message)) => {
+            eprintln!("ruddr: {message}");
+            ExitCode::from(EX_USAGE)
         }
-        Command::Services(args) => {
-            let etcd = match ruddr::app::services_etcd(&args) {
-                Ok(etcd) => etcd,
-                Err(e) => return config_failed(&e),
-            };
-            match runtime()
-                .map(|rt| rt.block_on(ruddr::app::services(etcd, args.service, args.output)))
-            {
-                Ok(Ok(())) => ExitCode::SUCCESS,
-                Ok(Err(e)) | Err(e) => failed(&e),
-            }
-        }
-        Command::Serve(args) => {
-            let cfg = match Config::load(&args) {
-                Ok(cfg) => cfg,
-                Err(e) => return config_failed(&e),
-            };
-            let zones = match StaticZones::load_dir(&cfg.zones_dir) {
-                Ok(z) => z,
-                Err(e) => return usage_failed(&e),
-            };
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("ruddr: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(ruddr::app::run(cfg, zones, shutdown_signal())) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("ruddr: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-    }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    use anyhow::Context;
-    tokio::runtime::Runtime::new().context("starting the async runtime")
-}
-
-fn failed(e: &anyhow::Error) -> ExitCode {
-    tracing::error!("{e:#}");
-    eprintln!("ruddr: {e:#}");
-    ExitCode::FAILURE
-}
-
-fn config_failed(e: &ConfigError) -> ExitCode {
-    usage_failed(e)
-}
-
-fn usage_failed(e: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("ruddr: {e}");
-    ExitCode::from(EX_USAGE)
-}
-
-/// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    match ruddr::app::Signals::install() {
-        Ok(mut signals) => {
-            let sig = signals.next().await;
-            tracing::info!(signal = %sig, "signal received");
-        }
-        Err(e) => {
-            tracing::error!("{e:#}; stop with SIGKILL");
-            std::future::pending::<()>().await;
+        Err(Failure::Runtime(e)) => {
+            tracing::error!("{e:#}");
+            eprintln!("ruddr: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

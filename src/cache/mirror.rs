@@ -27,6 +27,10 @@ fn key_of(instance: &Instance) -> InstanceKey {
     (instance.id.clone(), instance.source)
 }
 
+/// A registry key that holds several instances of one service: its source, the service and the
+/// key's own id (see [`Update::Replace`]).
+pub type KeyOwner = (SourceId, ServiceName, InstanceId);
+
 /// One service and all its registered instances (healthy or not).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
@@ -61,6 +65,9 @@ pub struct Snapshot {
     /// across an await.
     reverse: Arc<Mutex<Reverse>>,
     instances: usize,
+    /// The instance ids each multi-instance key gave (see [`Update::Replace`]). Not in the
+    /// snapshot file: the first list of a source records them again before any watch event.
+    owned: imbl::HashMap<KeyOwner, Vec<InstanceId>>,
 }
 
 impl Snapshot {
@@ -105,6 +112,23 @@ impl Snapshot {
                     .is_some_and(|i| i.address.ip() == Some(ip))
             })
             .collect()
+    }
+
+    /// The instances that the registry key `key` (its own id) of `service` in `source` holds,
+    /// when that key is one of several instances; `None` for other keys.
+    pub fn key_instances(
+        &self,
+        source: SourceId,
+        service: &ServiceName,
+        key: &InstanceId,
+    ) -> Option<Vec<Instance>> {
+        let ids = self.owned.get(&(source, service.clone(), key.clone()))?;
+        let svc = self.service(service.as_str());
+        Some(
+            ids.iter()
+                .filter_map(|id| svc?.instances.get(&(id.clone(), source)).cloned())
+                .collect(),
+        )
     }
 
     fn reverse(&self) -> std::sync::MutexGuard<'_, Reverse> {
@@ -233,6 +257,32 @@ impl Snapshot {
         true
     }
 
+    /// Replaces the instances registry key `key` gave with `instances` (all of `source`).
+    fn replace(
+        &mut self,
+        service: &ServiceName,
+        source: SourceId,
+        key: InstanceId,
+        instances: Vec<Instance>,
+        generation: u64,
+    ) -> bool {
+        let owner = (source, service.clone(), key);
+        let ids: Vec<InstanceId> = instances.iter().map(|i| i.id.clone()).collect();
+        let before = self.owned.remove(&owner).unwrap_or_default();
+        let mut changed = false;
+        for id in before.into_iter().filter(|id| !ids.contains(id)) {
+            changed |= self.delete(service, &(id, source), generation);
+        }
+        for instance in instances {
+            debug_assert_eq!(instance.source, source, "an instance of another source");
+            changed |= self.put(service.clone(), instance, generation);
+        }
+        if !ids.is_empty() {
+            self.owned.insert(owner, ids);
+        }
+        changed
+    }
+
     /// Replaces what `source` holds (everything for `None`) with a listing; returns the
     /// services that changed and whether any SkyDNS entry did. Costs O(registry): re-lists are
     /// rare and read everything anyway.
@@ -245,6 +295,7 @@ impl Snapshot {
         touched: &mut Vec<ServiceName>,
     ) -> bool {
         let mine = |s: SourceId| source.is_none_or(|m| m == s);
+        self.owned.retain(|(s, _, _), _| !mine(*s));
         let mut domains = self.domains.clone();
         let listed: BTreeMap<DomainKey, DomainRecord> = listed_domains.into_iter().collect();
         let stale: Vec<DomainKey> = domains
@@ -370,6 +421,16 @@ impl Mirror {
                         touched.push(service);
                     }
                 }
+                Update::Replace {
+                    service,
+                    source,
+                    key,
+                    instances,
+                } => {
+                    if next.replace(&service, source, key, instances, gen) {
+                        touched.push(service);
+                    }
+                }
                 Update::DomainPut { key, record } => {
                     if next.domains.get(&key) != Some(&record) {
                         next.domains.insert(key, record);
@@ -426,6 +487,98 @@ mod tests {
             service: ServiceName::new(svc).unwrap(),
             instance: inst(id, addr),
         }
+    }
+
+    /// What a go-micro key with these node ids turns into (source 9, service web).
+    fn replace(key: &str, nodes: &[&str]) -> Update {
+        Update::Replace {
+            service: ServiceName::new("web").unwrap(),
+            source: SourceId(9),
+            key: InstanceId::new(key).unwrap(),
+            instances: nodes
+                .iter()
+                .enumerate()
+                .map(|(n, id)| {
+                    let mut i = inst(id, &format!("10.0.9.{}", n + 1));
+                    i.source = SourceId(9);
+                    i
+                })
+                .collect(),
+        }
+    }
+
+    fn web_ids(m: &Mirror) -> Vec<String> {
+        m.load()
+            .service("web")
+            .map(|s| s.instances.keys().map(|(id, _)| id.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_key_replaces_the_instances_it_gave() {
+        let m = Mirror::new();
+        m.apply([put("web", "native", "10.0.0.1"), replace("k2", &["z"])], 1);
+        m.apply([replace("k1", &["a", "b", "c"])], 2);
+        assert_eq!(web_ids(&m), ["a", "b", "c", "native", "z"]);
+        let s = m.load();
+        let (svc, key) = (
+            ServiceName::new("web").unwrap(),
+            InstanceId::new("k1").unwrap(),
+        );
+        assert_eq!(s.key_instances(SourceId(9), &svc, &key).unwrap().len(), 3);
+        drop(s);
+
+        // Put again with two nodes: the third is gone, the others (and other keys) stay.
+        let changed = m.apply([replace("k1", &["a", "c"])], 3).changed;
+        assert_eq!(changed.len(), 1);
+        assert_eq!(web_ids(&m), ["a", "c", "native", "z"]);
+        assert!(m
+            .load()
+            .instances_at("10.0.9.3".parse().unwrap())
+            .is_empty());
+        // The same nodes again change nothing.
+        assert!(m.apply([replace("k1", &["a", "c"])], 4).changed.is_empty());
+
+        // Delete: every instance of the key goes, the rest stays.
+        m.apply([replace("k1", &[])], 5);
+        assert_eq!(web_ids(&m), ["native", "z"]);
+        let s = m.load();
+        assert!(s.key_instances(SourceId(9), &svc, &key).is_none());
+        assert_eq!(s.instance_count(), 2);
+    }
+
+    #[test]
+    fn a_reset_forgets_the_keys_and_a_replace_in_the_batch_records_them_again() {
+        let m = Mirror::new();
+        m.apply([replace("k1", &["a", "b"])], 1);
+        let gen = m.load().service("web").unwrap().generation;
+        // A re-list: the same instances, then the key's ownership.
+        let Update::Replace { instances, .. } = replace("k1", &["a", "b"]) else {
+            unreachable!()
+        };
+        let web = ServiceName::new("web").unwrap();
+        let reset = Update::Reset {
+            source: Some(SourceId(9)),
+            instances: instances.into_iter().map(|i| (web.clone(), i)).collect(),
+            domains: vec![],
+        };
+        let applied = m.apply([reset, replace("k1", &["a", "b"])], 2);
+        assert!(applied.changed.is_empty(), "unchanged: answers stay cached");
+        assert_eq!(m.load().service("web").unwrap().generation, gen);
+        m.apply([replace("k1", &["b"])], 3);
+        assert_eq!(web_ids(&m), ["b"]);
+        // A reset without the key forgets it: its instances went with the reset.
+        m.apply(
+            [Update::Reset {
+                source: Some(SourceId(9)),
+                instances: vec![],
+                domains: vec![],
+            }],
+            4,
+        );
+        assert!(web_ids(&m).is_empty());
+        let k1 = InstanceId::new("k1").unwrap();
+        assert!(m.load().key_instances(SourceId(9), &web, &k1).is_none());
     }
 
     #[test]

@@ -6,9 +6,8 @@ mod mirror;
 mod types;
 
 pub use freshness::Freshness;
-
-pub use mirror::{InstanceKey, Mirror, Service, Snapshot};
+pub use mirror::{InstanceKey, KeyOwner, Mirror, Service, Snapshot};
 pub use types::{
-    Address, DomainKey, DomainRecord, Health, Instance, InstanceId, InvalidAddress, InvalidLabel,
-    Meta, Ports, ServiceName, SourceId, Update,
+    Address, DomainKey, DomainLabel, DomainRecord, Health, Instance, InstanceId, InvalidAddress,
+    InvalidDomainLabel, InvalidLabel, Meta, Ports, ServiceName, SourceId, Update,
 };

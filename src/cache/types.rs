@@ -6,23 +6,61 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-/// A name is not a DNS label (1-63 of letters, digits and `-`, not starting or ending with `-`).
+/// A name is not a DNS label usable as a service name or instance id (1-63 letters, digits and
+/// `-`, not starting or ending with `-`): the [`DomainLabel`] rule narrowed to host names.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not a DNS label (1-63 letters, digits or '-', not starting or ending with '-')")]
 pub struct InvalidLabel(pub String);
 
-/// Checks `s` against the label rule and returns it lower-cased.
-fn label(s: &str) -> Result<String, InvalidLabel> {
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-');
-    if ok {
-        Ok(s.to_ascii_lowercase())
-    } else {
-        Err(InvalidLabel(s.to_string()))
+/// A name is not a [`DomainLabel`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a DNS label (1-63 letters, digits, '-' or '_')")]
+pub struct InvalidDomainLabel(pub String);
+
+/// One label of a domain name, stored in lower case.
+///
+/// The rule, for every name ruddr reads (zone names in the config, host names in registry
+/// values, service names and instance ids): 1 to 63 bytes of ASCII letters, digits, `-` and
+/// `_`. Service names and instance ids are the host-name labels among these
+/// ([`DomainLabel::is_host_label`]): query names reserve a leading `_` for the
+/// `_<port>._tcp` and `_tag` forms, so a service or instance can never be spelled like one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DomainLabel(std::sync::Arc<str>);
+
+impl DomainLabel {
+    /// Validates `s` against the rule; the stored form is lower case.
+    pub fn new(s: &str) -> Result<Self, InvalidDomainLabel> {
+        if Self::is_valid(s) {
+            Ok(Self(s.to_ascii_lowercase().into()))
+        } else {
+            Err(InvalidDomainLabel(s.to_string()))
+        }
     }
+
+    /// Whether `s` follows the rule (without keeping it).
+    pub fn is_valid(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
+
+    /// Whether it is also a host-name label (RFC 1123): no `_`, no `-` at either end.
+    pub fn is_host_label(&self) -> bool {
+        !self.0.contains('_') && !self.0.starts_with('-') && !self.0.ends_with('-')
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Checks `s` as a host-name [`DomainLabel`] (the service name and instance id rule).
+fn label(s: &str) -> Result<DomainLabel, InvalidLabel> {
+    DomainLabel::new(s)
+        .ok()
+        .filter(DomainLabel::is_host_label)
+        .ok_or_else(|| InvalidLabel(s.to_string()))
 }
 
 macro_rules! label_type {
@@ -30,13 +68,13 @@ macro_rules! label_type {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
         #[serde(try_from = "String")]
-        pub struct $name(std::sync::Arc<str>);
+        pub struct $name(DomainLabel);
 
         // Written as the string itself, without the copy `into = "String"` would make: a
         // snapshot writes a million of them.
         impl Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
+                s.serialize_str(self.as_str())
             }
         }
 
@@ -49,30 +87,30 @@ macro_rules! label_type {
 
         impl From<$name> for String {
             fn from(n: $name) -> String {
-                n.0.to_string()
+                n.as_str().to_string()
             }
         }
 
         impl $name {
-            /// Validates `s` as a DNS label; the stored form is lower case.
+            /// Validates `s` as a host-name [`DomainLabel`]; the stored form is lower case.
             pub fn new(s: &str) -> Result<Self, InvalidLabel> {
-                label(s).map(|l| Self(l.into()))
+                label(s).map(Self)
             }
 
             pub fn as_str(&self) -> &str {
-                &self.0
+                self.0.as_str()
             }
         }
 
         impl Borrow<str> for $name {
             fn borrow(&self) -> &str {
-                &self.0
+                self.0.as_str()
             }
         }
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.as_str())
             }
         }
     };
@@ -125,8 +163,8 @@ pub enum Address {
 pub struct InvalidAddress(pub String);
 
 impl Address {
-    /// An IP literal (IPv6 with or without brackets) or a host name (labels of letters, digits,
-    /// `-` and `_`, at most 253 bytes; a trailing dot is allowed).
+    /// An IP literal (IPv6 with or without brackets) or a host name ([`DomainLabel`]s, at most
+    /// 253 bytes; a trailing dot is allowed).
     pub fn parse(s: &str) -> Result<Self, InvalidAddress> {
         let bare = s
             .strip_prefix('[')
@@ -136,17 +174,9 @@ impl Address {
             return Ok(Address::Ip(ip));
         }
         let host = s.strip_suffix('.').unwrap_or(s);
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        };
         // A name of digits and dots only is a malformed address, not a host.
         let numeric = host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-        if host.len() <= 253 && !numeric && host.split('.').all(label_ok) {
+        if host.len() <= 253 && !numeric && host.split('.').all(DomainLabel::is_valid) {
             Ok(Address::Host(host.to_ascii_lowercase()))
         } else {
             Err(InvalidAddress(s.to_string()))
@@ -338,6 +368,16 @@ pub enum Update {
         id: InstanceId,
         source: SourceId,
     },
+    /// Everything one registry key holds now, for layouts where one key holds several
+    /// instances (go-micro: one key, the nodes of its value). Replaces the instances that `key`
+    /// (the key's own id) gave before: ids no longer listed are removed, and an empty list
+    /// (the key was deleted) removes them all. Other keys' instances are left alone.
+    Replace {
+        service: ServiceName,
+        source: SourceId,
+        key: InstanceId,
+        instances: Vec<Instance>,
+    },
     /// A SkyDNS entry was written.
     DomainPut {
         key: DomainKey,
@@ -347,6 +387,8 @@ pub enum Update {
     DomainDelete { key: DomainKey },
     /// Everything one source holds, as listed at one revision: replaces that source's
     /// instances and entries (everything when `source` is `None`) and leaves the others alone.
+    /// It also forgets which keys held that source's instances: a [`Update::Replace`] per key
+    /// in the same batch records them again.
     Reset {
         source: Option<SourceId>,
         instances: Vec<(ServiceName, Instance)>,
@@ -365,6 +407,31 @@ mod tests {
             assert!(ServiceName::new(bad).is_err(), "{bad:?} accepted");
         }
         assert!(InstanceId::new(&"a".repeat(63)).is_ok());
+    }
+
+    #[test]
+    fn one_domain_label_rule() {
+        for ok in ["a", "Web-1", "_tcp", "-a", "a-", "a_b", &"a".repeat(63)] {
+            let l = DomainLabel::new(ok).unwrap();
+            assert_eq!(l.as_str(), ok.to_ascii_lowercase());
+        }
+        for bad in ["", "a.b", "a b", "ü", "a/b", &"a".repeat(64)] {
+            assert!(DomainLabel::new(bad).is_err(), "{bad:?} accepted");
+            assert!(!DomainLabel::is_valid(bad), "{bad:?} valid");
+        }
+        // Service names and instance ids: the host-name labels among them.
+        for (s, host) in [
+            ("web-1", true),
+            ("_tcp", false),
+            ("-a", false),
+            ("a-", false),
+            ("a_b", false),
+        ] {
+            assert_eq!(DomainLabel::new(s).unwrap().is_host_label(), host, "{s}");
+            assert_eq!(ServiceName::new(s).is_ok(), host, "{s}");
+        }
+        let err = DomainLabel::new("a.b").unwrap_err().to_string();
+        assert!(err.contains("\"a.b\" is not a DNS label"), "{err}");
     }
 
     #[test]
@@ -400,7 +467,20 @@ mod tests {
             Address::parse("Web-1.Example.COM.").unwrap(),
             Address::Host("web-1.example.com".into())
         );
-        for bad in ["", "10.0.0.256", "a..b", "-a.b", "a b", "[fd00::1", "1.2.3"] {
+        // Host labels follow the DomainLabel rule: `_` and a `-` at either end are allowed.
+        assert_eq!(
+            Address::parse("_srv.-a-.example").unwrap(),
+            Address::Host("_srv.-a-.example".into())
+        );
+        for bad in [
+            "",
+            "10.0.0.256",
+            "a..b",
+            "a b",
+            "[fd00::1",
+            "1.2.3",
+            "a.b-ü",
+        ] {
             assert!(Address::parse(bad).is_err(), "{bad:?} accepted");
         }
         let json = serde_json::to_string(&Address::Host("db.example".into())).unwrap();

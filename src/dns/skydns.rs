@@ -224,11 +224,13 @@ mod tests {
     const SKY: SourceId = SourceId(5);
 
     fn entry(path: &str, json: &str) -> Update {
-        let src = crate::registry::formats::Source {
+        let src = crate::registry::Source {
             id: SKY,
-            format: crate::registry::formats::Format::Skydns,
             prefix: "/skydns/".into(),
-            service: None,
+            layout: crate::registry::Layout::Skydns {
+                zones: vec![],
+                ttl: 300,
+            },
         };
         src.put(format!("/skydns/{path}").as_bytes(), json.as_bytes())
             .unwrap()

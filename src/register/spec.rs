@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::{Health, Instance, InstanceId, ServiceName};
 use crate::config::{ConfigError, EtcdConfig};
-use crate::registry::encode_value;
+use crate::registry::{encode_key, encode_value};
 
 /// A health check. Exactly one kind per instance, or none (always passing).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,7 +237,7 @@ impl Registration {
 
     /// The etcd key under `prefix`.
     pub fn key(&self, prefix: &str) -> String {
-        format!("{prefix}{}/{}", self.service, self.instance.id)
+        encode_key(prefix, &self.service, &self.instance.id)
     }
 }
 

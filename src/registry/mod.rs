@@ -2,14 +2,19 @@
 //! and re-list, and the parsing of keys and values into [`crate::cache`] types.
 
 mod backoff;
-pub mod formats;
+pub mod layout;
 pub mod list;
-mod parse;
+mod source;
 mod status;
+mod watch_set;
 mod watcher;
 
 pub use backoff::Backoff;
-pub use parse::{encode_value, parse_entry, parse_key, parse_value, EntryError};
+pub use layout::native::{
+    encode_key, encode_value, entry as parse_entry, key as parse_key, value as parse_value,
+};
+pub use layout::{Entry, EntryError, Format, Key, Layout};
+pub use source::Source;
 pub use status::{Problem, Status};
 pub use watcher::{connect, progress_interval, supervise, Watcher};
 
@@ -44,8 +49,6 @@ pub enum RegistryError {
     Canceled(String),
     #[error("{0}; re-listing")]
     History(String),
-    #[error("retrying the sources etcd refused")]
-    RetrySources,
     #[error("etcd refuses every configured prefix")]
     AllRefused,
     #[error("etcd has not confirmed the watch for {0:?} (no event, no progress notification)")]
@@ -138,7 +141,7 @@ impl RegistryError {
             RegistryError::StreamClosed | RegistryError::Unconfirmed(_) => ErrorKind::Unreachable,
             RegistryError::Canceled(_) => ErrorKind::BadResponse,
             RegistryError::History(_) | RegistryError::Compacted { .. } => ErrorKind::Compacted,
-            RegistryError::RetrySources | RegistryError::AllRefused => ErrorKind::Refused,
+            RegistryError::AllRefused => ErrorKind::Refused,
         }
     }
 }

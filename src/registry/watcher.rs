@@ -3,7 +3,6 @@
 //! native prefix and each framework layout) is listed and watched on its own revision, over one
 //! gRPC watch stream, so a compaction behind one source re-lists that source alone.
 
-use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -16,9 +15,10 @@ use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::formats::{Entry, Key, Source};
 use super::list::{list, Listed};
+use super::watch_set::{Action, Event, Header, Response, WatchSet};
 use super::{is_source_error, Backoff, ErrorKind, RegistryError, Status};
+use super::{Entry, Key, Source};
 use crate::cache::{Mirror, Update};
 use crate::config::EtcdConfig;
 use crate::metrics::Metrics;
@@ -165,7 +165,7 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Watches `sources` (at least one; the native prefix comes first by convention).
+    /// Watches `sources`, each listed and watched on its own revision.
     pub fn new(
         client: Client,
         cfg: &EtcdConfig,
@@ -227,11 +227,11 @@ impl Watcher {
         loop {
             let err = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                Err(e) = self.session() => e,
+                Err(ended) = self.session() => match ended {
+                    Ended::RetryRefused => continue,
+                    Ended::Failed(e) => e,
+                },
             };
-            if let RegistryError::RetrySources = err {
-                continue;
-            }
             let kind = err.kind();
             self.metrics.observe_registry_error(kind.as_str());
             if let RegistryError::Compacted { .. } | RegistryError::History(_) = err {
@@ -308,29 +308,24 @@ impl Watcher {
 
     /// One connection's worth of work: list the sources that need it, then follow one watch per
     /// source (all on one stream) until it fails.
-    async fn session(&mut self) -> Result<Infallible, RegistryError> {
+    async fn session(&mut self) -> Result<Infallible, Ended> {
         for i in 0..self.sources.len() {
             if self.sources[i].revision.is_none() {
                 match self.list(i).await {
                     Ok(()) => self.accepted(i),
                     Err(e) if is_source_error(&e) => self.refused(i, e.to_string()),
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
-        let mut session = Session {
-            starts: vec![0; self.sources.len()],
-            ..Session::default()
-        };
+        let sources = self.sources.iter().map(|w| w.source.clone()).collect();
+        let mut set = WatchSet::new(sources, self.cluster_id);
         let mut stream: Option<etcd_client::WatchStream> = None;
-        // etcd handles a stream's create requests in order: the n-th `created` is the n-th
-        // source watched.
         for (i, w) in self.sources.iter().enumerate() {
             if w.refused.is_some() {
                 continue;
             }
             let start = w.revision.unwrap_or(0) + 1;
-            session.starts[i] = start;
             // Fragmented: a catch-up larger than a message arrives in parts, each within the
             // decode limit; its events count only once the last part is in.
             let opts = WatchOptions::new()
@@ -343,7 +338,7 @@ impl Watcher {
                 None => stream = Some(self.watch.watch(key, Some(opts)).await?),
                 Some(s) => s.watch(key, Some(opts)).await?,
             }
-            session.pending.push_back(i);
+            set.watching(i, start);
         }
         let mut retry = tokio::time::interval_at(
             tokio::time::Instant::now() + self.source_retry,
@@ -351,7 +346,7 @@ impl Watcher {
         );
         let Some(mut stream) = stream else {
             // Nothing to follow: as good as an outage (stale, backoff, retry).
-            return Err(RegistryError::AllRefused);
+            return Err(RegistryError::AllRefused.into());
         };
         let mut progress = tokio::time::interval(self.progress_interval);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -362,7 +357,7 @@ impl Watcher {
                 msg = stream.message() => msg,
                 _ = retry.tick(), if self.sources.iter().any(|w| w.refused.is_some()) => {
                     // A new session lists the refused sources again and resumes the others.
-                    return Err(RegistryError::RetrySources);
+                    return Err(Ended::RetryRefused);
                 }
                 _ = progress.tick() => {
                     // Only what etcd confirmed counts: without an event or a progress
@@ -373,7 +368,7 @@ impl Watcher {
                         .unwrap_or(Duration::MAX)
                         .min(watching_since.elapsed());
                     if unconfirmed > self.confirm_within {
-                        return Err(RegistryError::Unconfirmed(unconfirmed));
+                        return Err(RegistryError::Unconfirmed(unconfirmed).into());
                     }
                     self.maybe_inject_panic();
                     // etcd answers with a progress notification: proof the mirror is current.
@@ -382,130 +377,115 @@ impl Watcher {
                 }
             };
             let mut batch = Batch::default();
-            self.receive(msg?, &mut session, &mut batch).await?;
+            self.receive(msg?, &mut set, &mut batch).await?;
             // Coalesce a burst: what etcd has already sent is applied and published as one
             // snapshot rather than one per message.
             while batch.updates.len() < COALESCE_MAX {
                 let Some(msg) = stream.message().now_or_never() else {
                     break;
                 };
-                self.receive(msg?, &mut session, &mut batch).await?;
+                self.receive(msg?, &mut set, &mut batch).await?;
             }
             self.commit(batch);
         }
     }
 
-    /// Takes one watch message: watch bookkeeping, or its events into `batch`.
+    /// Takes one watch message: carries out what `set` makes of it, events into `batch`.
     async fn receive(
         &mut self,
         resp: Option<WatchResponse>,
-        session: &mut Session,
+        set: &mut WatchSet,
         batch: &mut Batch,
     ) -> Result<(), RegistryError> {
         let resp = resp.ok_or(RegistryError::StreamClosed)?;
-        if resp.created() {
-            if let Some(i) = session.pending.pop_front() {
-                session.by_watch.insert(resp.watch_id(), i);
-            }
-        }
-        let index = session.by_watch.get(&resp.watch_id()).copied();
-        let starts = &session.starts;
-        if resp.canceled() {
-            let prefix = index.map_or(String::new(), |i| self.sources[i].source.prefix.clone());
-            if let (Some(i), true) = (index, resp.compact_revision() > 0) {
-                // Every source resuming below the compaction would hit it too: re-list
-                // those now rather than one failed session each.
-                for (w, start) in self.sources.iter_mut().zip(starts) {
-                    if *start < resp.compact_revision() {
-                        w.revision = None;
-                    }
+        let data = Response {
+            watch_id: resp.watch_id(),
+            created: resp.created(),
+            canceled: resp.canceled(),
+            cancel_reason: resp.cancel_reason(),
+            compact_revision: resp.compact_revision(),
+            fragment: resp.0.fragment,
+            header: resp.header().map(|h| Header {
+                revision: h.revision(),
+                cluster_id: h.cluster_id(),
+            }),
+            events: resp
+                .events()
+                .iter()
+                .filter_map(|e| {
+                    let kv = e.kv()?;
+                    Some(Event {
+                        is_put: e.event_type() == EventType::Put,
+                        key: kv.key(),
+                        value: kv.value(),
+                        mod_revision: kv.mod_revision(),
+                    })
+                })
+                .collect(),
+        };
+        let metrics = &self.metrics;
+        let action = set.receive(&data, &mut |source, key, error| {
+            metrics.invalid_values.inc();
+            warn_skipped(source, key, error);
+        });
+        match action {
+            Action::Nothing => {}
+            Action::Established => self.on_connected(),
+            Action::Behind {
+                source,
+                applied,
+                established,
+            } => {
+                // A follower can lag a little; ask through the leader (a linearizable read)
+                // before concluding that etcd was rebuilt with a lower history.
+                let key = source.map_or(String::new(), |i| self.sources[i].source.prefix.clone());
+                let now = self
+                    .kv
+                    .get(key, Some(GetOptions::new().with_prefix().with_limit(1)))
+                    .await?
+                    .header()
+                    .map_or(i64::MAX, |h| h.revision());
+                if now < applied {
+                    return Err(RegistryError::History(format!(
+                        "etcd is at revision {now}, behind the {applied} already applied"
+                    )));
                 }
-                self.sources[i].revision = None;
+                if established {
+                    self.on_connected();
+                }
+            }
+            Action::Apply { updates, revisions } => {
+                self.status.confirm();
+                batch.updates.extend(updates);
+                batch.revisions.extend(revisions);
+            }
+            Action::Relist {
+                source,
+                relist,
+                wanted,
+                compacted,
+            } => {
+                for i in relist {
+                    self.sources[i].revision = None;
+                }
                 return Err(RegistryError::Compacted {
-                    prefix,
-                    wanted: starts[i],
-                    compacted: resp.compact_revision(),
+                    prefix: self.sources[source].source.prefix.clone(),
+                    wanted,
+                    compacted,
                 });
             }
-            let reason = format!("{prefix}: {}", resp.cancel_reason());
-            return match index {
-                // etcd refused this one watch (permission denied): the others go on.
-                Some(i) if resp.created() => {
-                    session.by_watch.remove(&resp.watch_id());
-                    self.refused(i, reason);
-                    if session.pending.is_empty() {
-                        self.on_connected();
-                    }
-                    Ok(())
-                }
-                _ => Err(RegistryError::Canceled(reason)),
-            };
-        }
-        if resp.created() {
-            let start = index.map_or(1, |i| starts[i]);
-            // An etcd rebuilt from scratch (or another cluster behind the same address) has
-            // revisions below ours or another cluster id: resuming would miss everything.
-            if let Some(h) = resp.header() {
-                if self.cluster_id.is_some_and(|id| id != h.cluster_id()) {
-                    return Err(RegistryError::History("etcd cluster id changed".into()));
-                }
-                if h.revision() < start - 1 {
-                    // A follower can lag a little; ask through the leader (a linearizable
-                    // read) before concluding that etcd was rebuilt with a lower history.
-                    let key =
-                        index.map_or(String::new(), |i| self.sources[i].source.prefix.clone());
-                    let now = self
-                        .kv
-                        .get(key, Some(GetOptions::new().with_prefix().with_limit(1)))
-                        .await?
-                        .header()
-                        .map_or(i64::MAX, |h| h.revision());
-                    if now < start - 1 {
-                        return Err(RegistryError::History(format!(
-                            "etcd is at revision {now}, behind the {} already applied",
-                            start - 1
-                        )));
-                    }
+            Action::Refused {
+                source,
+                reason,
+                established,
+            } => {
+                self.refused(source, reason);
+                if established {
+                    self.on_connected();
                 }
             }
-            if session.pending.is_empty() {
-                self.on_connected();
-            }
-            return Ok(());
-        }
-        // Progress notifications carry no events but still confirm we are current.
-        self.status.confirm();
-        let Some(i) = index else { return Ok(()) };
-        let source = &self.sources[i].source;
-        let part = session.partial.entry(resp.watch_id()).or_default();
-        for event in resp.events() {
-            let Some(kv) = event.kv() else { continue };
-            // Resume point: the last event actually received. The header revision is the
-            // store's current one and can run ahead of events etcd still has queued for a
-            // catching-up watcher (and, before etcd 3.4.24, of progress notifications), so it
-            // is never used.
-            part.revision = part.revision.max(kv.mod_revision());
-            match event.event_type() {
-                EventType::Put => match source.put(kv.key(), kv.value()) {
-                    Ok(update) => part.updates.extend(update),
-                    Err(error) => {
-                        self.metrics.invalid_values.inc();
-                        warn_skipped(source, kv.key(), &error);
-                    }
-                },
-                // Keys that never parsed were never in the mirror: nothing to delete.
-                EventType::Delete => part.updates.extend(source.delete(kv.key())),
-            }
-        }
-        if resp.0.fragment {
-            // More of this revision follows: nothing counts until the last part is in.
-            return Ok(());
-        }
-        if let Some(done) = session.partial.remove(&resp.watch_id()) {
-            batch.updates.extend(done.updates);
-            if done.revision > 0 {
-                batch.revisions.push((i, done.revision));
-            }
+            Action::History(why) => return Err(RegistryError::History(why)),
+            Action::Canceled(reason) => return Err(RegistryError::Canceled(reason)),
         }
         Ok(())
     }
@@ -539,6 +519,9 @@ impl Watcher {
         let source = &self.sources[i].source;
         let current = self.mirror.load_full();
         let mut instances = Vec::new();
+        // Keys holding several instances: they go into the listing, and their ownership is
+        // recorded again (a reset forgets it).
+        let mut keyed = Vec::new();
         let mut domains = Vec::new();
         let mut skipped = 0usize;
         let metrics = &self.metrics;
@@ -547,6 +530,7 @@ impl Watcher {
                 Listed::Kv(kv) => kv,
                 Listed::Restart => {
                     instances.clear();
+                    keyed.clear();
                     domains.clear();
                     skipped = 0;
                     return;
@@ -554,6 +538,14 @@ impl Watcher {
             };
             match source.entry(kv.key(), kv.value()) {
                 Ok(Some(Entry::Instance(service, instance))) => instances.push((service, instance)),
+                Ok(Some(Entry::Instances {
+                    service,
+                    key,
+                    instances: several,
+                })) => {
+                    instances.extend(several.iter().map(|i| (service.clone(), i.clone())));
+                    keyed.push((service, key, several));
+                }
                 Ok(Some(Entry::Domain(key, record))) => domains.push((key, record)),
                 Ok(None) => {}
                 Err(error) => {
@@ -563,6 +555,11 @@ impl Watcher {
                     // A bad value over a good one keeps the good one, as the watch path does.
                     match source.key(kv.key()) {
                         Ok(Key::Instance(service, id)) => {
+                            if let Some(prev) = current.key_instances(source.id, &service, &id) {
+                                instances.extend(prev.iter().map(|i| (service.clone(), i.clone())));
+                                keyed.push((service, id, prev));
+                                return;
+                            }
                             let prev = current
                                 .service(service.as_str())
                                 .and_then(|s| s.instances.get(&(id, source.id)));
@@ -596,21 +593,29 @@ impl Watcher {
         let source = &self.sources[i].source;
         let (count, entries) = (instances.len(), domains.len());
         self.high = self.high.max(revision);
-        let applied = self.mirror.apply(
-            [Update::Reset {
-                source: Some(source.id),
+        let replaces = keyed
+            .into_iter()
+            .map(|(service, key, instances)| Update::Replace {
+                service,
+                source: source.id,
+                key,
                 instances,
-                domains,
-            }],
-            self.high,
-        );
+            });
+        let reset = Update::Reset {
+            source: Some(source.id),
+            instances,
+            domains,
+        };
+        let applied = self
+            .mirror
+            .apply(std::iter::once(reset).chain(replaces), self.high);
         if header.keys >= TRIM_AFTER_KEYS {
             // The pages and the parsed listing are gone now: give their memory back.
             tokio::task::spawn_blocking(crate::memory::trim);
         }
         info!(
             prefix = %source.prefix,
-            format = %source.format,
+            format = %source.layout,
             revision,
             pages = header.pages,
             instances = count,
@@ -629,7 +634,7 @@ impl Watcher {
         if w.refused.as_deref() != Some(reason.as_str()) {
             error!(
                 prefix = %w.source.prefix,
-                format = %w.source.format,
+                format = %w.source.layout,
                 %reason,
                 retry_in = ?self.source_retry,
                 "etcd refuses this source; its names keep their last known data",
@@ -689,22 +694,17 @@ impl Watcher {
     }
 }
 
-/// What one watch session tracks about its watches.
-#[derive(Default)]
-struct Session {
-    /// The revision each source's watch started at.
-    starts: Vec<i64>,
-    /// Sources whose `created` has not arrived yet, in request order.
-    pending: VecDeque<usize>,
-    by_watch: HashMap<i64, usize>,
-    /// Fragments of a response whose last part has not arrived, per watch id.
-    partial: HashMap<i64, Partial>,
+/// Why a watch session ended.
+enum Ended {
+    /// Time to list the sources etcd refused again (the others resume): not a failure.
+    RetryRefused,
+    Failed(RegistryError),
 }
 
-#[derive(Default)]
-struct Partial {
-    updates: Vec<Update>,
-    revision: i64,
+impl<E: Into<RegistryError>> From<E> for Ended {
+    fn from(e: E) -> Self {
+        Ended::Failed(e.into())
+    }
 }
 
 /// Events received together, applied as one snapshot.
@@ -718,7 +718,7 @@ struct Batch {
 fn warn_skipped(source: &Source, key: &[u8], error: &super::EntryError) {
     warn!(
         key = %String::from_utf8_lossy(key),
-        format = %source.format,
+        format = %source.layout,
         %error,
         "skipping registry entry",
     );

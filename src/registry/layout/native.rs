@@ -1,43 +1,13 @@
-//! The registry contract: keys `<prefix><service>/<instance-id>`, values JSON objects.
-//! See the README section "Registry contract".
+//! ruddr's own layout, the registry contract: keys `<prefix><service>/<instance-id>`, values
+//! JSON objects. See the README section "Registry contract".
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use crate::cache::{Address, Health, Instance, InstanceId, InvalidLabel, ServiceName, SourceId};
-
-/// Why a key/value pair under the prefix was skipped.
-#[derive(Debug, thiserror::Error)]
-pub enum EntryError {
-    #[error("key is not <prefix><service>/<instance-id>")]
-    KeyShape,
-    #[error("bad service name: {0}")]
-    Service(InvalidLabel),
-    #[error("bad instance id: {0}")]
-    Id(InvalidLabel),
-    #[error("value is not valid UTF-8")]
-    NotUtf8,
-    #[error("value is not a valid registration: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("address {0:?} is not an IPv4 or IPv6 literal")]
-    Address(String),
-    #[error("health {0:?} is not one of passing, warning, critical")]
-    Health(String),
-    #[error("port name {0:?} is not a DNS label")]
-    PortName(String),
-    #[error("port 0 is not a usable port")]
-    PortZero,
-    #[error("meta {0:?} must be a string, number or boolean")]
-    Meta(String),
-    #[error("address {0:?} is neither host:port nor an IP address or host name")]
-    HostPort(String),
-    #[error("no {0}")]
-    Missing(&'static str),
-    #[error("{0} {1} is out of range")]
-    Field(&'static str, i64),
-}
+use super::{scalar, EntryError};
+use crate::cache::{Address, Health, Instance, InstanceId, ServiceName, SourceId};
 
 /// The JSON value as written by registrants. Unknown fields are ignored so that newer
 /// registrants can add fields without breaking older servers.
@@ -56,8 +26,14 @@ struct RawValue {
     meta: BTreeMap<String, serde_json::Value>,
 }
 
+/// The key of `service`'s instance `id` under `prefix`: `<prefix><service>/<instance-id>`;
+/// [`key`] reads it back.
+pub fn encode_key(prefix: &str, service: &ServiceName, id: &InstanceId) -> String {
+    format!("{prefix}{service}/{id}")
+}
+
 /// Splits `<prefix><service>/<instance-id>` into its parts.
-pub fn parse_key(prefix: &str, key: &[u8]) -> Result<(ServiceName, InstanceId), EntryError> {
+pub fn key(prefix: &str, key: &[u8]) -> Result<(ServiceName, InstanceId), EntryError> {
     let key = std::str::from_utf8(key).map_err(|_| EntryError::KeyShape)?;
     let rest = key.strip_prefix(prefix).ok_or(EntryError::KeyShape)?;
     let (service, id) = rest.split_once('/').ok_or(EntryError::KeyShape)?;
@@ -70,7 +46,7 @@ pub fn parse_key(prefix: &str, key: &[u8]) -> Result<(ServiceName, InstanceId), 
 }
 
 /// Parses and validates one value for the instance `id`.
-pub fn parse_value(id: InstanceId, value: &[u8]) -> Result<Instance, EntryError> {
+pub fn value(id: InstanceId, value: &[u8]) -> Result<Instance, EntryError> {
     let text = std::str::from_utf8(value).map_err(|_| EntryError::NotUtf8)?;
     let raw: RawValue = serde_json::from_str(text)?;
     let address: IpAddr = raw
@@ -117,17 +93,7 @@ pub fn parse_value(id: InstanceId, value: &[u8]) -> Result<Instance, EntryError>
     })
 }
 
-/// A string, number or boolean as text (metadata values, served as TXT); `None` for the rest.
-pub(super) fn scalar(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// Writes `instance` as a registry value; [`parse_value`] reads it back.
+/// Writes `instance` as a registry value; [`value`] reads it back.
 pub fn encode_value(instance: &Instance) -> String {
     // Objects even when empty (litemap alone writes an empty map as `[]`).
     let ports: BTreeMap<&String, &u16> = instance.ports.iter().collect();
@@ -146,13 +112,13 @@ pub fn encode_value(instance: &Instance) -> String {
 }
 
 /// Parses one key/value pair into the service it belongs to and the instance.
-pub fn parse_entry(
+pub fn entry(
     prefix: &str,
-    key: &[u8],
-    value: &[u8],
+    etcd_key: &[u8],
+    etcd_value: &[u8],
 ) -> Result<(ServiceName, Instance), EntryError> {
-    let (service, id) = parse_key(prefix, key)?;
-    Ok((service, parse_value(id, value)?))
+    let (service, id) = key(prefix, etcd_key)?;
+    Ok((service, value(id, etcd_value)?))
 }
 
 #[cfg(test)]
@@ -164,7 +130,7 @@ mod tests {
     #[test]
     fn full_value_from_the_contract() {
         let v = br#"{"address":"10.0.0.5","port":8080,"ports":{"http":8080,"grpc":9090},"tags":["v2"],"weight":10,"priority":0,"health":"passing","meta":{"az":"a"}}"#;
-        let (svc, i) = parse_entry(P, b"/ruddr/services/Web/web-1", v).unwrap();
+        let (svc, i) = entry(P, b"/ruddr/services/Web/web-1", v).unwrap();
         assert_eq!(svc.as_str(), "web");
         assert_eq!(i.id.as_str(), "web-1");
         assert_eq!(i.address, Address::Ip("10.0.0.5".parse().unwrap()));
@@ -177,13 +143,13 @@ mod tests {
 
     #[test]
     fn defaults_and_ipv6() {
-        let (_, i) = parse_entry(P, b"/ruddr/services/db/x", br#"{"address":"fd00::1"}"#).unwrap();
+        let (_, i) = entry(P, b"/ruddr/services/db/x", br#"{"address":"fd00::1"}"#).unwrap();
         assert!(i.address.ip().unwrap().is_ipv6());
         assert_eq!(
             (i.port, i.weight, i.priority, i.health),
             (None, 1, 0, Health::Passing)
         );
-        let (_, i) = parse_entry(
+        let (_, i) = entry(
             P,
             b"/ruddr/services/db/x",
             br#"{"address":"fd00::1","health":"Warning","meta":{"n":3,"b":true}}"#,
@@ -196,14 +162,25 @@ mod tests {
     #[test]
     fn encode_then_parse_is_the_identity() {
         let v = br#"{"address":"fd00::5","port":8080,"ports":{"grpc":9090},"tags":["v2"],"weight":10,"priority":3,"health":"warning","meta":{"az":"a"}}"#;
-        let i = parse_value(InstanceId::new("a").unwrap(), v).unwrap();
-        let back = parse_value(i.id.clone(), encode_value(&i).as_bytes()).unwrap();
+        let i = value(InstanceId::new("a").unwrap(), v).unwrap();
+        let back = value(i.id.clone(), encode_value(&i).as_bytes()).unwrap();
         assert_eq!(back, i);
         // Empty ports and metadata are still objects.
-        let bare = parse_value(i.id.clone(), br#"{"address":"10.0.0.1"}"#).unwrap();
+        let bare = value(i.id.clone(), br#"{"address":"10.0.0.1"}"#).unwrap();
         let encoded = encode_value(&bare);
         assert!(encoded.contains(r#""meta":{}"#), "{encoded}");
-        assert_eq!(parse_value(i.id.clone(), encoded.as_bytes()).unwrap(), bare);
+        assert_eq!(value(i.id.clone(), encoded.as_bytes()).unwrap(), bare);
+    }
+
+    #[test]
+    fn encode_key_then_key_is_the_identity() {
+        let (svc, id) = (
+            ServiceName::new("Web").unwrap(),
+            InstanceId::new("web-1").unwrap(),
+        );
+        let k = encode_key(P, &svc, &id);
+        assert_eq!(k, "/ruddr/services/web/web-1");
+        assert_eq!(key(P, k.as_bytes()).unwrap(), (svc, id));
     }
 
     #[test]
@@ -217,7 +194,7 @@ mod tests {
             b"/ruddr/services/\xff/a",
         ] {
             assert!(
-                parse_key(P, k).is_err(),
+                key(P, k).is_err(),
                 "{:?} accepted",
                 String::from_utf8_lossy(k)
             );
@@ -252,7 +229,7 @@ mod tests {
             (b"", "not a valid registration"),
         ];
         for (v, want) in cases {
-            let err = parse_value(InstanceId::new("a").unwrap(), v)
+            let err = value(InstanceId::new("a").unwrap(), v)
                 .unwrap_err()
                 .to_string();
             assert!(

@@ -1,0 +1,368 @@
+//! `ruddr serve`: builds the mirror, the etcd watcher and the DNS server, runs them, and shuts
+//! them down together: one cancellation token, then a bounded drain.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::admin::{self, Admin};
+use crate::cache::{Mirror, Update};
+use crate::config::Config;
+use crate::dns::forward::Forwarder;
+use crate::dns::rrl::RateLimiter;
+use crate::dns::server::{Limits, Transport};
+use crate::dns::zones::StaticZones;
+use crate::dns::Handler;
+use crate::metrics::Metrics;
+use crate::persist;
+use crate::registry::{self, Layout, Source, Status, Watcher};
+
+/// How long in-flight queries may take to finish after a shutdown signal.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Runs `ruddr serve` until `shutdown` completes or the DNS server fails. `zones` are the
+/// static zones, loaded (and checked) by the caller before anything else starts.
+pub async fn run(
+    cfg: Config,
+    zones: StaticZones,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    raise_open_file_limit();
+    let token = CancellationToken::new();
+    let mirror = Arc::new(Mirror::new());
+    let status = Arc::new(Status::new(cfg.dns.max_stale));
+    let metrics = Arc::new(Metrics::new());
+    let started = std::time::Instant::now();
+    let sources = cfg.registry_sources();
+
+    // The snapshot goes in before any socket is bound: a restart never answers from an
+    // empty mirror when a good snapshot is on disk.
+    let snapshot_task = match &cfg.snapshot.file {
+        Some(path) => {
+            restore_snapshot(path, cfg.snapshot.max_bytes, &sources, &mirror, &status);
+            Some(tokio::spawn(persist::run_writer(
+                path.clone(),
+                cfg.snapshot.min_interval,
+                mirror.clone(),
+                status.clone(),
+                token.clone(),
+            )))
+        }
+        None => None,
+    };
+
+    for (zone, records) in &zones.summary {
+        info!(%zone, records, "serving static zone");
+    }
+    let zones = Arc::new(arc_swap::ArcSwap::from_pointee(zones));
+    let forwarder =
+        (!cfg.forward.upstreams.is_empty()).then(|| Forwarder::from_config(&cfg.forward, &metrics));
+    if let Some(f) = &forwarder {
+        let upstreams: Vec<String> = f.upstreams().map(|a| a.to_string()).collect();
+        info!(upstreams = %upstreams.join(","), timeout = ?cfg.forward.timeout, "forwarding other names");
+    }
+    let handler = Handler::new(&cfg.dns, mirror.clone(), status.clone(), metrics.clone())
+        .context("building the DNS handler")?;
+    let sky = sky_zones(&sources, &handler)?;
+    let handler = handler.with_sky(sky).with_outside(
+        zones.clone(),
+        forwarder,
+        cfg.forward.allow_recursion.clone(),
+    );
+    let reload_task = tokio::spawn(reload_zones_on_sighup(
+        cfg.zones_dir.clone(),
+        zones,
+        token.clone(),
+    ));
+    let zone = handler.origin().to_string();
+    let limits = transport_limits(&cfg);
+    crate::dns::server::log_limits(&limits);
+    let rate_limit = RateLimiter::new(&cfg.rate_limit, &metrics);
+    if rate_limit.is_some() {
+        info!(
+            responses_per_second = cfg.rate_limit.responses_per_second,
+            slip = cfg.rate_limit.slip,
+            "response rate limiting on (UDP)",
+        );
+    }
+    let transport = Transport::new(
+        Arc::new(handler),
+        limits,
+        rate_limit,
+        metrics.clone(),
+        token.clone(),
+    );
+    for addr in &cfg.listen {
+        let (udp, tcp) = bind_pair(*addr).await?;
+        info!(
+            udp = %udp.local_addr()?,
+            tcp = %tcp.local_addr()?,
+            zone = %zone,
+            "dns listening",
+        );
+        transport.serve_udp(udp);
+        transport.serve_tcp(tcp);
+    }
+
+    let admin_task = match admin::bind(cfg.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin listener {:?}", cfg.admin_listen))?
+    {
+        Some(listener) => {
+            info!(addr = %listener.local_addr()?, "admin listening");
+            let admin = Admin {
+                mirror: mirror.clone(),
+                status: status.clone(),
+                metrics: metrics.clone(),
+                serve_warning: cfg.dns.serve_warning,
+                max_stale: cfg.dns.max_stale,
+                started,
+            };
+            Some(tokio::spawn(admin.serve(
+                listener,
+                cfg.admin_header_timeout,
+                cfg.admin_max_connections,
+                token.clone(),
+            )))
+        }
+        None => None,
+    };
+
+    let client = registry::connect(&cfg.etcd).await?;
+    for s in sources.iter().filter(|s| s.layout != Layout::Native) {
+        info!(format = %s.layout, prefix = %s.prefix, "reading a framework layout");
+    }
+    // Test-only fault injection: the watcher panics this many times once established.
+    let inject = Arc::new(std::sync::atomic::AtomicU32::new(
+        std::env::var("RUDDR_TEST_WATCHER_PANICS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    ));
+    let make_watcher = {
+        let (mirror, status, metrics, etcd) = (
+            mirror.clone(),
+            status.clone(),
+            metrics.clone(),
+            cfg.etcd.clone(),
+        );
+        move || {
+            Watcher::new(
+                client.clone(),
+                &etcd,
+                sources.clone(),
+                mirror.clone(),
+                status.clone(),
+                metrics.clone(),
+            )
+            .with_max_stale(cfg.dns.max_stale)
+            .with_injected_panics(inject.clone())
+        }
+    };
+    info!(endpoints = %cfg.etcd.endpoints.join(","), prefix = %cfg.etcd.prefix, "starting etcd watch");
+    let watch_task = tokio::spawn(registry::supervise(
+        make_watcher,
+        status.clone(),
+        metrics,
+        token.clone(),
+    ));
+
+    shutdown.await;
+    info!("shutdown requested; draining");
+    let served = Ok(());
+
+    token.cancel();
+    if !transport.drain(GRACE).await {
+        warn!(grace = ?GRACE, "in-flight queries did not finish in time");
+    }
+    if let Err(error) = watch_task.await {
+        warn!(%error, "etcd watcher task failed");
+    }
+    let _ = reload_task.await;
+    if let Some(task) = snapshot_task {
+        if let Err(error) = task.await {
+            warn!(%error, "snapshot writer task failed");
+        }
+    }
+    if let Some(task) = admin_task {
+        match tokio::time::timeout(GRACE, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => warn!(%error, "admin listener failed"),
+            Ok(Err(error)) => warn!(%error, "admin task failed"),
+            Err(_) => warn!("admin listener did not stop in time"),
+        }
+    }
+    info!(revision = mirror.load().revision, "stopped");
+    served
+}
+
+/// The transport's limits from the config, with the TCP connection cap at most half the
+/// open-file limit (the other half stays for upstream sockets, etcd, snapshots and admin).
+fn transport_limits(cfg: &Config) -> Limits {
+    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(u64::MAX, |(soft, _)| soft);
+    let fd_room = usize::try_from(nofile / 2).unwrap_or(usize::MAX).max(16);
+    let d = &cfg.dns;
+    if d.tcp_max_connections > fd_room {
+        warn!(
+            configured = d.tcp_max_connections,
+            lowered_to = fd_room,
+            open_file_limit = nofile,
+            "dns.tcp_max_connections is above half the open-file limit: lowering it",
+        );
+    }
+    Limits {
+        tcp_idle_timeout: d.tcp_idle_timeout,
+        tcp_session_timeout: d.tcp_session_timeout,
+        tcp_max_connections: d.tcp_max_connections.min(fd_room),
+        tcp_max_connections_per_client: d.tcp_max_connections_per_client,
+        tcp_max_pipelined: d.tcp_max_pipelined,
+        max_pending: d.max_pending,
+    }
+}
+
+/// Raises the soft open-file limit to the hard one (services often start with 1,024, which a
+/// few hundred clients and forwarded queries can use up) and logs the figure.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(error) => warn!(%error, soft, hard, "cannot raise the open-file limit"),
+        },
+        Ok((soft, _)) => info!(limit = soft, "open-file limit"),
+        Err(error) => warn!(%error, "cannot read the open-file limit"),
+    }
+}
+
+/// The zones of the SkyDNS sources, each tied to its source and TTL.
+fn sky_zones(
+    sources: &[Source],
+    handler: &Handler,
+) -> anyhow::Result<Vec<crate::dns::skydns::SkyZone>> {
+    use hickory_proto::rr::{LowerName, Name};
+    let mut out = Vec::new();
+    for source in sources {
+        let Layout::Skydns { zones, ttl } = &source.layout else {
+            continue;
+        };
+        for zone in zones {
+            let origin = Name::from_ascii(zone).with_context(|| format!("skydns zone {zone}"))?;
+            info!(zone = %origin, prefix = %source.prefix, "answering a skydns zone");
+            out.push(crate::dns::skydns::SkyZone {
+                apex: LowerName::new(&origin),
+                zone: handler.zone_for(origin)?,
+                source: source.id,
+                ttl: *ttl,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Reloads the zone files on SIGHUP; a broken reload keeps the old zones and says why.
+async fn reload_zones_on_sighup(
+    dir: std::path::PathBuf,
+    zones: Arc<arc_swap::ArcSwap<StaticZones>>,
+    shutdown: CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP; zone reloads need a restart");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hup.recv() => {}
+        }
+        let dir2 = dir.clone();
+        match tokio::task::spawn_blocking(move || StaticZones::load_dir(&dir2)).await {
+            Ok(Ok(fresh)) => {
+                info!(dir = %dir.display(), zones = ?fresh.summary, "zones reloaded");
+                zones.store(Arc::new(fresh));
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "zone reload failed; keeping the zones already loaded")
+            }
+            Err(error) => tracing::error!(%error, "zone reload task failed"),
+        }
+    }
+}
+
+/// Fills the mirror from the snapshot file, if there is a valid one. The data counts as stale
+/// since it was written; the first list of each source from etcd replaces that source's part.
+fn restore_snapshot(
+    path: &std::path::Path,
+    max_bytes: u64,
+    sources: &[Source],
+    mirror: &Mirror,
+    status: &Status,
+) {
+    match persist::load(path, max_bytes) {
+        Ok(Some(mut p)) => {
+            // Entries of sources no longer configured would never be replaced by a list.
+            let configured = |id: &crate::cache::SourceId| sources.iter().any(|s| s.id == *id);
+            p.instances.retain(|(_, i)| configured(&i.source));
+            p.domains.retain(|((id, _), _)| configured(id));
+            let age = std::time::SystemTime::now()
+                .duration_since(p.written_at())
+                .unwrap_or_default();
+            let (revision, instances) = (p.revision, p.instances.len());
+            status.set_from_snapshot(p.written_at());
+            if status.is_age_unknown() {
+                warn!(
+                    path = %path.display(),
+                    written_at = %humantime::format_rfc3339_seconds(p.written_at()),
+                    "the snapshot is dated in the future: its age is unknown, so it counts as older than max_stale",
+                );
+            }
+            mirror.apply(
+                [Update::Reset {
+                    source: None,
+                    instances: p.instances,
+                    domains: p.domains,
+                }],
+                revision,
+            );
+            // The file's bytes and the decoded listing are gone now.
+            crate::memory::trim();
+            warn!(
+                path = %path.display(),
+                revision,
+                instances,
+                age = ?Duration::from_secs(age.as_secs()),
+                "serving from the snapshot file until etcd answers",
+            );
+        }
+        Ok(None) => info!(path = %path.display(), "no snapshot file yet"),
+        Err(error) => warn!(path = %path.display(), %error, "ignoring the snapshot file"),
+    }
+}
+
+/// Binds UDP and TCP on the same address. For port 0 the UDP socket picks the port and TCP
+/// takes the same one; if TCP finds it taken, try another.
+async fn bind_pair(addr: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
+    const ATTEMPTS: usize = 20;
+    for _ in 0..ATTEMPTS {
+        let udp = UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("binding UDP {addr}"))?;
+        let port = udp.local_addr()?.port();
+        match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(e).with_context(|| format!("binding TCP {addr}")),
+        }
+    }
+    anyhow::bail!(
+        "no port free for both UDP and TCP on {} after {ATTEMPTS} tries",
+        addr.ip()
+    )
+}
