@@ -25,7 +25,6 @@ pub struct Admin {
     pub status: Arc<Status>,
     pub metrics: Arc<Metrics>,
     pub serve_warning: bool,
-    pub max_stale: Option<std::time::Duration>,
     pub started: Instant,
 }
 
@@ -117,7 +116,7 @@ impl Admin {
         let from_snapshot = self.status.is_from_snapshot();
         let connected = self.status.is_connected();
         let stale_since = self.status.stale_since();
-        let too_stale = self.status.is_too_stale(self.max_stale);
+        let too_stale = self.status.freshness() == crate::cache::Freshness::Expired;
         let ready = self.status.has_data() && !too_stale;
         let reason_buf: String;
         let problem = self.status.problem();

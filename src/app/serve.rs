@@ -121,7 +121,6 @@ pub async fn run(
                 status: status.clone(),
                 metrics: metrics.clone(),
                 serve_warning: cfg.dns.serve_warning,
-                max_stale: cfg.dns.max_stale,
                 started,
             };
             Some(tokio::spawn(admin.serve(
@@ -161,7 +160,6 @@ pub async fn run(
                 status.clone(),
                 metrics.clone(),
             )
-            .with_max_stale(cfg.dns.max_stale)
             .with_injected_panics(inject.clone())
         }
     };

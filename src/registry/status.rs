@@ -202,14 +202,6 @@ impl Status {
         }
     }
 
-    /// Whether the data is older than `max_stale` (never, when `max_stale` is `None`).
-    pub fn is_too_stale(&self, max_stale: Option<Duration>) -> bool {
-        match (max_stale, self.stale_for()) {
-            (Some(max), Some(age)) => age > max,
-            _ => false,
-        }
-    }
-
     /// Time since etcd last confirmed the mirror current, if it ever did.
     pub fn confirmed_age(&self) -> Option<Duration> {
         match self.confirmed_ms.load(Relaxed) {
@@ -227,6 +219,18 @@ impl Status {
 mod tests {
     use super::*;
 
+    /// Whether data of this status's age would count as expired under `max`.
+    fn too_stale(s: &Status, max: Option<Duration>) -> bool {
+        let f = Freshness::of(
+            true,
+            s.is_connected(),
+            s.stale_for(),
+            s.is_age_unknown(),
+            max,
+        );
+        f == Freshness::Expired
+    }
+
     #[tokio::test(start_paused = true)]
     async fn stale_since_is_kept_from_the_first_loss_and_cleared_on_connect() {
         let s = Status::default();
@@ -236,12 +240,12 @@ mod tests {
         s.set_disconnected();
         // Kept from the first loss.
         assert_eq!(s.stale_for(), Some(Duration::from_secs(20)));
-        assert!(s.is_too_stale(Some(Duration::from_secs(10))));
-        assert!(!s.is_too_stale(Some(Duration::from_secs(3600))));
-        assert!(!s.is_too_stale(None));
+        assert!(too_stale(&s, Some(Duration::from_secs(10))));
+        assert!(!too_stale(&s, Some(Duration::from_secs(3600))));
+        assert!(!too_stale(&s, None));
         s.set_connected();
         assert!(s.is_connected() && s.has_data() && s.stale_since().is_none());
-        assert!(!s.is_too_stale(Some(Duration::ZERO)));
+        assert!(!too_stale(&s, Some(Duration::ZERO)));
         assert_eq!(s.confirmed_age(), Some(Duration::ZERO));
         tokio::time::advance(Duration::from_secs(7)).await;
         assert_eq!(s.confirmed_age(), Some(Duration::from_secs(7)));
@@ -256,7 +260,7 @@ mod tests {
         s.set_from_snapshot(written);
         assert!(s.has_data() && !s.is_synced() && s.is_from_snapshot());
         assert!(s.stale_for().unwrap() >= Duration::from_secs(119));
-        assert!(s.is_too_stale(Some(Duration::from_secs(60))));
+        assert!(too_stale(&s, Some(Duration::from_secs(60))));
         assert!(!s.is_age_unknown());
         s.set_connected();
         assert!(!s.is_from_snapshot());
@@ -268,13 +272,13 @@ mod tests {
         // Within the slack: believed (a little clock skew between hosts).
         s.set_from_snapshot(SystemTime::now() + Duration::from_secs(30));
         assert!(!s.is_age_unknown());
-        assert!(!s.is_too_stale(Some(Duration::from_secs(60))));
+        assert!(!too_stale(&s, Some(Duration::from_secs(60))));
 
         let s = Status::default();
         s.set_from_snapshot(SystemTime::now() + Duration::from_secs(3600));
         assert!(s.is_age_unknown() && s.has_data());
-        assert!(s.is_too_stale(Some(Duration::from_secs(365 * 86400))));
-        assert!(!s.is_too_stale(None), "no max_stale: still served");
+        assert!(too_stale(&s, Some(Duration::from_secs(365 * 86400))));
+        assert!(!too_stale(&s, None), "no max_stale: still served");
         s.set_connected();
         assert!(!s.is_age_unknown() && s.stale_for().is_none());
     }

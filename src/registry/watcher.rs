@@ -152,7 +152,6 @@ pub struct Watcher {
     /// How often to try again a source etcd refused (the reconnect backoff's longest delay).
     source_retry: Duration,
     lists: u64,
-    max_stale: Option<Duration>,
     /// Whether "past max_stale" was logged for the current outage.
     too_stale_logged: bool,
     /// Re-lists since the last established watch.
@@ -195,7 +194,6 @@ impl Watcher {
             inject_panics: Arc::default(),
             source_retry: cfg.retry_max.max(Duration::from_secs(1)),
             lists: 0,
-            max_stale: None,
             too_stale_logged: false,
             relists_in_a_row: 0,
             backoff: Backoff::new(cfg.retry_min, cfg.retry_max),
@@ -210,12 +208,6 @@ impl Watcher {
     /// the real binary.
     pub fn with_injected_panics(mut self, panics: Arc<std::sync::atomic::AtomicU32>) -> Self {
         self.inject_panics = panics;
-        self
-    }
-
-    /// Past `max_stale` without etcd, say so (once per outage): registry names answer SERVFAIL.
-    pub fn with_max_stale(mut self, max_stale: Option<Duration>) -> Self {
-        self.max_stale = max_stale;
         self
     }
 
@@ -259,11 +251,12 @@ impl Watcher {
             }
             let since = self.status.set_disconnected();
             self.status.set_problem(kind, err.to_string());
-            if !self.too_stale_logged && self.status.is_too_stale(self.max_stale) {
+            if !self.too_stale_logged && self.status.freshness() == crate::cache::Freshness::Expired
+            {
                 self.too_stale_logged = true;
                 error!(
                     stale_since = %humantime::format_rfc3339_seconds(since),
-                    max_stale = ?self.max_stale.unwrap_or_default(),
+                    max_stale = ?self.status.max_stale().unwrap_or_default(),
                     "data older than max_stale: registry names now answer SERVFAIL until etcd is back",
                 );
             }
