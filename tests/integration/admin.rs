@@ -66,7 +66,7 @@ fn metrics_move_with_queries_outages_and_bad_values() {
         r#"{"address":"10.10.2.1","port":5432}"#,
     );
     let r = Ruddr::start(&etcd.endpoint(), &[]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
 
     assert_eq!(r.metric("ruddr_registry_connected"), 1.0);
     assert_eq!(r.metric(r#"ruddr_services{health="all"}"#), 2.0);

@@ -18,7 +18,7 @@ fn setup(extra: &[&str]) -> (Etcd, Ruddr) {
     etcd.put("/ruddr/services/web/web-4", WEB4);
     etcd.put("/ruddr/services/db/db-1", r#"{"address":"10.0.1.1"}"#);
     let ruddr = Ruddr::start(&etcd.endpoint(), extra);
-    ruddr.wait_log("watching etcd");
+    ruddr.wait_watching();
     (etcd, ruddr)
 }
 
@@ -192,7 +192,7 @@ fn truncation_over_udp_and_complete_answer_over_tcp() {
         .collect();
     etcd.put_many(&kvs);
     let r = Ruddr::start(&etcd.endpoint(), &[]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
 
     for qtype in [RecordType::A, RecordType::SRV] {
         let udp = exchange(

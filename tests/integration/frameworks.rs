@@ -39,7 +39,7 @@ fn start(etcd: &Etcd) -> (Ruddr, tempfile::TempDir) {
     let cfg = dir.path().join("ruddr.toml");
     std::fs::write(&cfg, CONFIG).unwrap();
     let r = Ruddr::start(&etcd.endpoint(), &["--config", cfg.to_str().unwrap()]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
     (r, dir)
 }
 
@@ -226,6 +226,50 @@ fn go_micro_nodes() {
     );
     etcd.revoke(lease);
     wait_nxdomain(&r, name);
+}
+
+#[test]
+fn go_micro_values_with_several_nodes_serve_every_node() {
+    let etcd = Etcd::start();
+    let (r, _dir) = start(&etcd);
+    // Writers other than go-micro's own put a whole service, all its nodes, under one key.
+    let key = "/micro/registry/orders/all";
+    let value = |nodes: &[(&str, &str)]| {
+        let nodes: Vec<String> = nodes
+            .iter()
+            .map(|(id, addr)| format!(r#"{{"id":"{id}","address":"{addr}:9000"}}"#))
+            .collect();
+        format!(r#"{{"name":"orders","nodes":[{}]}}"#, nodes.join(","))
+    };
+    // Another key of the same service stays untouched by what this key does.
+    etcd.put(
+        "/micro/registry/orders/solo",
+        &value(&[("solo", "10.1.9.9")]),
+    );
+    etcd.put(
+        key,
+        &value(&[("n1", "10.1.9.1"), ("n2", "10.1.9.2"), ("n3", "10.1.9.3")]),
+    );
+    let name = "orders.svc.internal.";
+    wait_for(
+        &r,
+        name,
+        RecordType::A,
+        &["10.1.9.1", "10.1.9.2", "10.1.9.3", "10.1.9.9"],
+    );
+    wait_for(&r, "n2.orders.svc.internal.", RecordType::A, &["10.1.9.2"]);
+    // A put replaces everything the key gave before.
+    etcd.put(key, &value(&[("n1", "10.1.9.1"), ("n4", "10.1.9.4")]));
+    wait_for(
+        &r,
+        name,
+        RecordType::A,
+        &["10.1.9.1", "10.1.9.4", "10.1.9.9"],
+    );
+    wait_nxdomain(&r, "n2.orders.svc.internal.");
+    // A delete removes all of it.
+    etcd.delete(key);
+    wait_for(&r, name, RecordType::A, &["10.1.9.9"]);
 }
 
 #[test]
@@ -422,7 +466,7 @@ fn snapshot_restores_sources_and_drops_removed_ones() {
         |cfg: &std::path::Path| Ruddr::start(&endpoint, &["--config", cfg.to_str().unwrap()]);
 
     let mut r = start(&with_kratos);
-    r.wait_log("watching etcd");
+    r.wait_watching();
     eventually(WAIT, "snapshot with every source", || {
         let p = ruddr::persist::load(&snap, u64::MAX).ok()??;
         let mut addrs: Vec<String> = p

@@ -631,6 +631,30 @@ impl Ruddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// Waits until `/ready` says the watch on etcd is established (`"connected": true`).
+    pub fn wait_watching(&self) {
+        eventually(Duration::from_secs(20), "/ready to say connected", || {
+            let (_, body) = self.try_http_get("/ready")?;
+            let ready: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (ready["connected"] == serde_json::Value::Bool(true)).then_some(())
+        });
+    }
+
+    /// GET on the admin listener, `None` when it does not answer (not bound yet).
+    pub fn try_http_get(&self, path: &str) -> Option<(u16, String)> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let mut resp = agent
+            .get(format!("http://127.0.0.1:{}{path}", self.admin_port))
+            .call()
+            .ok()?;
+        let code = resp.status().as_u16();
+        Some((code, resp.body_mut().read_to_string().ok()?))
+    }
+
     /// GET on the admin listener: status code and body.
     pub fn http_get(&self, path: &str) -> (u16, String) {
         let agent: ureq::Agent = ureq::Agent::config_builder()

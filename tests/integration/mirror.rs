@@ -21,7 +21,7 @@ fn wait_for_a(r: &Ruddr, name: &str, want: &[&str]) {
 fn register_update_health_delete() {
     let etcd = Etcd::start();
     let r = Ruddr::start(&etcd.endpoint(), &[]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
     let name = "api.svc.internal.";
     assert_eq!(
         rcode(&query(r.addr(), name, RecordType::A)),
@@ -105,7 +105,7 @@ fn bad_values_are_skipped_and_the_rest_served() {
     etcd.put("/ruddr/services/web_x/y", r#"{"address":"10.3.0.9"}"#);
     etcd.put("/ruddr/services/web/too/deep", r#"{"address":"10.3.0.9"}"#);
     let r = Ruddr::start(&etcd.endpoint(), &[]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
     assert_eq!(a_records(&r, "web.svc.internal."), ["10.3.0.1"]);
     let log = r.log_text();
     for key in [
@@ -173,7 +173,7 @@ fn etcd_killed_answers_unchanged_then_changes_flow_again() {
         r#"{"address":"10.4.0.2","port":80}"#,
     );
     let r = Ruddr::start(&etcd.endpoint(), &[]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
     let before = a_records(&r, "web.svc.internal.");
     let srv_before = answer_strings(&query(r.addr(), "web.svc.internal.", RecordType::SRV));
     assert_eq!(before, ["10.4.0.1", "10.4.0.2"]);
@@ -230,7 +230,7 @@ fn compaction_while_disconnected_rebuilds_state() {
     etcd.put("/ruddr/services/web/w2", r#"{"address":"10.5.0.2"}"#);
     etcd.put("/ruddr/services/old/o1", r#"{"address":"10.5.1.1"}"#);
     let mut r = Ruddr::start(&etcd.endpoint(), &[]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
     wait_for_a(&r, "web.svc.internal.", &["10.5.0.1", "10.5.0.2"]);
 
     // Freeze ruddr so its watch cannot see anything, change etcd, compact past ruddr's revision.
@@ -329,7 +329,7 @@ fn etcd_rebuilt_from_scratch_is_relisted() {
         );
     }
     let r = Ruddr::start(&etcd.endpoint(), &[]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
     wait_for_a(
         &r,
         "web.svc.internal.",
@@ -348,7 +348,7 @@ fn etcd_rebuilt_from_scratch_is_relisted() {
 fn propagation_latency_is_measured() {
     let etcd = Etcd::start();
     let r = Ruddr::start(&etcd.endpoint(), &["-q"]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let mut samples = Vec::new();

@@ -33,7 +33,7 @@ fn every_instance_comes_first_and_weight_counts() {
         );
     }
     let r = Ruddr::start(&etcd.endpoint(), &[]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
 
     let counts = first_counts(&r, RecordType::A, 200);
     for addr in ["10.7.0.10", "10.7.0.1", "10.7.0.2", "10.7.0.3"] {
@@ -82,7 +82,7 @@ fn srv_priority_orders_before_weight() {
         r#"{"address":"10.7.1.2","port":80,"priority":10,"weight":100}"#,
     );
     let r = Ruddr::start(&etcd.endpoint(), &[]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
     let counts = first_counts(&r, RecordType::SRV, 50);
     assert_eq!(
         counts.get("primary.lb.svc.internal."),

@@ -92,7 +92,7 @@ fn cluster_members_die_under_load_without_a_single_failed_answer() {
         );
     }
     let r = Ruddr::start(&cluster.endpoints(), &[]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
     let expected = vec![
         "10.20.0.1".to_string(),
         "10.20.0.2".into(),
@@ -166,7 +166,7 @@ fn leases_that_expired_during_the_outage_vanish_afterwards() {
     );
     cluster.put("/ruddr/services/web/static", r#"{"address":"10.21.0.3"}"#);
     let r = Ruddr::start(&cluster.endpoints(), &[]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
     let all = ["10.21.0.1", "10.21.0.2", "10.21.0.3"];
     assert_eq!(
         answer_strings(&query(r.addr(), "web.svc.internal.", RecordType::A)),
@@ -242,7 +242,7 @@ fn restart_while_etcd_is_down_serves_the_snapshot() {
     let args = ["--snapshot-file", snap_arg.as_str()];
 
     let mut r = Ruddr::start(&etcd.endpoint(), &args);
-    r.wait_log("watching etcd");
+    r.wait_watching();
     eventually(Duration::from_secs(10), "snapshot written", || {
         let p = ruddr::persist::load(&snap, u64::MAX).ok()??;
         p.instances
@@ -306,7 +306,7 @@ fn max_stale_turns_registry_names_into_servfail_until_etcd_returns() {
     let mut etcd = Etcd::start();
     etcd.put("/ruddr/services/web/w1", r#"{"address":"10.23.0.1"}"#);
     let r = Ruddr::start(&etcd.endpoint(), &["--max-stale", "3s"]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
     etcd.kill();
     let down = Instant::now();
     r.wait_log("etcd unreachable");
@@ -352,7 +352,7 @@ fn panic_threshold_answers_with_every_instance() {
         r#"{"address":"10.24.0.3","health":"critical"}"#,
     );
     let r = Ruddr::start(&etcd.endpoint(), &["--panic-threshold", "0.5"]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
     assert_eq!(
         answer_strings(&query(r.addr(), "web.svc.internal.", RecordType::A)),
         ["10.24.0.1", "10.24.0.2", "10.24.0.3"]

@@ -60,7 +60,7 @@ fn forwarding_passes_answers_through_and_fails_over() {
         &etcd.endpoint(),
         &["--upstream", &upstreams, "--forward-timeout", "500ms"],
     );
-    r.wait_log("watching etcd");
+    r.wait_watching();
 
     // Through the dead first upstream to the second; TTL and AA come from the upstream.
     let m = rd_query(r.addr(), "www.upstream.test.", RecordType::A);
@@ -149,7 +149,7 @@ fn no_upstreams_or_outside_allow_list_is_refused_but_discovery_answers() {
     )
     .unwrap();
     let r = Ruddr::start(&etcd.endpoint(), &["--config", cfg.to_str().unwrap()]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
     let allowed = udp_query_from("127.0.0.1:0", r.addr(), "www.upstream.test.", RecordType::A);
     assert_eq!(answer_strings(&allowed), ["192.0.2.10"]);
     let outsider = udp_query_from("127.0.0.2:0", r.addr(), "www.upstream.test.", RecordType::A);
@@ -191,7 +191,7 @@ fn static_zones_axfr_any_ptr_and_reload() {
     let zone_file = zones.join("static.test.zone");
     std::fs::write(&zone_file, UPSTREAM_ZONE).unwrap();
     let r = Ruddr::start(&etcd.endpoint(), &["--zones-dir", zones.to_str().unwrap()]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
 
     assert_eq!(dig_short(r.port, "www.static.test", "A"), ["192.0.2.10"]);
     let m = query(r.addr(), "www.static.test.", RecordType::A);
@@ -288,7 +288,7 @@ fn glibc_getent_through_a_private_resolv_conf() {
             &format!("127.0.0.1:{}", up.port),
         ],
     );
-    r.wait_log("watching etcd");
+    r.wait_watching();
     r.wait_log(&format!("udp={listen}"));
     let conf = dir.path().join("resolv.conf");
     let mut f = std::fs::File::create(&conf).unwrap();
@@ -354,7 +354,7 @@ fn dnspython_srv_lookup_and_connect() {
         &format!(r#"{{"address":"127.0.0.1","port":{port}}}"#),
     );
     let r = Ruddr::start(&etcd.endpoint(), &[]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
     let script = format!(
         r#"
 import socket, dns.resolver

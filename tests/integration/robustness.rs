@@ -15,7 +15,7 @@ fn malformed_packets_do_not_crash() {
     let etcd = Etcd::start();
     etcd.put("/ruddr/services/web/w1", r#"{"address":"10.8.0.1"}"#);
     let mut r = Ruddr::start(&etcd.endpoint(), &[]);
-    r.wait_log("watching etcd");
+    r.wait_watching();
     let good = query_message("web.svc.internal.", RecordType::A, Some(1232))
         .to_vec()
         .unwrap();
@@ -144,7 +144,7 @@ fn sigterm_and_sigint_exit_cleanly() {
     let etcd = Etcd::start();
     for sig in ["TERM", "INT"] {
         let mut r = Ruddr::start(&etcd.endpoint(), &[]);
-        r.wait_log("watching etcd");
+        r.wait_watching();
         r.signal(sig);
         assert_eq!(
             r.wait_exit(Duration::from_secs(10)),
