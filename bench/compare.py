@@ -1,0 +1,373 @@
+#!/usr/bin/env python3
+"""ruddr against knotd and nsd (and optionally hickory-dns or another ruddr build) on the same data,
+in the same run, interleaved.
+
+    bench/compare.py [--ruddr new=target/release/ruddr] [--ruddr old=/path/to/other/ruddr]
+                     [--servers knot,nsd] [--hickory PATH] [--rounds 3] [--duration 10]
+                     [--setups shared,pinned] [--mixes plain,nx10] [--latency]
+
+Data: 1,000 services x 3 instances (--services/--instances), in etcd for ruddr and as a zone file
+for the others. Queries: half `svcN A`, half `_http._tcp.svcN SRV` (answered with the targets'
+addresses in the additional section); the `nx10` mix turns one query in ten into a name that does
+not exist. Setups: `shared` (servers and dnsperf share both cores) and `pinned` (the server on
+core 0, dnsperf on core 1, with taskset).
+
+Every server runs for the whole benchmark; each round runs dnsperf (`-c 10 -T 1`, UDP) against
+each server in turn, reading the server's CPU time (utime + stime of the process and its
+children, from /proc) before and after. Per setup and mix it prints the median and spread over
+rounds of QPS, lost queries, server CPU seconds and answers per server CPU-second, with the ratios
+to knotd. dnsperf tops out near 140-180k QPS on two cores, so answers per CPU-second is the figure
+that separates fast servers.
+
+--latency also runs dnsperf at a fixed 5,000 QPS (`-Q 5000 -v`, pinned) and reports p50/p99 of
+the per-query latencies it prints.
+
+Needs etcd, dnsperf, knot and nsd (Debian packages; WITH_BENCH=1 scripts/deps.sh installs them).
+Loopback only; everything lives in a temp dir.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+        try:
+            with socket.socket() as t:
+                t.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` and every live descendant (nsd serves from forked children), plus
+    what reaped children used."""
+    stats = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # fields[0] is field 3 (state); ppid is field 4, utime 14, stime 15, cutime 16, cstime 17.
+            stats[int(d.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        if p in stats:
+            total += stats[p][1]
+        todo.extend(c for c, (ppid, _) in stats.items() if ppid == p)
+    return total / TICK
+
+
+def descendants(pid: int) -> list[int]:
+    parents = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
+def b64(s: str) -> str:
+    return base64.b64encode(s.encode()).decode()
+
+
+def ip_of(i: int, j: int) -> str:
+    return f"10.{i // 250}.{i % 250}.{j + 1}"
+
+
+def load_etcd(endpoint: str, services: int, instances: int) -> None:
+    ops = []
+    for i in range(services):
+        for j in range(instances):
+            port = 8080 + j
+            value = json.dumps({"address": ip_of(i, j), "port": port, "ports": {"http": port}})
+            ops.append({"request_put": {"key": b64(f"/ruddr/services/svc{i}/i{j}"), "value": b64(value)}})
+    for start in range(0, len(ops), 100):
+        body = json.dumps({"success": ops[start:start + 100]}).encode()
+        req = urllib.request.Request(endpoint + "/v3/kv/txn", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+
+
+def zone_text(services: int, instances: int) -> str:
+    lines = ["$ORIGIN svc.internal.", "$TTL 5",
+             "@ IN SOA ns.dns hostmaster 1 3600 600 86400 5", "@ IN NS ns.dns", "ns.dns IN A 127.0.0.1"]
+    for i in range(services):
+        for j in range(instances):
+            ip = ip_of(i, j)
+            lines.append(f"svc{i} IN A {ip}")
+            lines.append(f"_http._tcp.svc{i} IN SRV 0 1 {8080 + j} i{j}.svc{i}")
+            lines.append(f"i{j}.svc{i} IN A {ip}")
+    return "\n".join(lines) + "\n"
+
+
+def queries(services: int, nx_every: int) -> str:
+    out = []
+    n = 0
+    for i in range(services):
+        for q in (f"svc{i}.svc.internal A", f"_http._tcp.svc{i}.svc.internal SRV"):
+            n += 1
+            out.append(f"nx{n}.svc.internal A" if nx_every and n % nx_every == 0 else q)
+    return "\n".join(out) + "\n"
+
+
+class Server:
+    def __init__(self, label: str, argv: list[str], port: int, work: Path, env=None):
+        self.label, self.port = label, port
+        log = open(work / f"{label}.log", "w")
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+
+    def wait_answer(self, name: str, want: int) -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                sys.exit(f"{self.label} exited: see its log")
+            out = subprocess.run(["dig", "@127.0.0.1", "-p", str(self.port), "+short", "+time=1",
+                                  "+tries=1", name, "A"], capture_output=True, text=True).stdout
+            if len(out.split()) == want:
+                return
+            time.sleep(0.2)
+        sys.exit(f"{self.label} never answered {name}")
+
+    def pin(self, cpus: str) -> None:
+        for p in [self.proc.pid, *descendants(self.proc.pid)]:
+            subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(p)], capture_output=True)
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def dnsperf(port: int, qfile: Path, duration: int, client_cpu: str | None, extra=()) -> str:
+    argv = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile), "-l", str(duration),
+            "-c", "10", "-T", "1", "-q", "200", *extra]
+    if client_cpu:
+        argv = ["taskset", "-c", client_cpu, *argv]
+    return subprocess.run(argv, capture_output=True, text=True).stdout
+
+
+def parse(out: str) -> dict:
+    def num(pattern: str) -> float:
+        m = re.search(pattern, out)
+        return float(m.group(1)) if m else 0.0
+    return {
+        "qps": num(r"Queries per second:\s+([\d.]+)"),
+        "completed": num(r"Queries completed:\s+(\d+)"),
+        "lost": num(r"Queries lost:\s+(\d+)"),
+    }
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):,.0f}-{max(values):,.0f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ruddr", action="append", default=[], metavar="LABEL=PATH")
+    ap.add_argument("--servers", default="knot,nsd", help="reference servers: knot, nsd (comma list, may be empty)")
+    ap.add_argument("--hickory", help="path of a hickory-dns binary to include")
+    ap.add_argument("--services", type=int, default=1000)
+    ap.add_argument("--instances", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--setups", default="shared,pinned")
+    ap.add_argument("--mixes", default="plain,nx10")
+    ap.add_argument("--latency", action="store_true")
+    ap.add_argument("--ruddr-args", default="", help="extra arguments for every ruddr")
+    args = ap.parse_args()
+    ruddrs = [r.split("=", 1) for r in (args.ruddr or [f"ruddr={ROOT / 'target/release/ruddr'}"])]
+    refs = [s for s in args.servers.split(",") if s]
+
+    work = Path(tempfile.mkdtemp(prefix="ruddr-compare-"))
+    servers: list[Server] = []
+    etcd = None
+    try:
+        cport, pport = free_port(), free_port()
+        etcd = subprocess.Popen(
+            ["etcd", "--name", "b", "--data-dir", str(work / "etcd"),
+             "--listen-client-urls", f"http://127.0.0.1:{cport}", "--advertise-client-urls", f"http://127.0.0.1:{cport}",
+             "--listen-peer-urls", f"http://127.0.0.1:{pport}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
+             "--initial-cluster", f"b=http://127.0.0.1:{pport}", "--initial-cluster-state", "new"],
+            stdout=open(work / "etcd.log", "w"), stderr=subprocess.STDOUT)
+        endpoint = f"http://127.0.0.1:{cport}"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(endpoint + "/health", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        load_etcd(endpoint, args.services, args.instances)
+        zones = work / "zones"
+        zones.mkdir()
+        (zones / "svc.internal.zone").write_text(zone_text(args.services, args.instances))
+        last = f"svc{args.services - 1}.svc.internal"
+
+        for label, path in ruddrs:
+            port = free_port()
+            argv = [path, "-q", "serve", "--listen", f"127.0.0.1:{port}", "--etcd-endpoints", endpoint,
+                    "--admin-listen", "", "--zones-dir", str(work / "no-zones"), *args.ruddr_args.split()]
+            servers.append(Server(label, argv, port, work))
+        if "knot" in refs:
+            port = free_port()
+            (work / "knot").mkdir()
+            (work / "knot.conf").write_text(f"""server:
+    listen: 127.0.0.1@{port}
+    rundir: {work / 'knot'}
+database:
+    storage: {work / 'knot'}
+zone:
+  - domain: svc.internal
+    file: {zones / 'svc.internal.zone'}
+log:
+  - target: stderr
+    any: error
+""")
+            servers.append(Server("knotd", ["knotd", "-c", str(work / "knot.conf")], port, work))
+        if "nsd" in refs:
+            port = free_port()
+            (work / "nsd").mkdir()
+            (work / "nsd.conf").write_text(f"""server:
+    ip-address: 127.0.0.1@{port}
+    port: {port}
+    zonesdir: "{zones}"
+    pidfile: "{work / 'nsd' / 'nsd.pid'}"
+    database: ""
+    zonelistfile: "{work / 'nsd' / 'zone.list'}"
+    xfrdfile: "{work / 'nsd' / 'xfrd.state'}"
+    xfrdir: "{work / 'nsd'}"
+    username: ""
+    chroot: ""
+    rrl-ratelimit: 0
+    verbosity: 0
+remote-control:
+    control-enable: no
+zone:
+    name: svc.internal
+    zonefile: svc.internal.zone
+""")
+            servers.append(Server("nsd", ["nsd", "-d", "-c", str(work / "nsd.conf")], port, work))
+        if args.hickory:
+            port = free_port()
+            (work / "hickory.toml").write_text(f"""listen_addrs_ipv4 = ["127.0.0.1"]
+listen_port = {port}
+user = "{os.environ.get('USER', 'root')}"
+group = "{os.environ.get('USER', 'root')}"
+[[zones]]
+zone = "svc.internal"
+zone_type = "Primary"
+file = "svc.internal.zone"
+""")
+            servers.append(Server("hickory-dns", [args.hickory, "-q", "-c", str(work / "hickory.toml"), "-z", str(zones)], port, work))
+        for s in servers:
+            s.wait_answer(last, args.instances)
+
+        qfiles = {}
+        for mix in args.mixes.split(","):
+            qf = work / f"queries-{mix}.txt"
+            qf.write_text(queries(args.services, 10 if mix == "nx10" else 0))
+            qfiles[mix] = qf
+
+        results: dict[tuple, dict[str, list[dict]]] = {}
+        for setup in args.setups.split(","):
+            pinned = setup == "pinned"
+            for s in servers:
+                s.pin("0" if pinned else "0,1")
+            for mix, qf in qfiles.items():
+                runs: dict[str, list[dict]] = {s.label: [] for s in servers}
+                for rnd in range(args.rounds):
+                    order = servers if rnd % 2 == 0 else list(reversed(servers))
+                    for s in order:
+                        before = s.cpu()
+                        r = parse(dnsperf(s.port, qf, args.duration, "1" if pinned else None))
+                        r["cpu"] = s.cpu() - before
+                        r["per_cpu"] = r["completed"] / r["cpu"] if r["cpu"] > 0 else 0.0
+                        runs[s.label].append(r)
+                        print(f"  {setup}/{mix} round {rnd + 1} {s.label}: {r['qps']:,.0f} QPS, lost {r['lost']:.0f}, "
+                              f"cpu {r['cpu']:.2f}s, {r['per_cpu']:,.0f}/cpu-s", file=sys.stderr, flush=True)
+                results[(setup, mix)] = runs
+
+        latency = {}
+        if args.latency:
+            for s in servers:
+                s.pin("0")
+            qf = next(iter(qfiles.values()))
+            for s in servers:
+                out = dnsperf(s.port, qf, args.duration, "1", ["-Q", "5000", "-v"])
+                lat = sorted(float(m.group(1)) for m in re.finditer(r"\b(0\.\d{6})\s*$", out, re.M))
+                if lat:
+                    latency[s.label] = (lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000, len(lat))
+
+        print()
+        print(f"data: {args.services} services x {args.instances} instances; queries 50% A, 50% SRV with glue; "
+              f"dnsperf -c 10 -T 1 UDP, {args.rounds} rounds x {args.duration} s, interleaved; medians (spread)")
+        for (setup, mix), runs in results.items():
+            print(f"\n[{setup}, {mix}]")
+            print(f"  {'server':<14}{'QPS':>10} {'(spread)':>17}{'lost':>8}{'cpu s':>8}{'ans/cpu-s':>11} {'(spread)':>17}"
+                  f"{'QPS/knotd':>10}{'cpu/knotd':>10}")
+            med = {k: (statistics.median(r["qps"] for r in v), statistics.median(r["per_cpu"] for r in v))
+                   for k, v in runs.items()}
+            ref = med.get("knotd")
+            for label, v in runs.items():
+                qps, per = med[label]
+                lost = statistics.median(r["lost"] for r in v)
+                cpu = statistics.median(r["cpu"] for r in v)
+                ratio = (f"{qps / ref[0]:>10.2f}{per / ref[1]:>10.2f}") if ref and ref[0] and ref[1] else ""
+                print(f"  {label:<14}{qps:>10,.0f} {spread([r['qps'] for r in v]):>17}{lost:>8.0f}{cpu:>8.2f}"
+                      f"{per:>11,.0f} {spread([r['per_cpu'] for r in v]):>17}{ratio}")
+        if latency:
+            print("\n[pinned, fixed 5,000 QPS] latency per query")
+            for label, (p50, p99, n) in latency.items():
+                print(f"  {label:<14} p50 {p50:.3f} ms  p99 {p99:.3f} ms  ({n} queries)")
+    finally:
+        for s in servers:
+            s.stop()
+        if etcd:
+            etcd.terminate()
+            etcd.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
