@@ -494,10 +494,39 @@ pub struct Proc {
 impl Proc {
     /// Starts `ruddr` with `args` and extra environment variables.
     pub fn ruddr(name: &'static str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::ruddr_limited(name, args, env, None)
+    }
+
+    /// Like [`Proc::ruddr`], with soft and hard open-file limits of `nofile` if given (as a
+    /// service manager or container would set them).
+    pub fn ruddr_limited(
+        name: &'static str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Self {
+        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(ruddr_bin())
+        let mut command = Command::new(ruddr_bin());
+        if let Some(n) = nofile {
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = command
             .args(args)
             .env("RUST_LOG", "info,ruddr=debug,hickory_server=warn")
             .envs(env.iter().copied())
@@ -607,6 +636,16 @@ impl Ruddr {
 
     /// Like [`Ruddr::start`], with extra environment variables for the child only.
     pub fn start_env(etcd_endpoints: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_limited(etcd_endpoints, extra, env, None)
+    }
+
+    /// Like [`Ruddr::start_env`], with soft and hard open-file limits of `nofile` if given.
+    pub fn start_limited(
+        etcd_endpoints: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Self {
         let mut args = vec![
             "serve",
             "--listen",
@@ -617,7 +656,7 @@ impl Ruddr {
             "127.0.0.1:0",
         ];
         args.extend_from_slice(extra);
-        let proc = Proc::ruddr("ruddr", &args, env);
+        let proc = Proc::ruddr_limited("ruddr", &args, env, nofile);
         let port = logged_port(&proc, "dns listening", "udp=127.0.0.1:");
         let admin_port = logged_port(&proc, "admin listening", "addr=127.0.0.1:");
         Ruddr {

@@ -1,0 +1,203 @@
+//! Hostile and careless traffic against the real binary: idle TCP connections far past the
+//! open-file limit, and a UDP flood under response rate limiting.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::Message;
+use hickory_proto::rr::RecordType;
+
+use crate::harness::*;
+
+/// CPU seconds (user + system) `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Raises this test process's soft open-file limit to its hard limit, returning the new soft
+/// limit (the test itself holds the connections).
+fn raise_own_nofile() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a stack value.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+    }
+    limit.rlim_cur
+}
+
+/// One query over a fresh TCP connection, with a deadline for the whole exchange.
+fn tcp_query(addr: SocketAddr, name: &str, deadline: Duration) -> Option<Message> {
+    let msg = query_message(name, RecordType::A, None);
+    let bytes = msg.to_vec().unwrap();
+    let mut s = TcpStream::connect_timeout(&addr, deadline).ok()?;
+    s.set_read_timeout(Some(deadline)).unwrap();
+    s.write_all(&(bytes.len() as u16).to_be_bytes()).ok()?;
+    s.write_all(&bytes).ok()?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).ok()?;
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut buf).ok()?;
+    Message::from_vec(&buf).ok()
+}
+
+#[test]
+fn idle_tcp_connections_past_the_file_limit_cannot_shut_out_a_new_client() {
+    const IDLE: usize = 1500;
+    let own = raise_own_nofile();
+    assert!(
+        own > IDLE as u64 + 200,
+        "the test needs {IDLE} sockets; limit {own}"
+    );
+    let etcd = Etcd::start();
+    etcd.put("/ruddr/services/web/w1", r#"{"address":"10.60.0.1"}"#);
+    let r = Ruddr::start_limited(&etcd.endpoint(), &[], &[], Some(1024));
+    r.wait_watching();
+    // The cap follows the open-file limit, and says so.
+    r.wait_log("lowering it");
+
+    // 1,500 connections that never send a byte.
+    let mut held = Vec::new();
+    for _ in 0..IDLE {
+        if let Ok(s) = TcpStream::connect_timeout(&r.addr(), Duration::from_secs(2)) {
+            held.push(s);
+        }
+    }
+    assert!(held.len() >= 1000, "only {} connections opened", held.len());
+    std::thread::sleep(Duration::from_millis(500));
+    let fds = open_fds(r.pid());
+    assert!(fds < 1024, "{fds} open file descriptors");
+
+    // Idle means idle: no spinning on accept errors or on the held connections.
+    let before = cpu_seconds(r.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_seconds(r.pid()) - before;
+    assert!(
+        used < 0.5,
+        "{used} CPU seconds in 2 s with idle connections"
+    );
+
+    // A new client over TCP is served at once: the longest-idle connection made room.
+    let t = Instant::now();
+    let m = tcp_query(r.addr(), "web.svc.internal.", Duration::from_secs(1))
+        .expect("a TCP answer within 1 s");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(answer_strings(&m), ["10.60.0.1"]);
+    // And over UDP, of course.
+    assert_eq!(
+        answer_strings(&query(r.addr(), "web.svc.internal.", RecordType::A)),
+        ["10.60.0.1"]
+    );
+    assert!(r.metric("ruddr_dns_tcp_evicted_total") >= 1.0);
+    assert!(r.metric("ruddr_dns_tcp_connections") <= 512.0);
+    assert!(r.log_text().contains("TCP connection limit reached"));
+    drop(held);
+}
+
+#[test]
+fn idle_tcp_connections_are_closed_after_the_idle_timeout() {
+    let etcd = Etcd::start();
+    etcd.put("/ruddr/services/web/w1", r#"{"address":"10.61.0.1"}"#);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ruddr.toml");
+    std::fs::write(&cfg, "[dns]\ntcp_idle_timeout = \"1s\"\n").unwrap();
+    let r = Ruddr::start(&etcd.endpoint(), &["--config", cfg.to_str().unwrap()]);
+    r.wait_watching();
+    let mut idle = TcpStream::connect(r.addr()).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 1];
+    // The server closes it: a read returns end of file (or a reset).
+    let n = idle.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        t.elapsed() >= Duration::from_millis(900) && t.elapsed() < Duration::from_secs(4),
+        "closed after {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn response_rate_limiting_slips_and_drops_a_flood_but_not_another_network() {
+    let etcd = Etcd::start();
+    etcd.put("/ruddr/services/web/w1", r#"{"address":"10.62.0.1"}"#);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ruddr.toml");
+    std::fs::write(&cfg, "[rate_limit]\nresponses_per_second = 100\nslip = 2\n").unwrap();
+    let r = Ruddr::start(&etcd.endpoint(), &["--config", cfg.to_str().unwrap()]);
+    r.wait_watching();
+
+    // 2,000 queries from one source in about a second.
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    flood.set_nonblocking(true).unwrap();
+    let bytes = query_message("web.svc.internal.", RecordType::A, Some(1232))
+        .to_vec()
+        .unwrap();
+    let (mut full, mut slipped) = (0usize, 0usize);
+    let mut buf = [0u8; 2048];
+    let mut count = |sock: &UdpSocket, full: &mut usize, slipped: &mut usize| {
+        while let Ok(n) = sock.recv(&mut buf) {
+            let m = Message::from_vec(&buf[..n]).unwrap();
+            if m.metadata.truncation && m.answers.is_empty() {
+                *slipped += 1;
+            } else if !m.answers.is_empty() {
+                *full += 1;
+            }
+        }
+    };
+    let started = Instant::now();
+    for n in 0..2000u32 {
+        let _ = flood.send_to(&bytes, r.addr());
+        if n % 2 == 1 {
+            std::thread::sleep(Duration::from_micros(900));
+        }
+        count(&flood, &mut full, &mut slipped);
+    }
+    let elapsed = started.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    count(&flood, &mut full, &mut slipped);
+    // Rate 100/s, burst 200: a few hundred full answers at most, and TC slips for the rest
+    // (every second limited response with slip = 2).
+    let allowed = 200 + (elapsed.as_secs_f64() * 100.0) as usize + 50;
+    assert!(full <= allowed, "{full} full answers in {elapsed:?}");
+    assert!(full >= 100, "{full} full answers");
+    assert!(slipped >= 300, "{slipped} slips");
+
+    // Another /24 is not affected, while the flood's network still is.
+    let other = UdpSocket::bind("127.0.1.1:0").unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    for _ in 0..20 {
+        other.send_to(&bytes, r.addr()).unwrap();
+        let n = other.recv(&mut buf).expect("an answer for another network");
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(answer_strings(&m), ["10.62.0.1"]);
+        assert!(!m.metadata.truncation);
+    }
+    // TCP is never limited, even for the flooding network.
+    let m = tcp_query(r.addr(), "web.svc.internal.", Duration::from_secs(2)).expect("TCP answer");
+    assert_eq!(answer_strings(&m), ["10.62.0.1"]);
+    assert!(r.metric(r#"ruddr_dns_rate_limited_total{action="slip"}"#) >= 300.0);
+    assert!(r.metric(r#"ruddr_dns_rate_limited_total{action="drop"}"#) >= 300.0);
+}
