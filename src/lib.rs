@@ -3,9 +3,9 @@
 //! Data flows one way:
 //!
 //! ```text
-//!  etcd ──list+watch──▶ registry::Watcher ──Update──▶ cache::Mirror ──Snapshot──▶ dns::Handler ──▶ client
-//!                        (reconnect, resume,          (every instance,          (moka cache of built
-//!                         re-list on compaction)       swapped atomically)        answers per name/type)
+//!  etcd ──list+watch──▶ registry::Watcher ──Update──▶ cache::Mirror ──Snapshot──▶ dns::Handler ◀──▶ dns::server ◀──▶ client
+//!                        (reconnect, resume,          (every instance,          (answer core:       (UDP/TCP transport,
+//!                         re-list on compaction)       swapped atomically)        cached answers)     limits)
 //! ```
 //!
 //! - [`cli`]: clap flags, raw and unvalidated.
@@ -13,7 +13,7 @@
 //! - [`app`]: the commands; `serve` wiring builds the parts, spawns the tasks, owns shutdown.
 //! - [`registry`]: everything that talks to etcd: connection, list, watch, key and value parsing.
 //! - [`cache`]: the in-memory service view; applies updates; no I/O, no etcd or DNS types.
-//! - [`dns`]: the hickory request handler, record building and query-name parsing.
+//! - [`dns`]: the answer core, record building, query-name parsing, and the UDP/TCP transport.
 //! - [`register`]: the registration side (lease, keepalive, health checks, deregistration).
 //! - [`persist`]: the snapshot file, for starting while etcd is unreachable.
 //! - [`memory`]: hands freed heap back to the OS after a large list or snapshot write.

@@ -1,8 +1,10 @@
-//! The DNS side: query names parsed into [`name::Target`]s, answers built from the mirror in
-//! [`records`], and the hickory request handler in [`handler`].
+//! The DNS side. [`server`] receives packets and decodes them; [`handler`] is the answer core
+//! (protocol checks, [`route`] to a zone, freshness, cached [`answer`]s built by [`records`] and
+//! [`skydns`] from query names parsed by [`name`]); static [`zones`] go through hickory's
+//! catalog and other names to the [`forward`]er; [`rrl`] limits UDP response rates.
 //!
 //! ```text
-//!  packet ─▶ hickory Server ─▶ Handler: checks (opcode, class, EDNS) ─▶ Target ─▶ cache or build ─▶ shuffle ─▶ packet
+//!  packet ─▶ server (decode, limits) ─▶ Handler::answer: checks ─▶ route ─▶ cache or build ─▶ order, fit ─▶ encode ─▶ server ─▶ packet
 //! ```
 
 pub mod answer;
