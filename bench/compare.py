@@ -28,7 +28,6 @@ Loopback only; everything lives in a temp dir.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import re
@@ -44,6 +43,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from load_etcd import ip_of, load as load_etcd  # noqa: E402
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -96,29 +97,6 @@ def descendants(pid: int) -> list[int]:
         out.extend(kids)
         todo.extend(kids)
     return out
-
-
-def b64(s: str) -> str:
-    return base64.b64encode(s.encode()).decode()
-
-
-def ip_of(i: int, j: int) -> str:
-    return f"10.{i // 250}.{i % 250}.{j + 1}"
-
-
-def load_etcd(endpoint: str, services: int, instances: int) -> None:
-    ops = []
-    for i in range(services):
-        for j in range(instances):
-            port = 8080 + j
-            value = json.dumps({"address": ip_of(i, j), "port": port, "ports": {"http": port}})
-            ops.append({"request_put": {"key": b64(f"/ruddr/services/svc{i}/i{j}"), "value": b64(value)}})
-    for start in range(0, len(ops), 100):
-        body = json.dumps({"success": ops[start:start + 100]}).encode()
-        req = urllib.request.Request(endpoint + "/v3/kv/txn", data=body,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            resp.read()
 
 
 def zone_text(services: int, instances: int) -> str:

@@ -2,7 +2,9 @@
 """Loads N services x M instances into etcd through its JSON gateway (stdlib only).
 
 Usage: load_etcd.py ENDPOINT SERVICES INSTANCES
-Writes /ruddr/services/svc<i>/i<j> = {"address":"10.<i/250>.<i%250>.<j+1>","port":<8080+j>}.
+Writes /ruddr/services/svc<i>/i<j> = {"address":"10.<i/250>.<i%250>.<j+1>","port":<8080+j>,
+"ports":{"http":<8080+j>}} (so `_http._tcp.svc<i>` answers SRV too). `load()` is also used by
+compare.py.
 """
 import base64
 import json
@@ -14,12 +16,16 @@ def b64(s: str) -> str:
     return base64.b64encode(s.encode()).decode()
 
 
-def main() -> None:
-    endpoint, services, instances = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def ip_of(i: int, j: int) -> str:
+    return f"10.{i // 250}.{i % 250}.{j + 1}"
+
+
+def load(endpoint: str, services: int, instances: int) -> int:
     ops = []
     for i in range(services):
         for j in range(instances):
-            value = json.dumps({"address": f"10.{i // 250}.{i % 250}.{j + 1}", "port": 8080 + j})
+            port = 8080 + j
+            value = json.dumps({"address": ip_of(i, j), "port": port, "ports": {"http": port}})
             ops.append({"request_put": {"key": b64(f"/ruddr/services/svc{i}/i{j}"), "value": b64(value)}})
     for start in range(0, len(ops), 100):
         body = json.dumps({"success": ops[start:start + 100]}).encode()
@@ -27,7 +33,12 @@ def main() -> None:
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as resp:
             resp.read()
-    print(f"loaded {len(ops)} instances of {services} services")
+    return len(ops)
+
+
+def main() -> None:
+    endpoint, services, instances = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    print(f"loaded {load(endpoint, services, instances)} instances of {services} services")
 
 
 if __name__ == "__main__":

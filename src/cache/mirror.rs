@@ -465,21 +465,9 @@ impl Mirror {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::Health;
 
     fn inst(id: &str, addr: &str) -> Instance {
-        Instance {
-            id: InstanceId::new(id).unwrap(),
-            address: crate::cache::Address::parse(addr).unwrap(),
-            port: Some(80),
-            ports: Default::default(),
-            tags: vec![],
-            weight: 1,
-            priority: 0,
-            health: Health::Passing,
-            meta: Default::default(),
-            source: SourceId::NATIVE,
-        }
+        Instance::for_test(id, addr, Some(80))
     }
 
     fn put(svc: &str, id: &str, addr: &str) -> Update {

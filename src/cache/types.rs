@@ -319,6 +319,23 @@ impl Health {
 }
 
 impl Instance {
+    /// A passing native instance at `addr` with `port` and nothing else set (for tests).
+    #[cfg(test)]
+    pub fn for_test(id: &str, addr: &str, port: Option<u16>) -> Self {
+        Self {
+            id: InstanceId::new(id).unwrap(),
+            address: Address::parse(addr).unwrap(),
+            port,
+            ports: Default::default(),
+            tags: vec![],
+            weight: 1,
+            priority: 0,
+            health: Health::Passing,
+            meta: Default::default(),
+            source: SourceId::NATIVE,
+        }
+    }
+
     /// Whether DNS answers may include this instance.
     pub fn is_served(&self, serve_warning: bool) -> bool {
         match self.health {
@@ -436,18 +453,7 @@ mod tests {
 
     #[test]
     fn empty_ports_and_meta_are_json_objects() {
-        let i = Instance {
-            id: InstanceId::new("a").unwrap(),
-            address: Address::parse("10.0.0.1").unwrap(),
-            port: None,
-            ports: Default::default(),
-            tags: vec![],
-            weight: 1,
-            priority: 0,
-            health: Health::Passing,
-            meta: Default::default(),
-            source: SourceId::NATIVE,
-        };
+        let i = Instance::for_test("a", "10.0.0.1", None);
         let json = serde_json::to_string(&i).unwrap();
         assert!(
             json.contains(r#""ports":{}"#) && json.contains(r#""meta":{}"#),

@@ -886,25 +886,14 @@ impl ResponseHandler for Collect {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::{Address, Health, Instance, InstanceId, ServiceName, SourceId, Update};
+    use crate::cache::{Instance, ServiceName, Update};
     use hickory_proto::op::{Message, Query};
     use rand::SeedableRng;
 
     const STALE: Freshness = Freshness::Stale { age: None };
 
     fn instance(id: &str, addr: &str, port: u16) -> Instance {
-        Instance {
-            id: InstanceId::new(id).unwrap(),
-            address: Address::parse(addr).unwrap(),
-            port: Some(port),
-            ports: Default::default(),
-            tags: vec![],
-            weight: 1,
-            priority: 0,
-            health: Health::Passing,
-            meta: Default::default(),
-            source: SourceId::NATIVE,
-        }
+        Instance::for_test(id, addr, Some(port))
     }
 
     /// A handler for `svc.internal.` over a mirror with `web` (3 instances) and `big` (200).

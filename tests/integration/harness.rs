@@ -696,17 +696,8 @@ impl Ruddr {
 
     /// GET on the admin listener: status code and body.
     pub fn http_get(&self, path: &str) -> (u16, String) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(5)))
-            .build()
-            .into();
-        let mut resp = agent
-            .get(format!("http://127.0.0.1:{}{path}", self.admin_port))
-            .call()
-            .expect("admin HTTP request");
-        let code = resp.status().as_u16();
-        (code, resp.body_mut().read_to_string().expect("HTTP body"))
+        self.try_http_get(path)
+            .unwrap_or_else(|| panic!("admin HTTP request for {path} failed"))
     }
 
     /// Waits until the sample satisfies `ok` (metrics are recorded just after a response is
