@@ -393,7 +393,8 @@ fn a_dead_upstream_cannot_take_the_file_descriptors_and_discovery_keeps_answerin
     // An upstream that reads and never replies.
     let dead = UdpSocket::bind("127.0.0.1:0").unwrap();
     let up = dead.local_addr().unwrap().to_string();
-    let r = Ruddr::start(&etcd.endpoint(), &["--upstream", &up]);
+    // Open-file limits of 1,024, soft and hard, as many services and containers get.
+    let r = Ruddr::start_limited(&etcd.endpoint(), &["--upstream", &up], &[], Some(1024));
     wait_answers(
         &r,
         "web.svc.internal.",
