@@ -316,6 +316,12 @@ pub struct DnsConfig {
     pub tcp_max_pipelined: usize,
     /// UDP queries waiting on a static zone or an upstream at once; past it, SERVFAIL.
     pub max_pending: usize,
+    /// Answer plain UDP queries for ruddr's own names straight from their bytes (the same
+    /// answers; `false` sends every query through hickory's decoder and encoder).
+    pub udp_fast_path: bool,
+    /// UDP sockets per listen address (SO_REUSEPORT), each served by its own loop. 0: one per
+    /// available CPU.
+    pub udp_sockets: usize,
     /// Name in the apex NS record and the SOA MNAME. Default: `ns.dns.<zone>`, which resolves
     /// when ruddr itself is registered as service `dns`, instance `ns`.
     pub ns_name: Option<String>,
@@ -390,6 +396,8 @@ impl Default for DnsConfig {
             tcp_max_connections_per_client: 64,
             tcp_max_pipelined: 32,
             max_pending: 1024,
+            udp_fast_path: true,
+            udp_sockets: 0,
             ns_name: None,
             hostmaster: None,
             answer_cache_bytes: 32 << 20,

@@ -81,6 +81,10 @@ pub async fn run(
         token.clone(),
     ));
     let zone = handler.origin().to_string();
+    let udp_sockets = match cfg.dns.udp_sockets {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     let limits = transport_limits(&cfg);
     crate::dns::server::log_limits(&limits);
     let rate_limit = RateLimiter::new(&cfg.rate_limit, &metrics);
@@ -99,14 +103,16 @@ pub async fn run(
         token.clone(),
     );
     for addr in &cfg.listen {
-        let (udp, tcp) = bind_pair(*addr).await?;
+        let (udp, tcp) = bind_pair(*addr, udp_sockets).await?;
         info!(
-            udp = %udp.local_addr()?,
+            udp = %udp[0].local_addr()?,
             tcp = %tcp.local_addr()?,
             zone = %zone,
             "dns listening",
         );
-        transport.serve_udp(udp);
+        for socket in udp {
+            transport.serve_udp(socket);
+        }
         transport.serve_tcp(tcp);
     }
 
@@ -222,6 +228,7 @@ fn transport_limits(cfg: &Config) -> Limits {
         tcp_max_connections_per_client: d.tcp_max_connections_per_client,
         tcp_max_pipelined: d.tcp_max_pipelined,
         max_pending: d.max_pending,
+        udp_fast_path: d.udp_fast_path,
     }
 }
 
@@ -344,20 +351,51 @@ fn restore_snapshot(
     }
 }
 
+/// A UDP socket on `addr` with SO_REUSEPORT, so several can share the address and the kernel
+/// spreads queries over them.
+fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 /// Binds UDP and TCP on the same address. For port 0 the UDP socket picks the port and TCP
 /// takes the same one; if TCP finds it taken, try another.
-async fn bind_pair(addr: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
+async fn bind_pair(
+    addr: SocketAddr,
+    udp_sockets: usize,
+) -> anyhow::Result<(Vec<UdpSocket>, TcpListener)> {
     const ATTEMPTS: usize = 20;
     for _ in 0..ATTEMPTS {
-        let udp = UdpSocket::bind(addr)
-            .await
-            .with_context(|| format!("binding UDP {addr}"))?;
-        let port = udp.local_addr()?.port();
-        match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
-            Ok(tcp) => return Ok((udp, tcp)),
+        // With port 0, a plain socket picks a port nobody holds: a socket with SO_REUSEPORT
+        // bound to port 0 may be given a port another process of the same user shares.
+        let at = if addr.port() == 0 {
+            let probe =
+                std::net::UdpSocket::bind(addr).with_context(|| format!("binding UDP {addr}"))?;
+            probe.local_addr()?
+        } else {
+            addr
+        };
+        let first = match reuse_port_udp(at) {
+            Ok(s) => s,
+            Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(e).with_context(|| format!("binding UDP {addr}")),
+        };
+        let bound = first.local_addr()?;
+        let tcp = match TcpListener::bind(bound).await {
+            Ok(tcp) => tcp,
             Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => continue,
             Err(e) => return Err(e).with_context(|| format!("binding TCP {addr}")),
+        };
+        // The others share the first one's port (with port 0, the port the first one got).
+        let mut udp = vec![first];
+        for _ in 1..udp_sockets.max(1) {
+            udp.push(reuse_port_udp(bound).with_context(|| format!("binding UDP {bound} again"))?);
         }
+        return Ok((udp, tcp));
     }
     anyhow::bail!(
         "no port free for both UDP and TCP on {} after {ATTEMPTS} tries",

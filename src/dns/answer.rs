@@ -29,6 +29,11 @@ pub struct Answer {
     /// Upper bound of the record's wire size, its owner (the question's name) counted as a
     /// 2-byte pointer. Set by [`Built::finish`].
     pub size: usize,
+    /// The record rendered once, without its owner: type, class, TTL, length and data (names
+    /// uncompressed). A response writes a pointer to the question and these bytes.
+    pub wire: Box<[u8]>,
+    /// The glue record rendered whole (owner uncompressed).
+    pub glue_wire: Option<Box<[u8]>>,
 }
 
 /// A built answer for one name and type, before per-response ordering.
@@ -63,6 +68,8 @@ impl Built {
             weight,
             glue: glue.map(Box::new),
             size: 0,
+            wire: Box::default(),
+            glue_wire: None,
         });
     }
 
@@ -74,6 +81,11 @@ impl Built {
         // Answers share the question's name: count it as a 2-byte pointer.
         for a in &mut self.answers {
             a.size = wire_size(&a.record) - qname.len() - 1 + 2;
+            a.wire = render(&a.record, true).into_boxed_slice();
+            a.glue_wire = a
+                .glue
+                .as_deref()
+                .map(|g| render(g, false).into_boxed_slice());
         }
         self
     }
@@ -86,7 +98,9 @@ impl Built {
         let heap: usize = self
             .answers
             .iter()
-            .map(|a| a.size + a.glue.as_deref().map_or(0, |g| record + wire_size(g)))
+            .map(|a| {
+                a.size + a.wire.len() + a.glue.as_deref().map_or(0, |g| record + 2 * wire_size(g))
+            })
             .sum();
         std::mem::size_of::<Self>() + self.answers.len() * per_answer + heap
     }
@@ -144,6 +158,24 @@ impl Built {
         }
         (order.len(), order.len())
     }
+}
+
+/// `record` in wire format with every name uncompressed (so the bytes can go anywhere in a
+/// message), without its owner name when `skip_owner`.
+pub fn render(record: &Record, skip_owner: bool) -> Vec<u8> {
+    use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
+    let mut out = Vec::with_capacity(64);
+    let mut encoder = BinEncoder::new(&mut out);
+    encoder.set_name_encoding(NameEncoding::Uncompressed);
+    // Records of our own making always encode (names are valid, rdata is bounded).
+    if record.emit(&mut encoder).is_err() {
+        return Vec::new();
+    }
+    if skip_owner {
+        let owner_len: usize = record.name.iter().map(|l| l.len() + 1).sum::<usize>() + 1;
+        out.drain(..owner_len.min(out.len()));
+    }
+    out
 }
 
 /// Upper bound of a record's wire size. Owner names are counted in full (an upper bound: the

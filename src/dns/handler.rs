@@ -27,6 +27,7 @@ use super::name::{self, Target};
 use super::records::{Built, Outcome, Zone};
 use super::route::{route, Route};
 use super::skydns::SkyZone;
+use super::wire;
 use super::zones::StaticZones;
 use crate::cache::{Freshness, Mirror, Snapshot};
 use crate::config::DnsConfig;
@@ -146,6 +147,8 @@ impl Reply {
             let mut edns = Edns::new();
             reply.payload = req.max_payload().clamp(512, max_udp);
             edns.set_max_payload(reply.payload);
+            // RFC 3225: the DO bit of the query is copied into the response.
+            edns.set_dnssec_ok(req.flags().dnssec_ok);
             reply.edns = Some(edns);
         }
         reply
@@ -592,20 +595,82 @@ impl Handler {
             .queries
             .queries()
             .first()
-            .map_or(metrics::QType::OTHER, |q| {
-                metrics::QType::from_u16(q.query_type().into())
-            });
-        let proto = match request.protocol() {
+            .map_or(u16::MAX, |q| q.query_type().into());
+        self.observe_parts(
+            qtype,
+            info.response_code,
+            request.protocol(),
+            started,
+            info.truncation,
+        );
+    }
+
+    fn observe_parts(
+        &self,
+        qtype: u16,
+        rcode: ResponseCode,
+        protocol: Protocol,
+        started: std::time::Instant,
+        truncated: bool,
+    ) {
+        let qtype = if qtype == u16::MAX {
+            metrics::QType::OTHER
+        } else {
+            metrics::QType::from_u16(qtype)
+        };
+        let proto = match protocol {
             Protocol::Udp => metrics::Proto::udp,
             _ => metrics::Proto::tcp,
         };
         let labels = QueryLabels {
             qtype,
-            rcode: metrics::Rcode::from_u16(info.response_code.into()),
+            rcode: metrics::Rcode::from_u16(rcode.into()),
             proto,
         };
         self.metrics
-            .observe_query(&labels, started.elapsed(), info.truncation);
+            .observe_query(&labels, started.elapsed(), truncated);
+    }
+
+    /// The UDP fast path: answers a plain query (see [`wire::parse_query`]) straight from its
+    /// bytes when ruddr answers it itself, writing the response into `out`. `false` when the
+    /// query needs the general path (anything unusual, static zones, forwarding); nothing is
+    /// written or counted then. The decisions are [`Handler::answer`]'s, as on the general path.
+    pub fn answer_fast(&self, message: &[u8], src: IpAddr, out: &mut Vec<u8>) -> bool {
+        let started = std::time::Instant::now();
+        let Some(q) = wire::parse_query(message) else {
+            return false;
+        };
+        let Some(query) = wire::lower_query(&q) else {
+            return false;
+        };
+        let edns = q.edns.map(wire::EdnsInfo::to_edns);
+        let question = Question {
+            header: &q.header.metadata,
+            edns: edns.as_ref(),
+            query: Some(&query),
+        };
+        let client = Client {
+            ip: src,
+            protocol: Protocol::Udp,
+        };
+        let snapshot = self.mirror.load();
+        let freshness = self.status.freshness();
+        let reply = self.answer(&question, &client, &snapshot, freshness, &mut rand::rng());
+        if reply.via != Via::Reply {
+            return false;
+        }
+        let written = wire::write_reply(out, q.header.metadata.id, q.question, &reply, true);
+        self.observe_parts(
+            q.qtype,
+            written.rcode,
+            Protocol::Udp,
+            started,
+            written.truncated,
+        );
+        if reply.from_registry && freshness.is_stale() {
+            self.metrics.stale_answers.inc();
+        }
+        true
     }
 
     /// Answers `request` at once if ruddr itself answers it, writing the encoded response into
@@ -798,8 +863,28 @@ pub(crate) fn encode<'a>(
     }
 }
 
-/// Encodes a reply ruddr decided itself, its records in the reply's order.
+/// Encodes a reply ruddr decided itself, its records in the reply's order: from the rendered
+/// answers with the question as the client sent it ([`wire::write_reply`]), or through
+/// hickory's encoder when the request has no single plain question.
 fn encode_reply(request: &Request, reply: &Reply, out: &mut Vec<u8>) -> ResponseInfo {
+    if let Some(question) = wire::question(request.as_slice()) {
+        let udp = request.protocol() == Protocol::Udp;
+        let written = wire::write_reply(out, request.metadata.id, question, reply, udp);
+        let mut header = Header {
+            metadata: reply.meta,
+            counts: Default::default(),
+        };
+        header.metadata.id = request.metadata.id;
+        header.metadata.response_code = written.rcode;
+        header.metadata.truncation = written.truncated;
+        return ResponseInfo::from(header);
+    }
+    encode_with_hickory(request, reply, out)
+}
+
+/// Encodes a reply ruddr decided itself through hickory's encoder (owner names as built,
+/// lower case).
+fn encode_with_hickory(request: &Request, reply: &Reply, out: &mut Vec<u8>) -> ResponseInfo {
     let mut builder = MessageResponseBuilder::new(&request.queries, None);
     if let Some(edns) = &reply.edns {
         builder.edns(edns);
@@ -1195,5 +1280,175 @@ mod tests {
         assert_eq!(h.zone_suffix(&root), root.as_slice());
         // Cut short: no panic.
         assert!(h.zone_suffix(&name[..5]).len() <= 5);
+    }
+
+    /// The sections of a response in a comparable form: per section, sorted (owner, TTL, data).
+    fn sections(m: &Message, fold_case: bool) -> Vec<Vec<String>> {
+        let show = |r: &Record| {
+            let owner = r.name.to_string();
+            let owner = if fold_case {
+                owner.to_ascii_lowercase()
+            } else {
+                owner
+            };
+            format!("{owner} {} {}", r.ttl, r.data)
+        };
+        [&m.answers, &m.authorities, &m.additionals]
+            .iter()
+            .map(|sec| {
+                let mut v: Vec<String> = sec.iter().map(show).collect();
+                v.sort();
+                v
+            })
+            .collect()
+    }
+
+    fn flags(m: &Message) -> String {
+        let md = &m.metadata;
+        let edns = m
+            .edns
+            .as_ref()
+            .map(|e| (e.max_payload(), e.version(), e.flags().dnssec_ok));
+        format!(
+            "id={} qr={:?} op={:?} aa={} tc={} rd={} ra={} ad={} cd={} rcode={:?} q={:?} edns={edns:?}",
+            md.id, md.message_type, md.op_code, md.authoritative, md.truncation, md.recursion_desired,
+            md.recursion_available, md.authentic_data, md.checking_disabled, md.response_code, m.queries
+        )
+    }
+
+    /// The corpus of the differential test: every name form and type, mixed case, EDNS on and
+    /// off with large and small buffers, DO set.
+    fn corpus() -> Vec<Vec<u8>> {
+        let names = [
+            "web.svc.internal.",
+            "WeB.sVc.InTeRnAl.",
+            "w0.web.svc.internal.",
+            "W1.Web.svc.internal.",
+            "_web._tcp.svc.internal.",
+            "_big._tcp.svc.internal.",
+            "big.svc.internal.",
+            "svc.internal.",
+            "SVC.Internal.",
+            "_tcp.svc.internal.",
+            "nope.svc.internal.",
+            "a.b.c.d.svc.internal.",
+            "x.nope.svc.internal.",
+            "1.0.0.10.in-addr.arpa.",
+            "example.com.",
+        ];
+        let types = [
+            RecordType::A,
+            RecordType::AAAA,
+            RecordType::SRV,
+            RecordType::TXT,
+            RecordType::PTR,
+            RecordType::ANY,
+            RecordType::SOA,
+            RecordType::NS,
+            RecordType::MX,
+            RecordType::CNAME,
+        ];
+        let mut out = Vec::new();
+        for name in names {
+            for qtype in types {
+                for edns in [
+                    None,
+                    Some((512, false)),
+                    Some((1232, true)),
+                    Some((4096, false)),
+                ] {
+                    let mut m = query(name, qtype);
+                    m.metadata.recursion_desired = qtype == RecordType::A;
+                    if let Some((payload, dnssec_ok)) = edns {
+                        let mut e = Edns::new();
+                        e.set_max_payload(payload);
+                        e.set_dnssec_ok(dnssec_ok);
+                        m.set_edns(e);
+                    }
+                    out.push(m.to_vec().unwrap());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn fast_path_gives_the_general_paths_answers() {
+        let h = handler();
+        let src: std::net::SocketAddr = "127.0.0.1:5300".parse().unwrap();
+        let mut compared = 0;
+        for stale in [false, true] {
+            if stale {
+                h.status.set_disconnected();
+            }
+            for bytes in corpus() {
+                let mut fast = Vec::new();
+                if !h.answer_fast(&bytes, src.ip(), &mut fast) {
+                    continue;
+                }
+                let request = Request::from_bytes(bytes.clone(), src, Protocol::Udp).unwrap();
+                let mut general = Vec::new();
+                h.answer_now(&request, &mut general).ok().unwrap();
+                let (fast, general) = (
+                    Message::from_vec(&fast).unwrap(),
+                    Message::from_vec(&general).unwrap(),
+                );
+                let what = format!(
+                    "{:?} {:?}",
+                    request.queries.queries()[0].original(),
+                    request.edns.as_ref().map(|e| e.max_payload())
+                );
+                assert_eq!(flags(&fast), flags(&general), "{what}");
+                // Hickory's encoder for the same decision: the reference for the bytes.
+                let reply = h.answer(
+                    &Question::of(&request),
+                    &Client::of(&request),
+                    &h.mirror.load(),
+                    h.status.freshness(),
+                    &mut rand::rng(),
+                );
+                let mut reference = Vec::new();
+                encode_with_hickory(&request, &reply, &mut reference);
+                let reference = Message::from_vec(&reference).unwrap();
+                assert_eq!(flags(&fast), flags(&reference), "{what}");
+                if fast.metadata.truncation {
+                    // Which records made it (and so how many: SRV targets differ in length)
+                    // depends on the order drawn.
+                    let (a, b) = (fast.answers.len(), general.answers.len());
+                    assert!(a > 0 && a.abs_diff(b) <= 2, "{a} and {b} answers: {what}");
+                    assert!(fast.additionals.len() <= 1 + a, "{what}");
+                } else {
+                    assert_eq!(sections(&fast, false), sections(&general, false), "{what}");
+                    assert_eq!(sections(&fast, true), sections(&reference, true), "{what}");
+                }
+                if stale
+                    && !fast.answers.is_empty()
+                    && fast.metadata.response_code == ResponseCode::NoError
+                    && what.contains("web")
+                {
+                    assert!(
+                        fast.answers.iter().all(|r| r.ttl == 30),
+                        "stale TTL: {what}"
+                    );
+                }
+                // The question's case comes back as sent, in the question and every owner
+                // that is the question's name.
+                assert_eq!(fast.queries, Message::from_vec(&bytes).unwrap().queries);
+                for r in &fast.answers {
+                    if r.name
+                        .to_string()
+                        .eq_ignore_ascii_case(&fast.queries[0].name().to_string())
+                    {
+                        assert_eq!(
+                            r.name.to_string(),
+                            fast.queries[0].name().to_string(),
+                            "{what}"
+                        );
+                    }
+                }
+                compared += 1;
+            }
+        }
+        assert!(compared > 500, "{compared} compared");
     }
 }

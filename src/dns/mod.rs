@@ -16,6 +16,7 @@ pub mod route;
 pub mod rrl;
 pub mod server;
 pub mod skydns;
+pub mod wire;
 pub mod zones;
 
 pub use handler::Handler;

@@ -47,6 +47,8 @@ pub struct Limits {
     pub tcp_max_connections_per_client: usize,
     pub tcp_max_pipelined: usize,
     pub max_pending: usize,
+    /// Plain UDP queries ruddr answers itself skip hickory's decoder and encoder.
+    pub udp_fast_path: bool,
 }
 
 /// The listeners of one server, sharing the handler, the limits and the shutdown signal.
@@ -188,6 +190,13 @@ impl Transport {
                     continue;
                 }
             };
+            if self.limits.udp_fast_path
+                && is_answerable(src)
+                && self.handler.answer_fast(&buf[..len], src.ip(), &mut out)
+            {
+                self.reply_udp(&socket, &mut out, src, &buf[..len]).await;
+                continue;
+            }
             let request = match decode(&buf[..len], src, Protocol::Udp) {
                 Decoded::Drop => {
                     self.metrics.dropped.inc();
@@ -636,6 +645,7 @@ mod tests {
             tcp_max_connections_per_client: per_client,
             tcp_max_pipelined: 4,
             max_pending: 8,
+            udp_fast_path: true,
         }
     }
 

@@ -1,0 +1,393 @@
+//! DNS messages at the byte level, for the answers ruddr gives itself: a strict parser for plain
+//! queries (the UDP fast path) and a writer that sends pre-rendered answers.
+//!
+//! The writer copies the question from the query as it came (so its case is kept: resolvers
+//! that randomize case, "0x20", get their own spelling back), writes each answer as a pointer to
+//! that question plus the record's rendered bytes, and adds the OPT record. Anything the parser
+//! does not fully understand is left to the general path (hickory's decoder), which applies the
+//! FORMERR and drop rules.
+
+use hickory_proto::op::{Edns, Header, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::{Name, Record};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+
+use super::answer::render;
+use super::handler::Reply;
+
+/// EDNS option code of the client subnet option (RFC 7871).
+const OPTION_CLIENT_SUBNET: u16 = 8;
+const TYPE_OPT: u16 = 41;
+const OPT_LEN: usize = 11;
+
+/// The question section of `message`: the first question's name (wire form, uncompressed,
+/// with its final zero) followed by its type and class. `None` without one question.
+pub fn question(message: &[u8]) -> Option<&[u8]> {
+    if message.get(4..6)? != [0, 1] {
+        return None;
+    }
+    let name = question_name(message)?;
+    message.get(12..12 + name.len() + 4)
+}
+
+/// The first question's name in wire form with its final zero byte; `None` when there is no
+/// question or the name is compressed or cut short.
+pub fn question_name(message: &[u8]) -> Option<&[u8]> {
+    if message.get(4..6)? == [0, 0] {
+        return None;
+    }
+    let mut at = 12;
+    loop {
+        let len = usize::from(*message.get(at)?);
+        if len == 0 {
+            let name = message.get(12..=at)?;
+            return (name.len() <= 255).then_some(name);
+        }
+        if len > 63 {
+            return None;
+        }
+        at += 1 + len;
+    }
+}
+
+/// A plain query, parsed in place.
+#[derive(Debug)]
+pub struct Query<'a> {
+    pub header: Header,
+    /// The question section as received (name, type, class).
+    pub question: &'a [u8],
+    pub qtype: u16,
+    pub qclass: u16,
+    pub edns: Option<EdnsInfo>,
+}
+
+/// What ruddr reads from a query's OPT record.
+#[derive(Debug, Clone, Copy)]
+pub struct EdnsInfo {
+    pub payload: u16,
+    pub version: u8,
+    pub dnssec_ok: bool,
+}
+
+/// Parses a query the fast path answers: QUERY opcode, one uncompressed question, no answer or
+/// authority records, at most an OPT record with no client subnet option, nothing after it.
+/// Anything else is `None` (for the general path). Unknown EDNS options are ignored (RFC 6891).
+pub fn parse_query(message: &[u8]) -> Option<Query<'_>> {
+    let header = Header::read(&mut BinDecoder::new(message)).ok()?;
+    let m = &header.metadata;
+    let c = &header.counts;
+    if m.message_type != MessageType::Query
+        || m.op_code != OpCode::Query
+        || c.queries != 1
+        || c.answers != 0
+        || c.authorities != 0
+        || c.additionals > 1
+    {
+        return None;
+    }
+    let question = question(message)?;
+    let fixed = &question[question.len() - 4..];
+    let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+    let qclass = u16::from_be_bytes([fixed[2], fixed[3]]);
+    let rest = &message[12 + question.len()..];
+    let edns = match c.additionals {
+        0 if rest.is_empty() => None,
+        1 => Some(parse_opt(rest)?),
+        _ => return None,
+    };
+    Some(Query {
+        header,
+        question,
+        qtype,
+        qclass,
+        edns,
+    })
+}
+
+/// An OPT record that ends the message exactly.
+fn parse_opt(rr: &[u8]) -> Option<EdnsInfo> {
+    // Root owner, type, class (payload), TTL (extended rcode, version, flags), data length.
+    if rr.len() < OPT_LEN || rr[0] != 0 {
+        return None;
+    }
+    let be16 = |i: usize| u16::from_be_bytes([rr[i], rr[i + 1]]);
+    if be16(1) != TYPE_OPT {
+        return None;
+    }
+    let payload = be16(3);
+    let version = rr[6];
+    let flags = be16(7);
+    let rdlen = usize::from(be16(9));
+    let mut options = rr.get(OPT_LEN..)?;
+    if options.len() != rdlen {
+        return None;
+    }
+    while !options.is_empty() {
+        let code = u16::from_be_bytes([*options.first()?, *options.get(1)?]);
+        let len = usize::from(u16::from_be_bytes([*options.get(2)?, *options.get(3)?]));
+        if code == OPTION_CLIENT_SUBNET {
+            // Locality may depend on it: the general path reads it.
+            return None;
+        }
+        options = options.get(4 + len..)?;
+    }
+    Some(EdnsInfo {
+        payload,
+        version,
+        dnssec_ok: flags & 0x8000 != 0,
+    })
+}
+
+impl EdnsInfo {
+    /// The hickory form, for the answer core.
+    pub fn to_edns(self) -> Edns {
+        let mut e = Edns::new();
+        e.set_max_payload(self.payload.max(512));
+        e.set_version(self.version);
+        e.set_dnssec_ok(self.dnssec_ok);
+        e
+    }
+}
+
+/// The query's question as hickory's lower-cased query, for the answer core.
+pub fn lower_query(q: &Query<'_>) -> Option<hickory_proto::op::LowerQuery> {
+    let name = Name::read(&mut BinDecoder::new(q.question)).ok()?;
+    let mut query = hickory_proto::op::Query::query(name, q.qtype.into());
+    query.set_query_class(q.qclass.into());
+    Some(query.into())
+}
+
+/// What was written, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    pub rcode: ResponseCode,
+    pub truncated: bool,
+}
+
+/// Writes `reply` as the response to the query with header id `id` and question section
+/// `question` (as received), into `out` (cleared first). A UDP response stays within the
+/// reply's payload size (512 without EDNS): answers that do not fit are cut and TC set; glue
+/// that does not fit is left out.
+pub fn write_reply(
+    out: &mut Vec<u8>,
+    id: u16,
+    question: &[u8],
+    reply: &Reply,
+    udp: bool,
+) -> Written {
+    out.clear();
+    let mut meta = reply.meta;
+    meta.id = id;
+    let limit = match (udp, &reply.edns) {
+        (false, _) => usize::from(u16::MAX),
+        (true, Some(_)) => usize::from(reply.payload),
+        (true, None) => 512,
+    };
+    let opt_len = if reply.edns.is_some() { OPT_LEN } else { 0 };
+    out.extend_from_slice(&[0; 12]);
+    out.extend_from_slice(question);
+    let qname_len = question.len().saturating_sub(4);
+    let fits = |out: &Vec<u8>, more: usize| out.len() + more + opt_len <= limit;
+
+    let mut answers = 0u16;
+    let mut truncated = meta.truncation;
+    let built = reply.built.as_deref();
+    for &i in &reply.order {
+        let Some(a) = built.and_then(|b| b.answers.get(i)) else {
+            continue;
+        };
+        if !fits(out, 2 + a.wire.len()) {
+            truncated = true;
+            break;
+        }
+        out.extend_from_slice(&[0xc0, 0x0c]);
+        out.extend_from_slice(&a.wire);
+        answers += 1;
+    }
+    if !truncated {
+        for r in &reply.extra {
+            if !push_record(out, r, question, qname_len, limit - opt_len) {
+                truncated = true;
+                break;
+            }
+            answers += 1;
+        }
+    }
+    let mut authorities = 0u16;
+    if !truncated {
+        if let Some(soa) = &reply.soa {
+            if push_record(out, soa, question, qname_len, limit - opt_len) {
+                authorities = 1;
+            } else {
+                truncated = true;
+            }
+        }
+    }
+    let mut additionals = 0u16;
+    if !truncated {
+        for &i in reply.order.iter().take(reply.with_glue) {
+            let Some(glue) = built
+                .and_then(|b| b.answers.get(i))
+                .and_then(|a| a.glue_wire.as_deref())
+            else {
+                continue;
+            };
+            if !fits(out, glue.len()) {
+                break;
+            }
+            out.extend_from_slice(glue);
+            additionals += 1;
+        }
+    }
+    let rcode = meta.response_code;
+    let code = u16::from(rcode);
+    if let Some(edns) = &reply.edns {
+        out.push(0); // root
+        out.extend_from_slice(&TYPE_OPT.to_be_bytes());
+        out.extend_from_slice(&edns.max_payload().to_be_bytes());
+        out.push((code >> 4) as u8); // extended rcode
+        out.push(0); // version
+        let flags: u16 = if edns.flags().dnssec_ok { 0x8000 } else { 0 };
+        out.extend_from_slice(&flags.to_be_bytes());
+        out.extend_from_slice(&[0, 0]);
+        additionals += 1;
+    }
+    meta.truncation = truncated;
+    let header = &mut out[..12];
+    header[..2].copy_from_slice(&id.to_be_bytes());
+    header[2] = 0x80
+        | (u8::from(meta.op_code) & 0x0f) << 3
+        | u8::from(meta.authoritative) << 2
+        | u8::from(truncated) << 1
+        | u8::from(meta.recursion_desired);
+    header[3] = u8::from(meta.recursion_available) << 7
+        | u8::from(meta.authentic_data) << 5
+        | u8::from(meta.checking_disabled) << 4
+        | (code & 0x0f) as u8;
+    header[4..6].copy_from_slice(&1u16.to_be_bytes());
+    header[6..8].copy_from_slice(&answers.to_be_bytes());
+    header[8..10].copy_from_slice(&authorities.to_be_bytes());
+    header[10..12].copy_from_slice(&additionals.to_be_bytes());
+    Written { rcode, truncated }
+}
+
+/// Appends `record`, its owner as a pointer into the question when the owner is the question's
+/// name or a suffix of it, else written out. False (nothing written) when it would pass `limit`.
+fn push_record(
+    out: &mut Vec<u8>,
+    record: &Record,
+    question: &[u8],
+    qname_len: usize,
+    limit: usize,
+) -> bool {
+    let rest = render(record, true);
+    let owner = owner_pointer(&question[..qname_len], &record.name);
+    let owner_len = match owner {
+        Some(_) => 2,
+        None => record.name.iter().map(|l| l.len() + 1).sum::<usize>() + 1,
+    };
+    if out.len() + owner_len + rest.len() > limit || rest.is_empty() {
+        return false;
+    }
+    match owner {
+        Some(offset) => out.extend_from_slice(&(0xc000 | offset).to_be_bytes()),
+        None => out.extend_from_slice(&render(record, false)[..owner_len]),
+    }
+    out.extend_from_slice(&rest);
+    true
+}
+
+/// The message offset of the suffix of the question name `qname` (wire form, starting at
+/// offset 12) that spells `name`, compared case-insensitively.
+fn owner_pointer(qname: &[u8], name: &Name) -> Option<u16> {
+    let labels: Vec<&[u8]> = name.iter().collect();
+    let mut starts = Vec::with_capacity(8);
+    let mut at = 0;
+    while let Some(&len) = qname.get(at) {
+        if len == 0 {
+            break;
+        }
+        starts.push(at);
+        at += 1 + usize::from(len);
+    }
+    let first = starts.len().checked_sub(labels.len())?;
+    let matches = starts[first..].iter().zip(&labels).all(|(&s, l)| {
+        qname
+            .get(s + 1..s + 1 + usize::from(qname[s]))
+            .is_some_and(|q| q.eq_ignore_ascii_case(l))
+    });
+    let offset = 12 + starts.get(first).copied().unwrap_or(at);
+    (matches && offset < 0x3fff).then_some(offset as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::RecordType;
+
+    fn query_bytes(name: &str, qtype: RecordType, edns: Option<Edns>) -> Vec<u8> {
+        let mut m = Message::query();
+        m.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii(name).unwrap(),
+            qtype,
+        ));
+        if let Some(e) = edns {
+            m.set_edns(e);
+        }
+        m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn plain_queries_parse_and_others_do_not() {
+        let q = query_bytes("Web.svc.internal.", RecordType::SRV, None);
+        let p = parse_query(&q).unwrap();
+        assert_eq!((p.qtype, p.qclass), (33, 1));
+        assert_eq!(p.question, &q[12..]);
+        assert!(p.edns.is_none());
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        e.set_dnssec_ok(true);
+        e.options_mut()
+            .insert(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(
+                10,
+                vec![1; 8],
+            ));
+        let q = query_bytes("web.svc.internal.", RecordType::A, Some(e));
+        let edns = parse_query(&q).unwrap().edns.unwrap();
+        assert_eq!(
+            (edns.payload, edns.version, edns.dnssec_ok),
+            (1232, 0, true)
+        );
+        // Trailing bytes, a second question, a response, another opcode, a client subnet
+        // option: the general path.
+        let mut trailing = query_bytes("web.svc.internal.", RecordType::A, None);
+        trailing.push(0);
+        assert!(parse_query(&trailing).is_none());
+        let mut response = query_bytes("web.svc.internal.", RecordType::A, None);
+        response[2] |= 0x80;
+        assert!(parse_query(&response).is_none());
+        let mut notify = query_bytes("web.svc.internal.", RecordType::A, None);
+        notify[2] |= 4 << 3;
+        assert!(parse_query(&notify).is_none());
+        let mut e = Edns::new();
+        e.options_mut()
+            .insert(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(
+                8,
+                vec![0, 1, 24, 0, 10, 0, 0],
+            ));
+        assert!(parse_query(&query_bytes("web.svc.internal.", RecordType::A, Some(e))).is_none());
+        assert!(parse_query(&[0; 11]).is_none());
+        assert!(parse_query(&q[..q.len() - 3]).is_none());
+    }
+
+    #[test]
+    fn owners_point_into_the_question() {
+        let q = query_bytes("a.WEB.svc.internal.", RecordType::A, None);
+        let qname = question_name(&q).unwrap();
+        let n = |s: &str| Name::from_ascii(s).unwrap();
+        assert_eq!(owner_pointer(qname, &n("a.web.svc.internal.")), Some(12));
+        assert_eq!(owner_pointer(qname, &n("svc.internal.")), Some(12 + 2 + 4));
+        assert_eq!(owner_pointer(qname, &n("other.internal.")), None);
+        assert_eq!(owner_pointer(qname, &n("x.a.web.svc.internal.")), None);
+    }
+}
