@@ -192,19 +192,24 @@ fn tcp_flood(addr: SocketAddr, seed: u64, n: u64, corpus: &[Vec<u8>], counts: &A
             }
         });
         // Up to a few thousand frames per connection, then a new one.
-        let frames = 1 + rng.below(4000) as u64;
+        let frames = (1 + rng.below(4000) as u64).min(n - sent);
         let mut out = Vec::with_capacity(64 * 1024);
-        for i in 0..frames.min(n - sent) {
+        for i in 0..frames {
             let p = packet(&mut rng, corpus);
-            let len = match rng.below(2000) {
+            match rng.below(2000) {
                 // A length that does not match: the stream is out of step from here on
                 // (rare, so most frames are read as frames).
-                0 => rng.next() as u16,
-                1..=20 => 0,
-                _ => p.len() as u16,
-            };
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(&p);
+                0 => {
+                    out.extend_from_slice(&(rng.next() as u16).to_be_bytes());
+                    out.extend_from_slice(&p);
+                }
+                // An empty frame.
+                1..=20 => out.extend_from_slice(&[0, 0]),
+                _ => {
+                    out.extend_from_slice(&(p.len() as u16).to_be_bytes());
+                    out.extend_from_slice(&p);
+                }
+            }
             sent += 1;
             if out.len() > 32 * 1024 || i + 1 == frames {
                 if stream.write_all(&out).is_err() {
