@@ -30,3 +30,7 @@ pub mod metrics;
 pub mod persist;
 pub mod register;
 pub mod registry;
+
+// Fuzz targets (proptest, run as tests): see src/fuzz/mod.rs.
+#[cfg(test)]
+mod fuzz;

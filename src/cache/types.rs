@@ -286,6 +286,49 @@ fn as_map<S: serde::Serializer, V: Serialize>(
     s.collect_map(map.iter())
 }
 
+/// Reads a map as litemap does (a map, or in JSON also a list of pairs), without reserving the
+/// length the input claims: litemap reserves it all up front, and a damaged snapshot body with
+/// a matching checksum could claim terabytes and abort the process.
+fn bounded_map<'de, D, V>(d: D) -> Result<litemap::LiteMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Visit<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visit<V> {
+        type Value = litemap::LiteMap<String, V>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a map")
+        }
+        fn visit_map<M: serde::de::MapAccess<'de>>(
+            self,
+            mut m: M,
+        ) -> Result<Self::Value, M::Error> {
+            let mut map = litemap::LiteMap::with_capacity(m.size_hint().unwrap_or(0).min(16));
+            while let Some((k, v)) = m.next_entry()? {
+                map.insert(k, v);
+            }
+            Ok(map)
+        }
+        fn visit_seq<S: serde::de::SeqAccess<'de>>(
+            self,
+            mut s: S,
+        ) -> Result<Self::Value, S::Error> {
+            let mut map = litemap::LiteMap::with_capacity(s.size_hint().unwrap_or(0).min(16));
+            while let Some((k, v)) = s.next_element()? {
+                map.insert(k, v);
+            }
+            Ok(map)
+        }
+    }
+    let visit = Visit(std::marker::PhantomData);
+    if d.is_human_readable() {
+        d.deserialize_any(visit)
+    } else {
+        d.deserialize_map(visit)
+    }
+}
+
 /// One registered instance of a service, already validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
@@ -294,13 +337,13 @@ pub struct Instance {
     /// The main port; instances without one get A/AAAA records but no SRV record.
     pub port: Option<u16>,
     /// Named ports, lower-case names (`_<name>._tcp.<service>`).
-    #[serde(serialize_with = "as_map")]
+    #[serde(serialize_with = "as_map", deserialize_with = "bounded_map")]
     pub ports: Ports,
     pub tags: Vec<String>,
     pub weight: u16,
     pub priority: u16,
     pub health: Health,
-    #[serde(serialize_with = "as_map")]
+    #[serde(serialize_with = "as_map", deserialize_with = "bounded_map")]
     pub meta: Meta,
     /// The source that registered it; instances of different sources never replace each other.
     #[serde(default)]

@@ -78,7 +78,7 @@ fn first_time(flag: &AtomicBool) -> bool {
 }
 
 /// What a packet is.
-enum Decoded {
+pub(crate) enum Decoded {
     Request(Box<Request>),
     /// The header decoded, the rest did not: answer FORMERR.
     Malformed(Header),
@@ -87,7 +87,7 @@ enum Decoded {
 }
 
 /// Decodes one packet from `src`.
-fn decode(bytes: &[u8], src: SocketAddr, protocol: Protocol) -> Decoded {
+pub(crate) fn decode(bytes: &[u8], src: SocketAddr, protocol: Protocol) -> Decoded {
     if !is_answerable(src) {
         return Decoded::Drop;
     }
@@ -108,7 +108,7 @@ fn decode(bytes: &[u8], src: SocketAddr, protocol: Protocol) -> Decoded {
 }
 
 /// Whether a response to `src` can be delivered (as hickory's server checks).
-fn is_answerable(src: SocketAddr) -> bool {
+pub(crate) fn is_answerable(src: SocketAddr) -> bool {
     if src.port() == 0 {
         return false;
     }
@@ -119,7 +119,7 @@ fn is_answerable(src: SocketAddr) -> bool {
 }
 
 /// FORMERR for a query whose header is `header`: the header alone, no question.
-fn format_error(header: &Header, out: &mut Vec<u8>) {
+pub(crate) fn format_error(header: &Header, out: &mut Vec<u8>) {
     out.clear();
     let mut metadata = Metadata::response_from_request(&header.metadata);
     metadata.response_code = ResponseCode::FormErr;

@@ -4,6 +4,7 @@
 //! - `admin`: /metrics, /health, /ready and check-config on shipped configs.
 //! - `dns`: the DNS contract: name forms, NXDOMAIN/NODATA with SOA, AA, REFUSED, EDNS, TC/TCP.
 //! - `frameworks`: the etcd layouts of etcd naming, go-zero, Kratos, go-micro and SkyDNS.
+//! - `fuzz`: a million random and mutated packets over UDP and TCP; ruddr stays up and right.
 //! - `limits`: hostile and careless traffic: idle TCP floods, response rate limiting.
 //! - `liveness`: registrar repair and bounded shutdown, supervised and leader-aware watching.
 //! - `mirror`: registry changes reaching answers; bad values; etcd outages; compaction.
@@ -17,6 +18,7 @@
 mod admin;
 mod dns;
 mod frameworks;
+mod fuzz;
 mod harness;
 mod limits;
 mod liveness;
