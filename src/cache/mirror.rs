@@ -479,6 +479,7 @@ mod tests {
             health: Health::Passing,
             meta: Default::default(),
             source: SourceId::NATIVE,
+            locality: None,
         }
     }
 

@@ -7,7 +7,8 @@ mod types;
 
 pub use freshness::Freshness;
 pub use mirror::{InstanceKey, KeyOwner, Mirror, Service, Snapshot};
+pub use types::locality;
 pub use types::{
     Address, DomainKey, DomainLabel, DomainRecord, Health, Instance, InstanceId, InvalidAddress,
-    InvalidDomainLabel, InvalidLabel, Meta, Ports, ServiceName, SourceId, Update,
+    InvalidDomainLabel, InvalidLabel, InvalidLocality, Meta, Ports, ServiceName, SourceId, Update,
 };

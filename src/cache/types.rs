@@ -125,6 +125,24 @@ label_type!(
     InstanceId
 );
 
+/// A locality that is not 1-63 letters, digits, `-`, `_` or `.`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("locality {0:?} is not 1-63 letters, digits, '-', '_' or '.'")]
+pub struct InvalidLocality(pub String);
+
+/// A locality label (an availability zone, a rack, a site) in its stored form, lower case.
+pub fn locality(s: &str) -> Result<Box<str>, InvalidLocality> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(s.to_ascii_lowercase().into())
+    } else {
+        Err(InvalidLocality(s.to_string()))
+    }
+}
+
 /// Health as registered. Only `Critical` is never served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -305,6 +323,10 @@ pub struct Instance {
     /// The source that registered it; instances of different sources never replace each other.
     #[serde(default)]
     pub source: SourceId,
+    /// Where the instance runs (an availability zone, a rack): answers prefer or keep to the
+    /// client's locality (README "Locality-aware answers"). Lower case.
+    #[serde(default)]
+    pub locality: Option<Box<str>>,
 }
 
 impl Health {
@@ -326,6 +348,11 @@ impl Instance {
             Health::Warning => serve_warning,
             Health::Critical => false,
         }
+    }
+
+    /// Whether the instance runs in `locality` (already lower case).
+    pub fn is_in(&self, locality: &str) -> bool {
+        self.locality.as_deref() == Some(locality)
     }
 
     /// Whether the instance carries `tag` (tags compare case-insensitively, as DNS names do).
@@ -435,6 +462,15 @@ mod tests {
     }
 
     #[test]
+    fn localities_are_checked_and_lowercased() {
+        assert_eq!(&*locality("EU-West-1a").unwrap(), "eu-west-1a");
+        assert_eq!(&*locality("rack_7.dc2").unwrap(), "rack_7.dc2");
+        for bad in ["", "a b", "ü", "a/b", &"a".repeat(64)] {
+            assert!(locality(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
     fn empty_ports_and_meta_are_json_objects() {
         let i = Instance {
             id: InstanceId::new("a").unwrap(),
@@ -447,6 +483,7 @@ mod tests {
             health: Health::Passing,
             meta: Default::default(),
             source: SourceId::NATIVE,
+            locality: None,
         };
         let json = serde_json::to_string(&i).unwrap();
         assert!(

@@ -22,14 +22,16 @@ use moka::sync::Cache;
 use rand::Rng;
 use tracing::{debug, warn};
 
+use super::answer::Locality;
 use super::forward::{Failure, Forwarder};
+use super::locality::{Located, Policy};
 use super::name::{self, Target};
 use super::records::{Built, Outcome, Zone};
 use super::route::{route, Route};
 use super::skydns::SkyZone;
 use super::zones::StaticZones;
 use crate::cache::{Freshness, Mirror, Snapshot};
-use crate::config::DnsConfig;
+use crate::config::{DnsConfig, LocalityConfig};
 use crate::metrics::{self, Metrics, QueryLabels};
 use crate::registry::Status;
 
@@ -38,9 +40,14 @@ pub struct Handler {
     zone: Zone,
     apex: LowerName,
     mirror: Arc<Mirror>,
-    /// Built answers per (name, type, stale). Derived data only: each entry records the service
-    /// generation it was built from, and an entry from another generation is never served.
-    answers: Cache<(LowerName, RecordType, bool), Arc<Built>>,
+    /// Built answers per (name, type, stale, client locality). Derived data only: each entry
+    /// records the service generation it was built from (the snapshot's change count for the
+    /// service types), and an entry from another generation is never served. The locality is
+    /// part of the key only for names whose answer follows it, so answers for one locality
+    /// never reach another.
+    answers: Cache<AnswerKey, Arc<Built>>,
+    /// Where clients are (`[locality]`).
+    locality: Policy,
     /// The SOA for the snapshot revision it was built for (the revision is the serial).
     soa: ArcSwap<(i64, Record)>,
     ns: Record,
@@ -57,6 +64,9 @@ pub struct Handler {
     /// Whether hitting the forwarding limits was logged (once per process).
     forward_limit_logged: std::sync::atomic::AtomicBool,
 }
+
+/// What a built answer is cached by: name, type, stale, and the client's locality.
+type AnswerKey = (LowerName, RecordType, bool, Option<Arc<str>>);
 
 /// The question of a request, as the answer core reads it.
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +134,8 @@ pub struct Reply {
     pub via: Via,
     /// UDP payload limit for this client.
     pub payload: u16,
+    /// What the client's locality did to the answer.
+    pub locality: Locality,
 }
 
 impl Reply {
@@ -141,6 +153,7 @@ impl Reply {
             from_registry: false,
             via: Via::Reply,
             payload: 512,
+            locality: Locality::Ignored,
         };
         if let Some(req) = q.edns {
             let mut edns = Edns::new();
@@ -153,6 +166,15 @@ impl Reply {
 
     fn to(request: &Request, max_udp: u16) -> Self {
         Self::new(&Question::of(request), max_udp)
+    }
+
+    /// Echoes the query's client subnet option (if any), with the scope the answer used.
+    fn echo_subnet(&mut self, located: &Located, depends: bool) {
+        if let (Some(edns), Some(subnet)) = (self.edns.as_mut(), located.answer_subnet(depends)) {
+            let options = edns.options_mut();
+            options.remove(hickory_proto::rr::rdata::opt::EdnsCode::Subnet);
+            options.insert(subnet);
+        }
     }
 
     /// Negative answers (NODATA, NXDOMAIN) carry the zone's SOA (RFC 2308).
@@ -176,8 +198,18 @@ impl Reply {
     /// Puts `built` in a fresh random order, cut to what fits a UDP answer of `payload` bytes.
     fn place(&mut self, built: Arc<Built>, protocol: Protocol, qname: &Name, rng: &mut impl Rng) {
         self.order = built.order(rng);
+        self.locality = built.locality;
         self.with_glue = if protocol == Protocol::Udp {
-            let (answers, glue) = built.fit_udp(&self.order, qname, usize::from(self.payload));
+            // Options in our OPT record (a client subnet) take room from the records.
+            let options: usize = self.edns.as_ref().map_or(0, |e| {
+                e.options()
+                    .as_ref()
+                    .iter()
+                    .map(|(_, o)| 4 + usize::from(o.len()))
+                    .sum()
+            });
+            let limit = usize::from(self.payload).saturating_sub(options);
+            let (answers, glue) = built.fit_udp(&self.order, qname, limit);
             if answers < self.order.len() {
                 // Cut here rather than let the encoder run out of room: that way the OPT record
                 // always fits (RFC 6891 7) and TC says the rest is on TCP.
@@ -220,6 +252,8 @@ impl Handler {
             serve_warning: cfg.serve_warning,
             panic_threshold: cfg.panic_threshold,
             origin: origin.clone(),
+            locality: Default::default(),
+            min_healthy: 1,
         };
         let soa = ArcSwap::from_pointee((-1, zone.soa(0)));
         Ok(Self {
@@ -229,13 +263,13 @@ impl Handler {
             mirror,
             answers: Cache::builder()
                 .max_capacity(cfg.answer_cache_bytes)
-                .weigher(
-                    |(name, _, _): &(LowerName, RecordType, bool), built: &Arc<Built>| {
-                        let bytes = built.memory_size() + name.len() + 64;
-                        u32::try_from(bytes).unwrap_or(u32::MAX)
-                    },
-                )
+                .weigher(|(name, _, _, local): &AnswerKey, built: &Arc<Built>| {
+                    let local = local.as_deref().map_or(0, str::len);
+                    let bytes = built.memory_size() + name.len() + local + 64;
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
                 .build(),
+            locality: Policy::default(),
             soa,
             max_udp_payload: cfg.max_udp_payload,
             stale_ttl: cfg.stale_ttl,
@@ -247,6 +281,14 @@ impl Handler {
             sky: Vec::new(),
             forward_limit_logged: Default::default(),
         })
+    }
+
+    /// Shapes answers by the client's locality as `[locality]` says.
+    pub fn with_locality(mut self, cfg: &LocalityConfig) -> Self {
+        self.locality = Policy::new(cfg);
+        self.zone.locality = cfg.mode;
+        self.zone.min_healthy = cfg.min_healthy;
+        self
     }
 
     /// Also answers the zones of SkyDNS sources.
@@ -422,7 +464,12 @@ impl Handler {
                     Route::Sky(sky) => {
                         self.sky_name(reply, sky, qname, qtype, client, snapshot, freshness, rng)
                     }
-                    _ => self.registry_name(reply, qname, qtype, client, snapshot, freshness, rng),
+                    _ => {
+                        let located = self.locality.locate(client.ip, q.edns);
+                        self.registry_name(
+                            reply, qname, qtype, client, &located, snapshot, freshness, rng,
+                        )
+                    }
                 }
             }
         }
@@ -478,10 +525,12 @@ impl Handler {
         qname: &LowerName,
         qtype: RecordType,
         client: &Client,
+        located: &Located,
         snapshot: &Snapshot,
         freshness: Freshness,
         rng: &mut impl Rng,
     ) -> Reply {
+        reply.echo_subnet(located, false);
         let below = usize::from(qname.num_labels().saturating_sub(self.apex.num_labels()));
         let mut labels: [&[u8]; 3] = [&[]; 3];
         let target = if below > labels.len() {
@@ -492,7 +541,10 @@ impl Handler {
             }
             name::parse(&labels[..below])
         };
-        reply.from_registry = !matches!(target, Target::Apex);
+        reply.from_registry = !matches!(
+            target,
+            Target::Apex | Target::BrowseDomain | Target::EmptyNode
+        );
         let outcome = match target {
             Target::Apex => {
                 match qtype {
@@ -508,22 +560,65 @@ impl Handler {
             }
             Target::TcpNode if !snapshot.services.is_empty() => Outcome::NoData,
             Target::TcpNode | Target::None => Outcome::NxDomain,
+            // Ours, like the apex: they hold no registry data.
+            Target::EmptyNode => Outcome::NoData,
+            Target::BrowseDomain => {
+                if matches!(qtype, RecordType::PTR | RecordType::ANY) {
+                    let apex = hickory_proto::rr::rdata::PTR(self.zone.origin.clone());
+                    reply.extra.push(Record::from_rdata(
+                        Name::from(qname),
+                        self.zone.ttl,
+                        RData::PTR(apex),
+                    ));
+                    Outcome::Answer
+                } else {
+                    Outcome::NoData
+                }
+            }
             _ if !freshness.is_usable() => return Self::unusable(reply),
+            Target::ServiceTypes => {
+                let stale = freshness.is_stale();
+                let key = (qname.clone(), qtype, stale, None);
+                // Any change may add or remove a service type: keyed to the whole snapshot.
+                let built = match self.answers.get(&key) {
+                    Some(b) if b.generation == snapshot.changes => b,
+                    _ => {
+                        let ttl = freshness.ttl(self.zone.ttl, self.stale_ttl);
+                        let services = snapshot.services.values().map(|s| &**s);
+                        let b = self
+                            .zone
+                            .browse(services, snapshot.changes, qname, qtype, ttl);
+                        let b = Arc::new(b);
+                        self.answers.insert(key, b.clone());
+                        b
+                    }
+                };
+                let outcome = built.outcome;
+                reply.place(built, client.protocol, qname, rng);
+                outcome
+            }
             Target::Service(s)
             | Target::ServiceSrv(s)
             | Target::ServiceNode(s)
             | Target::Instance { service: s, .. }
             | Target::NamedPort { service: s, .. }
-            | Target::Tag { service: s, .. } => match snapshot.service(s) {
+            | Target::Tag { service: s, .. }
+            | Target::SdInstance { service: s, .. } => match snapshot.service(s) {
                 None => Outcome::NxDomain,
                 Some(svc) => {
                     let stale = freshness.is_stale();
-                    let key = (qname.clone(), qtype, stale);
+                    let local = located
+                        .locality
+                        .clone()
+                        .filter(|_| target.follows_locality());
+                    let key = (qname.clone(), qtype, stale, local);
                     let built = match self.answers.get(&key) {
                         Some(b) if b.generation == svc.generation => b,
                         _ => {
                             let ttl = freshness.ttl(self.zone.ttl, self.stale_ttl);
-                            let b = Arc::new(self.zone.build(svc, target, qname, qtype, ttl));
+                            let local = key.3.as_deref();
+                            let b = self.zone.build(svc, target, qname, qtype, ttl, local);
+                            let b = Arc::new(b);
                             if b.panic {
                                 warn!(
                                     service = %svc.name,
@@ -536,6 +631,7 @@ impl Handler {
                         }
                     };
                     let outcome = built.outcome;
+                    reply.echo_subnet(located, built.locality.depends_on_client());
                     reply.place(built, client.protocol, qname, rng);
                     outcome
                 }
@@ -632,6 +728,15 @@ impl Handler {
         self.observe(request, started, &info);
         if reply.from_registry && freshness.is_stale() {
             self.metrics.stale_answers.inc();
+        }
+        let result = match reply.locality {
+            Locality::Ignored => None,
+            Locality::Unlocated => Some(metrics::LocalityResult::no_locality),
+            Locality::Local => Some(metrics::LocalityResult::local),
+            Locality::SpillOver => Some(metrics::LocalityResult::spill_over),
+        };
+        if let Some(result) = result {
+            self.metrics.observe_locality(result);
         }
         Ok(())
     }
@@ -904,6 +1009,7 @@ mod tests {
             health: Health::Passing,
             meta: Default::default(),
             source: SourceId::NATIVE,
+            locality: None,
         }
     }
 
