@@ -1294,6 +1294,287 @@ mod tests {
         assert_eq!(firsts.len(), 3, "every instance comes first for some seed");
     }
 
+    /// A handler over `web` with a1, a2 in locality `a`, b1 in `b`, with `[locality]` mode
+    /// `mode`: 127.0.0.2 is in `a`, 127.0.0.3 in `b`, 127.0.0.4 is a trusted forwarder.
+    fn zoned_handler(mode: crate::config::LocalityMode) -> Handler {
+        let h = handler();
+        let updates = [
+            ("a1", "10.0.1.1", "a"),
+            ("a2", "10.0.1.2", "a"),
+            ("b1", "10.0.2.1", "b"),
+        ]
+        .into_iter()
+        .map(|(id, ip, loc)| {
+            let mut i = instance(id, ip, 8080);
+            i.locality = Some(loc.into());
+            i.meta.insert("v".into(), id.into());
+            Update::Put {
+                service: ServiceName::new("zoned").unwrap(),
+                instance: i,
+            }
+        });
+        h.mirror.apply(updates, 8);
+        let net = |s: &str| s.parse().unwrap();
+        h.with_locality(&LocalityConfig {
+            mode,
+            min_healthy: 1,
+            trust_client_subnet: vec![net("127.0.0.4/32")],
+            clients: vec![
+                crate::config::ClientLocality {
+                    networks: vec![net("127.0.0.2/32"), net("10.1.0.0/16")],
+                    locality: "a".into(),
+                },
+                crate::config::ClientLocality {
+                    networks: vec![net("127.0.0.3/32")],
+                    locality: "b".into(),
+                },
+            ],
+        })
+    }
+
+    /// Answers `m` from `src` over UDP.
+    fn ask_from(h: &Handler, m: &Message, src: &str) -> (Reply, Message) {
+        let request = Request::from_bytes(
+            m.to_vec().unwrap(),
+            format!("{src}:5300").parse().unwrap(),
+            Protocol::Udp,
+        )
+        .unwrap();
+        let snapshot = h.mirror.load();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let reply = h.answer(
+            &Question::of(&request),
+            &Client::of(&request),
+            &snapshot,
+            Freshness::Current,
+            &mut rng,
+        );
+        let mut out = Vec::new();
+        encode_reply(&request, &reply, &mut out);
+        (reply, Message::from_vec(&out).unwrap())
+    }
+
+    fn answer_data(m: &Message) -> Vec<String> {
+        let mut v: Vec<String> = m
+            .answers
+            .iter()
+            .map(|r| match &r.data {
+                RData::A(a) => a.to_string(),
+                RData::PTR(p) => p.0.to_string(),
+                RData::SRV(s) => format!("{} {} {} {}", s.priority, s.weight, s.port, s.target),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn with_subnet(m: Message, subnet: &str) -> Message {
+        let mut m = with_edns(m, 1232, 0);
+        let mut e = m.edns.take().unwrap();
+        e.options_mut()
+            .insert(hickory_proto::rr::rdata::opt::EdnsOption::Subnet(
+                subnet.parse().unwrap(),
+            ));
+        m.set_edns(e);
+        m
+    }
+
+    fn scope(m: &Message) -> Option<u8> {
+        use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+        match m.edns.as_ref()?.option(EdnsCode::Subnet)? {
+            EdnsOption::Subnet(s) => Some(s.scope_prefix()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn localities_never_share_cached_answers() {
+        let h = zoned_handler(crate::config::LocalityMode::Only);
+        let q = query("zoned.svc.internal.", RecordType::A);
+        for _ in 0..3 {
+            let (reply, a) = ask_from(&h, &q, "127.0.0.2");
+            assert_eq!(answer_data(&a), ["10.0.1.1", "10.0.1.2"]);
+            assert_eq!(reply.locality, Locality::Local);
+            let (_, b) = ask_from(&h, &q, "127.0.0.3");
+            assert_eq!(answer_data(&b), ["10.0.2.1"]);
+            let (reply, all) = ask_from(&h, &q, "127.0.0.1");
+            assert_eq!(answer_data(&all).len(), 3);
+            assert_eq!(reply.locality, Locality::Unlocated);
+        }
+        // An instance's own name answers whoever asks.
+        let (_, own) = ask_from(
+            &h,
+            &query("b1.zoned.svc.internal.", RecordType::A),
+            "127.0.0.2",
+        );
+        assert_eq!(answer_data(&own), ["10.0.2.1"]);
+        // DNS-SD instance lists follow locality too.
+        let ptr = query("_zoned._tcp.svc.internal.", RecordType::PTR);
+        let (_, b) = ask_from(&h, &ptr, "127.0.0.3");
+        assert_eq!(answer_data(&b), ["b1._zoned._tcp.svc.internal."]);
+        // The last local instance gone critical: spill-over at once.
+        let mut b1 = instance("b1", "10.0.2.1", 8080);
+        b1.locality = Some("b".into());
+        b1.health = Health::Critical;
+        h.mirror.apply(
+            [Update::Put {
+                service: ServiceName::new("zoned").unwrap(),
+                instance: b1,
+            }],
+            9,
+        );
+        let (reply, b) = ask_from(&h, &q, "127.0.0.3");
+        assert_eq!(answer_data(&b), ["10.0.1.1", "10.0.1.2"]);
+        assert_eq!(reply.locality, Locality::SpillOver);
+    }
+
+    #[test]
+    fn a_trusted_client_subnet_decides_and_is_echoed_with_its_scope() {
+        let h = zoned_handler(crate::config::LocalityMode::Only);
+        let q = with_subnet(query("zoned.svc.internal.", RecordType::A), "10.1.2.0/24");
+        let (_, via) = ask_from(&h, &q, "127.0.0.4");
+        assert_eq!(answer_data(&via), ["10.0.1.1", "10.0.1.2"]);
+        assert_eq!(scope(&via), Some(16), "the matched client network's prefix");
+        // From an untrusted source the option is ignored (and echoed with scope 0).
+        let (_, direct) = ask_from(&h, &q, "127.0.0.3");
+        assert_eq!(answer_data(&direct), ["10.0.2.1"]);
+        assert_eq!(scope(&direct), Some(32));
+        let (_, nobody) = ask_from(&h, &q, "127.0.0.1");
+        assert_eq!(answer_data(&nobody).len(), 3);
+        assert_eq!(scope(&nobody), Some(0));
+        // An instance's own name does not depend on locality: scope 0.
+        let own = with_subnet(
+            query("a1.zoned.svc.internal.", RecordType::A),
+            "10.1.2.0/24",
+        );
+        assert_eq!(scope(&ask_from(&h, &own, "127.0.0.4").1), Some(0));
+        // Without the option, none is added.
+        let (_, plain) = ask_from(
+            &h,
+            &with_edns(query("zoned.svc.internal.", RecordType::A), 1232, 0),
+            "127.0.0.4",
+        );
+        assert_eq!(scope(&plain), None);
+    }
+
+    #[test]
+    fn prefer_puts_local_instances_first() {
+        let h = zoned_handler(crate::config::LocalityMode::Prefer);
+        let q = query("zoned.svc.internal.", RecordType::A);
+        for _ in 0..20 {
+            let (_, b) = ask_from(&h, &q, "127.0.0.3");
+            assert_eq!(b.answers.len(), 3);
+            let RData::A(first) = &b.answers[0].data else {
+                panic!()
+            };
+            assert_eq!(first.to_string(), "10.0.2.1");
+        }
+        let (_, srv) = ask_from(
+            &h,
+            &query("_zoned._tcp.svc.internal.", RecordType::SRV),
+            "127.0.0.2",
+        );
+        assert_eq!(
+            answer_data(&srv),
+            [
+                "0 1 8080 a1.zoned.svc.internal.",
+                "0 1 8080 a2.zoned.svc.internal.",
+                "1 1 8080 b1.zoned.svc.internal."
+            ]
+        );
+    }
+
+    #[test]
+    fn dns_sd_browsing() {
+        let h = handler();
+        let types = query("_services._dns-sd._udp.svc.internal.", RecordType::PTR);
+        let (reply, m) = ask(&h, &types, Freshness::Current);
+        assert_eq!(
+            answer_data(&m),
+            ["_big._tcp.svc.internal.", "_web._tcp.svc.internal."]
+        );
+        assert!(reply.from_registry);
+        let (_, list) = ask(
+            &h,
+            &query("_web._tcp.svc.internal.", RecordType::PTR),
+            Freshness::Current,
+        );
+        assert_eq!(
+            answer_data(&list),
+            [
+                "w0._web._tcp.svc.internal.",
+                "w1._web._tcp.svc.internal.",
+                "w2._web._tcp.svc.internal."
+            ]
+        );
+        let (_, srv) = ask(
+            &h,
+            &query("w0._web._tcp.svc.internal.", RecordType::SRV),
+            Freshness::Current,
+        );
+        assert_eq!(answer_data(&srv), ["0 1 8080 w0.web.svc.internal."]);
+        assert_eq!(srv.additionals.len(), 1, "the target's address");
+        let (_, txt) = ask(
+            &h,
+            &query("w0._web._tcp.svc.internal.", RecordType::TXT),
+            Freshness::Current,
+        );
+        let RData::TXT(t) = &txt.answers[0].data else {
+            panic!()
+        };
+        assert_eq!(t.txt_data.len(), 1);
+        assert!(t.txt_data[0].is_empty(), "no meta: one empty string");
+        for b in [
+            "b._dns-sd._udp.svc.internal.",
+            "lb._dns-sd._udp.svc.internal.",
+        ] {
+            let (_, m) = ask(&h, &query(b, RecordType::PTR), Freshness::Current);
+            assert_eq!(answer_data(&m), ["svc.internal."]);
+        }
+        for n in [
+            "_udp.svc.internal.",
+            "_dns-sd._udp.svc.internal.",
+            "_tcp.svc.internal.",
+        ] {
+            let (_, m) = ask(&h, &query(n, RecordType::PTR), Freshness::Current);
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{n}");
+            assert!(m.answers.is_empty() && !m.authorities.is_empty(), "{n}");
+        }
+        assert_eq!(
+            rcode(
+                &h,
+                "zz._web._tcp.svc.internal.",
+                RecordType::SRV,
+                Freshness::Current
+            ),
+            ResponseCode::NXDomain
+        );
+        assert_eq!(
+            rcode(
+                &h,
+                "_services._dns-sd._udp.svc.internal.",
+                RecordType::PTR,
+                Freshness::Expired
+            ),
+            ResponseCode::ServFail
+        );
+        // A service losing its last instance leaves the types at once (the cache is keyed to
+        // the whole snapshot, not one service).
+        h.mirror.apply(
+            (0..3).map(|i| Update::Delete {
+                service: ServiceName::new("web").unwrap(),
+                id: InstanceId::new(&format!("w{i}")).unwrap(),
+                source: SourceId::NATIVE,
+            }),
+            8,
+        );
+        let (_, m) = ask(&h, &types, Freshness::Current);
+        assert_eq!(answer_data(&m), ["_big._tcp.svc.internal."]);
+        let (_, stale) = ask(&h, &types, STALE);
+        assert!(stale.answers.iter().all(|r| r.ttl == 30));
+    }
+
     #[test]
     fn nxdomain_zone_for_rate_limiting() {
         let h = handler();

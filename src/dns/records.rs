@@ -784,6 +784,336 @@ mod tests {
         assert!(matches!(a.answers[0].record.data, RData::A(_)));
     }
 
+    /// `web` with instances in two localities: a1, a2 (passing) and a3 (critical) in `a`,
+    /// b1 (priority 1) and b2 (priority 0) in `b`, and n (no locality).
+    fn zoned() -> Service {
+        let mut svc = web();
+        svc.instances.clear();
+        for (id, addr, loc, health, priority) in [
+            ("a1", "10.0.1.1", Some("a"), Health::Passing, 0),
+            ("a2", "10.0.1.2", Some("a"), Health::Passing, 1),
+            ("a3", "10.0.1.3", Some("a"), Health::Critical, 0),
+            ("b1", "10.0.2.1", Some("b"), Health::Passing, 1),
+            ("b2", "10.0.2.2", Some("b"), Health::Passing, 0),
+            ("n", "10.0.3.1", None, Health::Passing, 0),
+        ] {
+            let mut i = inst(id, addr, health);
+            i.locality = loc.map(Into::into);
+            i.priority = priority;
+            svc.instances.insert((i.id.clone(), i.source), i);
+        }
+        svc
+    }
+
+    fn addresses(b: &Built) -> Vec<String> {
+        b.answers
+            .iter()
+            .map(|a| match &a.record.data {
+                RData::A(ip) => ip.to_string(),
+                RData::SRV(s) => s.target.to_string(),
+                RData::PTR(p) => p.0.to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_mode_answers_local_instances_until_too_few_are_served() {
+        let mut z = zone();
+        z.locality = LocalityMode::Only;
+        let svc = zoned();
+        let name = q("web.svc.internal.");
+        let t = Target::Service("web");
+        let a = z.build(&svc, t, &name, RecordType::A, 5, Some("a"));
+        assert_eq!(a.locality, Locality::Local);
+        assert_eq!(addresses(&a), ["10.0.1.1", "10.0.1.2"], "critical a3 never");
+        let b = z.build(&svc, t, &name, RecordType::A, 5, Some("b"));
+        assert_eq!(addresses(&b), ["10.0.2.1", "10.0.2.2"]);
+        // No locality, or one with no instance: everything served.
+        let all = z.build(&svc, t, &name, RecordType::A, 5, None);
+        assert_eq!((all.locality, all.answers.len()), (Locality::Unlocated, 5));
+        let c = z.build(&svc, t, &name, RecordType::A, 5, Some("c"));
+        assert_eq!((c.locality, c.answers.len()), (Locality::SpillOver, 5));
+        // Fewer than min_healthy served local instances: spill over.
+        z.min_healthy = 3;
+        let spill = z.build(&svc, t, &name, RecordType::A, 5, Some("a"));
+        assert_eq!(
+            (spill.locality, spill.answers.len()),
+            (Locality::SpillOver, 5)
+        );
+        // Tags, named ports and the RFC 2782 name follow locality; instance names do not.
+        z.min_healthy = 1;
+        let tag = z.build(
+            &svc,
+            Target::Tag {
+                service: "web",
+                tag: "v2",
+            },
+            &q("v2._tag.web.svc.internal."),
+            RecordType::A,
+            5,
+            Some("b"),
+        );
+        assert_eq!(addresses(&tag), ["10.0.2.1", "10.0.2.2"]);
+        let port = z.build(
+            &svc,
+            Target::NamedPort {
+                service: "web",
+                port: "grpc",
+            },
+            &q("_grpc._tcp.web.svc.internal."),
+            RecordType::SRV,
+            5,
+            Some("b"),
+        );
+        assert_eq!(port.answers.len(), 2);
+        let srv = z.build(
+            &svc,
+            Target::ServiceSrv("web"),
+            &q("_web._tcp.svc.internal."),
+            RecordType::SRV,
+            5,
+            Some("a"),
+        );
+        assert_eq!(
+            addresses(&srv),
+            ["a1.web.svc.internal.", "a2.web.svc.internal."]
+        );
+        let ptr = z.build(
+            &svc,
+            Target::ServiceSrv("web"),
+            &q("_web._tcp.svc.internal."),
+            RecordType::PTR,
+            5,
+            Some("b"),
+        );
+        assert_eq!(
+            addresses(&ptr),
+            ["b1._web._tcp.svc.internal.", "b2._web._tcp.svc.internal."]
+        );
+        let own = z.build(
+            &svc,
+            Target::Instance {
+                service: "web",
+                id: "b1",
+            },
+            &q("b1.web.svc.internal."),
+            RecordType::A,
+            5,
+            Some("a"),
+        );
+        assert_eq!((own.locality, own.answers.len()), (Locality::Ignored, 1));
+    }
+
+    #[test]
+    fn only_mode_counts_local_instances_after_the_panic_threshold() {
+        let mut z = zone();
+        z.locality = LocalityMode::Only;
+        z.min_healthy = 3;
+        // 5 of 6 served: above a 0.8 threshold, so a3 stays out and `a` has 2 < 3.
+        z.panic_threshold = 0.8;
+        let svc = zoned();
+        let t = Target::Service("web");
+        let name = q("web.svc.internal.");
+        let b = z.build(&svc, t, &name, RecordType::A, 5, Some("a"));
+        assert_eq!(
+            (b.panic, b.locality, b.answers.len()),
+            (false, Locality::SpillOver, 5)
+        );
+        // Panic serves a3 too, but it is still not healthy: `a` stays at 2 healthy.
+        z.panic_threshold = 0.9;
+        let b = z.build(&svc, t, &name, RecordType::A, 5, Some("a"));
+        assert_eq!(
+            (b.panic, b.locality, b.answers.len()),
+            (true, Locality::SpillOver, 6)
+        );
+        z.min_healthy = 2;
+        let b = z.build(&svc, t, &name, RecordType::A, 5, Some("a"));
+        assert_eq!(
+            (b.locality, addresses(&b)),
+            (
+                Locality::Local,
+                vec!["10.0.1.1".into(), "10.0.1.2".into(), "10.0.1.3".into()]
+            ),
+            "in panic mode the local set includes the critical one"
+        );
+    }
+
+    #[test]
+    fn prefer_mode_ranks_local_instances_first() {
+        let mut z = zone();
+        z.locality = LocalityMode::Prefer;
+        let svc = zoned();
+        let name = q("web.svc.internal.");
+        let t = Target::Service("web");
+        let a = z.build(&svc, t, &name, RecordType::A, 5, Some("b"));
+        assert_eq!((a.locality, a.answers.len()), (Locality::Local, 5));
+        for ans in &a.answers {
+            let RData::A(ip) = &ans.record.data else {
+                panic!()
+            };
+            let local = ip.to_string().starts_with("10.0.2.");
+            assert_eq!(ans.priority, u16::from(!local), "{ip}");
+        }
+        // SRV: 2 x priority, + 1 outside the locality; priority still dominates.
+        let srv = z.build(&svc, t, &name, RecordType::SRV, 5, Some("b"));
+        let got: Vec<(String, u16, u16)> = srv
+            .answers
+            .iter()
+            .map(|ans| {
+                let RData::SRV(s) = &ans.record.data else {
+                    panic!()
+                };
+                (s.target.to_string(), s.priority, ans.priority)
+            })
+            .collect();
+        for (target, priority, want) in [
+            ("a1", 1, 1),
+            ("a2", 3, 3),
+            ("b1", 2, 2),
+            ("b2", 0, 0),
+            ("n", 1, 1),
+        ] {
+            let t = format!("{target}.web.svc.internal.");
+            assert!(got.contains(&(t.clone(), priority, want)), "{t}: {got:?}");
+        }
+        // Saturates at 65535.
+        let mut big = zoned();
+        for (_, i) in big.instances.iter_mut() {
+            i.priority = 40_000;
+        }
+        let srv = z.build(&big, t, &name, RecordType::SRV, 5, Some("b"));
+        assert!(srv.answers.iter().all(|a| a.priority == u16::MAX));
+        // Nobody local: ranks are all alike.
+        let none = z.build(&svc, t, &name, RecordType::A, 5, Some("c"));
+        assert_eq!(none.locality, Locality::SpillOver);
+        assert!(none.answers.iter().all(|a| a.priority == 1));
+        // Off: locality is ignored.
+        z.locality = LocalityMode::Off;
+        let off = z.build(&svc, t, &name, RecordType::A, 5, Some("b"));
+        assert_eq!(off.locality, Locality::Ignored);
+        assert!(off.answers.iter().all(|a| a.priority == 0));
+    }
+
+    #[test]
+    fn dns_sd_instance_srv_and_txt() {
+        let z = zone();
+        let svc = web();
+        let t = Target::SdInstance {
+            service: "web",
+            id: "a",
+        };
+        let name = q("a._web._tcp.svc.internal.");
+        let srv = z.build(&svc, t, &name, RecordType::SRV, 5, None);
+        let RData::SRV(s) = &srv.answers[0].record.data else {
+            panic!()
+        };
+        assert_eq!((s.priority, s.weight, s.port), (1, 3, 8080));
+        assert_eq!(s.target, q("a.web.svc.internal."));
+        assert_eq!(
+            srv.answers[0].glue.as_ref().unwrap().name,
+            q("a.web.svc.internal.")
+        );
+        let txt = z.build(&svc, t, &name, RecordType::TXT, 5, None);
+        let RData::TXT(t1) = &txt.answers[0].record.data else {
+            panic!()
+        };
+        let strings: Vec<&[u8]> = t1.txt_data.iter().map(|s| &s[..]).collect();
+        assert_eq!(strings, [&b"az=a"[..]], "meta only, no tags");
+        let a = z.build(&svc, t, &name, RecordType::A, 5, None);
+        assert_eq!(a.outcome, Outcome::NoData);
+        // No meta: one empty string; a pair over 255 bytes is left out.
+        let mut bare = web();
+        let key = (InstanceId::new("a").unwrap(), SourceId::NATIVE);
+        let i = bare.instances.get_mut(&key).unwrap();
+        i.meta.clear();
+        i.meta.insert("big".into(), "x".repeat(300));
+        let txt = z.build(&bare, t, &name, RecordType::TXT, 5, None);
+        let RData::TXT(t2) = &txt.answers[0].record.data else {
+            panic!()
+        };
+        assert_eq!(t2.txt_data.len(), 1);
+        assert!(t2.txt_data[0].is_empty());
+        // Critical (c) or unknown: NXDOMAIN.
+        for id in ["c", "zz"] {
+            let t = Target::SdInstance { service: "web", id };
+            let b = z.build(&svc, t, &name, RecordType::SRV, 5, None);
+            assert_eq!(b.outcome, Outcome::NxDomain, "{id}");
+        }
+    }
+
+    #[test]
+    fn service_types_list_browsable_services() {
+        let z = zone();
+        let mut down = web();
+        down.name = ServiceName::new("down").unwrap();
+        for (_, i) in down.instances.iter_mut() {
+            i.health = Health::Critical;
+        }
+        let mut portless = web();
+        portless.name = ServiceName::new("portless").unwrap();
+        for (_, i) in portless.instances.iter_mut() {
+            i.port = None;
+        }
+        let mut long = web();
+        long.name = ServiceName::new(&"l".repeat(63)).unwrap();
+        let mut ok62 = web();
+        ok62.name = ServiceName::new(&"k".repeat(62)).unwrap();
+        let services = [web(), down, portless, long, ok62];
+        let name = q("_services._dns-sd._udp.svc.internal.");
+        let b = z.browse(services.iter(), 9, &name, RecordType::PTR, 5);
+        assert_eq!(b.generation, 9);
+        assert_eq!(
+            addresses(&b),
+            [
+                format!("_{}._tcp.svc.internal.", "k".repeat(62)),
+                "_web._tcp.svc.internal.".to_string()
+            ]
+        );
+        assert_eq!(
+            z.browse(services.iter(), 9, &name, RecordType::A, 5)
+                .outcome,
+            Outcome::NoData
+        );
+        assert_eq!(
+            z.browse([].iter(), 9, &name, RecordType::PTR, 5).outcome,
+            Outcome::NoData
+        );
+        // The panic threshold brings a service with no healthy instance back.
+        let mut panicky = zone();
+        panicky.panic_threshold = 0.5;
+        let b = panicky.browse(services.iter(), 9, &name, RecordType::PTR, 5);
+        assert_eq!(b.answers.len(), 3);
+    }
+
+    #[test]
+    fn a_huge_browse_answer_is_cut_to_a_tcp_message() {
+        let z = zone();
+        let services: Vec<Service> = (0..5000)
+            .map(|n| {
+                let mut s = web();
+                s.name = ServiceName::new(&format!("service-number-{n}")).unwrap();
+                s
+            })
+            .collect();
+        let name = q("_services._dns-sd._udp.svc.internal.");
+        let b = z.browse(services.iter(), 1, &name, RecordType::PTR, 5);
+        let total: usize = b.answers.iter().map(|a| a.size).sum();
+        assert!(
+            b.answers.len() < 5000 && total < 65_535,
+            "{} {total}",
+            b.answers.len()
+        );
+        let mut m = hickory_proto::op::Message::new(
+            1,
+            hickory_proto::op::MessageType::Response,
+            hickory_proto::op::OpCode::Query,
+        );
+        m.add_query(hickory_proto::op::Query::query(name, RecordType::PTR));
+        m.add_answers(b.answers.iter().map(|a| a.record.clone()));
+        assert!(m.to_vec().unwrap().len() <= 65_535);
+    }
+
     #[test]
     fn soa_carries_negative_ttl() {
         let z = zone();
