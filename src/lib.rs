@@ -13,7 +13,8 @@
 //! - [`app`]: the commands; `serve` wiring builds the parts, spawns the tasks, owns shutdown.
 //! - [`registry`]: everything that talks to etcd: connection, list, watch, key and value parsing.
 //! - [`cache`]: the in-memory service view; applies updates; no I/O, no etcd or DNS types.
-//! - [`dns`]: the hickory request handler, record building and query-name parsing.
+//! - [`dns`]: the hickory request handler, record building, query-name parsing (DNS-SD names
+//!   included) and client localities.
 //! - [`register`]: the registration side (lease, keepalive, health checks, deregistration).
 //! - [`persist`]: the snapshot file, for starting while etcd is unreachable.
 //! - [`memory`]: hands freed heap back to the OS after a large list or snapshot write.

@@ -154,10 +154,10 @@ impl Zone {
     }
 
     /// Orders or filters `selected` by the client's locality `local` (see
-    /// [`LocalityMode`]); returns what it did and whether each kept instance is local.
-    fn localize<'i>(
+    /// [`LocalityMode`]); returns what it did.
+    fn localize(
         &self,
-        selected: &mut Vec<(&'i Instance, Option<u16>)>,
+        selected: &mut Vec<(&Instance, Option<u16>)>,
         local: Option<&str>,
     ) -> Locality {
         let Some(local) = local else {
