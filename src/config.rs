@@ -57,6 +57,7 @@ pub struct Config {
     pub snapshot: SnapshotConfig,
     pub forward: ForwardConfig,
     pub rate_limit: RateLimitConfig,
+    pub locality: LocalityConfig,
     /// Directory of RFC 1035 zone files (`<zone>.zone`) served beside the discovery zone; a
     /// missing directory means no static zones. Relative to the config file.
     pub zones_dir: PathBuf,
@@ -213,6 +214,96 @@ impl RateLimitConfig {
     }
 }
 
+/// How the client's locality shapes answers (README "Locality-aware answers").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalityMode {
+    /// Locality is ignored.
+    #[default]
+    Off,
+    /// Local instances first (A/AAAA), or ahead within each SRV priority.
+    Prefer,
+    /// Local instances only, while at least `min_healthy` of them are served.
+    Only,
+}
+
+/// Locality-aware answers: where clients are, and what to do with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalityConfig {
+    pub mode: LocalityMode,
+    /// `only`: answer local instances while at least this many are served; fewer, every
+    /// served instance (spill-over).
+    pub min_healthy: usize,
+    /// Networks whose EDNS Client Subnet option is believed (node-local forwarders); from
+    /// anyone else the option is ignored and the source address decides.
+    pub trust_client_subnet: Vec<ipnet::IpNet>,
+    /// Client networks and their localities; networks must not overlap.
+    pub clients: Vec<ClientLocality>,
+}
+
+impl Default for LocalityConfig {
+    fn default() -> Self {
+        Self {
+            mode: LocalityMode::Off,
+            min_healthy: 1,
+            trust_client_subnet: Vec::new(),
+            clients: Vec::new(),
+        }
+    }
+}
+
+/// `[[locality.clients]]`: clients in `networks` are in `locality`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientLocality {
+    pub networks: Vec<ipnet::IpNet>,
+    pub locality: String,
+}
+
+impl LocalityConfig {
+    /// Checks the section and lower-cases the localities (as instance localities are).
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.min_healthy == 0 {
+            return Err(invalid(
+                "locality.min_healthy",
+                "must be at least 1 (with 0, a locality with no served instance would get none)",
+            ));
+        }
+        let mut seen: Vec<(ipnet::IpNet, &str)> = Vec::new();
+        for client in &mut self.clients {
+            client.locality = crate::cache::locality(&client.locality)
+                .map_err(|e| invalid("locality.clients.locality", e.to_string()))?
+                .into();
+            if client.networks.is_empty() {
+                return Err(invalid(
+                    "locality.clients.networks",
+                    format!("locality {:?} lists no network", client.locality),
+                ));
+            }
+        }
+        for client in &self.clients {
+            for net in &client.networks {
+                let net = net.trunc();
+                if let Some((other, loc)) = seen
+                    .iter()
+                    .find(|(o, _)| o.contains(&net) || net.contains(o))
+                {
+                    return Err(invalid(
+                        "locality.clients.networks",
+                        format!(
+                            "{net} ({}) overlaps {other} ({loc}): a client must have one locality",
+                            client.locality
+                        ),
+                    ));
+                }
+                seen.push((net, &client.locality));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The on-disk copy of the mirror, for starting while etcd is unreachable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -355,6 +446,7 @@ impl Default for Config {
             snapshot: SnapshotConfig::default(),
             forward: ForwardConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            locality: LocalityConfig::default(),
             zones_dir: PathBuf::from("zones"),
             sources: Vec::new(),
         }
@@ -760,6 +852,7 @@ impl Config {
             ));
         }
         self.rate_limit.validate()?;
+        self.locality.validate()?;
         let f = &self.forward;
         if f.max_sockets == 0 {
             return Err(invalid("forward.max_sockets", "must be above zero"));
@@ -972,6 +1065,54 @@ mod tests {
             let err = toml::from_str::<Config>(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn locality_section_is_read_and_checked() {
+        let d = LocalityConfig::default();
+        assert_eq!((d.mode, d.min_healthy), (LocalityMode::Off, 1));
+        let mut cfg: Config = toml::from_str(
+            "[locality]\nmode = \"only\"\nmin_healthy = 2\ntrust_client_subnet = [\"127.0.0.4/32\"]\n[[locality.clients]]\nnetworks = [\"10.1.0.0/16\", \"fd00:1::/48\"]\nlocality = \"EU-1a\"\n[[locality.clients]]\nnetworks = [\"10.2.0.0/16\"]\nlocality = \"eu-1b\"\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let l = &cfg.locality;
+        assert_eq!((l.mode, l.min_healthy), (LocalityMode::Only, 2));
+        assert_eq!(l.clients[0].locality, "eu-1a", "lower-cased");
+        assert_eq!(l.clients[0].networks.len(), 2);
+        let err = toml::from_str::<Config>("[locality]\nmode = \"nearest\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nearest") && err.contains("mode"), "{err}");
+        for (text, want) in [
+            ("[locality]\nmin_healthy = 0\n", "locality.min_healthy"),
+            (
+                "[[locality.clients]]\nnetworks = [\"10.1.0.0/16\"]\nlocality = \"a\"\n[[locality.clients]]\nnetworks = [\"10.1.2.0/24\"]\nlocality = \"b\"\n",
+                "overlaps 10.1.0.0/16 (a)",
+            ),
+            (
+                "[[locality.clients]]\nnetworks = [\"10.1.0.0/16\", \"10.0.0.0/8\"]\nlocality = \"a\"\n",
+                "locality.clients.networks",
+            ),
+            (
+                "[[locality.clients]]\nnetworks = []\nlocality = \"a\"\n",
+                "lists no network",
+            ),
+            (
+                "[[locality.clients]]\nnetworks = [\"10.1.0.0/16\"]\nlocality = \"a b\"\n",
+                "locality.clients.locality",
+            ),
+        ] {
+            let mut cfg: Config = toml::from_str(text).unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+        let err = toml::from_str::<Config>(
+            "[[locality.clients]]\nnetwork = [\"10.0.0.0/8\"]\nlocality = \"a\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("network"), "{err}");
     }
 
     #[test]

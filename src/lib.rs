@@ -13,7 +13,8 @@
 //! - [`app`]: the commands; `serve` wiring builds the parts, spawns the tasks, owns shutdown.
 //! - [`registry`]: everything that talks to etcd: connection, list, watch, key and value parsing.
 //! - [`cache`]: the in-memory service view; applies updates; no I/O, no etcd or DNS types.
-//! - [`dns`]: the answer core, record building, query-name parsing, and the UDP/TCP transport.
+//! - [`dns`]: the answer core (DNS-SD names and client localities included), record building,
+//!   query-name parsing, and the UDP/TCP transport.
 //! - [`register`]: the registration side (lease, keepalive, health checks, deregistration).
 //! - [`persist`]: the snapshot file, for starting while etcd is unreachable.
 //! - [`memory`]: hands freed heap back to the OS after a large list or snapshot write.

@@ -143,6 +143,23 @@ struct CacheLabels {
     result: CacheResult,
 }
 
+/// What the client's locality did to an answer for a set of instances.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum LocalityResult {
+    /// Local instances only, or first.
+    local,
+    /// Too few local instances: every served instance.
+    spill_over,
+    /// The client has no locality: every served instance.
+    no_locality,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LocalityLabels {
+    result: LocalityResult,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     kind: &'static str,
@@ -181,6 +198,7 @@ pub struct Metrics {
     /// Forwarded queries answered SERVFAIL because every upstream socket was in use.
     pub forward_sockets_exhausted: Counter,
     forward_cache: Family<CacheLabels, Counter>,
+    locality_answers: Family<LocalityLabels, Counter>,
     pub invalid_values: Counter,
     pub relists: Counter,
     /// Restarts of the etcd watcher after it ended or panicked.
@@ -223,6 +241,7 @@ impl Metrics {
             forward_coalesced: Counter::default(),
             forward_sockets_exhausted: Counter::default(),
             forward_cache: Family::default(),
+            locality_answers: Family::default(),
             invalid_values: Counter::default(),
             relists: Counter::default(),
             watcher_restarts: Counter::default(),
@@ -307,6 +326,11 @@ impl Metrics {
             "dns_udp_truncated",
             "UDP responses sent with the TC bit set",
             m.udp_truncated.clone(),
+        );
+        registry.register(
+            "dns_locality_answers",
+            "Answers for names that follow locality (services, tags, named ports, DNS-SD instance lists) while [locality] is on, by result: local, spill_over (too few local instances) or no_locality (the client has none)",
+            m.locality_answers.clone(),
         );
         registry.register(
             "dns_stale_answers",
@@ -398,6 +422,12 @@ impl Metrics {
         self.forward_cache
             .get_or_create(&CacheLabels { result })
             .clone()
+    }
+
+    pub fn observe_locality(&self, result: LocalityResult) {
+        self.locality_answers
+            .get_or_create(&LocalityLabels { result })
+            .inc();
     }
 
     pub fn observe_forward(&self, upstream: std::net::SocketAddr, result: ForwardResult) {

@@ -2,8 +2,8 @@
 //! is unreachable can serve the last known state at once.
 //!
 //! Format: one header line `ruddr-snapshot <version> <crc32 hex> <body length>` and a body:
-//! version 2 (written now) is postcard, a compact binary serde format; version 1 (read still)
-//! is JSON. A file whose header, length or checksum does not match is reported and ignored,
+//! version 3 (written now) is postcard, a compact binary serde format; version 2 (read still)
+//! is postcard without instance localities, version 1 (read still) is JSON. A file whose header, length or checksum does not match is reported and ignored,
 //! never trusted.
 //! Writes stream the published snapshot (structurally shared, so nothing is copied) into a
 //! temporary file, fill in the header last, sync and rename it over the old one.
@@ -23,9 +23,12 @@ use crate::registry::Status;
 const MAGIC: &str = "ruddr-snapshot";
 /// How often unchanged but confirmed data is rewritten.
 const REFRESH: Duration = Duration::from_secs(30);
-/// The version written; [`JSON_VERSION`] files are still read.
-const VERSION: u32 = 2;
+/// The version written; [`JSON_VERSION`] and [`NO_LOCALITY_VERSION`] files are still read.
+const VERSION: u32 = 3;
 const JSON_VERSION: u32 = 1;
+/// Postcard, before instances had a locality: postcard is not self-describing, so the older
+/// shape is read as its own type.
+const NO_LOCALITY_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -80,7 +83,7 @@ impl Persisted {
             .next()
             .and_then(|v| v.parse().ok())
             .ok_or(SnapshotError::Header)?;
-        if version != VERSION && version != JSON_VERSION {
+        if ![VERSION, JSON_VERSION, NO_LOCALITY_VERSION].contains(&version) {
             return Err(SnapshotError::Version(version));
         }
         let crc = parts
@@ -104,7 +107,69 @@ impl Persisted {
         if version == JSON_VERSION {
             return serde_json::from_slice(body).map_err(|e| body_error(&e));
         }
+        if version == NO_LOCALITY_VERSION {
+            let old: PersistedV2 = postcard::from_bytes(body).map_err(|e| body_error(&e))?;
+            return Ok(old.into());
+        }
         postcard::from_bytes(body).map_err(|e| body_error(&e))
+    }
+}
+
+/// A version 2 file: [`Persisted`] with instances that have no locality.
+#[derive(Deserialize)]
+struct PersistedV2 {
+    revision: i64,
+    written_at_unix_ms: u64,
+    instances: Vec<(ServiceName, InstanceV2)>,
+    domains: Vec<(DomainKey, DomainRecord)>,
+}
+
+/// [`Instance`] as version 2 wrote it (the same fields in the same order, less `locality`).
+#[derive(Deserialize)]
+struct InstanceV2 {
+    id: crate::cache::InstanceId,
+    address: crate::cache::Address,
+    port: Option<u16>,
+    // Read without reserving the length the file claims (see `bounded_map`).
+    #[serde(deserialize_with = "crate::cache::bounded_map")]
+    ports: crate::cache::Ports,
+    tags: Vec<String>,
+    weight: u16,
+    priority: u16,
+    health: crate::cache::Health,
+    #[serde(deserialize_with = "crate::cache::bounded_map")]
+    meta: crate::cache::Meta,
+    source: crate::cache::SourceId,
+}
+
+impl From<PersistedV2> for Persisted {
+    fn from(old: PersistedV2) -> Self {
+        let instances = old
+            .instances
+            .into_iter()
+            .map(|(svc, i)| {
+                let instance = Instance {
+                    id: i.id,
+                    address: i.address,
+                    port: i.port,
+                    ports: i.ports,
+                    tags: i.tags,
+                    weight: i.weight,
+                    priority: i.priority,
+                    health: i.health,
+                    meta: i.meta,
+                    source: i.source,
+                    locality: None,
+                };
+                (svc, instance)
+            })
+            .collect();
+        Persisted {
+            revision: old.revision,
+            written_at_unix_ms: old.written_at_unix_ms,
+            instances,
+            domains: old.domains,
+        }
     }
 }
 
@@ -350,6 +415,7 @@ mod tests {
             health: Health::Warning,
             meta: [("az".to_string(), "a".to_string())].into_iter().collect(),
             source: crate::cache::SourceId::NATIVE,
+            locality: Some("eu-1a".into()),
         };
         let web = ServiceName::new("web").unwrap();
         m.apply(
@@ -396,6 +462,64 @@ mod tests {
     }
 
     #[test]
+    fn version_2_files_without_localities_are_still_read() {
+        #[derive(Serialize)]
+        struct V2<'a> {
+            revision: i64,
+            written_at_unix_ms: u64,
+            instances: Vec<(&'a str, V2Instance<'a>)>,
+            domains: Vec<(DomainKey, DomainRecord)>,
+        }
+        #[derive(Serialize)]
+        struct V2Instance<'a> {
+            id: &'a str,
+            address: crate::cache::Address,
+            port: Option<u16>,
+            ports: crate::cache::Ports,
+            tags: Vec<String>,
+            weight: u16,
+            priority: u16,
+            health: Health,
+            meta: crate::cache::Meta,
+            source: crate::cache::SourceId,
+        }
+        let v2 = V2 {
+            revision: 5,
+            written_at_unix_ms: 1000,
+            instances: vec![(
+                "web",
+                V2Instance {
+                    id: "a",
+                    address: crate::cache::Address::parse("10.0.0.1").unwrap(),
+                    port: Some(80),
+                    ports: Default::default(),
+                    tags: vec!["t".into()],
+                    weight: 2,
+                    priority: 3,
+                    health: Health::Warning,
+                    meta: [("k".to_string(), "v".to_string())].into_iter().collect(),
+                    source: crate::cache::SourceId(4),
+                },
+            )],
+            domains: vec![],
+        };
+        let body = postcard::to_allocvec(&v2).unwrap();
+        let mut file = format!(
+            "ruddr-snapshot 2 {:08x} {}\n",
+            crc32fast::hash(&body),
+            body.len()
+        )
+        .into_bytes();
+        file.extend_from_slice(&body);
+        let p = Persisted::decode(&file).unwrap();
+        let (svc, i) = &p.instances[0];
+        assert_eq!(svc.as_str(), "web");
+        assert_eq!((i.weight, i.priority, i.source.0), (2, 3, 4));
+        assert_eq!(i.meta.get("k").map(String::as_str), Some("v"));
+        assert_eq!(i.locality, None);
+    }
+
+    #[test]
     fn round_trip() {
         let m = mirror();
         let record = crate::cache::DomainRecord {
@@ -422,6 +546,10 @@ mod tests {
         let mut ids: Vec<&str> = back.instances.iter().map(|(_, i)| i.id.as_str()).collect();
         ids.sort();
         assert_eq!(ids, ["a", "b"]);
+        assert!(back
+            .instances
+            .iter()
+            .all(|(_, i)| i.locality.as_deref() == Some("eu-1a")));
         assert_eq!(back.domains, vec![(key, record)]);
         let restored = Mirror::new();
         restored.apply(
@@ -509,6 +637,7 @@ mod tests {
                 health: Health::Passing,
                 meta: [("pad".to_string(), "x".repeat(90))].into_iter().collect(),
                 source: crate::cache::SourceId::NATIVE,
+                locality: None,
             };
             i.port = Some(8080 + id as u16);
             Update::Put {

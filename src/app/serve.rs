@@ -70,11 +70,14 @@ pub async fn run(
     let handler = Handler::new(&cfg.dns, mirror.clone(), status.clone(), metrics.clone())
         .context("building the DNS handler")?;
     let sky = sky_zones(&sources, &handler)?;
-    let handler = handler.with_sky(sky).with_outside(
-        zones.clone(),
-        forwarder,
-        cfg.forward.allow_recursion.clone(),
-    );
+    let handler = handler
+        .with_sky(sky)
+        .with_outside(
+            zones.clone(),
+            forwarder,
+            cfg.forward.allow_recursion.clone(),
+        )
+        .with_locality(&cfg.locality);
     let reload_task = tokio::spawn(reload_zones_on_sighup(
         cfg.zones_dir.clone(),
         zones,

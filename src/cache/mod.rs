@@ -7,7 +7,9 @@ mod types;
 
 pub use freshness::Freshness;
 pub use mirror::{InstanceKey, KeyOwner, Mirror, Service, Snapshot};
+pub(crate) use types::bounded_map;
+pub use types::locality;
 pub use types::{
     Address, DomainKey, DomainLabel, DomainRecord, Health, Instance, InstanceId, InvalidAddress,
-    InvalidDomainLabel, InvalidLabel, Meta, Ports, ServiceName, SourceId, Update,
+    InvalidDomainLabel, InvalidLabel, InvalidLocality, Meta, Ports, ServiceName, SourceId, Update,
 };

@@ -125,6 +125,24 @@ label_type!(
     InstanceId
 );
 
+/// A locality that is not 1-63 letters, digits, `-`, `_` or `.`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("locality {0:?} is not 1-63 letters, digits, '-', '_' or '.'")]
+pub struct InvalidLocality(pub String);
+
+/// A locality label (an availability zone, a rack, a site) in its stored form, lower case.
+pub fn locality(s: &str) -> Result<Box<str>, InvalidLocality> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(s.to_ascii_lowercase().into())
+    } else {
+        Err(InvalidLocality(s.to_string()))
+    }
+}
+
 /// Health as registered. Only `Critical` is never served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -289,7 +307,7 @@ fn as_map<S: serde::Serializer, V: Serialize>(
 /// Reads a map as litemap does (a map, or in JSON also a list of pairs), without reserving the
 /// length the input claims: litemap reserves it all up front, and a damaged snapshot body with
 /// a matching checksum could claim terabytes and abort the process.
-fn bounded_map<'de, D, V>(d: D) -> Result<litemap::LiteMap<String, V>, D::Error>
+pub(crate) fn bounded_map<'de, D, V>(d: D) -> Result<litemap::LiteMap<String, V>, D::Error>
 where
     D: serde::Deserializer<'de>,
     V: Deserialize<'de>,
@@ -348,6 +366,10 @@ pub struct Instance {
     /// The source that registered it; instances of different sources never replace each other.
     #[serde(default)]
     pub source: SourceId,
+    /// Where the instance runs (an availability zone, a rack): answers prefer or keep to the
+    /// client's locality (README "Locality-aware answers"). Lower case.
+    #[serde(default)]
+    pub locality: Option<Box<str>>,
 }
 
 impl Health {
@@ -376,6 +398,7 @@ impl Instance {
             health: Health::Passing,
             meta: Default::default(),
             source: SourceId::NATIVE,
+            locality: None,
         }
     }
 
@@ -386,6 +409,11 @@ impl Instance {
             Health::Warning => serve_warning,
             Health::Critical => false,
         }
+    }
+
+    /// Whether the instance runs in `locality` (already lower case).
+    pub fn is_in(&self, locality: &str) -> bool {
+        self.locality.as_deref() == Some(locality)
     }
 
     /// Whether the instance carries `tag` (tags compare case-insensitively, as DNS names do).
@@ -492,6 +520,15 @@ mod tests {
         }
         let err = DomainLabel::new("a.b").unwrap_err().to_string();
         assert!(err.contains("\"a.b\" is not a DNS label"), "{err}");
+    }
+
+    #[test]
+    fn localities_are_checked_and_lowercased() {
+        assert_eq!(&*locality("EU-West-1a").unwrap(), "eu-west-1a");
+        assert_eq!(&*locality("rack_7.dc2").unwrap(), "rack_7.dc2");
+        for bad in ["", "a b", "ü", "a/b", &"a".repeat(64)] {
+            assert!(locality(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -15,6 +15,29 @@ pub enum Outcome {
     NxDomain,
 }
 
+/// What the client's locality did to an answer (README "Locality-aware answers").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locality {
+    /// Locality plays no part: it is off, or the name is an instance's own.
+    Ignored,
+    /// The name follows locality, but the client has none: every served instance.
+    Unlocated,
+    /// Local instances only (`only`), or first (`prefer`).
+    Local,
+    /// Too few local instances: every served instance (`only`), or none local to prefer.
+    SpillOver,
+}
+
+impl Locality {
+    /// Whether another locality could have got another answer.
+    pub fn depends_on_client(self) -> bool {
+        matches!(self, Locality::Local | Locality::SpillOver)
+    }
+}
+
+/// The largest DNS message (over TCP); answers are cut to fit it.
+const MAX_MESSAGE: usize = 65_535;
+
 /// One record of an answer.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -47,6 +70,7 @@ pub struct Built {
     pub panic: bool,
     /// The answers are alternative CNAMEs: send only the first in response order.
     pub single: bool,
+    pub locality: Locality,
 }
 
 impl Built {
@@ -57,6 +81,7 @@ impl Built {
             answers: Vec::new(),
             panic: false,
             single: false,
+            locality: Locality::Ignored,
         }
     }
 
@@ -73,20 +98,33 @@ impl Built {
         });
     }
 
-    /// Sets the outcome from the answers and records their sizes.
+    /// Sets the outcome from the answers and records their sizes. Answers past what a TCP
+    /// message can hold (with their glue) are left out, so that a huge answer is cut rather
+    /// than failing to encode.
     pub fn finish(mut self, qname: &Name) -> Self {
         if !self.answers.is_empty() {
             self.outcome = Outcome::Answer;
         }
+        // Header, the question twice (see `fit_udp`) and room for an OPT record with options.
+        let mut room = MAX_MESSAGE.saturating_sub(12 + 2 * (qname.len() + 1) + 4 + 64);
+        let all = self.answers.len();
+        let mut keep = all;
         // Answers share the question's name: count it as a 2-byte pointer.
-        for a in &mut self.answers {
+        for (n, a) in self.answers.iter_mut().enumerate() {
             a.size = wire_size(&a.record) - qname.len() - 1 + 2;
             a.wire = render(&a.record, true).into_boxed_slice();
             a.glue_wire = a
                 .glue
                 .as_deref()
                 .map(|g| render(g, false).into_boxed_slice());
+            let glue = a.glue.as_deref().map_or(0, wire_size);
+            match room.checked_sub(a.size + glue) {
+                Some(left) if keep == all => room = left,
+                _ if keep == all => keep = n,
+                _ => {}
+            }
         }
+        self.answers.truncate(keep);
         self
     }
 
@@ -325,6 +363,17 @@ mod tests {
         assert!(glue < 12, "but not all of their addresses");
         let (size, ..) = encoded_size(&b, &qname, 700);
         assert!(size <= 700, "{size}");
+    }
+
+    #[test]
+    fn answers_past_a_tcp_message_are_left_out() {
+        let qname = name("_web._tcp.svc.internal.");
+        let b = srv_answer(3000, 1, 1);
+        assert!(b.answers.len() < 3000, "{}", b.answers.len());
+        let order: Vec<usize> = (0..b.answers.len()).collect();
+        let (answers, glue) = b.fit_udp(&order, &qname, 65_535);
+        assert_eq!((answers, glue), (order.len(), order.len()), "the rest fits");
+        assert_eq!(srv_answer(100, 1, 1).answers.len(), 100);
     }
 
     #[test]

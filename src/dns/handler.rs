@@ -22,7 +22,9 @@ use moka::sync::Cache;
 use rand::Rng;
 use tracing::{debug, warn};
 
+use super::answer::Locality;
 use super::forward::{Failure, Forwarder};
+use super::locality::{Located, Policy};
 use super::name::{self, Target};
 use super::records::{Built, Outcome, Zone};
 use super::route::{route, Route};
@@ -30,7 +32,7 @@ use super::skydns::SkyZone;
 use super::wire;
 use super::zones::StaticZones;
 use crate::cache::{Freshness, Mirror, Snapshot};
-use crate::config::DnsConfig;
+use crate::config::{DnsConfig, LocalityConfig};
 use crate::metrics::{self, Metrics, QueryLabels};
 use crate::registry::Status;
 
@@ -39,9 +41,14 @@ pub struct Handler {
     zone: Zone,
     apex: LowerName,
     mirror: Arc<Mirror>,
-    /// Built answers per (name, type, stale). Derived data only: each entry records the service
-    /// generation it was built from, and an entry from another generation is never served.
-    answers: Cache<(LowerName, RecordType, bool), Arc<Built>>,
+    /// Built answers per (name, type, stale, client locality). Derived data only: each entry
+    /// records the service generation it was built from (the snapshot's change count for the
+    /// service types), and an entry from another generation is never served. The locality is
+    /// part of the key only for names whose answer follows it, so answers for one locality
+    /// never reach another.
+    answers: Cache<AnswerKey, Arc<Built>>,
+    /// Where clients are (`[locality]`).
+    locality: Policy,
     /// The SOA for the snapshot revision it was built for (the revision is the serial).
     soa: ArcSwap<(i64, Record)>,
     ns: Record,
@@ -58,6 +65,9 @@ pub struct Handler {
     /// Whether hitting the forwarding limits was logged (once per process).
     forward_limit_logged: std::sync::atomic::AtomicBool,
 }
+
+/// What a built answer is cached by: name, type, stale, and the client's locality.
+type AnswerKey = (LowerName, RecordType, bool, Option<Arc<str>>);
 
 /// The question of a request, as the answer core reads it.
 #[derive(Debug, Clone, Copy)]
@@ -125,6 +135,8 @@ pub struct Reply {
     pub via: Via,
     /// UDP payload limit for this client.
     pub payload: u16,
+    /// What the client's locality did to the answer.
+    pub locality: Locality,
 }
 
 impl Reply {
@@ -142,6 +154,7 @@ impl Reply {
             from_registry: false,
             via: Via::Reply,
             payload: 512,
+            locality: Locality::Ignored,
         };
         if let Some(req) = q.edns {
             let mut edns = Edns::new();
@@ -156,6 +169,15 @@ impl Reply {
 
     fn to(request: &Request, max_udp: u16) -> Self {
         Self::new(&Question::of(request), max_udp)
+    }
+
+    /// Echoes the query's client subnet option (if any), with the scope the answer used.
+    fn echo_subnet(&mut self, located: &Located, depends: bool) {
+        if let (Some(edns), Some(subnet)) = (self.edns.as_mut(), located.answer_subnet(depends)) {
+            let options = edns.options_mut();
+            options.remove(hickory_proto::rr::rdata::opt::EdnsCode::Subnet);
+            options.insert(subnet);
+        }
     }
 
     /// Negative answers (NODATA, NXDOMAIN) carry the zone's SOA (RFC 2308).
@@ -179,8 +201,18 @@ impl Reply {
     /// Puts `built` in a fresh random order, cut to what fits a UDP answer of `payload` bytes.
     fn place(&mut self, built: Arc<Built>, protocol: Protocol, qname: &Name, rng: &mut impl Rng) {
         self.order = built.order(rng);
+        self.locality = built.locality;
         self.with_glue = if protocol == Protocol::Udp {
-            let (answers, glue) = built.fit_udp(&self.order, qname, usize::from(self.payload));
+            // Options in our OPT record (a client subnet) take room from the records.
+            let options: usize = self.edns.as_ref().map_or(0, |e| {
+                e.options()
+                    .as_ref()
+                    .iter()
+                    .map(|(_, o)| 4 + usize::from(o.len()))
+                    .sum()
+            });
+            let limit = usize::from(self.payload).saturating_sub(options);
+            let (answers, glue) = built.fit_udp(&self.order, qname, limit);
             if answers < self.order.len() {
                 // Cut here rather than let the encoder run out of room: that way the OPT record
                 // always fits (RFC 6891 7) and TC says the rest is on TCP.
@@ -223,6 +255,8 @@ impl Handler {
             serve_warning: cfg.serve_warning,
             panic_threshold: cfg.panic_threshold,
             origin: origin.clone(),
+            locality: Default::default(),
+            min_healthy: 1,
         };
         let soa = ArcSwap::from_pointee((-1, zone.soa(0)));
         Ok(Self {
@@ -232,13 +266,13 @@ impl Handler {
             mirror,
             answers: Cache::builder()
                 .max_capacity(cfg.answer_cache_bytes)
-                .weigher(
-                    |(name, _, _): &(LowerName, RecordType, bool), built: &Arc<Built>| {
-                        let bytes = built.memory_size() + name.len() + 64;
-                        u32::try_from(bytes).unwrap_or(u32::MAX)
-                    },
-                )
+                .weigher(|(name, _, _, local): &AnswerKey, built: &Arc<Built>| {
+                    let local = local.as_deref().map_or(0, str::len);
+                    let bytes = built.memory_size() + name.len() + local + 64;
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
                 .build(),
+            locality: Policy::default(),
             soa,
             max_udp_payload: cfg.max_udp_payload,
             stale_ttl: cfg.stale_ttl,
@@ -250,6 +284,14 @@ impl Handler {
             sky: Vec::new(),
             forward_limit_logged: Default::default(),
         })
+    }
+
+    /// Shapes answers by the client's locality as `[locality]` says.
+    pub fn with_locality(mut self, cfg: &LocalityConfig) -> Self {
+        self.locality = Policy::new(cfg);
+        self.zone.locality = cfg.mode;
+        self.zone.min_healthy = cfg.min_healthy;
+        self
     }
 
     /// Also answers the zones of SkyDNS sources.
@@ -425,7 +467,12 @@ impl Handler {
                     Route::Sky(sky) => {
                         self.sky_name(reply, sky, qname, qtype, client, snapshot, freshness, rng)
                     }
-                    _ => self.registry_name(reply, qname, qtype, client, snapshot, freshness, rng),
+                    _ => {
+                        let located = self.locality.locate(client.ip, q.edns);
+                        self.registry_name(
+                            reply, qname, qtype, client, &located, snapshot, freshness, rng,
+                        )
+                    }
                 }
             }
         }
@@ -481,10 +528,12 @@ impl Handler {
         qname: &LowerName,
         qtype: RecordType,
         client: &Client,
+        located: &Located,
         snapshot: &Snapshot,
         freshness: Freshness,
         rng: &mut impl Rng,
     ) -> Reply {
+        reply.echo_subnet(located, false);
         let below = usize::from(qname.num_labels().saturating_sub(self.apex.num_labels()));
         let mut labels: [&[u8]; 3] = [&[]; 3];
         let target = if below > labels.len() {
@@ -495,7 +544,10 @@ impl Handler {
             }
             name::parse(&labels[..below])
         };
-        reply.from_registry = !matches!(target, Target::Apex);
+        reply.from_registry = !matches!(
+            target,
+            Target::Apex | Target::BrowseDomain | Target::EmptyNode
+        );
         let outcome = match target {
             Target::Apex => {
                 match qtype {
@@ -511,22 +563,65 @@ impl Handler {
             }
             Target::TcpNode if !snapshot.services.is_empty() => Outcome::NoData,
             Target::TcpNode | Target::None => Outcome::NxDomain,
+            // Ours, like the apex: they hold no registry data.
+            Target::EmptyNode => Outcome::NoData,
+            Target::BrowseDomain => {
+                if matches!(qtype, RecordType::PTR | RecordType::ANY) {
+                    let apex = hickory_proto::rr::rdata::PTR(self.zone.origin.clone());
+                    reply.extra.push(Record::from_rdata(
+                        Name::from(qname),
+                        self.zone.ttl,
+                        RData::PTR(apex),
+                    ));
+                    Outcome::Answer
+                } else {
+                    Outcome::NoData
+                }
+            }
             _ if !freshness.is_usable() => return Self::unusable(reply),
+            Target::ServiceTypes => {
+                let stale = freshness.is_stale();
+                let key = (qname.clone(), qtype, stale, None);
+                // Any change may add or remove a service type: keyed to the whole snapshot.
+                let built = match self.answers.get(&key) {
+                    Some(b) if b.generation == snapshot.changes => b,
+                    _ => {
+                        let ttl = freshness.ttl(self.zone.ttl, self.stale_ttl);
+                        let services = snapshot.services.values().map(|s| &**s);
+                        let b = self
+                            .zone
+                            .browse(services, snapshot.changes, qname, qtype, ttl);
+                        let b = Arc::new(b);
+                        self.answers.insert(key, b.clone());
+                        b
+                    }
+                };
+                let outcome = built.outcome;
+                reply.place(built, client.protocol, qname, rng);
+                outcome
+            }
             Target::Service(s)
             | Target::ServiceSrv(s)
             | Target::ServiceNode(s)
             | Target::Instance { service: s, .. }
             | Target::NamedPort { service: s, .. }
-            | Target::Tag { service: s, .. } => match snapshot.service(s) {
+            | Target::Tag { service: s, .. }
+            | Target::SdInstance { service: s, .. } => match snapshot.service(s) {
                 None => Outcome::NxDomain,
                 Some(svc) => {
                     let stale = freshness.is_stale();
-                    let key = (qname.clone(), qtype, stale);
+                    let local = located
+                        .locality
+                        .clone()
+                        .filter(|_| target.follows_locality());
+                    let key = (qname.clone(), qtype, stale, local);
                     let built = match self.answers.get(&key) {
                         Some(b) if b.generation == svc.generation => b,
                         _ => {
                             let ttl = freshness.ttl(self.zone.ttl, self.stale_ttl);
-                            let b = Arc::new(self.zone.build(svc, target, qname, qtype, ttl));
+                            let local = key.3.as_deref();
+                            let b = self.zone.build(svc, target, qname, qtype, ttl, local);
+                            let b = Arc::new(b);
                             if b.panic {
                                 warn!(
                                     service = %svc.name,
@@ -539,6 +634,7 @@ impl Handler {
                         }
                     };
                     let outcome = built.outcome;
+                    reply.echo_subnet(located, built.locality.depends_on_client());
                     reply.place(built, client.protocol, qname, rng);
                     outcome
                 }
@@ -667,9 +763,7 @@ impl Handler {
             started,
             written.truncated,
         );
-        if reply.from_registry && freshness.is_stale() {
-            self.metrics.stale_answers.inc();
-        }
+        self.count_reply(&reply, freshness);
         true
     }
 
@@ -695,10 +789,25 @@ impl Handler {
         }
         let info = encode_reply(request, &reply, out);
         self.observe(request, started, &info);
+        self.count_reply(&reply, freshness);
+        Ok(())
+    }
+
+    /// Counts what a reply ruddr gave itself says beyond its response code: stale data,
+    /// locality.
+    fn count_reply(&self, reply: &Reply, freshness: Freshness) {
         if reply.from_registry && freshness.is_stale() {
             self.metrics.stale_answers.inc();
         }
-        Ok(())
+        let result = match reply.locality {
+            Locality::Ignored => None,
+            Locality::Unlocated => Some(metrics::LocalityResult::no_locality),
+            Locality::Local => Some(metrics::LocalityResult::local),
+            Locality::SpillOver => Some(metrics::LocalityResult::spill_over),
+        };
+        if let Some(result) = result {
+            self.metrics.observe_locality(result);
+        }
     }
 
     /// Answers a request [`Handler::answer_now`] deferred: through hickory's catalog for a
@@ -971,7 +1080,7 @@ impl ResponseHandler for Collect {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::{Instance, ServiceName, Update};
+    use crate::cache::{Health, Instance, InstanceId, ServiceName, SourceId, Update};
     use hickory_proto::op::{Message, Query};
     use rand::SeedableRng;
 
@@ -1260,6 +1369,287 @@ mod tests {
         assert_eq!(order(1), order(1), "same seed, same order");
         let firsts: std::collections::HashSet<usize> = (0..50).map(|s| order(s)[0]).collect();
         assert_eq!(firsts.len(), 3, "every instance comes first for some seed");
+    }
+
+    /// A handler over `web` with a1, a2 in locality `a`, b1 in `b`, with `[locality]` mode
+    /// `mode`: 127.0.0.2 is in `a`, 127.0.0.3 in `b`, 127.0.0.4 is a trusted forwarder.
+    fn zoned_handler(mode: crate::config::LocalityMode) -> Handler {
+        let h = handler();
+        let updates = [
+            ("a1", "10.0.1.1", "a"),
+            ("a2", "10.0.1.2", "a"),
+            ("b1", "10.0.2.1", "b"),
+        ]
+        .into_iter()
+        .map(|(id, ip, loc)| {
+            let mut i = instance(id, ip, 8080);
+            i.locality = Some(loc.into());
+            i.meta.insert("v".into(), id.into());
+            Update::Put {
+                service: ServiceName::new("zoned").unwrap(),
+                instance: i,
+            }
+        });
+        h.mirror.apply(updates, 8);
+        let net = |s: &str| s.parse().unwrap();
+        h.with_locality(&LocalityConfig {
+            mode,
+            min_healthy: 1,
+            trust_client_subnet: vec![net("127.0.0.4/32")],
+            clients: vec![
+                crate::config::ClientLocality {
+                    networks: vec![net("127.0.0.2/32"), net("10.1.0.0/16")],
+                    locality: "a".into(),
+                },
+                crate::config::ClientLocality {
+                    networks: vec![net("127.0.0.3/32")],
+                    locality: "b".into(),
+                },
+            ],
+        })
+    }
+
+    /// Answers `m` from `src` over UDP.
+    fn ask_from(h: &Handler, m: &Message, src: &str) -> (Reply, Message) {
+        let request = Request::from_bytes(
+            m.to_vec().unwrap(),
+            format!("{src}:5300").parse().unwrap(),
+            Protocol::Udp,
+        )
+        .unwrap();
+        let snapshot = h.mirror.load();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let reply = h.answer(
+            &Question::of(&request),
+            &Client::of(&request),
+            &snapshot,
+            Freshness::Current,
+            &mut rng,
+        );
+        let mut out = Vec::new();
+        encode_reply(&request, &reply, &mut out);
+        (reply, Message::from_vec(&out).unwrap())
+    }
+
+    fn answer_data(m: &Message) -> Vec<String> {
+        let mut v: Vec<String> = m
+            .answers
+            .iter()
+            .map(|r| match &r.data {
+                RData::A(a) => a.to_string(),
+                RData::PTR(p) => p.0.to_string(),
+                RData::SRV(s) => format!("{} {} {} {}", s.priority, s.weight, s.port, s.target),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn with_subnet(m: Message, subnet: &str) -> Message {
+        let mut m = with_edns(m, 1232, 0);
+        let mut e = m.edns.take().unwrap();
+        e.options_mut()
+            .insert(hickory_proto::rr::rdata::opt::EdnsOption::Subnet(
+                subnet.parse().unwrap(),
+            ));
+        m.set_edns(e);
+        m
+    }
+
+    fn scope(m: &Message) -> Option<u8> {
+        use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+        match m.edns.as_ref()?.option(EdnsCode::Subnet)? {
+            EdnsOption::Subnet(s) => Some(s.scope_prefix()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn localities_never_share_cached_answers() {
+        let h = zoned_handler(crate::config::LocalityMode::Only);
+        let q = query("zoned.svc.internal.", RecordType::A);
+        for _ in 0..3 {
+            let (reply, a) = ask_from(&h, &q, "127.0.0.2");
+            assert_eq!(answer_data(&a), ["10.0.1.1", "10.0.1.2"]);
+            assert_eq!(reply.locality, Locality::Local);
+            let (_, b) = ask_from(&h, &q, "127.0.0.3");
+            assert_eq!(answer_data(&b), ["10.0.2.1"]);
+            let (reply, all) = ask_from(&h, &q, "127.0.0.1");
+            assert_eq!(answer_data(&all).len(), 3);
+            assert_eq!(reply.locality, Locality::Unlocated);
+        }
+        // An instance's own name answers whoever asks.
+        let (_, own) = ask_from(
+            &h,
+            &query("b1.zoned.svc.internal.", RecordType::A),
+            "127.0.0.2",
+        );
+        assert_eq!(answer_data(&own), ["10.0.2.1"]);
+        // DNS-SD instance lists follow locality too.
+        let ptr = query("_zoned._tcp.svc.internal.", RecordType::PTR);
+        let (_, b) = ask_from(&h, &ptr, "127.0.0.3");
+        assert_eq!(answer_data(&b), ["b1._zoned._tcp.svc.internal."]);
+        // The last local instance gone critical: spill-over at once.
+        let mut b1 = instance("b1", "10.0.2.1", 8080);
+        b1.locality = Some("b".into());
+        b1.health = Health::Critical;
+        h.mirror.apply(
+            [Update::Put {
+                service: ServiceName::new("zoned").unwrap(),
+                instance: b1,
+            }],
+            9,
+        );
+        let (reply, b) = ask_from(&h, &q, "127.0.0.3");
+        assert_eq!(answer_data(&b), ["10.0.1.1", "10.0.1.2"]);
+        assert_eq!(reply.locality, Locality::SpillOver);
+    }
+
+    #[test]
+    fn a_trusted_client_subnet_decides_and_is_echoed_with_its_scope() {
+        let h = zoned_handler(crate::config::LocalityMode::Only);
+        let q = with_subnet(query("zoned.svc.internal.", RecordType::A), "10.1.2.0/24");
+        let (_, via) = ask_from(&h, &q, "127.0.0.4");
+        assert_eq!(answer_data(&via), ["10.0.1.1", "10.0.1.2"]);
+        assert_eq!(scope(&via), Some(16), "the matched client network's prefix");
+        // From an untrusted source the option is ignored (and echoed with scope 0).
+        let (_, direct) = ask_from(&h, &q, "127.0.0.3");
+        assert_eq!(answer_data(&direct), ["10.0.2.1"]);
+        assert_eq!(scope(&direct), Some(32));
+        let (_, nobody) = ask_from(&h, &q, "127.0.0.1");
+        assert_eq!(answer_data(&nobody).len(), 3);
+        assert_eq!(scope(&nobody), Some(0));
+        // An instance's own name does not depend on locality: scope 0.
+        let own = with_subnet(
+            query("a1.zoned.svc.internal.", RecordType::A),
+            "10.1.2.0/24",
+        );
+        assert_eq!(scope(&ask_from(&h, &own, "127.0.0.4").1), Some(0));
+        // Without the option, none is added.
+        let (_, plain) = ask_from(
+            &h,
+            &with_edns(query("zoned.svc.internal.", RecordType::A), 1232, 0),
+            "127.0.0.4",
+        );
+        assert_eq!(scope(&plain), None);
+    }
+
+    #[test]
+    fn prefer_puts_local_instances_first() {
+        let h = zoned_handler(crate::config::LocalityMode::Prefer);
+        let q = query("zoned.svc.internal.", RecordType::A);
+        for _ in 0..20 {
+            let (_, b) = ask_from(&h, &q, "127.0.0.3");
+            assert_eq!(b.answers.len(), 3);
+            let RData::A(first) = &b.answers[0].data else {
+                panic!()
+            };
+            assert_eq!(first.to_string(), "10.0.2.1");
+        }
+        let (_, srv) = ask_from(
+            &h,
+            &query("_zoned._tcp.svc.internal.", RecordType::SRV),
+            "127.0.0.2",
+        );
+        assert_eq!(
+            answer_data(&srv),
+            [
+                "0 1 8080 a1.zoned.svc.internal.",
+                "0 1 8080 a2.zoned.svc.internal.",
+                "1 1 8080 b1.zoned.svc.internal."
+            ]
+        );
+    }
+
+    #[test]
+    fn dns_sd_browsing() {
+        let h = handler();
+        let types = query("_services._dns-sd._udp.svc.internal.", RecordType::PTR);
+        let (reply, m) = ask(&h, &types, Freshness::Current);
+        assert_eq!(
+            answer_data(&m),
+            ["_big._tcp.svc.internal.", "_web._tcp.svc.internal."]
+        );
+        assert!(reply.from_registry);
+        let (_, list) = ask(
+            &h,
+            &query("_web._tcp.svc.internal.", RecordType::PTR),
+            Freshness::Current,
+        );
+        assert_eq!(
+            answer_data(&list),
+            [
+                "w0._web._tcp.svc.internal.",
+                "w1._web._tcp.svc.internal.",
+                "w2._web._tcp.svc.internal."
+            ]
+        );
+        let (_, srv) = ask(
+            &h,
+            &query("w0._web._tcp.svc.internal.", RecordType::SRV),
+            Freshness::Current,
+        );
+        assert_eq!(answer_data(&srv), ["0 1 8080 w0.web.svc.internal."]);
+        assert_eq!(srv.additionals.len(), 1, "the target's address");
+        let (_, txt) = ask(
+            &h,
+            &query("w0._web._tcp.svc.internal.", RecordType::TXT),
+            Freshness::Current,
+        );
+        let RData::TXT(t) = &txt.answers[0].data else {
+            panic!()
+        };
+        assert_eq!(t.txt_data.len(), 1);
+        assert!(t.txt_data[0].is_empty(), "no meta: one empty string");
+        for b in [
+            "b._dns-sd._udp.svc.internal.",
+            "lb._dns-sd._udp.svc.internal.",
+        ] {
+            let (_, m) = ask(&h, &query(b, RecordType::PTR), Freshness::Current);
+            assert_eq!(answer_data(&m), ["svc.internal."]);
+        }
+        for n in [
+            "_udp.svc.internal.",
+            "_dns-sd._udp.svc.internal.",
+            "_tcp.svc.internal.",
+        ] {
+            let (_, m) = ask(&h, &query(n, RecordType::PTR), Freshness::Current);
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{n}");
+            assert!(m.answers.is_empty() && !m.authorities.is_empty(), "{n}");
+        }
+        assert_eq!(
+            rcode(
+                &h,
+                "zz._web._tcp.svc.internal.",
+                RecordType::SRV,
+                Freshness::Current
+            ),
+            ResponseCode::NXDomain
+        );
+        assert_eq!(
+            rcode(
+                &h,
+                "_services._dns-sd._udp.svc.internal.",
+                RecordType::PTR,
+                Freshness::Expired
+            ),
+            ResponseCode::ServFail
+        );
+        // A service losing its last instance leaves the types at once (the cache is keyed to
+        // the whole snapshot, not one service).
+        h.mirror.apply(
+            (0..3).map(|i| Update::Delete {
+                service: ServiceName::new("web").unwrap(),
+                id: InstanceId::new(&format!("w{i}")).unwrap(),
+                source: SourceId::NATIVE,
+            }),
+            8,
+        );
+        let (_, m) = ask(&h, &types, Freshness::Current);
+        assert_eq!(answer_data(&m), ["_big._tcp.svc.internal."]);
+        let (_, stale) = ask(&h, &types, STALE);
+        assert!(stale.answers.iter().all(|r| r.ttl == 30));
     }
 
     #[test]

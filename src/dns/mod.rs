@@ -10,6 +10,7 @@
 pub mod answer;
 pub mod forward;
 pub mod handler;
+pub mod locality;
 pub mod name;
 pub mod records;
 pub mod route;

@@ -11,6 +11,16 @@
 //! | `_<svc>._tcp`               | the service, RFC 2782 form     |
 //! | `_<port>._tcp.<svc>`        | the instances with named port  |
 //! | `<tag>._tag.<svc>`          | the instances carrying the tag |
+//!
+//! DNS-SD (RFC 6763) browsing over the same data:
+//!
+//! | name                        | target                                      |
+//! |-----------------------------|---------------------------------------------|
+//! | `_services._dns-sd._udp`    | PTR to every `_<svc>._tcp` (service types)   |
+//! | `_<svc>._tcp`               | also PTR to each `<id>._<svc>._tcp`          |
+//! | `<id>._<svc>._tcp`          | one instance: SRV and TXT (its `meta`)       |
+//! | `b._dns-sd._udp`, `lb.`...  | PTR to the zone (browse domains)             |
+//! | `_udp`, `_dns-sd._udp`      | empty non-terminals (NODATA)                 |
 
 /// What a name inside the zone refers to. Labels are lower case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +47,33 @@ pub enum Target<'a> {
     TcpNode,
     /// `_tcp.<svc>` or `_tag.<svc>`: exists when the service does
     ServiceNode(&'a str),
+    /// `_services._dns-sd._udp`: the service types (DNS-SD service type enumeration)
+    ServiceTypes,
+    /// `<id>._<svc>._tcp`: a DNS-SD service instance
+    SdInstance {
+        service: &'a str,
+        id: &'a str,
+    },
+    /// `b._dns-sd._udp` and `lb._dns-sd._udp`: the browse domains, which are the zone
+    BrowseDomain,
+    /// `_udp` and `_dns-sd._udp`: names that exist only for the names below them
+    EmptyNode,
     /// A name in the zone that cannot exist.
     None,
+}
+
+impl Target<'_> {
+    /// Whether the client's locality shapes the answer: names that stand for a set of
+    /// instances do; an instance's own name always answers for itself.
+    pub fn follows_locality(&self) -> bool {
+        matches!(
+            self,
+            Target::Service(_)
+                | Target::ServiceSrv(_)
+                | Target::NamedPort { .. }
+                | Target::Tag { .. }
+        )
+    }
 }
 
 /// Parses the labels below the zone apex, leftmost first.
@@ -57,6 +92,12 @@ pub fn parse<'a>(relative: &[&'a [u8]]) -> Target<'a> {
     match &labels[..relative.len()] {
         [] => Target::Apex,
         ["_tcp"] => Target::TcpNode,
+        ["_udp"] | ["_dns-sd", "_udp"] => Target::EmptyNode,
+        ["_services", "_dns-sd", "_udp"] => Target::ServiceTypes,
+        ["b" | "lb", "_dns-sd", "_udp"] => Target::BrowseDomain,
+        [id, s, "_tcp"] if !id.starts_with('_') => {
+            under(s).map_or(Target::None, |service| Target::SdInstance { service, id })
+        }
         [svc] if !svc.starts_with('_') => Target::Service(svc),
         [s, "_tcp"] => under(s).map_or(Target::None, Target::ServiceSrv),
         ["_tcp" | "_tag", svc] if !svc.starts_with('_') => Target::ServiceNode(svc),
@@ -146,6 +187,37 @@ mod tests {
         assert_eq!(p("_tcp"), Target::TcpNode);
         assert_eq!(p("_tcp.web"), Target::ServiceNode("web"));
         assert_eq!(p("_tag.web"), Target::ServiceNode("web"));
+    }
+
+    #[test]
+    fn dns_sd_forms() {
+        assert_eq!(p("_services._dns-sd._udp"), Target::ServiceTypes);
+        assert_eq!(p("b._dns-sd._udp"), Target::BrowseDomain);
+        assert_eq!(p("lb._dns-sd._udp"), Target::BrowseDomain);
+        assert_eq!(p("_dns-sd._udp"), Target::EmptyNode);
+        assert_eq!(p("_udp"), Target::EmptyNode);
+        assert_eq!(
+            p("web-1._web._tcp"),
+            Target::SdInstance {
+                service: "web",
+                id: "web-1"
+            }
+        );
+        // The RFC 2782 name keeps its meaning; the instance list is its PTR answer.
+        assert_eq!(p("_web._tcp"), Target::ServiceSrv("web"));
+        for n in [
+            "db._dns-sd._udp",
+            "x._services._dns-sd._udp",
+            "_x._dns-sd._udp",
+            "_a._web._tcp",
+            "a._._tcp",
+            "a.web._tcp",
+        ] {
+            assert_eq!(p(n), Target::None, "{n}");
+        }
+        assert!(p("web").follows_locality() && p("_web._tcp").follows_locality());
+        assert!(p("v2._tag.web").follows_locality() && p("_grpc._tcp.web").follows_locality());
+        assert!(!p("a.web").follows_locality() && !p("a._web._tcp").follows_locality());
     }
 
     #[test]

@@ -249,6 +249,8 @@ mod tests {
                 negative_ttl: 5,
                 serve_warning: true,
                 panic_threshold: 0.0,
+                locality: Default::default(),
+                min_healthy: 1,
             },
             source: SKY,
             ttl: 300,

@@ -9,7 +9,7 @@
 
 use hickory_proto::op::{Edns, Header, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{Name, Record};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 
 use super::answer::render;
 use super::handler::Reply;
@@ -182,7 +182,34 @@ pub fn write_reply(
         (true, Some(_)) => usize::from(reply.payload),
         (true, None) => 512,
     };
-    let opt_len = if reply.edns.is_some() { OPT_LEN } else { 0 };
+    let code = u16::from(meta.response_code);
+    let mut plain_opt = [0u8; OPT_LEN];
+    let with_options: Vec<u8>;
+    let opt: &[u8] = match &reply.edns {
+        None => &[],
+        Some(e) if e.options().as_ref().is_empty() => {
+            // Root owner, OPT, payload, extended rcode, version 0, flags (DO), no data.
+            plain_opt[1..3].copy_from_slice(&TYPE_OPT.to_be_bytes());
+            plain_opt[3..5].copy_from_slice(&e.max_payload().to_be_bytes());
+            plain_opt[5] = (code >> 4) as u8;
+            let flags: u16 = if e.flags().dnssec_ok { 0x8000 } else { 0 };
+            plain_opt[7..9].copy_from_slice(&flags.to_be_bytes());
+            &plain_opt
+        }
+        Some(e) => {
+            // Options to echo (a client subnet): hickory writes the OPT record.
+            let mut e = e.clone();
+            e.set_rcode_high((code >> 4) as u8);
+            let mut bytes = Vec::new();
+            let mut encoder = BinEncoder::new(&mut bytes);
+            with_options = match Record::from(&e).emit(&mut encoder) {
+                Ok(()) => bytes,
+                Err(_) => Vec::new(),
+            };
+            &with_options
+        }
+    };
+    let opt_len = opt.len();
     out.extend_from_slice(&[0; 12]);
     out.extend_from_slice(question);
     let qname_len = question.len().saturating_sub(4);
@@ -239,16 +266,8 @@ pub fn write_reply(
         }
     }
     let rcode = meta.response_code;
-    let code = u16::from(rcode);
-    if let Some(edns) = &reply.edns {
-        out.push(0); // root
-        out.extend_from_slice(&TYPE_OPT.to_be_bytes());
-        out.extend_from_slice(&edns.max_payload().to_be_bytes());
-        out.push((code >> 4) as u8); // extended rcode
-        out.push(0); // version
-        let flags: u16 = if edns.flags().dnssec_ok { 0x8000 } else { 0 };
-        out.extend_from_slice(&flags.to_be_bytes());
-        out.extend_from_slice(&[0, 0]);
+    if !opt.is_empty() {
+        out.extend_from_slice(opt);
         additionals += 1;
     }
     meta.truncation = truncated;

@@ -188,6 +188,7 @@ impl InstanceSpec {
                 health: Health::Passing,
                 meta: self.meta.clone().into_iter().collect(),
                 source: crate::cache::SourceId::NATIVE,
+                locality: None,
             },
             ttl: self.ttl,
             check,

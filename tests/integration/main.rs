@@ -2,6 +2,7 @@
 //!
 //! - `harness`: processes (etcd, ruddr) and DNS clients (dig, hickory-proto over UDP/TCP).
 //! - `admin`: /metrics, /health, /ready and check-config on shipped configs.
+//! - `discovery`: DNS-SD browsing and locality-aware answers (clients on 127.0.0.2/3/4).
 //! - `dns`: the DNS contract: name forms, NXDOMAIN/NODATA with SOA, AA, REFUSED, EDNS, TC/TCP.
 //! - `frameworks`: the etcd layouts of etcd naming, go-zero, Kratos, go-micro and SkyDNS.
 //! - `fuzz`: a million random and mutated packets over UDP and TCP; ruddr stays up and right.
@@ -16,6 +17,7 @@
 //! - `scale`: registries larger than one gRPC message: paged lists, re-lists at that size.
 
 mod admin;
+mod discovery;
 mod dns;
 mod frameworks;
 mod fuzz;

@@ -33,6 +33,7 @@ pub fn value(id: InstanceId, text: &str) -> Result<Option<Instance>, EntryError>
     let (address, port) = host_port(&e.addr)?;
     let mut i = instance(id, address, port);
     i.meta = flat_meta(&e.metadata).into_iter().collect();
+    i.locality = super::meta_locality(&i.meta);
     Ok(Some(i))
 }
 

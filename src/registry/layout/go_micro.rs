@@ -64,6 +64,7 @@ pub fn value(id: InstanceId, text: &str) -> Result<Vec<Instance>, EntryError> {
             inst.meta.insert("version".into(), s.version.clone());
         }
         inst.meta.extend(node.metadata.unwrap_or_default());
+        inst.locality = super::meta_locality(&inst.meta);
         out.push(inst);
     }
     Ok(out)
@@ -114,13 +115,15 @@ mod tests {
     fn several_nodes_are_several_instances_named_by_node_id() {
         let v = r#"{"version":"1.2","nodes":[
             {"id":"greeter.A","address":"10.0.0.1:80","metadata":{"az":"a"}},
-            {"id":"greeter.B","address":"10.0.0.2:80"},
+            {"id":"greeter.B","address":"10.0.0.2:80","metadata":{"locality":"EU-1b"}},
             {"id":"greeter.C","address":"10.0.0.3","port":81}]}"#;
         let got = value(id("greeter-a"), v).unwrap();
         let ids: Vec<&str> = got.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, ["greeter-a", "greeter-b", "greeter-c"]);
         assert_eq!(got[2].port, Some(81));
         assert_eq!(got[0].meta[&"az".to_string()], "a");
+        assert_eq!(got[0].locality, None, "only a `locality` key gives one");
+        assert_eq!(got[1].locality.as_deref(), Some("eu-1b"));
         assert!(got.iter().all(|i| i.meta[&"version".to_string()] == "1.2"));
     }
 

@@ -55,6 +55,7 @@ pub fn value(id: InstanceId, text: &str) -> Result<Instance, EntryError> {
         inst.meta.insert("version".into(), s.version);
     }
     inst.meta.extend(metadata);
+    inst.locality = super::meta_locality(&inst.meta);
     Ok(inst)
 }
 
@@ -86,6 +87,20 @@ mod tests {
         assert_eq!(i.ports[&"http".to_string()], 8000);
         assert_eq!((i.port, i.weight), (Some(9000), 10));
         assert_eq!(i.meta[&"version".to_string()], "v1");
+        assert_eq!(i.locality, None);
+        let zoned =
+            r#"{"id":"a1","metadata":{"locality":"eu-1a"},"endpoints":["grpc://10.0.0.5:9000"]}"#;
+        assert_eq!(
+            value(id("a1"), zoned).unwrap().locality.as_deref(),
+            Some("eu-1a")
+        );
+        let bad =
+            r#"{"id":"a1","metadata":{"locality":"not one"},"endpoints":["grpc://10.0.0.5:9000"]}"#;
+        assert_eq!(
+            value(id("a1"), bad).unwrap().locality,
+            None,
+            "free-form metadata: ignored"
+        );
         let null_meta = r#"{"id":"a2","name":"x","version":"","metadata":null,"endpoints":["grpc://[fd00::2]:9000"]}"#;
         let i = value(id("a2"), null_meta).unwrap();
         assert_eq!(i.address, Address::Ip("fd00::2".parse().unwrap()));

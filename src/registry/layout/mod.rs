@@ -169,6 +169,15 @@ pub enum EntryError {
     Field(&'static str, i64),
     #[error("node id {0:?} appears twice (as an instance label)")]
     DuplicateNode(String),
+    #[error("{0}")]
+    Locality(#[from] crate::cache::InvalidLocality),
+}
+
+/// The locality a framework's metadata gives (its `locality` key), when it is a valid one:
+/// framework metadata is free-form, so anything else is left as metadata only.
+pub fn meta_locality(meta: &crate::cache::Meta) -> Option<Box<str>> {
+    meta.get("locality")
+        .and_then(|l| crate::cache::locality(l).ok())
 }
 
 /// Turns any string into a DNS label: lower case, other characters as `-`, at most 63 bytes.
@@ -254,6 +263,7 @@ fn instance(id: InstanceId, address: Address, port: Option<u16>) -> Instance {
         health: Health::Passing,
         meta: Default::default(),
         source: SourceId::NATIVE,
+        locality: None,
     }
 }
 

@@ -24,6 +24,7 @@ struct RawValue {
     health: Option<String>,
     #[serde(default)]
     meta: BTreeMap<String, serde_json::Value>,
+    locality: Option<String>,
 }
 
 /// The key of `service`'s instance `id` under `prefix`: `<prefix><service>/<instance-id>`;
@@ -79,6 +80,11 @@ pub fn value(id: InstanceId, value: &[u8]) -> Result<Instance, EntryError> {
         };
         meta.insert(k, v);
     }
+    let locality = raw
+        .locality
+        .as_deref()
+        .map(crate::cache::locality)
+        .transpose()?;
     Ok(Instance {
         id,
         address: Address::Ip(address),
@@ -90,6 +96,7 @@ pub fn value(id: InstanceId, value: &[u8]) -> Result<Instance, EntryError> {
         health,
         meta: meta.into_iter().collect(),
         source: SourceId::NATIVE,
+        locality,
     })
 }
 
@@ -98,7 +105,7 @@ pub fn encode_value(instance: &Instance) -> String {
     // Objects even when empty (litemap alone writes an empty map as `[]`).
     let ports: BTreeMap<&String, &u16> = instance.ports.iter().collect();
     let meta: BTreeMap<&String, &String> = instance.meta.iter().collect();
-    serde_json::json!({
+    let mut value = serde_json::json!({
         "address": instance.address.to_string(),
         "port": instance.port,
         "ports": ports,
@@ -107,8 +114,11 @@ pub fn encode_value(instance: &Instance) -> String {
         "priority": instance.priority,
         "health": instance.health.as_str(),
         "meta": meta,
-    })
-    .to_string()
+    });
+    if let Some(l) = &instance.locality {
+        value["locality"] = serde_json::Value::from(&**l);
+    }
+    value.to_string()
 }
 
 /// Parses one key/value pair into the service it belongs to and the instance.
@@ -139,6 +149,7 @@ mod tests {
         assert_eq!(i.tags, ["v2"]);
         assert_eq!((i.weight, i.priority, i.health), (10, 0, Health::Passing));
         assert_eq!(i.meta[&"az".to_string()], "a");
+        assert_eq!(i.locality, None, "no locality unless given");
     }
 
     #[test]
@@ -161,8 +172,9 @@ mod tests {
 
     #[test]
     fn encode_then_parse_is_the_identity() {
-        let v = br#"{"address":"fd00::5","port":8080,"ports":{"grpc":9090},"tags":["v2"],"weight":10,"priority":3,"health":"warning","meta":{"az":"a"}}"#;
+        let v = br#"{"address":"fd00::5","port":8080,"ports":{"grpc":9090},"tags":["v2"],"weight":10,"priority":3,"health":"warning","meta":{"az":"a"},"locality":"EU-1a"}"#;
         let i = value(InstanceId::new("a").unwrap(), v).unwrap();
+        assert_eq!(i.locality.as_deref(), Some("eu-1a"));
         let back = value(i.id.clone(), encode_value(&i).as_bytes()).unwrap();
         assert_eq!(back, i);
         // Empty ports and metadata are still objects.
@@ -221,6 +233,10 @@ mod tests {
             ),
             (br#"{"address":"10.0.0.1","ports":{"h_t":1}}"#, "port name"),
             (br#"{"address":"10.0.0.1","meta":{"x":[1]}}"#, "meta \"x\""),
+            (
+                br#"{"address":"10.0.0.1","locality":"eu 1"}"#,
+                "locality \"eu 1\"",
+            ),
             (
                 br#"{"address":"10.0.0.1","weight":-1}"#,
                 "not a valid registration",
