@@ -82,23 +82,6 @@ def cpu_seconds(pid: int) -> float:
     return total / TICK
 
 
-def descendants(pid: int) -> list[int]:
-    parents = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in parents.items() if pp == p]
-        out.extend(kids)
-        todo.extend(kids)
-    return out
-
-
 def zone_text(services: int, instances: int) -> str:
     lines = ["$ORIGIN svc.internal.", "$TTL 5",
              "@ IN SOA ns.dns hostmaster 1 3600 600 86400 5", "@ IN NS ns.dns", "ns.dns IN A 127.0.0.1"]
@@ -140,10 +123,6 @@ class Server:
             time.sleep(0.2)
         sys.exit(f"{self.label} never answered {name}")
 
-    def pin(self, cpus: str) -> None:
-        for p in [self.proc.pid, *descendants(self.proc.pid)]:
-            subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(p)], capture_output=True)
-
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid)
 
@@ -181,6 +160,71 @@ def spread(values: list[float]) -> str:
     return f"{min(values):,.0f}-{max(values):,.0f}"
 
 
+def start_servers(args, ruddrs, refs, work: Path, zones: Path, endpoint: str, cpus: str | None) -> list[Server]:
+    """Every server of the run, under `taskset -c cpus` from the start when given (so each sizes
+    its workers by the CPUs it may use)."""
+    servers: list[Server] = []
+    pre = ["taskset", "-c", cpus] if cpus else []
+    for label, path in ruddrs:
+        port = free_port()
+        argv = [path, "-q", "serve", "--listen", f"127.0.0.1:{port}", "--etcd-endpoints", endpoint,
+                "--admin-listen", "", "--zones-dir", str(work / "no-zones"), *args.ruddr_args.split()]
+        servers.append(Server(label, pre + argv, port, work))
+    if "knot" in refs:
+        port = free_port()
+        (work / "knot").mkdir(exist_ok=True)
+        (work / "knot.conf").write_text(f"""server:
+    listen: 127.0.0.1@{port}
+    rundir: {work / 'knot'}
+database:
+    storage: {work / 'knot'}
+zone:
+  - domain: svc.internal
+    file: {zones / 'svc.internal.zone'}
+log:
+  - target: stderr
+    any: error
+""")
+        servers.append(Server("knotd", pre + ["knotd", "-c", str(work / "knot.conf")], port, work))
+    if "nsd" in refs:
+        port = free_port()
+        (work / "nsd").mkdir(exist_ok=True)
+        (work / "nsd.conf").write_text(f"""server:
+    ip-address: 127.0.0.1@{port}
+    port: {port}
+    zonesdir: "{zones}"
+    pidfile: "{work / 'nsd' / 'nsd.pid'}"
+    database: ""
+    zonelistfile: "{work / 'nsd' / 'zone.list'}"
+    xfrdfile: "{work / 'nsd' / 'xfrd.state'}"
+    xfrdir: "{work / 'nsd'}"
+    username: ""
+    chroot: ""
+    rrl-ratelimit: 0
+    verbosity: 0
+remote-control:
+    control-enable: no
+zone:
+    name: svc.internal
+    zonefile: svc.internal.zone
+""")
+        servers.append(Server("nsd", pre + ["nsd", "-d", "-c", str(work / "nsd.conf")], port, work))
+    if args.hickory:
+        port = free_port()
+        (work / "hickory.toml").write_text(f"""listen_addrs_ipv4 = ["127.0.0.1"]
+listen_port = {port}
+user = "{os.environ.get('USER', 'root')}"
+group = "{os.environ.get('USER', 'root')}"
+[[zones]]
+zone = "svc.internal"
+zone_type = "Primary"
+file = "svc.internal.zone"
+""")
+        servers.append(Server("hickory-dns", pre + [args.hickory, "-q", "-c", str(work / "hickory.toml"),
+                                                    "-z", str(zones)], port, work))
+    return servers
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ruddr", action="append", default=[], metavar="LABEL=PATH")
@@ -193,6 +237,9 @@ def main() -> None:
     ap.add_argument("--setups", default="shared,pinned")
     ap.add_argument("--mixes", default="plain,nx10")
     ap.add_argument("--latency", action="store_true")
+    ap.add_argument("--profile", metavar="LABEL", help="also record `perf record -g` of this server "
+                    "under the first mix (pinned) and print the top of `perf report`")
+    ap.add_argument("--profile-sort", default="symbol", help="perf report --sort keys (symbol, dso, ...)")
     ap.add_argument("--ruddr-args", default="", help="extra arguments for every ruddr")
     args = ap.parse_args()
     ruddrs = [r.split("=", 1) for r in (args.ruddr or [f"ruddr={ROOT / 'target/release/ruddr'}"])]
@@ -222,65 +269,6 @@ def main() -> None:
         (zones / "svc.internal.zone").write_text(zone_text(args.services, args.instances))
         last = f"svc{args.services - 1}.svc.internal"
 
-        for label, path in ruddrs:
-            port = free_port()
-            argv = [path, "-q", "serve", "--listen", f"127.0.0.1:{port}", "--etcd-endpoints", endpoint,
-                    "--admin-listen", "", "--zones-dir", str(work / "no-zones"), *args.ruddr_args.split()]
-            servers.append(Server(label, argv, port, work))
-        if "knot" in refs:
-            port = free_port()
-            (work / "knot").mkdir()
-            (work / "knot.conf").write_text(f"""server:
-    listen: 127.0.0.1@{port}
-    rundir: {work / 'knot'}
-database:
-    storage: {work / 'knot'}
-zone:
-  - domain: svc.internal
-    file: {zones / 'svc.internal.zone'}
-log:
-  - target: stderr
-    any: error
-""")
-            servers.append(Server("knotd", ["knotd", "-c", str(work / "knot.conf")], port, work))
-        if "nsd" in refs:
-            port = free_port()
-            (work / "nsd").mkdir()
-            (work / "nsd.conf").write_text(f"""server:
-    ip-address: 127.0.0.1@{port}
-    port: {port}
-    zonesdir: "{zones}"
-    pidfile: "{work / 'nsd' / 'nsd.pid'}"
-    database: ""
-    zonelistfile: "{work / 'nsd' / 'zone.list'}"
-    xfrdfile: "{work / 'nsd' / 'xfrd.state'}"
-    xfrdir: "{work / 'nsd'}"
-    username: ""
-    chroot: ""
-    rrl-ratelimit: 0
-    verbosity: 0
-remote-control:
-    control-enable: no
-zone:
-    name: svc.internal
-    zonefile: svc.internal.zone
-""")
-            servers.append(Server("nsd", ["nsd", "-d", "-c", str(work / "nsd.conf")], port, work))
-        if args.hickory:
-            port = free_port()
-            (work / "hickory.toml").write_text(f"""listen_addrs_ipv4 = ["127.0.0.1"]
-listen_port = {port}
-user = "{os.environ.get('USER', 'root')}"
-group = "{os.environ.get('USER', 'root')}"
-[[zones]]
-zone = "svc.internal"
-zone_type = "Primary"
-file = "svc.internal.zone"
-""")
-            servers.append(Server("hickory-dns", [args.hickory, "-q", "-c", str(work / "hickory.toml"), "-z", str(zones)], port, work))
-        for s in servers:
-            s.wait_answer(last, args.instances)
-
         qfiles = {}
         for mix in args.mixes.split(","):
             qf = work / f"queries-{mix}.txt"
@@ -290,8 +278,11 @@ file = "svc.internal.zone"
         results: dict[tuple, dict[str, list[dict]]] = {}
         for setup in args.setups.split(","):
             pinned = setup == "pinned"
-            for s in servers:
-                s.pin("0" if pinned else "0,1")
+            for srv in servers:
+                srv.stop()
+            servers[:] = start_servers(args, ruddrs, refs, work, zones, endpoint, "0" if pinned else None)
+            for srv in servers:
+                srv.wait_answer(last, args.instances)
             for mix, qf in qfiles.items():
                 runs: dict[str, list[dict]] = {s.label: [] for s in servers}
                 for rnd in range(args.rounds):
@@ -307,15 +298,34 @@ file = "svc.internal.zone"
                 results[(setup, mix)] = runs
 
         latency = {}
+        if (args.latency or args.profile) and args.setups.split(",")[-1] != "pinned":
+            for srv in servers:
+                srv.stop()
+            servers[:] = start_servers(args, ruddrs, refs, work, zones, endpoint, "0")
+            for srv in servers:
+                srv.wait_answer(last, args.instances)
         if args.latency:
-            for s in servers:
-                s.pin("0")
             qf = next(iter(qfiles.values()))
             for s in servers:
                 out = dnsperf(s.port, qf, args.duration, "1", ["-Q", "5000", "-v"])
                 lat = sorted(float(m.group(1)) for m in re.finditer(r"\b(0\.\d{6})\s*$", out, re.M))
                 if lat:
                     latency[s.label] = (lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000, len(lat))
+
+        if args.profile:
+            target = next(s for s in servers if s.label == args.profile)
+            data = work / "perf.data"
+            perf = subprocess.Popen(["perf", "record", "-g", "-o", str(data), "-p", str(target.proc.pid)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            dnsperf(target.port, next(iter(qfiles.values())), args.duration, "1")
+            perf.send_signal(signal.SIGINT)
+            perf.wait()
+            report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--percent-limit", "1.5",
+                                     "--stdio", "-g", "none", "--sort", args.profile_sort],
+                                    capture_output=True, text=True).stdout
+            print(f"\n[profile of {args.profile}, pinned, self time >= 1.5 %]")
+            print("\n".join(l for l in report.splitlines() if l.strip() and not l.startswith("#")))
 
         print()
         print(f"data: {args.services} services x {args.instances} instances; queries 50% A, 50% SRV with glue; "
