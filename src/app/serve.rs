@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -114,7 +114,9 @@ pub async fn run(
             "dns listening",
         );
         for socket in udp {
-            transport.serve_udp(socket);
+            transport
+                .serve_udp(socket)
+                .context("starting a UDP thread")?;
         }
         transport.serve_tcp(tcp);
     }
@@ -356,13 +358,16 @@ fn restore_snapshot(
 
 /// A UDP socket on `addr` with SO_REUSEPORT, so several can share the address and the kernel
 /// spreads queries over them.
-fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+///
+/// The socket is blocking, with a receive timeout: each is served by a thread of its own that
+/// receives and sends in batches, and looks for shutdown between receives.
+fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Binds UDP and TCP on the same address. For port 0 the UDP socket picks the port and TCP
@@ -370,7 +375,7 @@ fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 async fn bind_pair(
     addr: SocketAddr,
     udp_sockets: usize,
-) -> anyhow::Result<(Vec<UdpSocket>, TcpListener)> {
+) -> anyhow::Result<(Vec<std::net::UdpSocket>, TcpListener)> {
     const ATTEMPTS: usize = 20;
     for _ in 0..ATTEMPTS {
         // With port 0, a plain socket picks a port nobody holds: a socket with SO_REUSEPORT

@@ -27,7 +27,7 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, B
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
@@ -62,6 +62,8 @@ pub struct Transport {
     connections: Arc<Connections>,
     /// Response rate limiting over UDP (`None`: off).
     rate_limit: Option<RateLimiter>,
+    /// The UDP threads, joined on drain.
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     logged: Logged,
 }
 
@@ -148,15 +150,25 @@ impl Transport {
             shutdown,
             tasks: TaskTracker::new(),
             rate_limit,
+            threads: Mutex::new(Vec::new()),
             logged: Logged::default(),
         })
     }
 
-    /// Serves `socket` until shutdown.
-    pub fn serve_udp(self: &Arc<Self>, socket: UdpSocket) {
+    /// Serves `socket` (blocking, with a receive timeout so shutdown is seen) on a thread of
+    /// its own until shutdown.
+    pub fn serve_udp(self: &Arc<Self>, socket: std::net::UdpSocket) -> std::io::Result<()> {
         let this = self.clone();
-        self.tasks
-            .spawn(async move { this.udp_loop(Arc::new(socket)).await });
+        let runtime = tokio::runtime::Handle::current();
+        let socket = Arc::new(socket);
+        let thread = std::thread::Builder::new()
+            .name("ruddr-udp".into())
+            .spawn(move || this.udp_thread(socket, runtime))?;
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(thread);
+        Ok(())
     }
 
     /// Accepts on `listener` until shutdown.
@@ -169,78 +181,107 @@ impl Transport {
     /// Waits for the listeners and in-flight queries to end after shutdown, at most `grace`.
     /// Returns whether everything ended in time.
     pub async fn drain(&self, grace: Duration) -> bool {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        // UDP threads see the shutdown within their receive timeout.
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        let in_time = tokio::time::timeout(grace, joined).await.is_ok();
         self.tasks.close();
-        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+        in_time && tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
     }
 
-    async fn udp_loop(self: Arc<Self>, socket: Arc<UdpSocket>) {
-        let mut buf = vec![0u8; 65_535];
-        let mut out = Vec::with_capacity(4096);
-        loop {
-            let received = tokio::select! {
-                r = socket.recv_from(&mut buf) => r,
-                _ = self.shutdown.cancelled() => return,
-            };
-            let (len, src) = match received {
-                Ok(r) => r,
+    /// Serves one UDP socket on this (blocking) thread until shutdown: receives a batch,
+    /// answers each query, sends the batch.
+    fn udp_thread(
+        self: Arc<Self>,
+        socket: Arc<std::net::UdpSocket>,
+        runtime: tokio::runtime::Handle,
+    ) {
+        let mut batch = Batch::new();
+        while !self.shutdown.is_cancelled() {
+            let received = match batch.receive(&socket) {
+                Ok(n) => n,
+                Err(error) if is_timeout(&error) => continue,
                 Err(error) => {
-                    // ICMP errors for earlier replies surface here on some systems; nothing
-                    // is wrong with the socket itself.
+                    // ICMP errors for earlier replies surface here on some systems; nothing is
+                    // wrong with the socket itself.
                     debug!(%error, "udp receive error");
                     continue;
                 }
             };
-            if self.limits.udp_fast_path
-                && is_answerable(src)
-                && self.handler.answer_fast(&buf[..len], src.ip(), &mut out)
-            {
-                self.reply_udp(&socket, &mut out, src, &buf[..len]).await;
-                continue;
-            }
-            let request = match decode(&buf[..len], src, Protocol::Udp) {
-                Decoded::Drop => {
+            for slot in 0..received {
+                let Some((query, src, out)) = batch.query(slot) else {
                     self.metrics.dropped.inc();
                     continue;
+                };
+                if !self.answer_udp(query, src, out, &socket, &runtime) {
+                    out.clear();
                 }
-                Decoded::Malformed(header) => {
-                    format_error(&header, &mut out);
-                    self.reply_udp(&socket, &mut out, src, &buf[..len]).await;
-                    continue;
-                }
-                Decoded::Request(r) => r,
-            };
-            let deferred = match self.handler.answer_now(&request, &mut out) {
-                Ok(()) => {
-                    self.reply_udp(&socket, &mut out, src, request.as_slice())
-                        .await;
-                    continue;
-                }
-                Err(deferred) => deferred,
-            };
-            let Ok(permit) = self.pending.clone().try_acquire_owned() else {
-                self.metrics.pending_limited.inc();
-                if first_time(&self.logged.pending) {
-                    warn!(
-                        limit = self.limits.max_pending,
-                        "too many queries waiting on static zones or upstreams: answering SERVFAIL (logged once; see ruddr_dns_pending_limited_total)",
-                    );
-                }
-                self.handler.answer_busy(&request, &mut out);
-                self.reply_udp(&socket, &mut out, src, request.as_slice())
-                    .await;
-                continue;
-            };
-            let (this, socket) = (self.clone(), socket.clone());
-            self.tasks.spawn(async move {
-                let mut out = Vec::new();
-                this.handler
-                    .answer_later(&request, deferred, &mut out)
-                    .await;
-                drop(permit);
-                this.reply_udp(&socket, &mut out, src, request.as_slice())
-                    .await;
-            });
+            }
+            batch.send(&socket, received);
         }
+    }
+
+    /// Answers one UDP query into `out` (left empty when nothing is to be sent now). Queries
+    /// that wait for a static zone or an upstream go to a task that sends its own answer.
+    fn answer_udp(
+        self: &Arc<Self>,
+        query: &[u8],
+        src: SocketAddr,
+        out: &mut Vec<u8>,
+        socket: &Arc<std::net::UdpSocket>,
+        runtime: &tokio::runtime::Handle,
+    ) -> bool {
+        if self.limits.udp_fast_path
+            && is_answerable(src)
+            && self.handler.answer_fast(query, src.ip(), out)
+        {
+            return self.shape_udp(out, src, query);
+        }
+        let request = match decode(query, src, Protocol::Udp) {
+            Decoded::Drop => {
+                self.metrics.dropped.inc();
+                return false;
+            }
+            Decoded::Malformed(header) => {
+                format_error(&header, out);
+                return self.shape_udp(out, src, query);
+            }
+            Decoded::Request(r) => r,
+        };
+        let deferred = match self.handler.answer_now(&request, out) {
+            Ok(()) => return self.shape_udp(out, src, query),
+            Err(deferred) => deferred,
+        };
+        let Ok(permit) = self.pending.clone().try_acquire_owned() else {
+            self.metrics.pending_limited.inc();
+            if first_time(&self.logged.pending) {
+                warn!(
+                    limit = self.limits.max_pending,
+                    "too many queries waiting on static zones or upstreams: answering SERVFAIL (logged once; see ruddr_dns_pending_limited_total)",
+                );
+            }
+            self.handler.answer_busy(&request, out);
+            return self.shape_udp(out, src, query);
+        };
+        let (this, socket) = (self.clone(), socket.clone());
+        let _guard = runtime.enter();
+        self.tasks.spawn(async move {
+            let mut out = Vec::new();
+            this.handler
+                .answer_later(&request, deferred, &mut out)
+                .await;
+            drop(permit);
+            if this.shape_udp(&mut out, src, request.as_slice()) {
+                if let Err(error) = socket.send_to(&out, src) {
+                    debug!(%src, %error, "udp send failed");
+                }
+            }
+        });
+        false
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
@@ -389,9 +430,10 @@ impl Transport {
 }
 
 impl Transport {
-    /// Sends the UDP response in `out` to the query `query`, unless the response rate limit
-    /// says to drop it or to send an empty truncated answer instead (TCP is never limited).
-    async fn reply_udp(&self, socket: &UdpSocket, out: &mut Vec<u8>, to: SocketAddr, query: &[u8]) {
+    /// Applies the response rate limit to the UDP response in `out` for `query`: `false` to
+    /// drop it, or `true` to send `out` (cut to an empty truncated answer for a slip). TCP is
+    /// never limited.
+    fn shape_udp(&self, out: &mut Vec<u8>, to: SocketAddr, query: &[u8]) -> bool {
         if let (Some(limiter), Some(&flags)) = (&self.rate_limit, out.get(3)) {
             let name = question_name(query).unwrap_or(&[]);
             let kind = match ResponseCode::from_low(flags & 0x0f) {
@@ -403,11 +445,11 @@ impl Transport {
             };
             match limiter.check(to.ip(), kind, Instant::now()) {
                 Verdict::Send => {}
-                Verdict::Drop => return,
+                Verdict::Drop => return false,
                 Verdict::Slip => slip(out, query),
             }
         }
-        send_udp(socket, out, to).await
+        true
     }
 }
 
@@ -448,9 +490,164 @@ fn slip(out: &mut Vec<u8>, query: &[u8]) {
     }
 }
 
-async fn send_udp(socket: &UdpSocket, message: &[u8], to: SocketAddr) {
-    if let Err(error) = socket.send_to(message, to).await {
-        debug!(%to, %error, "udp send failed");
+/// A receive timeout (the socket's SO_RCVTIMEO, so the thread can see shutdown).
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
+/// Queries received and responses to send, a batch at a time: one `recvmmsg` and one
+/// `sendmmsg` per batch instead of two system calls per query.
+struct Batch {
+    rx: Vec<[u8; RX_BYTES]>,
+    out: Vec<Vec<u8>>,
+    names: Vec<libc::sockaddr_storage>,
+    lens: Vec<usize>,
+    flags: Vec<libc::c_int>,
+    name_lens: Vec<libc::socklen_t>,
+}
+
+/// Queries in one batch at most.
+const BATCH: usize = 32;
+/// Largest UDP query read (larger ones are cut and dropped: no client sends them).
+const RX_BYTES: usize = 4096;
+
+impl Batch {
+    fn new() -> Self {
+        // SAFETY: an all-zero sockaddr_storage is a valid (unspecified) address.
+        let zero: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        Self {
+            rx: vec![[0u8; RX_BYTES]; BATCH],
+            out: (0..BATCH).map(|_| Vec::with_capacity(1232)).collect(),
+            names: vec![zero; BATCH],
+            lens: vec![0; BATCH],
+            flags: vec![0; BATCH],
+            name_lens: vec![0; BATCH],
+        }
+    }
+
+    /// Waits for at least one datagram, then takes up to a batch of those already queued.
+    fn receive(&mut self, socket: &std::net::UdpSocket) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let mut iov: Vec<libc::iovec> = self
+            .rx
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: RX_BYTES,
+            })
+            .collect();
+        // SAFETY: zeroed mmsghdrs are valid; every pointer set below points into buffers of
+        // `self` or `iov`, which outlive the call.
+        let mut hdrs: Vec<libc::mmsghdr> =
+            (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+        for (i, h) in hdrs.iter_mut().enumerate() {
+            h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut iov[i];
+            h.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: see above; the kernel writes at most BATCH headers.
+        let n = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for (i, h) in hdrs.iter().take(n).enumerate() {
+            self.lens[i] = h.msg_len as usize;
+            self.flags[i] = h.msg_hdr.msg_flags;
+            self.name_lens[i] = h.msg_hdr.msg_namelen;
+            self.out[i].clear();
+        }
+        Ok(n)
+    }
+
+    /// Datagram `i` of the last batch, its sender and its response buffer; `None` when it was
+    /// cut (longer than a buffer) or its sender is not an IP address.
+    fn query(&mut self, i: usize) -> Option<(&[u8], SocketAddr, &mut Vec<u8>)> {
+        if self.flags[i] & libc::MSG_TRUNC != 0 {
+            return None;
+        }
+        let src = socket_addr(&self.names[i])?;
+        Some((&self.rx[i][..self.lens[i]], src, &mut self.out[i]))
+    }
+
+    /// Sends every non-empty response of the first `n` slots to its query's sender.
+    fn send(&mut self, socket: &std::net::UdpSocket, n: usize) {
+        use std::os::fd::AsRawFd;
+        let slots: Vec<usize> = (0..n).filter(|&i| !self.out[i].is_empty()).collect();
+        if slots.is_empty() {
+            return;
+        }
+        let mut iov: Vec<libc::iovec> = slots
+            .iter()
+            .map(|&i| libc::iovec {
+                iov_base: self.out[i].as_mut_ptr().cast(),
+                iov_len: self.out[i].len(),
+            })
+            .collect();
+        // SAFETY: as in `receive`; the names are the senders the kernel wrote.
+        let mut hdrs: Vec<libc::mmsghdr> = (0..slots.len())
+            .map(|_| unsafe { std::mem::zeroed() })
+            .collect();
+        for (k, &i) in slots.iter().enumerate() {
+            let h = &mut hdrs[k];
+            h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = self.name_lens[i];
+            h.msg_hdr.msg_iov = &mut iov[k];
+            h.msg_hdr.msg_iovlen = 1;
+        }
+        let mut done = 0;
+        while done < hdrs.len() {
+            // SAFETY: as above.
+            let sent = unsafe {
+                libc::sendmmsg(
+                    socket.as_raw_fd(),
+                    hdrs[done..].as_mut_ptr(),
+                    (hdrs.len() - done) as libc::c_uint,
+                    0,
+                )
+            };
+            if sent <= 0 {
+                // The first message failed (a vanished peer): skip it, send the rest.
+                debug!(error = %io::Error::last_os_error(), "udp send failed");
+                done += 1;
+            } else {
+                done += sent as usize;
+            }
+        }
+    }
+}
+
+/// The IP address and port in a `sockaddr_storage` the kernel filled.
+fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: an AF_INET address is a sockaddr_in, which fits in the storage.
+            let a: &libc::sockaddr_in =
+                unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::new(ip.into(), u16::from_be(a.sin_port)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: an AF_INET6 address is a sockaddr_in6, which fits in the storage.
+            let a: &libc::sockaddr_in6 =
+                unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::new(ip.into(), u16::from_be(a.sin6_port)))
+        }
+        _ => None,
     }
 }
 
