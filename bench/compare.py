@@ -173,9 +173,15 @@ def start_servers(args, ruddrs, refs, work: Path, zones: Path, endpoint: str, cp
     if "knot" in refs:
         port = free_port()
         (work / "knot").mkdir(exist_ok=True)
+        # knotd sizes its workers by the CPUs online, not those it may use: give it one per CPU
+        # it is pinned to, as ruddr and nsd have.
+        workers = len(cpus.split(",")) if cpus else os.cpu_count()
         (work / "knot.conf").write_text(f"""server:
     listen: 127.0.0.1@{port}
     rundir: {work / 'knot'}
+    udp-workers: {workers}
+    tcp-workers: 1
+    background-workers: 1
 database:
     storage: {work / 'knot'}
 zone:
@@ -240,6 +246,7 @@ def main() -> None:
     ap.add_argument("--profile", metavar="LABEL", help="also record `perf record -g` of this server "
                     "under the first mix (pinned) and print the top of `perf report`")
     ap.add_argument("--profile-sort", default="symbol", help="perf report --sort keys (symbol, dso, ...)")
+    ap.add_argument("--profile-limit", type=float, default=1.5, help="smallest share of samples shown, %%")
     ap.add_argument("--ruddr-args", default="", help="extra arguments for every ruddr")
     args = ap.parse_args()
     ruddrs = [r.split("=", 1) for r in (args.ruddr or [f"ruddr={ROOT / 'target/release/ruddr'}"])]
@@ -321,10 +328,10 @@ def main() -> None:
             dnsperf(target.port, next(iter(qfiles.values())), args.duration, "1")
             perf.send_signal(signal.SIGINT)
             perf.wait()
-            report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--percent-limit", "1.5",
+            report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--percent-limit", str(args.profile_limit),
                                      "--stdio", "-g", "none", "--sort", args.profile_sort],
                                     capture_output=True, text=True).stdout
-            print(f"\n[profile of {args.profile}, pinned, self time >= 1.5 %]")
+            print(f"\n[profile of {args.profile}, pinned, self time >= {args.profile_limit} %]")
             print("\n".join(l for l in report.splitlines() if l.strip() and not l.startswith("#")))
 
         print()

@@ -147,22 +147,46 @@ impl Built {
     /// more likely to come first; Efraimidis-Spirakis keys `-ln(u)/w`). Weight 0 ranks last but
     /// still rotates. Alternative CNAMEs keep only the first.
     pub fn order(&self, rng: &mut impl Rng) -> Vec<usize> {
-        let mut keyed: Vec<(u16, f64, usize)> = self
+        let mut order: Vec<usize> = (0..self.answers.len()).collect();
+        let first = self.answers.first().map(|a| (a.priority, a.weight));
+        if self
             .answers
             .iter()
-            .enumerate()
-            .map(|(i, a)| {
+            .all(|a| Some((a.priority, a.weight)) == first)
+        {
+            // One priority, one weight (the common case): every order is equally likely, which
+            // a shuffle gives without a key per record.
+            use rand::seq::SliceRandom;
+            order.shuffle(rng);
+        } else {
+            let key = |a: &Answer, rng: &mut dyn rand::RngCore| {
                 let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
                 let w = if a.weight == 0 {
                     0.01
                 } else {
                     f64::from(a.weight)
                 };
-                (a.priority, -u.ln() / w, i)
-            })
-            .collect();
-        keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
-        let mut order: Vec<usize> = keyed.into_iter().map(|(_, _, i)| i).collect();
+                (a.priority, -u.ln() / w)
+            };
+            // Keys on the stack for answers of up to 64 records (one allocation, the order).
+            let mut small = [(0u16, 0f64); 64];
+            let mut large = Vec::new();
+            let keys: &mut [(u16, f64)] = if self.answers.len() <= small.len() {
+                &mut small[..self.answers.len()]
+            } else {
+                large.resize(self.answers.len(), (0, 0.0));
+                &mut large
+            };
+            for (k, a) in keys.iter_mut().zip(&self.answers) {
+                *k = key(a, rng);
+            }
+            order.sort_unstable_by(|&x, &y| {
+                keys[x]
+                    .0
+                    .cmp(&keys[y].0)
+                    .then(keys[x].1.total_cmp(&keys[y].1))
+            });
+        }
         if self.single {
             order.truncate(1);
         }
@@ -187,8 +211,8 @@ impl Built {
             }
         }
         for (n, &i) in order.iter().enumerate() {
-            if let Some(glue) = self.answers.get(i).and_then(|a| a.glue.as_deref()) {
-                size += wire_size(glue);
+            if let Some(glue) = self.answers.get(i).and_then(|a| a.glue_wire.as_deref()) {
+                size += glue.len();
                 if size > limit {
                     return (order.len(), n);
                 }

@@ -46,7 +46,7 @@ pub struct Handler {
     /// service types), and an entry from another generation is never served. The locality is
     /// part of the key only for names whose answer follows it, so answers for one locality
     /// never reach another.
-    answers: Cache<AnswerKey, Arc<Built>>,
+    answers: Cache<AnswerKey, Arc<Built>, foldhash::fast::RandomState>,
     /// Where clients are (`[locality]`).
     locality: Policy,
     /// The SOA for the snapshot revision it was built for (the revision is the serial).
@@ -271,7 +271,7 @@ impl Handler {
                     let bytes = built.memory_size() + name.len() + local + 64;
                     u32::try_from(bytes).unwrap_or(u32::MAX)
                 })
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             locality: Policy::default(),
             soa,
             max_udp_payload: cfg.max_udp_payload,
@@ -751,7 +751,8 @@ impl Handler {
         };
         let snapshot = self.mirror.load();
         let freshness = self.status.freshness();
-        let reply = self.answer(&question, &client, &snapshot, freshness, &mut rand::rng());
+        let reply =
+            with_order_rng(|rng| self.answer(&question, &client, &snapshot, freshness, rng));
         if reply.via != Via::Reply {
             return false;
         }
@@ -774,13 +775,15 @@ impl Handler {
         let started = std::time::Instant::now();
         let snapshot = self.mirror.load();
         let freshness = self.status.freshness();
-        let reply = self.answer(
-            &Question::of(request),
-            &Client::of(request),
-            &snapshot,
-            freshness,
-            &mut rand::rng(),
-        );
+        let reply = with_order_rng(|rng| {
+            self.answer(
+                &Question::of(request),
+                &Client::of(request),
+                &snapshot,
+                freshness,
+                rng,
+            )
+        });
         if reply.via != Via::Reply {
             return Err(Deferred {
                 reply: Box::new(reply),
@@ -922,6 +925,17 @@ impl Handler {
         );
         encode(response, &request.metadata, request.protocol(), out)
     }
+}
+
+thread_local! {
+    /// The generator of answer orders: load spreading needs an even spread, not secrecy, so a
+    /// small fast generator per thread, seeded from the OS-seeded thread generator.
+    static ORDER_RNG: std::cell::RefCell<rand::rngs::SmallRng> =
+        std::cell::RefCell::new(rand::SeedableRng::from_rng(&mut rand::rng()));
+}
+
+fn with_order_rng<T>(f: impl FnOnce(&mut rand::rngs::SmallRng) -> T) -> T {
+    ORDER_RNG.with(|rng| f(&mut rng.borrow_mut()))
 }
 
 /// A request [`Handler::answer_now`] did not answer itself, with what it decided so far.

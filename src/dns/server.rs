@@ -502,6 +502,8 @@ fn is_timeout(error: &io::Error) -> bool {
 /// `sendmmsg` per batch instead of two system calls per query.
 struct Batch {
     rx: Vec<[u8; RX_BYTES]>,
+    iov: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
     out: Vec<Vec<u8>>,
     names: Vec<libc::sockaddr_storage>,
     lens: Vec<usize>,
@@ -520,6 +522,8 @@ impl Batch {
         let zero: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         Self {
             rx: vec![[0u8; RX_BYTES]; BATCH],
+            iov: Vec::with_capacity(BATCH),
+            hdrs: Vec::with_capacity(BATCH),
             out: (0..BATCH).map(|_| Vec::with_capacity(1232)).collect(),
             names: vec![zero; BATCH],
             lens: vec![0; BATCH],
@@ -531,30 +535,32 @@ impl Batch {
     /// Waits for at least one datagram, then takes up to a batch of those already queued.
     fn receive(&mut self, socket: &std::net::UdpSocket) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
-        let mut iov: Vec<libc::iovec> = self
-            .rx
-            .iter_mut()
-            .map(|b| libc::iovec {
+        // The headers point into this batch's buffers; they are rebuilt for every call (in
+        // vectors that keep their capacity) so no pointer outlives a move of the batch.
+        self.iov.clear();
+        for b in &mut self.rx {
+            self.iov.push(libc::iovec {
                 iov_base: b.as_mut_ptr().cast(),
                 iov_len: RX_BYTES,
-            })
-            .collect();
-        // SAFETY: zeroed mmsghdrs are valid; every pointer set below points into buffers of
-        // `self` or `iov`, which outlive the call.
-        let mut hdrs: Vec<libc::mmsghdr> =
-            (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
-        for (i, h) in hdrs.iter_mut().enumerate() {
+            });
+        }
+        self.hdrs.clear();
+        for i in 0..BATCH {
+            // SAFETY: a zeroed mmsghdr is valid; the pointers set point into `self`, which
+            // outlives the call.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
             h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
             h.msg_hdr.msg_namelen =
                 std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_hdr.msg_iov = &mut iov[i];
+            h.msg_hdr.msg_iov = &mut self.iov[i];
             h.msg_hdr.msg_iovlen = 1;
+            self.hdrs.push(h);
         }
         // SAFETY: see above; the kernel writes at most BATCH headers.
         let n = unsafe {
             libc::recvmmsg(
                 socket.as_raw_fd(),
-                hdrs.as_mut_ptr(),
+                self.hdrs.as_mut_ptr(),
                 BATCH as libc::c_uint,
                 libc::MSG_WAITFORONE,
                 std::ptr::null_mut(),
@@ -564,7 +570,7 @@ impl Batch {
             return Err(io::Error::last_os_error());
         }
         let n = n as usize;
-        for (i, h) in hdrs.iter().take(n).enumerate() {
+        for (i, h) in self.hdrs.iter().take(n).enumerate() {
             self.lens[i] = h.msg_len as usize;
             self.flags[i] = h.msg_hdr.msg_flags;
             self.name_lens[i] = h.msg_hdr.msg_namelen;
@@ -586,28 +592,28 @@ impl Batch {
     /// Sends every non-empty response of the first `n` slots to its query's sender.
     fn send(&mut self, socket: &std::net::UdpSocket, n: usize) {
         use std::os::fd::AsRawFd;
-        let slots: Vec<usize> = (0..n).filter(|&i| !self.out[i].is_empty()).collect();
-        if slots.is_empty() {
-            return;
-        }
-        let mut iov: Vec<libc::iovec> = slots
-            .iter()
-            .map(|&i| libc::iovec {
+        self.iov.clear();
+        self.hdrs.clear();
+        for i in 0..n {
+            if self.out[i].is_empty() {
+                continue;
+            }
+            self.iov.push(libc::iovec {
                 iov_base: self.out[i].as_mut_ptr().cast(),
                 iov_len: self.out[i].len(),
-            })
-            .collect();
-        // SAFETY: as in `receive`; the names are the senders the kernel wrote.
-        let mut hdrs: Vec<libc::mmsghdr> = (0..slots.len())
-            .map(|_| unsafe { std::mem::zeroed() })
-            .collect();
-        for (k, &i) in slots.iter().enumerate() {
-            let h = &mut hdrs[k];
+            });
+            // SAFETY: as in `receive`; the names are the senders the kernel wrote.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
             h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
             h.msg_hdr.msg_namelen = self.name_lens[i];
-            h.msg_hdr.msg_iov = &mut iov[k];
             h.msg_hdr.msg_iovlen = 1;
+            self.hdrs.push(h);
         }
+        // The iovecs are in place now (no more pushes): point the headers at them.
+        for (h, iov) in self.hdrs.iter_mut().zip(self.iov.iter_mut()) {
+            h.msg_hdr.msg_iov = iov;
+        }
+        let hdrs = &mut self.hdrs;
         let mut done = 0;
         while done < hdrs.len() {
             // SAFETY: as above.

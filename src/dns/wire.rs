@@ -298,20 +298,21 @@ fn push_record(
     qname_len: usize,
     limit: usize,
 ) -> bool {
-    let rest = render(record, true);
-    let owner = owner_pointer(&question[..qname_len], &record.name);
-    let owner_len = match owner {
-        Some(_) => 2,
-        None => record.name.iter().map(|l| l.len() + 1).sum::<usize>() + 1,
+    let full = render(record, false);
+    let full_owner = record.name.iter().map(|l| l.len() + 1).sum::<usize>() + 1;
+    let Some(rest) = full.get(full_owner..).filter(|r| !r.is_empty()) else {
+        return false;
     };
-    if out.len() + owner_len + rest.len() > limit || rest.is_empty() {
+    let owner = owner_pointer(&question[..qname_len], &record.name);
+    let owner_len = if owner.is_some() { 2 } else { full_owner };
+    if out.len() + owner_len + rest.len() > limit {
         return false;
     }
     match owner {
         Some(offset) => out.extend_from_slice(&(0xc000 | offset).to_be_bytes()),
-        None => out.extend_from_slice(&render(record, false)[..owner_len]),
+        None => out.extend_from_slice(&full[..full_owner]),
     }
-    out.extend_from_slice(&rest);
+    out.extend_from_slice(rest);
     true
 }
 
