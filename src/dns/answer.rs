@@ -59,6 +59,10 @@ pub struct Answer {
     pub glue_wire: Option<Box<[u8]>>,
 }
 
+/// The order of one response's records: indexes into [`Built::answers`]. Inline up to 32
+/// records, so ordering a typical answer allocates nothing.
+pub type Order = smallvec::SmallVec<[usize; 32]>;
+
 /// A built answer for one name and type, before per-response ordering.
 #[derive(Debug, Clone)]
 pub struct Built {
@@ -146,8 +150,8 @@ impl Built {
     /// A fresh order for one response: by priority, then weighted random (a higher weight is
     /// more likely to come first; Efraimidis-Spirakis keys `-ln(u)/w`). Weight 0 ranks last but
     /// still rotates. Alternative CNAMEs keep only the first.
-    pub fn order(&self, rng: &mut impl Rng) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.answers.len()).collect();
+    pub fn order(&self, rng: &mut impl Rng) -> Order {
+        let mut order: Order = (0..self.answers.len()).collect();
         let first = self.answers.first().map(|a| (a.priority, a.weight));
         if self
             .answers

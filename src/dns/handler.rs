@@ -123,7 +123,7 @@ pub struct Reply {
     pub edns: Option<Edns>,
     pub built: Option<Arc<Built>>,
     /// Indexes into `built.answers`, in response order.
-    pub order: Vec<usize>,
+    pub order: super::answer::Order,
     /// How many of the ordered answers get their SRV glue in the additional section.
     pub with_glue: usize,
     /// Answers not from `built` (apex, reverse and RFC 8482 records).
@@ -147,7 +147,7 @@ impl Reply {
             meta: Metadata::response_from_request(q.header),
             edns: None,
             built: None,
-            order: Vec::new(),
+            order: Default::default(),
             with_glue: 0,
             extra: Vec::new(),
             soa: None,

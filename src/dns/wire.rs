@@ -11,7 +11,6 @@ use hickory_proto::op::{Edns, Header, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{Name, Record};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 
-use super::answer::render;
 use super::handler::Reply;
 
 /// EDNS option code of the client subnet option (RFC 7871).
@@ -298,44 +297,52 @@ fn push_record(
     qname_len: usize,
     limit: usize,
 ) -> bool {
-    let full = render(record, false);
+    let start = out.len();
+    let mut encoder = BinEncoder::with_offset(out, start as u32);
+    encoder.set_name_encoding(hickory_proto::serialize::binary::NameEncoding::Uncompressed);
+    if record.emit(&mut encoder).is_err() {
+        out.truncate(start);
+        return false;
+    }
     let full_owner = record.name.iter().map(|l| l.len() + 1).sum::<usize>() + 1;
-    let Some(rest) = full.get(full_owner..).filter(|r| !r.is_empty()) else {
-        return false;
-    };
-    let owner = owner_pointer(&question[..qname_len], &record.name);
-    let owner_len = if owner.is_some() { 2 } else { full_owner };
-    if out.len() + owner_len + rest.len() > limit {
+    // A pointer is 2 bytes: worth it only for an owner longer than that (not the root).
+    let pointer = (full_owner > 2)
+        .then(|| owner_pointer(&question[..qname_len], &record.name))
+        .flatten();
+    if let Some(offset) = pointer {
+        // The owner written out becomes a pointer into the question.
+        out[start..start + 2].copy_from_slice(&(0xc000 | offset).to_be_bytes());
+        out.drain(start + 2..start + full_owner);
+    }
+    if out.len() > limit {
+        out.truncate(start);
         return false;
     }
-    match owner {
-        Some(offset) => out.extend_from_slice(&(0xc000 | offset).to_be_bytes()),
-        None => out.extend_from_slice(&full[..full_owner]),
-    }
-    out.extend_from_slice(rest);
     true
 }
 
 /// The message offset of the suffix of the question name `qname` (wire form, starting at
 /// offset 12) that spells `name`, compared case-insensitively.
 fn owner_pointer(qname: &[u8], name: &Name) -> Option<u16> {
-    let labels: Vec<&[u8]> = name.iter().collect();
-    let mut starts = Vec::with_capacity(8);
+    // Label starts of the question name (at most 127 labels fit 255 bytes).
+    let mut starts = [0usize; 128];
+    let mut count = 0;
     let mut at = 0;
     while let Some(&len) = qname.get(at) {
-        if len == 0 {
+        if len == 0 || count == starts.len() {
             break;
         }
-        starts.push(at);
+        starts[count] = at;
+        count += 1;
         at += 1 + usize::from(len);
     }
-    let first = starts.len().checked_sub(labels.len())?;
-    let matches = starts[first..].iter().zip(&labels).all(|(&s, l)| {
-        qname
-            .get(s + 1..s + 1 + usize::from(qname[s]))
-            .is_some_and(|q| q.eq_ignore_ascii_case(l))
-    });
-    let offset = 12 + starts.get(first).copied().unwrap_or(at);
+    let first = count.checked_sub(usize::from(name.num_labels()))?;
+    let mut labels = name.iter();
+    let matches = starts[first..count].iter().all(|&s| {
+        let q = qname.get(s + 1..s + 1 + usize::from(qname[s]));
+        matches!((q, labels.next()), (Some(q), Some(l)) if q.eq_ignore_ascii_case(l))
+    }) && labels.next().is_none();
+    let offset = 12 + if first < count { starts[first] } else { at };
     (matches && offset < 0x3fff).then_some(offset as u16)
 }
 
