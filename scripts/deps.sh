@@ -12,6 +12,10 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 [ -e /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 if [ "${WITH_BENCH:-0}" = 1 ]; then
   command -v dnsperf >/dev/null || need+=(dnsperf)
+  # Reference servers for bench/compare.sh, and perf for its --profile.
+  command -v knotd >/dev/null || need+=(knot)
+  command -v nsd >/dev/null || need+=(nsd)
+  command -v perf >/dev/null || need+=(linux-perf)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
