@@ -245,6 +245,8 @@ def main() -> None:
     ap.add_argument("--latency", action="store_true")
     ap.add_argument("--profile", metavar="LABEL", help="also record `perf record -g` of this server "
                     "under the first mix (pinned) and print the top of `perf report`")
+    ap.add_argument("--profile-call-graph", default="fp", help="perf record --call-graph mode (fp, dwarf)")
+    ap.add_argument("--profile-data", metavar="PATH", help="keep the perf.data of --profile here")
     ap.add_argument("--profile-sort", default="symbol", help="perf report --sort keys (symbol, dso, ...)")
     ap.add_argument("--profile-limit", type=float, default=1.5, help="smallest share of samples shown, %%")
     ap.add_argument("--ruddr-args", default="", help="extra arguments for every ruddr")
@@ -322,7 +324,7 @@ def main() -> None:
         if args.profile:
             target = next(s for s in servers if s.label == args.profile)
             data = work / "perf.data"
-            perf = subprocess.Popen(["perf", "record", "-g", "-o", str(data), "-p", str(target.proc.pid)],
+            perf = subprocess.Popen(["perf", "record", "--call-graph", args.profile_call_graph, "-o", str(data), "-p", str(target.proc.pid)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
             dnsperf(target.port, next(iter(qfiles.values())), args.duration, "1")
@@ -331,6 +333,8 @@ def main() -> None:
             report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--percent-limit", str(args.profile_limit),
                                      "--stdio", "-g", "none", "--sort", args.profile_sort],
                                     capture_output=True, text=True).stdout
+            if args.profile_data:
+                shutil.copy(data, args.profile_data)
             print(f"\n[profile of {args.profile}, pinned, self time >= {args.profile_limit} %]")
             print("\n".join(l for l in report.splitlines() if l.strip() and not l.startswith("#")))
 

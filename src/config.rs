@@ -420,6 +420,9 @@ pub struct DnsConfig {
     pub hostmaster: Option<String>,
     /// Memory for built answers (per name and type), bytes; derived data, rebuilt on a miss.
     pub answer_cache_bytes: u64,
+    /// Memory for each answering thread's table in front of the answer cache, bytes (hot
+    /// answers without the shared cache's bookkeeping); 0: no front tables.
+    pub answer_front_bytes: usize,
     /// Replaced by `answer_cache_bytes`; only read to say so.
     #[serde(default, skip_serializing)]
     pub answer_cache_capacity: Option<toml::Value>,
@@ -493,6 +496,7 @@ impl Default for DnsConfig {
             ns_name: None,
             hostmaster: None,
             answer_cache_bytes: 32 << 20,
+            answer_front_bytes: 4 << 20,
             answer_cache_capacity: None,
             max_stale: None,
             stale_ttl: 30,

@@ -18,11 +18,11 @@ use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
-use moka::sync::Cache;
 use rand::Rng;
 use tracing::{debug, warn};
 
 use super::answer::Locality;
+use super::answer_cache::{AnswerCache, AnswerKey};
 use super::forward::{Failure, Forwarder};
 use super::locality::{Located, Policy};
 use super::name::{self, Target};
@@ -46,7 +46,7 @@ pub struct Handler {
     /// service types), and an entry from another generation is never served. The locality is
     /// part of the key only for names whose answer follows it, so answers for one locality
     /// never reach another.
-    answers: Cache<AnswerKey, Arc<Built>, foldhash::fast::RandomState>,
+    answers: AnswerCache,
     /// Where clients are (`[locality]`).
     locality: Policy,
     /// The SOA for the snapshot revision it was built for (the revision is the serial).
@@ -65,9 +65,6 @@ pub struct Handler {
     /// Whether hitting the forwarding limits was logged (once per process).
     forward_limit_logged: std::sync::atomic::AtomicBool,
 }
-
-/// What a built answer is cached by: name, type, stale, and the client's locality.
-type AnswerKey = (LowerName, RecordType, bool, Option<Arc<str>>);
 
 /// The question of a request, as the answer core reads it.
 #[derive(Debug, Clone, Copy)]
@@ -264,14 +261,7 @@ impl Handler {
             ns: zone.ns(),
             zone,
             mirror,
-            answers: Cache::builder()
-                .max_capacity(cfg.answer_cache_bytes)
-                .weigher(|(name, _, _, local): &AnswerKey, built: &Arc<Built>| {
-                    let local = local.as_deref().map_or(0, str::len);
-                    let bytes = built.memory_size() + name.len() + local + 64;
-                    u32::try_from(bytes).unwrap_or(u32::MAX)
-                })
-                .build_with_hasher(foldhash::fast::RandomState::default()),
+            answers: AnswerCache::new(cfg.answer_cache_bytes, cfg.answer_front_bytes),
             locality: Policy::default(),
             soa,
             max_udp_payload: cfg.max_udp_payload,
@@ -581,7 +571,7 @@ impl Handler {
             _ if !freshness.is_usable() => return Self::unusable(reply),
             Target::ServiceTypes => {
                 let stale = freshness.is_stale();
-                let key = (qname.clone(), qtype, stale, None);
+                let key = AnswerKey::new(qname, qtype, stale, None);
                 // Any change may add or remove a service type: keyed to the whole snapshot.
                 let built = match self.answers.get(&key) {
                     Some(b) if b.generation == snapshot.changes => b,
@@ -614,12 +604,12 @@ impl Handler {
                         .locality
                         .clone()
                         .filter(|_| target.follows_locality());
-                    let key = (qname.clone(), qtype, stale, local);
+                    let key = AnswerKey::new(qname, qtype, stale, local);
                     let built = match self.answers.get(&key) {
                         Some(b) if b.generation == svc.generation => b,
                         _ => {
                             let ttl = freshness.ttl(self.zone.ttl, self.stale_ttl);
-                            let local = key.3.as_deref();
+                            let local = key.locality();
                             let b = self.zone.build(svc, target, qname, qtype, ttl, local);
                             let b = Arc::new(b);
                             if b.panic {

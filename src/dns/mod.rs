@@ -8,6 +8,7 @@
 //! ```
 
 pub mod answer;
+pub mod answer_cache;
 pub mod forward;
 pub mod handler;
 pub mod locality;

@@ -1,0 +1,288 @@
+//! The cache of built answers: one bounded cache shared by every thread (moka), and in front
+//! of it a small table per answering thread.
+//!
+//! A moka lookup records every read for its admission and eviction policy (a channel push, and
+//! now and then a batch of bookkeeping), and in a profile of the UDP fast path that was a third
+//! of ruddr's own time per answer. The front table is a plain 2-way set-associative array owned
+//! by the thread: a hit is one hash, one byte comparison and an `Arc` clone. It only remembers
+//! what the shared cache handed out or was given, so it never decides anything: entries are
+//! still checked against the service generation by the caller, like a shared-cache hit.
+//!
+//! Bounds: the shared cache by `dns.answer_cache_bytes`; each front by `dns.answer_front_bytes`
+//! (its slot count is derived from that), so in all at most `answer_front_bytes` times the
+//! number of answering threads (UDP sockets plus runtime workers) on top.
+
+use std::cell::RefCell;
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use hickory_proto::rr::{LowerName, RecordType};
+use moka::sync::Cache;
+use smallvec::SmallVec;
+
+use super::records::Built;
+
+/// What a built answer is cached by: the name (lower case, in wire form: cheap to hash and to
+/// compare), type, whether it was built stale, and the client's locality when the answer
+/// follows it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AnswerKey {
+    name: SmallVec<[u8; 64]>,
+    qtype: RecordType,
+    stale: bool,
+    locality: Option<Arc<str>>,
+}
+
+impl AnswerKey {
+    pub fn new(
+        name: &LowerName,
+        qtype: RecordType,
+        stale: bool,
+        locality: Option<Arc<str>>,
+    ) -> Self {
+        let mut wire = SmallVec::new();
+        for label in name.iter() {
+            // Labels are at most 63 bytes, so the length always fits.
+            wire.push(label.len() as u8);
+            wire.extend_from_slice(label);
+        }
+        Self {
+            name: wire,
+            qtype,
+            stale,
+            locality,
+        }
+    }
+
+    pub fn locality(&self) -> Option<&str> {
+        self.locality.as_deref()
+    }
+
+    /// Approximate bytes of the key itself, for the caches' byte limits.
+    fn memory_size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + if self.name.spilled() {
+                self.name.len()
+            } else {
+                0
+            }
+            + self.locality.as_deref().map_or(0, str::len)
+    }
+}
+
+/// Built answers by [`AnswerKey`].
+pub struct AnswerCache {
+    /// Tells the caches sharing a thread apart (tests run several handlers on one thread).
+    id: u64,
+    shared: Cache<AnswerKey, Arc<Built>, foldhash::fast::FixedState>,
+    hasher: foldhash::fast::FixedState,
+    front_bytes: usize,
+    front_slots: usize,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The smallest entry the front sizes its slot count by.
+const FRONT_TYPICAL_ENTRY: usize = 512;
+
+impl AnswerCache {
+    /// `shared_bytes` bounds the shared cache; `front_bytes` each thread's front (0: no front).
+    pub fn new(shared_bytes: u64, front_bytes: usize) -> Self {
+        let hasher = foldhash::fast::FixedState::with_seed(rand::random());
+        let shared = Cache::builder()
+            .max_capacity(shared_bytes)
+            .weigher(|key: &AnswerKey, built: &Arc<Built>| {
+                let bytes = built.memory_size() + key.memory_size();
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .build_with_hasher(hasher);
+        let front_slots = if front_bytes == 0 {
+            0
+        } else {
+            (front_bytes / FRONT_TYPICAL_ENTRY)
+                .next_power_of_two()
+                .clamp(64, 1 << 16)
+        };
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            shared,
+            hasher,
+            front_bytes,
+            front_slots,
+        }
+    }
+
+    /// The answer cached for `key`, if any (the caller checks its generation).
+    pub fn get(&self, key: &AnswerKey) -> Option<Arc<Built>> {
+        if self.front_slots == 0 {
+            return self.shared.get(key);
+        }
+        let hash = self.hasher.hash_one(key);
+        let hit = FRONT.with(|front| front.borrow().get(self, hash, key));
+        if hit.is_some() {
+            return hit;
+        }
+        let built = self.shared.get(key)?;
+        FRONT.with(|front| front.borrow_mut().put(self, hash, key, &built));
+        Some(built)
+    }
+
+    pub fn insert(&self, key: AnswerKey, built: Arc<Built>) {
+        if self.front_slots != 0 {
+            let hash = self.hasher.hash_one(&key);
+            FRONT.with(|front| front.borrow_mut().put(self, hash, &key, &built));
+        }
+        self.shared.insert(key, built);
+    }
+}
+
+thread_local! {
+    static FRONT: RefCell<Front> = const { RefCell::new(Front { owner: 0, slots: Vec::new(), bytes: 0 }) };
+}
+
+/// One thread's front table: `slots` in pairs (a 2-way set per hash).
+struct Front {
+    /// The [`AnswerCache`] the entries belong to; another one's use starts the table afresh.
+    owner: u64,
+    slots: Vec<Option<Box<Slot>>>,
+    /// Bytes held by the entries, at most the owner's `front_bytes`.
+    bytes: usize,
+}
+
+struct Slot {
+    hash: u64,
+    key: AnswerKey,
+    built: Arc<Built>,
+    bytes: usize,
+}
+
+impl Front {
+    fn set(&self, cache: &AnswerCache, hash: u64) -> usize {
+        // The low bits pick the set; each set is two neighbouring slots.
+        (hash as usize & (cache.front_slots / 2 - 1)) * 2
+    }
+
+    fn get(&self, cache: &AnswerCache, hash: u64, key: &AnswerKey) -> Option<Arc<Built>> {
+        if self.owner != cache.id {
+            return None;
+        }
+        let set = self.set(cache, hash);
+        self.slots[set..set + 2]
+            .iter()
+            .flatten()
+            .find(|s| s.hash == hash && s.key == *key)
+            .map(|s| s.built.clone())
+    }
+
+    fn put(&mut self, cache: &AnswerCache, hash: u64, key: &AnswerKey, built: &Arc<Built>) {
+        if self.owner != cache.id {
+            self.owner = cache.id;
+            self.slots.clear();
+            self.slots.resize_with(cache.front_slots, || None);
+            self.bytes = 0;
+        }
+        let bytes = built.memory_size() + key.memory_size();
+        // A few large answers must not take the whole table.
+        if bytes > cache.front_bytes / 16 {
+            return;
+        }
+        let set = self.set(cache, hash);
+        // The slot holding this key, else an empty one, else the one the hash's high bit picks.
+        let pick = (0..2)
+            .find(|&i| {
+                self.slots[set + i]
+                    .as_ref()
+                    .is_some_and(|s| s.hash == hash && s.key == *key)
+            })
+            .or_else(|| (0..2).find(|&i| self.slots[set + i].is_none()))
+            .unwrap_or((hash >> 63) as usize);
+        if let Some(old) = self.slots[set + pick].take() {
+            self.bytes -= old.bytes;
+        }
+        if self.bytes + bytes > cache.front_bytes {
+            return;
+        }
+        self.bytes += bytes;
+        self.slots[set + pick] = Some(Box::new(Slot {
+            hash,
+            key: key.clone(),
+            built: built.clone(),
+            bytes,
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::records::Outcome;
+
+    fn built(generation: u64) -> Arc<Built> {
+        Arc::new(Built::negative(generation, Outcome::NoData))
+    }
+
+    fn key(name: &str) -> AnswerKey {
+        let name = LowerName::new(&hickory_proto::rr::Name::from_ascii(name).unwrap());
+        AnswerKey::new(&name, RecordType::A, false, None)
+    }
+
+    #[test]
+    fn keys_ignore_case_and_tell_names_apart() {
+        assert_eq!(key("Web.Svc.Internal."), key("web.svc.internal."));
+        assert_ne!(key("web.svc.internal."), key("web.svc.internal.x."));
+        // Label boundaries count: "ab.c" is not "a.bc".
+        assert_ne!(key("ab.c."), key("a.bc."));
+    }
+
+    #[test]
+    fn front_serves_what_was_inserted_and_follows_replacements() {
+        let cache = AnswerCache::new(1 << 20, 1 << 20);
+        assert!(cache.get(&key("a.")).is_none());
+        cache.insert(key("a."), built(1));
+        assert_eq!(cache.get(&key("a.")).unwrap().generation, 1);
+        cache.insert(key("a."), built(2));
+        assert_eq!(cache.get(&key("a.")).unwrap().generation, 2);
+        assert!(cache.get(&key("b.")).is_none());
+    }
+
+    #[test]
+    fn front_stays_within_its_bytes_and_slots() {
+        let cache = AnswerCache::new(64 << 20, 64 << 10);
+        for i in 0..10_000 {
+            cache.insert(key(&format!("n{i}.")), built(i));
+        }
+        FRONT.with(|f| {
+            let f = f.borrow();
+            assert!(f.bytes <= 64 << 10, "{}", f.bytes);
+            assert_eq!(f.slots.len(), cache.front_slots);
+            let held: usize = f.slots.iter().flatten().map(|s| s.bytes).sum();
+            assert_eq!(held, f.bytes);
+        });
+        // Everything is still in the shared cache.
+        cache.shared.run_pending_tasks();
+        for i in (0..10_000).step_by(997) {
+            assert_eq!(cache.get(&key(&format!("n{i}."))).unwrap().generation, i);
+        }
+    }
+
+    #[test]
+    fn caches_sharing_a_thread_do_not_see_each_others_entries() {
+        let (one, two) = (
+            AnswerCache::new(1 << 20, 1 << 20),
+            AnswerCache::new(1 << 20, 1 << 20),
+        );
+        one.insert(key("a."), built(1));
+        assert!(two.get(&key("a.")).is_none());
+        two.insert(key("a."), built(2));
+        assert_eq!(one.get(&key("a.")).unwrap().generation, 1);
+        assert_eq!(two.get(&key("a.")).unwrap().generation, 2);
+    }
+
+    #[test]
+    fn no_front_when_its_bytes_are_zero() {
+        let cache = AnswerCache::new(1 << 20, 0);
+        cache.insert(key("a."), built(1));
+        assert_eq!(cache.get(&key("a.")).unwrap().generation, 1);
+    }
+}
