@@ -82,6 +82,49 @@ def cpu_seconds(pid: int) -> float:
     return total / TICK
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants."""
+    parents = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(c for c, pp in parents.items() if pp == p)
+    return tree
+
+
+class EventCount:
+    """`perf stat` of a server's processes while dnsperf runs: system calls and context
+    switches (software events, so they count on virtual machines without hardware counters).
+    Per answer they show how well a server batches, which CPU time alone does not."""
+
+    EVENTS = ("raw_syscalls:sys_enter", "context-switches")
+
+    def __init__(self, pid: int, work: Path):
+        self.out = work / "perf-stat.csv"
+        self.proc = subprocess.Popen(
+            ["perf", "stat", "-x", ",", "-o", str(self.out), "-e", ",".join(self.EVENTS),
+             "-p", ",".join(map(str, process_tree(pid)))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.2)
+
+    def stop(self) -> tuple[float, float]:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait()
+        counts = {}
+        for line in self.out.read_text().splitlines():
+            f = line.split(",")
+            if len(f) > 2 and f[0].isdigit():
+                counts[f[2]] = float(f[0])
+        return tuple(counts.get(e, 0.0) for e in self.EVENTS)
+
+
 def zone_text(services: int, instances: int) -> str:
     lines = ["$ORIGIN svc.internal.", "$TTL 5",
              "@ IN SOA ns.dns hostmaster 1 3600 600 86400 5", "@ IN NS ns.dns", "ns.dns IN A 127.0.0.1"]
@@ -245,6 +288,8 @@ def main() -> None:
     ap.add_argument("--latency", action="store_true")
     ap.add_argument("--profile", metavar="LABEL", help="also record `perf record -g` of this server "
                     "under the first mix (pinned) and print the top of `perf report`")
+    ap.add_argument("--events", action="store_true", help="also count the servers' system calls and "
+                    "context switches per answer (perf stat)")
     ap.add_argument("--profile-call-graph", default="fp", help="perf record --call-graph mode (fp, dwarf)")
     ap.add_argument("--profile-data", metavar="PATH", help="keep the perf.data of --profile here")
     ap.add_argument("--profile-sort", default="symbol", help="perf report --sort keys (symbol, dso, ...)")
@@ -297,13 +342,20 @@ def main() -> None:
                 for rnd in range(args.rounds):
                     order = servers if rnd % 2 == 0 else list(reversed(servers))
                     for s in order:
+                        count = EventCount(s.proc.pid, work) if args.events else None
                         before = s.cpu()
                         r = parse(dnsperf(s.port, qf, args.duration, "1" if pinned else None))
                         r["cpu"] = s.cpu() - before
                         r["per_cpu"] = r["completed"] / r["cpu"] if r["cpu"] > 0 else 0.0
+                        extra = ""
+                        if count:
+                            calls, switches = count.stop()
+                            n = max(r["completed"], 1)
+                            r["syscalls"], r["switches"] = calls / n, switches / n
+                            extra = f", per answer {r['syscalls']:.2f} syscalls, {r['switches']:.3f} switches"
                         runs[s.label].append(r)
                         print(f"  {setup}/{mix} round {rnd + 1} {s.label}: {r['qps']:,.0f} QPS, lost {r['lost']:.0f}, "
-                              f"cpu {r['cpu']:.2f}s, {r['per_cpu']:,.0f}/cpu-s", file=sys.stderr, flush=True)
+                              f"cpu {r['cpu']:.2f}s, {r['per_cpu']:,.0f}/cpu-s{extra}", file=sys.stderr, flush=True)
                 results[(setup, mix)] = runs
 
         latency = {}
@@ -344,7 +396,7 @@ def main() -> None:
         for (setup, mix), runs in results.items():
             print(f"\n[{setup}, {mix}]")
             print(f"  {'server':<14}{'QPS':>10} {'(spread)':>17}{'lost':>8}{'cpu s':>8}{'ans/cpu-s':>11} {'(spread)':>17}"
-                  f"{'QPS/knotd':>10}{'cpu/knotd':>10}")
+                  f"{'QPS/knotd':>10}{'cpu/knotd':>10}" + (f"{'calls/ans':>10}{'cs/ans':>10}" if args.events else ""))
             med = {k: (statistics.median(r["qps"] for r in v), statistics.median(r["per_cpu"] for r in v))
                    for k, v in runs.items()}
             ref = med.get("knotd")
@@ -353,8 +405,12 @@ def main() -> None:
                 lost = statistics.median(r["lost"] for r in v)
                 cpu = statistics.median(r["cpu"] for r in v)
                 ratio = (f"{qps / ref[0]:>10.2f}{per / ref[1]:>10.2f}") if ref and ref[0] and ref[1] else ""
+                events = ""
+                if args.events:
+                    events = (f"{statistics.median(r['syscalls'] for r in v):>10.2f}"
+                              f"{statistics.median(r['switches'] for r in v):>10.3f}")
                 print(f"  {label:<14}{qps:>10,.0f} {spread([r['qps'] for r in v]):>17}{lost:>8.0f}{cpu:>8.2f}"
-                      f"{per:>11,.0f} {spread([r['per_cpu'] for r in v]):>17}{ratio}")
+                      f"{per:>11,.0f} {spread([r['per_cpu'] for r in v]):>17}{ratio}{events}")
         if latency:
             print("\n[pinned, fixed 5,000 QPS] latency per query")
             for label, (p50, p99, n) in latency.items():

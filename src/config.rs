@@ -214,6 +214,17 @@ impl RateLimitConfig {
     }
 }
 
+/// Which of the `dns.udp_sockets` sockets the kernel hands a UDP query to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UdpSteering {
+    /// The socket of the CPU that received the packet (CPU number mod the socket count).
+    #[default]
+    Cpu,
+    /// The kernel's default: a hash of the addresses and ports.
+    Hash,
+}
+
 /// How the client's locality shapes answers (README "Locality-aware answers").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -413,6 +424,10 @@ pub struct DnsConfig {
     /// UDP sockets per listen address (SO_REUSEPORT), each served by its own loop. 0: one per
     /// available CPU.
     pub udp_sockets: usize,
+    /// How queries are spread over those sockets: `cpu` keeps each receiving CPU's packets on
+    /// one socket (full batches, one thread awake per busy CPU); `hash` spreads them by
+    /// address, for a network card that delivers everything on one CPU.
+    pub udp_steering: UdpSteering,
     /// Name in the apex NS record and the SOA MNAME. Default: `ns.dns.<zone>`, which resolves
     /// when ruddr itself is registered as service `dns`, instance `ns`.
     pub ns_name: Option<String>,
@@ -493,6 +508,7 @@ impl Default for DnsConfig {
             max_pending: 1024,
             udp_fast_path: true,
             udp_sockets: 0,
+            udp_steering: UdpSteering::Cpu,
             ns_name: None,
             hostmaster: None,
             answer_cache_bytes: 32 << 20,

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::admin::{self, Admin};
 use crate::cache::{Mirror, Update};
-use crate::config::Config;
+use crate::config::{Config, UdpSteering};
 use crate::dns::forward::Forwarder;
 use crate::dns::rrl::RateLimiter;
 use crate::dns::server::{Limits, Transport};
@@ -106,7 +106,7 @@ pub async fn run(
         token.clone(),
     );
     for addr in &cfg.listen {
-        let (udp, tcp) = bind_pair(*addr, udp_sockets).await?;
+        let (udp, tcp) = bind_pair(*addr, udp_sockets, cfg.dns.udp_steering).await?;
         info!(
             udp = %udp[0].local_addr()?,
             tcp = %tcp.local_addr()?,
@@ -370,11 +370,56 @@ fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
+/// Has the kernel hand each UDP query to the socket of the CPU that received it (`cpu mod n`,
+/// in the order the sockets joined the port's group) instead of by a hash of the addresses:
+/// each socket's thread then serves the packets its CPU already has in cache, and a client
+/// that sends from one CPU keeps one thread busy with full batches instead of waking all of
+/// them with a few packets each. A classic BPF program on the group (SO_ATTACH_REUSEPORT_CBPF).
+fn steer_by_cpu(socket: &std::net::UdpSocket, n: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let op = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let mut program = [
+        // A = the CPU handling the packet.
+        op(
+            libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+            (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32,
+        ),
+        // A = A mod n: a socket index.
+        op(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, n as u32),
+        op(libc::BPF_RET | libc::BPF_A, 0),
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Binds UDP and TCP on the same address. For port 0 the UDP socket picks the port and TCP
 /// takes the same one; if TCP finds it taken, try another.
 async fn bind_pair(
     addr: SocketAddr,
     udp_sockets: usize,
+    steering: UdpSteering,
 ) -> anyhow::Result<(Vec<std::net::UdpSocket>, TcpListener)> {
     const ATTEMPTS: usize = 20;
     for _ in 0..ATTEMPTS {
@@ -403,10 +448,58 @@ async fn bind_pair(
         for _ in 1..udp_sockets.max(1) {
             udp.push(reuse_port_udp(bound).with_context(|| format!("binding UDP {bound} again"))?);
         }
+        if udp.len() > 1 && steering == UdpSteering::Cpu {
+            if let Err(error) = steer_by_cpu(&udp[0], udp.len()) {
+                warn!(%error, "cannot steer UDP queries by CPU; the kernel spreads them by address");
+            }
+        }
         return Ok((udp, tcp));
     }
     anyhow::bail!(
         "no port free for both UDP and TCP on {} after {ATTEMPTS} tries",
         addr.ip()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steering_by_cpu_sends_one_cpus_packets_to_one_socket() {
+        let first = reuse_port_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        let group = [
+            first,
+            reuse_port_udp(addr).unwrap(),
+            reuse_port_udp(addr).unwrap(),
+        ];
+        steer_by_cpu(&group[0], group.len()).unwrap();
+        for s in &group {
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        }
+        // Loopback delivers on the sending CPU: pin this thread, send, and every packet must
+        // reach the same socket (by hash, 20 source ports would spread over all three).
+        // SAFETY: plain libc calls on a zeroed cpu_set_t owned here.
+        let cpu = unsafe {
+            let cpu = libc::sched_getcpu();
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu as usize, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+                0
+            );
+            cpu as usize
+        };
+        for _ in 0..20 {
+            let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            client.send_to(b"x", addr).unwrap();
+        }
+        let mut buf = [0u8; 8];
+        let got: Vec<usize> = group
+            .iter()
+            .map(|s| std::iter::from_fn(|| s.recv_from(&mut buf).ok()).count())
+            .collect();
+        assert_eq!(got[cpu % group.len()], 20, "{got:?} (cpu {cpu})");
+    }
 }

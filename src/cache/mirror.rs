@@ -47,10 +47,20 @@ pub struct Service {
 /// worth for a lookup this rare.
 type Reverse = BTreeMap<IpAddr, Vec<(ServiceName, InstanceKey)>>;
 
+/// Services by name: a persistent map (a new snapshot shares every node it did not change),
+/// hashed with foldhash rather than imbl's default SipHash, which was most of a lookup's cost
+/// on the answer path. Names come from the registry, and the seed is random per map.
+pub type Services = imbl::GenericHashMap<
+    ServiceName,
+    Arc<Service>,
+    foldhash::fast::RandomState,
+    imbl::shared_ptr::DefaultSharedPtr,
+>;
+
 /// The registry as of one etcd revision.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    pub services: imbl::HashMap<ServiceName, Arc<Service>>,
+    pub services: Services,
     /// The last etcd revision applied (0 before the first sync).
     pub revision: i64,
     /// Counts the applies that changed something: equal values mean equal contents.

@@ -61,7 +61,7 @@ pub struct Answer {
 
 /// The order of one response's records: indexes into [`Built::answers`]. Inline up to 32
 /// records, so ordering a typical answer allocates nothing.
-pub type Order = smallvec::SmallVec<[usize; 32]>;
+pub type Order = smallvec::SmallVec<[u32; 32]>;
 
 /// A built answer for one name and type, before per-response ordering.
 #[derive(Debug, Clone)]
@@ -151,7 +151,8 @@ impl Built {
     /// more likely to come first; Efraimidis-Spirakis keys `-ln(u)/w`). Weight 0 ranks last but
     /// still rotates. Alternative CNAMEs keep only the first.
     pub fn order(&self, rng: &mut impl Rng) -> Order {
-        let mut order: Order = (0..self.answers.len()).collect();
+        // Built answers hold far fewer than 2^32 records (they are cut to fit 64 KiB on TCP).
+        let mut order: Order = (0..self.answers.len() as u32).collect();
         let first = self.answers.first().map(|a| (a.priority, a.weight));
         if self
             .answers
@@ -185,10 +186,8 @@ impl Built {
                 *k = key(a, rng);
             }
             order.sort_unstable_by(|&x, &y| {
-                keys[x]
-                    .0
-                    .cmp(&keys[y].0)
-                    .then(keys[x].1.total_cmp(&keys[y].1))
+                let (x, y) = (&keys[x as usize], &keys[y as usize]);
+                x.0.cmp(&y.0).then(x.1.total_cmp(&y.1))
             });
         }
         if self.single {
@@ -201,7 +200,7 @@ impl Built {
     /// question (`qname`) and an OPT record (upper bounds): the number of ordered answers, and
     /// of their SRV glue records. Glue is optional: it is cut rather than making the answer
     /// truncated.
-    pub fn fit_udp(&self, order: &[usize], qname: &Name, limit: usize) -> (usize, usize) {
+    pub fn fit_udp(&self, order: &[u32], qname: &Name, limit: usize) -> (usize, usize) {
         const HEADER: usize = 12;
         const QUESTION_FIXED: usize = 4;
         const OPT: usize = 11;
@@ -209,13 +208,17 @@ impl Built {
         // written in full: count the name twice.
         let mut size = HEADER + 2 * (qname.len() + 1) + QUESTION_FIXED + OPT;
         for (n, &i) in order.iter().enumerate() {
-            size += self.answers.get(i).map_or(0, |a| a.size);
+            size += self.answers.get(i as usize).map_or(0, |a| a.size);
             if size > limit {
                 return (n, 0);
             }
         }
         for (n, &i) in order.iter().enumerate() {
-            if let Some(glue) = self.answers.get(i).and_then(|a| a.glue_wire.as_deref()) {
+            if let Some(glue) = self
+                .answers
+                .get(i as usize)
+                .and_then(|a| a.glue_wire.as_deref())
+            {
                 size += glue.len();
                 if size > limit {
                     return (order.len(), n);
@@ -332,7 +335,7 @@ mod tests {
         }
         let mut b = b.finish(&owner);
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let firsts: std::collections::HashSet<usize> =
+        let firsts: std::collections::HashSet<u32> =
             (0..100).map(|_| b.order(&mut rng)[0]).collect();
         assert_eq!(firsts.len(), 3);
         b.single = true;
@@ -343,15 +346,15 @@ mod tests {
     fn encoded_size(b: &Built, qname: &Name, limit: usize) -> (usize, usize, usize) {
         use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
         use hickory_proto::rr::RecordType;
-        let order: Vec<usize> = (0..b.answers.len()).collect();
+        let order: Vec<u32> = (0..b.answers.len() as u32).collect();
         let (answers, glue) = b.fit_udp(&order, qname, limit);
         let mut m = Message::new(1, MessageType::Response, OpCode::Query);
         m.add_query(Query::query(qname.clone(), RecordType::SRV));
         for &i in &order[..answers] {
-            m.add_answer(b.answers[i].record.clone());
+            m.add_answer(b.answers[i as usize].record.clone());
         }
         for &i in &order[..glue] {
-            m.add_additional(*b.answers[i].glue.clone().unwrap());
+            m.add_additional(*b.answers[i as usize].glue.clone().unwrap());
         }
         let mut edns = Edns::new();
         edns.set_max_payload(limit as u16);
@@ -385,7 +388,7 @@ mod tests {
     fn glue_is_cut_before_answers() {
         let qname = name("_web._tcp.svc.internal.");
         let b = srv_answer(12, 1, 1);
-        let order: Vec<usize> = (0..12).collect();
+        let order: Vec<u32> = (0..12).collect();
         let (answers, glue) = b.fit_udp(&order, &qname, 700);
         assert_eq!(answers, 12, "all SRV records fit 700 bytes");
         assert!(glue < 12, "but not all of their addresses");
@@ -398,7 +401,7 @@ mod tests {
         let qname = name("_web._tcp.svc.internal.");
         let b = srv_answer(3000, 1, 1);
         assert!(b.answers.len() < 3000, "{}", b.answers.len());
-        let order: Vec<usize> = (0..b.answers.len()).collect();
+        let order: Vec<u32> = (0..b.answers.len() as u32).collect();
         let (answers, glue) = b.fit_udp(&order, &qname, 65_535);
         assert_eq!((answers, glue), (order.len(), order.len()), "the rest fits");
         assert_eq!(srv_answer(100, 1, 1).answers.len(), 100);

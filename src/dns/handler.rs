@@ -50,7 +50,7 @@ pub struct Handler {
     /// Where clients are (`[locality]`).
     locality: Policy,
     /// The SOA for the snapshot revision it was built for (the revision is the serial).
-    soa: ArcSwap<(i64, Record)>,
+    soa: ArcSwap<(i64, Arc<Record>)>,
     ns: Record,
     max_udp_payload: u16,
     stale_ttl: u32,
@@ -126,7 +126,7 @@ pub struct Reply {
     /// Answers not from `built` (apex, reverse and RFC 8482 records).
     pub extra: Vec<Record>,
     /// The zone's SOA, in the authority section of a negative answer.
-    pub soa: Option<Record>,
+    pub soa: Option<Arc<Record>>,
     /// The answer came from registry data (counted as stale while etcd is away).
     pub from_registry: bool,
     pub via: Via,
@@ -178,7 +178,7 @@ impl Reply {
     }
 
     /// Negative answers (NODATA, NXDOMAIN) carry the zone's SOA (RFC 2308).
-    fn settle(mut self, outcome: Outcome, soa: impl FnOnce() -> Record) -> Self {
+    fn settle(mut self, outcome: Outcome, soa: impl FnOnce() -> Arc<Record>) -> Self {
         match outcome {
             Outcome::Answer => {}
             Outcome::NoData => self.soa = Some(soa()),
@@ -255,7 +255,7 @@ impl Handler {
             locality: Default::default(),
             min_healthy: 1,
         };
-        let soa = ArcSwap::from_pointee((-1, zone.soa(0)));
+        let soa = ArcSwap::from_pointee((-1, Arc::new(zone.soa(0))));
         Ok(Self {
             apex: LowerName::new(&origin),
             ns: zone.ns(),
@@ -390,13 +390,13 @@ impl Handler {
         &self.zone.origin
     }
 
-    fn soa_for(&self, snapshot: &Snapshot) -> Record {
+    fn soa_for(&self, snapshot: &Snapshot) -> Arc<Record> {
         let current = self.soa.load();
         if current.0 == snapshot.revision {
             return current.1.clone();
         }
         // The serial follows the etcd revision (mod 2^32, as RFC 1982 serials wrap).
-        let record = self.zone.soa(snapshot.revision as u32);
+        let record = Arc::new(self.zone.soa(snapshot.revision as u32));
         self.soa
             .store(Arc::new((snapshot.revision, record.clone())));
         record
@@ -541,7 +541,9 @@ impl Handler {
         let outcome = match target {
             Target::Apex => {
                 match qtype {
-                    RecordType::SOA | RecordType::ANY => reply.extra.push(self.soa_for(snapshot)),
+                    RecordType::SOA | RecordType::ANY => {
+                        reply.extra.push((*self.soa_for(snapshot)).clone())
+                    }
                     RecordType::NS => reply.extra.push(self.ns.clone()),
                     _ => {}
                 }
@@ -657,7 +659,7 @@ impl Handler {
                 reply.extra.push(sky.zone.ns());
             }
             if reply.extra.is_empty() {
-                reply.soa = Some(sky.zone.soa(serial));
+                reply.soa = Some(Arc::new(sky.zone.soa(serial)));
             }
             return reply;
         }
@@ -670,7 +672,7 @@ impl Handler {
         let outcome = built.outcome;
         reply.place(Arc::new(built), client.protocol, qname, rng);
         debug!(name = %qname, %qtype, ?outcome, "skydns query");
-        reply.settle(outcome, || sky.zone.soa(serial))
+        reply.settle(outcome, || Arc::new(sky.zone.soa(serial)))
     }
 }
 
@@ -1007,17 +1009,17 @@ fn encode_with_hickory(request: &Request, reply: &Reply, out: &mut Vec<u8>) -> R
         .built
         .as_deref()
         .map_or(&[][..], |b| b.answers.as_slice());
-    let ordered = reply.order.iter().filter_map(|&i| answers.get(i));
+    let ordered = reply.order.iter().filter_map(|&i| answers.get(i as usize));
     let glue = reply
         .order
         .iter()
         .take(reply.with_glue)
-        .filter_map(|&i| answers.get(i).and_then(|a| a.glue.as_deref()));
+        .filter_map(|&i| answers.get(i as usize).and_then(|a| a.glue.as_deref()));
     let response = builder.build(
         reply.meta,
         ordered.map(|a| &a.record).chain(reply.extra.iter()),
         empty.iter(),
-        reply.soa.iter(),
+        reply.soa.iter().map(|r| &**r),
         glue,
     );
     encode(response, &request.metadata, request.protocol(), out)
@@ -1371,7 +1373,7 @@ mod tests {
             .order
         };
         assert_eq!(order(1), order(1), "same seed, same order");
-        let firsts: std::collections::HashSet<usize> = (0..50).map(|s| order(s)[0]).collect();
+        let firsts: std::collections::HashSet<u32> = (0..50).map(|s| order(s)[0]).collect();
         assert_eq!(firsts.len(), 3, "every instance comes first for some seed");
     }
 

@@ -218,7 +218,7 @@ pub fn write_reply(
     let mut truncated = meta.truncation;
     let built = reply.built.as_deref();
     for &i in &reply.order {
-        let Some(a) = built.and_then(|b| b.answers.get(i)) else {
+        let Some(a) = built.and_then(|b| b.answers.get(i as usize)) else {
             continue;
         };
         if !fits(out, 2 + a.wire.len()) {
@@ -252,7 +252,7 @@ pub fn write_reply(
     if !truncated {
         for &i in reply.order.iter().take(reply.with_glue) {
             let Some(glue) = built
-                .and_then(|b| b.answers.get(i))
+                .and_then(|b| b.answers.get(i as usize))
                 .and_then(|a| a.glue_wire.as_deref())
             else {
                 continue;
