@@ -366,8 +366,50 @@ fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    dont_fragment(&socket, addr.is_ipv6())?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Responses leave with the "don't fragment" bit and are never fragmented by this host, as
+/// RFC 9715 recommends (fragments are easy to spoof and often dropped): the path MTU is
+/// ignored, so forged ICMP messages cannot shrink it, and an answer larger than the interface
+/// MTU (only possible with `dns.max_udp_payload` above it) fails to send and goes out as an
+/// empty truncated answer instead, which sends the client to TCP. This also spares the kernel
+/// an IP identifier per packet.
+fn dont_fragment(socket: &socket2::Socket, ipv6: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
+        // SAFETY: an int option on a socket this function borrows.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    if ipv6 {
+        set(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_PROBE,
+        )?;
+        set(libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)
+    } else {
+        set(
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        )
+    }
 }
 
 /// Has the kernel hand each UDP query to the socket of the CPU that received it (`cpu mod n`,

@@ -276,7 +276,13 @@ impl Transport {
                 .await;
             drop(permit);
             if this.shape_udp(&mut out, src, request.as_slice()) {
-                if let Err(error) = socket.send_to(&out, src) {
+                let mut sent = socket.send_to(&out, src);
+                if matches!(&sent, Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE)) {
+                    // Larger than the interface MTU (sockets never fragment): see Batch::send.
+                    slip(&mut out, request.as_slice());
+                    sent = socket.send_to(&out, src);
+                }
+                if let Err(error) = sent {
                     debug!(%src, %error, "udp send failed");
                 }
             }
@@ -509,6 +515,8 @@ struct Batch {
     lens: Vec<usize>,
     flags: Vec<libc::c_int>,
     name_lens: Vec<libc::socklen_t>,
+    /// The slot of each message of the last `send`.
+    sent_slots: Vec<usize>,
 }
 
 /// Queries in one batch at most.
@@ -529,6 +537,7 @@ impl Batch {
             lens: vec![0; BATCH],
             flags: vec![0; BATCH],
             name_lens: vec![0; BATCH],
+            sent_slots: Vec::with_capacity(BATCH),
         }
     }
 
@@ -594,6 +603,7 @@ impl Batch {
         use std::os::fd::AsRawFd;
         self.iov.clear();
         self.hdrs.clear();
+        self.sent_slots.clear();
         for i in 0..n {
             if self.out[i].is_empty() {
                 continue;
@@ -608,30 +618,41 @@ impl Batch {
             h.msg_hdr.msg_namelen = self.name_lens[i];
             h.msg_hdr.msg_iovlen = 1;
             self.hdrs.push(h);
+            self.sent_slots.push(i);
         }
         // The iovecs are in place now (no more pushes): point the headers at them.
         for (h, iov) in self.hdrs.iter_mut().zip(self.iov.iter_mut()) {
             h.msg_hdr.msg_iov = iov;
         }
-        let hdrs = &mut self.hdrs;
         let mut done = 0;
-        while done < hdrs.len() {
+        let mut cut = usize::MAX;
+        while done < self.hdrs.len() {
             // SAFETY: as above.
             let sent = unsafe {
                 libc::sendmmsg(
                     socket.as_raw_fd(),
-                    hdrs[done..].as_mut_ptr(),
-                    (hdrs.len() - done) as libc::c_uint,
+                    self.hdrs[done..].as_mut_ptr(),
+                    (self.hdrs.len() - done) as libc::c_uint,
                     0,
                 )
             };
-            if sent <= 0 {
-                // The first message failed (a vanished peer): skip it, send the rest.
-                debug!(error = %io::Error::last_os_error(), "udp send failed");
-                done += 1;
-            } else {
+            if sent > 0 {
                 done += sent as usize;
+                continue;
             }
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::EMSGSIZE) && cut != done {
+                // Larger than the interface MTU, and sockets never fragment: send an empty
+                // truncated answer instead (in the same buffer), so the client asks over TCP.
+                cut = done;
+                let slot = self.sent_slots[done];
+                slip(&mut self.out[slot], &self.rx[slot][..self.lens[slot]]);
+                self.iov[done].iov_len = self.out[slot].len();
+                continue;
+            }
+            // The first message failed (a vanished peer): skip it, send the rest.
+            debug!(%error, "udp send failed");
+            done += 1;
         }
     }
 }

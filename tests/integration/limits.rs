@@ -201,3 +201,64 @@ fn response_rate_limiting_slips_and_drops_a_flood_but_not_another_network() {
     assert!(r.metric(r#"ruddr_dns_rate_limited_total{action="slip"}"#) >= 300.0);
     assert!(r.metric(r#"ruddr_dns_rate_limited_total{action="drop"}"#) >= 300.0);
 }
+
+/// Responses never leave in fragments: with `max_udp_payload` above the interface MTU (a
+/// 1280-byte loopback, in a network namespace of this test's own), an answer too large for one
+/// packet comes back as an empty truncated answer, which sends the client to TCP, where all of
+/// it arrives. Fragmenting it instead (the kernel's default) would deliver the whole answer
+/// over UDP and fail this test.
+#[test]
+fn answers_larger_than_the_mtu_are_truncated_not_fragmented() {
+    require("ip", "iproute2");
+    // SAFETY: plain system call; a network namespace belongs to the calling thread (this
+    // test's own) and to the processes it starts from here on.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET) (needs root): {}",
+        std::io::Error::last_os_error()
+    );
+    let up = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up", "mtu", "1280"])
+        .status()
+        .unwrap();
+    assert!(up.success(), "ip link set lo up mtu 1280");
+
+    let etcd = Etcd::start();
+    // 80 addresses: 80 x 16 bytes of answer records alone, past 1280 - 28.
+    let big: Vec<(String, String)> = (1..=80)
+        .map(|i| {
+            (
+                format!("/ruddr/services/big/b{i}"),
+                format!(r#"{{"address":"10.63.0.{i}"}}"#),
+            )
+        })
+        .collect();
+    etcd.put_many(&big);
+    etcd.put("/ruddr/services/small/s1", r#"{"address":"10.63.1.1"}"#);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ruddr.toml");
+    std::fs::write(&cfg, "[dns]\nmax_udp_payload = 4096\n").unwrap();
+    let r = Ruddr::start(&etcd.endpoint(), &["--config", cfg.to_str().unwrap()]);
+    r.wait_watching();
+
+    let ask = |name: &str, transport| {
+        exchange(
+            r.addr(),
+            &query_message(name, RecordType::A, Some(4096)),
+            transport,
+        )
+    };
+    let m = ask("big.svc.internal.", Transport::Udp);
+    assert!(m.metadata.truncation, "TC set");
+    assert!(m.answers.is_empty(), "{} answers over UDP", m.answers.len());
+    assert_eq!(m.queries.len(), 1);
+    let m = ask("big.svc.internal.", Transport::Tcp);
+    assert_eq!(m.answers.len(), 80);
+    assert!(!m.metadata.truncation);
+    // Answers that fit are untouched.
+    let m = ask("small.svc.internal.", Transport::Udp);
+    assert_eq!(answer_strings(&m), ["10.63.1.1"]);
+    assert!(!m.metadata.truncation);
+}
