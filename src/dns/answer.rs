@@ -229,6 +229,29 @@ impl Built {
     }
 }
 
+/// A record kept with its wire form, rendered once (an SOA for negative answers): a response
+/// copies the bytes, its owner a pointer into the question where the question spells it.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub record: Record,
+    /// The whole record, every name uncompressed.
+    pub wire: Box<[u8]>,
+    /// Length of the owner name at the start of `wire`.
+    pub owner_len: usize,
+}
+
+impl Rendered {
+    pub fn new(record: Record) -> Self {
+        let wire = render(&record, false).into_boxed_slice();
+        let owner_len = record.name.iter().map(|l| l.len() + 1).sum::<usize>() + 1;
+        Self {
+            record,
+            wire,
+            owner_len,
+        }
+    }
+}
+
 /// `record` in wire format with every name uncompressed (so the bytes can go anywhere in a
 /// message), without its owner name when `skip_owner`.
 pub fn render(record: &Record, skip_owner: bool) -> Vec<u8> {

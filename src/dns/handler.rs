@@ -21,7 +21,7 @@ use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 use rand::Rng;
 use tracing::{debug, warn};
 
-use super::answer::Locality;
+use super::answer::{Locality, Rendered};
 use super::answer_cache::{AnswerCache, AnswerKey};
 use super::forward::{Failure, Forwarder};
 use super::locality::{Located, Policy};
@@ -50,7 +50,7 @@ pub struct Handler {
     /// Where clients are (`[locality]`).
     locality: Policy,
     /// The SOA for the snapshot revision it was built for (the revision is the serial).
-    soa: ArcSwap<(i64, Arc<Record>)>,
+    soa: ArcSwap<(i64, Arc<Rendered>)>,
     ns: Record,
     max_udp_payload: u16,
     stale_ttl: u32,
@@ -126,7 +126,7 @@ pub struct Reply {
     /// Answers not from `built` (apex, reverse and RFC 8482 records).
     pub extra: Vec<Record>,
     /// The zone's SOA, in the authority section of a negative answer.
-    pub soa: Option<Arc<Record>>,
+    pub soa: Option<Arc<Rendered>>,
     /// The answer came from registry data (counted as stale while etcd is away).
     pub from_registry: bool,
     pub via: Via,
@@ -178,7 +178,7 @@ impl Reply {
     }
 
     /// Negative answers (NODATA, NXDOMAIN) carry the zone's SOA (RFC 2308).
-    fn settle(mut self, outcome: Outcome, soa: impl FnOnce() -> Arc<Record>) -> Self {
+    fn settle(mut self, outcome: Outcome, soa: impl FnOnce() -> Arc<Rendered>) -> Self {
         match outcome {
             Outcome::Answer => {}
             Outcome::NoData => self.soa = Some(soa()),
@@ -255,7 +255,7 @@ impl Handler {
             locality: Default::default(),
             min_healthy: 1,
         };
-        let soa = ArcSwap::from_pointee((-1, Arc::new(zone.soa(0))));
+        let soa = ArcSwap::from_pointee((-1, Arc::new(Rendered::new(zone.soa(0)))));
         Ok(Self {
             apex: LowerName::new(&origin),
             ns: zone.ns(),
@@ -390,13 +390,13 @@ impl Handler {
         &self.zone.origin
     }
 
-    fn soa_for(&self, snapshot: &Snapshot) -> Arc<Record> {
+    fn soa_for(&self, snapshot: &Snapshot) -> Arc<Rendered> {
         let current = self.soa.load();
         if current.0 == snapshot.revision {
             return current.1.clone();
         }
         // The serial follows the etcd revision (mod 2^32, as RFC 1982 serials wrap).
-        let record = Arc::new(self.zone.soa(snapshot.revision as u32));
+        let record = Arc::new(Rendered::new(self.zone.soa(snapshot.revision as u32)));
         self.soa
             .store(Arc::new((snapshot.revision, record.clone())));
         record
@@ -542,7 +542,7 @@ impl Handler {
             Target::Apex => {
                 match qtype {
                     RecordType::SOA | RecordType::ANY => {
-                        reply.extra.push((*self.soa_for(snapshot)).clone())
+                        reply.extra.push(self.soa_for(snapshot).record.clone())
                     }
                     RecordType::NS => reply.extra.push(self.ns.clone()),
                     _ => {}
@@ -659,7 +659,7 @@ impl Handler {
                 reply.extra.push(sky.zone.ns());
             }
             if reply.extra.is_empty() {
-                reply.soa = Some(Arc::new(sky.zone.soa(serial)));
+                reply.soa = Some(Arc::new(Rendered::new(sky.zone.soa(serial))));
             }
             return reply;
         }
@@ -672,7 +672,7 @@ impl Handler {
         let outcome = built.outcome;
         reply.place(Arc::new(built), client.protocol, qname, rng);
         debug!(name = %qname, %qtype, ?outcome, "skydns query");
-        reply.settle(outcome, || Arc::new(sky.zone.soa(serial)))
+        reply.settle(outcome, || Arc::new(Rendered::new(sky.zone.soa(serial))))
     }
 }
 
@@ -1019,7 +1019,7 @@ fn encode_with_hickory(request: &Request, reply: &Reply, out: &mut Vec<u8>) -> R
         reply.meta,
         ordered.map(|a| &a.record).chain(reply.extra.iter()),
         empty.iter(),
-        reply.soa.iter().map(|r| &**r),
+        reply.soa.iter().map(|r| &r.record),
         glue,
     );
     encode(response, &request.metadata, request.protocol(), out)
@@ -1766,6 +1766,46 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_fast_path_allocates_nothing_per_answer_in_steady_state() {
+        let h = handler();
+        let src: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut queries = Vec::new();
+        for (name, qtype) in [
+            ("web.svc.internal.", RecordType::A),
+            ("WeB.SVC.internal.", RecordType::AAAA),
+            ("_web._tcp.svc.internal.", RecordType::SRV),
+            ("w1.web.svc.internal.", RecordType::A),
+            ("web.svc.internal.", RecordType::MX),
+            ("nope.svc.internal.", RecordType::A),
+        ] {
+            queries.push(query(name, qtype).to_vec().unwrap());
+            let mut m = with_edns(query(name, qtype), 1232, 0);
+            m.metadata.id = 7;
+            queries.push(m.to_vec().unwrap());
+        }
+        let mut out = Vec::with_capacity(4096);
+        let mut answer_all = |rounds| {
+            for _ in 0..rounds {
+                for q in &queries {
+                    out.clear();
+                    assert!(h.answer_fast(q, src, &mut out));
+                }
+            }
+        };
+        // The first answers build and cache what later ones reuse (and create metric series).
+        answer_all(3);
+        let before = crate::alloc_count::on_this_thread();
+        answer_all(100);
+        let made = crate::alloc_count::on_this_thread() - before;
+        assert_eq!(
+            made,
+            0,
+            "{made} allocations for {} answers",
+            100 * queries.len()
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use hickory_proto::op::{Edns, Header, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{Name, Record};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 
+use super::answer::Rendered;
 use super::handler::Reply;
 
 /// EDNS option code of the client subnet option (RFC 7871).
@@ -241,7 +242,7 @@ pub fn write_reply(
     let mut authorities = 0u16;
     if !truncated {
         if let Some(soa) = &reply.soa {
-            if push_record(out, soa, question, qname_len, limit - opt_len) {
+            if push_rendered(out, soa, question, qname_len, limit - opt_len) {
                 authorities = 1;
             } else {
                 truncated = true;
@@ -319,6 +320,34 @@ fn push_record(
         return false;
     }
     true
+}
+
+/// Appends a record rendered beforehand, like [`push_record`] but copying its bytes.
+fn push_rendered(
+    out: &mut Vec<u8>,
+    rendered: &Rendered,
+    question: &[u8],
+    qname_len: usize,
+    limit: usize,
+) -> bool {
+    let Some(rest) = rendered.wire.get(rendered.owner_len..) else {
+        return false;
+    };
+    let pointer = (rendered.owner_len > 2)
+        .then(|| owner_pointer(&question[..qname_len], &rendered.record.name))
+        .flatten();
+    match pointer {
+        Some(offset) if out.len() + 2 + rest.len() <= limit => {
+            out.extend_from_slice(&(0xc000 | offset).to_be_bytes());
+            out.extend_from_slice(rest);
+            true
+        }
+        None if out.len() + rendered.wire.len() <= limit => {
+            out.extend_from_slice(&rendered.wire);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// The message offset of the suffix of the question name `qname` (wire form, starting at
