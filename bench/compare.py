@@ -16,11 +16,12 @@ Every server runs for the whole benchmark; each round runs dnsperf (`-c 10 -T 1`
 each server in turn, reading the server's CPU time (utime + stime of the process and its
 children, from /proc) before and after. Per setup and mix it prints the median and spread over
 rounds of QPS, lost queries, server CPU seconds and answers per server CPU-second, with the ratios
-to knotd. dnsperf tops out near 140-180k QPS on two cores, so answers per CPU-second is the figure
+to knotd (QPS/knotd, and a/cpu/knotd for answers per CPU-second). dnsperf tops out near 140-180k QPS on two cores, so answers per CPU-second is the figure
 that separates fast servers.
 
---latency also runs dnsperf at a fixed 5,000 QPS (`-Q 5000 -v`, pinned) and reports p50/p99 of
-the per-query latencies it prints.
+--latency also runs dnsperf at a fixed 5,000 QPS (`-Q 5000 -v`, pinned) once per server per
+round, interleaved, and reports the medians (and spread) of the p50/p99 of the per-query latencies
+it prints, with each p99's distance from knotd's.
 
 Needs etcd, dnsperf, knot and nsd (Debian packages; WITH_BENCH=1 scripts/deps.sh installs them).
 Loopback only; everything lives in a temp dir.
@@ -199,8 +200,8 @@ def parse(out: str) -> dict:
     }
 
 
-def spread(values: list[float]) -> str:
-    return f"{min(values):,.0f}-{max(values):,.0f}"
+def spread(values: list[float], digits: int = 0) -> str:
+    return f"{min(values):,.{digits}f}-{max(values):,.{digits}f}"
 
 
 def start_servers(args, ruddrs, refs, work: Path, zones: Path, endpoint: str, cpus: str | None) -> list[Server]:
@@ -366,12 +367,18 @@ def main() -> None:
             for srv in servers:
                 srv.wait_answer(last, args.instances)
         if args.latency:
+            # One run per server per round, interleaved like the throughput runs.
             qf = next(iter(qfiles.values()))
-            for s in servers:
-                out = dnsperf(s.port, qf, args.duration, "1", ["-Q", "5000", "-v"])
-                lat = sorted(float(m.group(1)) for m in re.finditer(r"\b(0\.\d{6})\s*$", out, re.M))
-                if lat:
-                    latency[s.label] = (lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000, len(lat))
+            for rnd in range(args.rounds):
+                order = servers if rnd % 2 == 0 else list(reversed(servers))
+                for s in order:
+                    out = dnsperf(s.port, qf, args.duration, "1", ["-Q", "5000", "-v"])
+                    lat = sorted(float(m.group(1)) for m in re.finditer(r"\b(0\.\d{6})\s*$", out, re.M))
+                    if lat:
+                        p50, p99 = lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
+                        latency.setdefault(s.label, []).append((p50, p99, len(lat)))
+                        print(f"  latency round {rnd + 1} {s.label}: p50 {p50:.3f} ms, p99 {p99:.3f} ms",
+                              file=sys.stderr, flush=True)
 
         if args.profile:
             target = next(s for s in servers if s.label == args.profile)
@@ -396,7 +403,7 @@ def main() -> None:
         for (setup, mix), runs in results.items():
             print(f"\n[{setup}, {mix}]")
             print(f"  {'server':<14}{'QPS':>10} {'(spread)':>17}{'lost':>8}{'cpu s':>8}{'ans/cpu-s':>11} {'(spread)':>17}"
-                  f"{'QPS/knotd':>10}{'cpu/knotd':>10}" + (f"{'calls/ans':>10}{'cs/ans':>10}" if args.events else ""))
+                  f"{'QPS/knotd':>10}{'a/cpu/knotd':>12}" + (f"{'calls/ans':>10}{'cs/ans':>10}" if args.events else ""))
             med = {k: (statistics.median(r["qps"] for r in v), statistics.median(r["per_cpu"] for r in v))
                    for k, v in runs.items()}
             ref = med.get("knotd")
@@ -404,7 +411,7 @@ def main() -> None:
                 qps, per = med[label]
                 lost = statistics.median(r["lost"] for r in v)
                 cpu = statistics.median(r["cpu"] for r in v)
-                ratio = (f"{qps / ref[0]:>10.2f}{per / ref[1]:>10.2f}") if ref and ref[0] and ref[1] else ""
+                ratio = (f"{qps / ref[0]:>10.2f}{per / ref[1]:>12.2f}") if ref and ref[0] and ref[1] else ""
                 events = ""
                 if args.events:
                     events = (f"{statistics.median(r['syscalls'] for r in v):>10.2f}"
@@ -412,9 +419,16 @@ def main() -> None:
                 print(f"  {label:<14}{qps:>10,.0f} {spread([r['qps'] for r in v]):>17}{lost:>8.0f}{cpu:>8.2f}"
                       f"{per:>11,.0f} {spread([r['per_cpu'] for r in v]):>17}{ratio}{events}")
         if latency:
-            print("\n[pinned, fixed 5,000 QPS] latency per query")
-            for label, (p50, p99, n) in latency.items():
-                print(f"  {label:<14} p50 {p50:.3f} ms  p99 {p99:.3f} ms  ({n} queries)")
+            print("\n[pinned, fixed 5,000 QPS] latency per query, ms: medians over rounds (spread)")
+            ref = latency.get("knotd")
+            ref99 = statistics.median(r[1] for r in ref) if ref else None
+            for label, rs in latency.items():
+                p50 = statistics.median(r[0] for r in rs)
+                p99 = statistics.median(r[1] for r in rs)
+                n = sum(r[2] for r in rs)
+                versus = f"  p99 - knotd's {p99 - ref99:+.3f}" if ref99 is not None else ""
+                print(f"  {label:<14} p50 {p50:.3f} ({spread([r[0] for r in rs], 3)})"
+                      f"  p99 {p99:.3f} ({spread([r[1] for r in rs], 3)}){versus}  ({n} queries)")
     finally:
         for s in servers:
             s.stop()
