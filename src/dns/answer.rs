@@ -52,11 +52,43 @@ pub struct Answer {
     /// Upper bound of the record's wire size, its owner (the question's name) counted as a
     /// 2-byte pointer. Set by [`Built::finish`].
     pub size: usize,
-    /// The record rendered once, without its owner: type, class, TTL, length and data (names
-    /// uncompressed). A response writes a pointer to the question and these bytes.
-    pub wire: Box<[u8]>,
-    /// The glue record rendered whole (owner uncompressed).
-    pub glue_wire: Option<Box<[u8]>>,
+}
+
+/// A built answer rendered once, apart from its records, so that a response reads a few
+/// contiguous bytes rather than a scattered struct and two boxes per record: per answer its
+/// ordering keys and where its bytes are, and all the bytes in one block.
+#[derive(Debug, Clone, Default)]
+pub struct Wire {
+    /// One per answer, in the order of [`Built::answers`].
+    pub spans: Box<[Span]>,
+    /// Each answer's record without its owner (type, class, TTL, length and data, names
+    /// uncompressed: a response writes a pointer to the question, then these bytes), followed
+    /// by its glue record whole (owner uncompressed), answer after answer.
+    pub bytes: Box<[u8]>,
+    /// Every answer has the same priority and weight (any order is as likely as another).
+    pub uniform: bool,
+}
+
+/// Where one answer's bytes are in [`Wire::bytes`], with its ordering keys.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Span {
+    pub at: u32,
+    pub len: u32,
+    /// Glue follows the record; 0 bytes when there is none.
+    pub glue_len: u32,
+    pub priority: u16,
+    pub weight: u16,
+}
+
+impl Wire {
+    /// Answer `i` (without owner) and its glue (empty when none).
+    pub fn answer(&self, i: usize) -> Option<(&[u8], &[u8])> {
+        let s = self.spans.get(i)?;
+        let (at, len, glue) = (s.at as usize, s.len as usize, s.glue_len as usize);
+        let record = self.bytes.get(at..at + len)?;
+        let glue = self.bytes.get(at + len..at + len + glue)?;
+        Some((record, glue))
+    }
 }
 
 /// The order of one response's records: indexes into [`Built::answers`]. Inline up to 32
@@ -70,6 +102,8 @@ pub struct Built {
     pub generation: u64,
     pub outcome: Outcome,
     pub answers: Vec<Answer>,
+    /// The answers rendered (set by [`Built::finish`]).
+    pub wire: Wire,
     /// Built in panic mode: too few healthy instances, so all were used.
     pub panic: bool,
     /// The answers are alternative CNAMEs: send only the first in response order.
@@ -83,6 +117,7 @@ impl Built {
             generation,
             outcome,
             answers: Vec::new(),
+            wire: Wire::default(),
             panic: false,
             single: false,
             locality: Locality::Ignored,
@@ -97,8 +132,6 @@ impl Built {
             weight,
             glue: glue.map(Box::new),
             size: 0,
-            wire: Box::default(),
-            glue_wire: None,
         });
     }
 
@@ -116,11 +149,6 @@ impl Built {
         // Answers share the question's name: count it as a 2-byte pointer.
         for (n, a) in self.answers.iter_mut().enumerate() {
             a.size = wire_size(&a.record) - qname.len() - 1 + 2;
-            a.wire = render(&a.record, true).into_boxed_slice();
-            a.glue_wire = a
-                .glue
-                .as_deref()
-                .map(|g| render(g, false).into_boxed_slice());
             let glue = a.glue.as_deref().map_or(0, wire_size);
             match room.checked_sub(a.size + glue) {
                 Some(left) if keep == all => room = left,
@@ -129,6 +157,7 @@ impl Built {
             }
         }
         self.answers.truncate(keep);
+        self.wire = Wire::render(&self.answers);
         self
     }
 
@@ -140,11 +169,10 @@ impl Built {
         let heap: usize = self
             .answers
             .iter()
-            .map(|a| {
-                a.size + a.wire.len() + a.glue.as_deref().map_or(0, |g| record + 2 * wire_size(g))
-            })
+            .map(|a| a.size + a.glue.as_deref().map_or(0, |g| record + wire_size(g)))
             .sum();
-        std::mem::size_of::<Self>() + self.answers.len() * per_answer + heap
+        let wire = self.wire.bytes.len() + self.wire.spans.len() * std::mem::size_of::<Span>();
+        std::mem::size_of::<Self>() + self.answers.len() * per_answer + heap + wire
     }
 
     /// A fresh order for one response: by priority, then weighted random (a higher weight is
@@ -153,25 +181,16 @@ impl Built {
     pub fn order(&self, rng: &mut impl Rng) -> Order {
         // Built answers hold far fewer than 2^32 records (they are cut to fit 64 KiB on TCP).
         let mut order: Order = (0..self.answers.len() as u32).collect();
-        let first = self.answers.first().map(|a| (a.priority, a.weight));
-        if self
-            .answers
-            .iter()
-            .all(|a| Some((a.priority, a.weight)) == first)
-        {
+        if self.wire.uniform {
             // One priority, one weight (the common case): every order is equally likely, which
             // a shuffle gives without a key per record.
             use rand::seq::SliceRandom;
             order.shuffle(rng);
         } else {
-            let key = |a: &Answer, rng: &mut dyn rand::RngCore| {
+            let key = |priority: u16, weight: u16, rng: &mut dyn rand::RngCore| {
                 let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
-                let w = if a.weight == 0 {
-                    0.01
-                } else {
-                    f64::from(a.weight)
-                };
-                (a.priority, -u.ln() / w)
+                let w = if weight == 0 { 0.01 } else { f64::from(weight) };
+                (priority, -u.ln() / w)
             };
             // Keys on the stack for answers of up to 64 records (one allocation, the order).
             let mut small = [(0u16, 0f64); 64];
@@ -183,7 +202,7 @@ impl Built {
                 &mut large
             };
             for (k, a) in keys.iter_mut().zip(&self.answers) {
-                *k = key(a, rng);
+                *k = key(a.priority, a.weight, rng);
             }
             order.sort_unstable_by(|&x, &y| {
                 let (x, y) = (&keys[x as usize], &keys[y as usize]);
@@ -207,25 +226,57 @@ impl Built {
         // The question is copied from the request as raw bytes, so the first owner name is
         // written in full: count the name twice.
         let mut size = HEADER + 2 * (qname.len() + 1) + QUESTION_FIXED + OPT;
+        let spans = &self.wire.spans;
         for (n, &i) in order.iter().enumerate() {
-            size += self.answers.get(i as usize).map_or(0, |a| a.size);
+            // The owner is a 2-byte pointer to the question.
+            size += spans.get(i as usize).map_or(0, |s| 2 + s.len as usize);
             if size > limit {
                 return (n, 0);
             }
         }
         for (n, &i) in order.iter().enumerate() {
-            if let Some(glue) = self
-                .answers
-                .get(i as usize)
-                .and_then(|a| a.glue_wire.as_deref())
-            {
-                size += glue.len();
+            let glue = spans.get(i as usize).map_or(0, |s| s.glue_len as usize);
+            if glue > 0 {
+                size += glue;
                 if size > limit {
                     return (order.len(), n);
                 }
             }
         }
         (order.len(), order.len())
+    }
+}
+
+impl Wire {
+    fn render(answers: &[Answer]) -> Self {
+        let mut bytes = Vec::new();
+        let mut spans = Vec::with_capacity(answers.len());
+        for a in answers {
+            let at = bytes.len();
+            bytes.extend_from_slice(&render(&a.record, true));
+            let len = bytes.len() - at;
+            if let Some(g) = a.glue.as_deref() {
+                bytes.extend_from_slice(&render(g, false));
+            }
+            // Answers are cut to fit a 64 KiB message, so offsets fit 32 bits.
+            spans.push(Span {
+                at: at as u32,
+                len: len as u32,
+                glue_len: (bytes.len() - at - len) as u32,
+                priority: a.priority,
+                weight: a.weight,
+            });
+        }
+        let uniform = spans.first().is_none_or(|f| {
+            spans
+                .iter()
+                .all(|s| (s.priority, s.weight) == (f.priority, f.weight))
+        });
+        Self {
+            spans: spans.into_boxed_slice(),
+            bytes: bytes.into_boxed_slice(),
+            uniform,
+        }
     }
 }
 

@@ -218,16 +218,17 @@ pub fn write_reply(
     let mut answers = 0u16;
     let mut truncated = meta.truncation;
     let built = reply.built.as_deref();
+    let wire = built.map(|b| &b.wire);
     for &i in &reply.order {
-        let Some(a) = built.and_then(|b| b.answers.get(i as usize)) else {
+        let Some((record, _)) = wire.and_then(|w| w.answer(i as usize)) else {
             continue;
         };
-        if !fits(out, 2 + a.wire.len()) {
+        if !fits(out, 2 + record.len()) {
             truncated = true;
             break;
         }
         out.extend_from_slice(&[0xc0, 0x0c]);
-        out.extend_from_slice(&a.wire);
+        out.extend_from_slice(record);
         answers += 1;
     }
     if !truncated {
@@ -252,12 +253,12 @@ pub fn write_reply(
     let mut additionals = 0u16;
     if !truncated {
         for &i in reply.order.iter().take(reply.with_glue) {
-            let Some(glue) = built
-                .and_then(|b| b.answers.get(i as usize))
-                .and_then(|a| a.glue_wire.as_deref())
-            else {
+            let Some((_, glue)) = wire.and_then(|w| w.answer(i as usize)) else {
                 continue;
             };
+            if glue.is_empty() {
+                continue;
+            }
             if !fits(out, glue.len()) {
                 break;
             }
