@@ -512,7 +512,7 @@ impl Default for DnsConfig {
             ns_name: None,
             hostmaster: None,
             answer_cache_bytes: 32 << 20,
-            answer_front_bytes: 4 << 20,
+            answer_front_bytes: 16 << 20,
             answer_cache_capacity: None,
             max_stale: None,
             stale_ttl: 30,

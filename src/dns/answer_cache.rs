@@ -6,7 +6,10 @@
 //! of ruddr's own time per answer. The front table is a plain 2-way set-associative array owned
 //! by the thread: a hit is one hash, one byte comparison and an `Arc` clone. It only remembers
 //! what the shared cache handed out or was given, so it never decides anything: entries are
-//! still checked against the service generation by the caller, like a shared-cache hit.
+//! checked against the service generation by the caller, like a shared-cache hit. A front entry
+//! also remembers the snapshot change count it was last found current at; while the registry
+//! has not changed since, the caller may skip looking the service up
+//! ([`AnswerCache::get_current`]), which was most of what remained of a hit's cost.
 //!
 //! Bounds: the shared cache by `dns.answer_cache_bytes`; each front by `dns.answer_front_bytes`
 //! (its slot count is derived from that), so in all at most `answer_front_bytes` times the
@@ -83,8 +86,10 @@ pub struct AnswerCache {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// The smallest entry the front sizes its slot count by.
-const FRONT_TYPICAL_ENTRY: usize = 512;
+/// The entry size the front sizes its slot count by: an A or SRV answer of three instances
+/// holds 1-2.3 KB (its hickory records for the general path included), so the default 16 MiB
+/// holds about 8,000 answers in 8,192 slots.
+const FRONT_TYPICAL_ENTRY: usize = 2048;
 
 impl AnswerCache {
     /// `shared_bytes` bounds the shared cache; `front_bytes` each thread's front (0: no front).
@@ -128,6 +133,27 @@ impl AnswerCache {
         Some(built)
     }
 
+    /// The answer this thread's front table holds for `key`, if it was found current when the
+    /// snapshot's change count was `changes` (see [`AnswerCache::confirm`]). Equal counts mean
+    /// equal registry contents, so such an answer needs no look at its service to be trusted.
+    pub fn get_current(&self, key: &AnswerKey, changes: u64) -> Option<Arc<Built>> {
+        if self.front_slots == 0 {
+            return None;
+        }
+        let hash = self.hasher.hash_one(key);
+        FRONT.with(|front| front.borrow().get_current(self, hash, key, changes))
+    }
+
+    /// Notes in this thread's front table that `built`, cached for `key`, was checked against
+    /// (or built from) the snapshot whose change count is `changes`.
+    pub fn confirm(&self, key: &AnswerKey, built: &Arc<Built>, changes: u64) {
+        if self.front_slots == 0 {
+            return;
+        }
+        let hash = self.hasher.hash_one(key);
+        FRONT.with(|front| front.borrow_mut().confirm(self, hash, key, built, changes));
+    }
+
     pub fn insert(&self, key: AnswerKey, built: Arc<Built>) {
         if self.front_slots != 0 {
             let hash = self.hasher.hash_one(&key);
@@ -155,7 +181,12 @@ struct Slot {
     key: AnswerKey,
     built: Arc<Built>,
     bytes: usize,
+    /// The snapshot change count `built` was last found current at ([`NEVER`]: not yet).
+    current_at: u64,
 }
+
+/// No change count: snapshots count from 0 and never reach it.
+const NEVER: u64 = u64::MAX;
 
 impl Front {
     fn set(&self, cache: &AnswerCache, hash: u64) -> usize {
@@ -163,7 +194,7 @@ impl Front {
         (hash as usize & (cache.front_slots / 2 - 1)) * 2
     }
 
-    fn get(&self, cache: &AnswerCache, hash: u64, key: &AnswerKey) -> Option<Arc<Built>> {
+    fn slot(&self, cache: &AnswerCache, hash: u64, key: &AnswerKey) -> Option<&Slot> {
         if self.owner != cache.id {
             return None;
         }
@@ -172,7 +203,44 @@ impl Front {
             .iter()
             .flatten()
             .find(|s| s.hash == hash && s.key == *key)
+            .map(|s| &**s)
+    }
+
+    fn get(&self, cache: &AnswerCache, hash: u64, key: &AnswerKey) -> Option<Arc<Built>> {
+        self.slot(cache, hash, key).map(|s| s.built.clone())
+    }
+
+    fn get_current(
+        &self,
+        cache: &AnswerCache,
+        hash: u64,
+        key: &AnswerKey,
+        changes: u64,
+    ) -> Option<Arc<Built>> {
+        self.slot(cache, hash, key)
+            .filter(|s| s.current_at == changes && changes != NEVER)
             .map(|s| s.built.clone())
+    }
+
+    fn confirm(
+        &mut self,
+        cache: &AnswerCache,
+        hash: u64,
+        key: &AnswerKey,
+        built: &Arc<Built>,
+        changes: u64,
+    ) {
+        if self.owner != cache.id {
+            return;
+        }
+        let set = self.set(cache, hash);
+        let slot = self.slots[set..set + 2]
+            .iter_mut()
+            .flatten()
+            .find(|s| s.hash == hash && s.key == *key && Arc::ptr_eq(&s.built, built));
+        if let Some(slot) = slot {
+            slot.current_at = changes;
+        }
     }
 
     fn put(&mut self, cache: &AnswerCache, hash: u64, key: &AnswerKey, built: &Arc<Built>) {
@@ -209,6 +277,7 @@ impl Front {
             key: key.clone(),
             built: built.clone(),
             bytes,
+            current_at: NEVER,
         }));
     }
 }
@@ -280,9 +349,36 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_is_current_only_at_the_change_count_it_was_confirmed_at() {
+        let cache = AnswerCache::new(1 << 20, 1 << 20);
+        let one = built(1);
+        cache.insert(key("a."), one.clone());
+        assert!(
+            cache.get_current(&key("a."), 5).is_none(),
+            "not confirmed yet"
+        );
+        cache.confirm(&key("a."), &one, 5);
+        assert_eq!(cache.get_current(&key("a."), 5).unwrap().generation, 1);
+        assert!(
+            cache.get_current(&key("a."), 6).is_none(),
+            "the registry changed since"
+        );
+        // Confirming another answer than the one held changes nothing.
+        cache.confirm(&key("a."), &built(9), 6);
+        assert!(cache.get_current(&key("a."), 6).is_none());
+        // A replacement starts unconfirmed.
+        cache.insert(key("a."), built(2));
+        assert!(cache.get_current(&key("a."), 5).is_none());
+        assert!(cache.get_current(&key("b."), 5).is_none());
+    }
+
+    #[test]
     fn no_front_when_its_bytes_are_zero() {
         let cache = AnswerCache::new(1 << 20, 0);
-        cache.insert(key("a."), built(1));
+        let one = built(1);
+        cache.insert(key("a."), one.clone());
         assert_eq!(cache.get(&key("a.")).unwrap().generation, 1);
+        cache.confirm(&key("a."), &one, 1);
+        assert!(cache.get_current(&key("a."), 1).is_none());
     }
 }

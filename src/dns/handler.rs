@@ -598,42 +598,69 @@ impl Handler {
             | Target::Instance { service: s, .. }
             | Target::NamedPort { service: s, .. }
             | Target::Tag { service: s, .. }
-            | Target::SdInstance { service: s, .. } => match snapshot.service(s) {
-                None => Outcome::NxDomain,
-                Some(svc) => {
-                    let stale = freshness.is_stale();
-                    let local = located
-                        .locality
-                        .clone()
-                        .filter(|_| target.follows_locality());
-                    let key = AnswerKey::new(qname, qtype, stale, local);
-                    let built = match self.answers.get(&key) {
-                        Some(b) if b.generation == svc.generation => b,
-                        _ => {
-                            let ttl = freshness.ttl(self.zone.ttl, self.stale_ttl);
-                            let local = key.locality();
-                            let b = self.zone.build(svc, target, qname, qtype, ttl, local);
-                            let b = Arc::new(b);
-                            if b.panic {
-                                warn!(
-                                    service = %svc.name,
-                                    threshold = self.zone.panic_threshold,
-                                    "too few healthy instances: answering with all of them",
-                                );
-                            }
-                            self.answers.insert(key, b.clone());
-                            b
-                        }
-                    };
-                    let outcome = built.outcome;
-                    reply.echo_subnet(located, built.locality.depends_on_client());
-                    reply.place(built, client.protocol, qname, rng);
-                    outcome
+            | Target::SdInstance { service: s, .. } => {
+                let stale = freshness.is_stale();
+                let local = located
+                    .locality
+                    .clone()
+                    .filter(|_| target.follows_locality());
+                let key = AnswerKey::new(qname, qtype, stale, local);
+                // Known current at this snapshot's change count (the steady state): no need
+                // to look the service up to check the answer's generation.
+                let current = self.answers.get_current(&key, snapshot.changes);
+                let answer = current.or_else(|| {
+                    self.service_answer(s, target, qname, qtype, key, snapshot, freshness)
+                });
+                match answer {
+                    None => Outcome::NxDomain,
+                    Some(built) => {
+                        let outcome = built.outcome;
+                        reply.echo_subnet(located, built.locality.depends_on_client());
+                        reply.place(built, client.protocol, qname, rng);
+                        outcome
+                    }
                 }
-            },
+            }
         };
         debug!(name = %qname, %qtype, ?outcome, "query");
         reply.settle(outcome, || self.soa_for(snapshot))
+    }
+
+    /// The answer for `key` about service `name` in `snapshot`: from the cache when its
+    /// generation is the service's, else built and cached. `None` when there is no such service.
+    #[allow(clippy::too_many_arguments)]
+    fn service_answer(
+        &self,
+        name: &str,
+        target: Target<'_>,
+        qname: &LowerName,
+        qtype: RecordType,
+        key: AnswerKey,
+        snapshot: &Snapshot,
+        freshness: Freshness,
+    ) -> Option<Arc<Built>> {
+        let svc = snapshot.service(name)?;
+        let built = match self.answers.get(&key) {
+            Some(b) if b.generation == svc.generation => b,
+            _ => {
+                let ttl = freshness.ttl(self.zone.ttl, self.stale_ttl);
+                let b = self
+                    .zone
+                    .build(svc, target, qname, qtype, ttl, key.locality());
+                let b = Arc::new(b);
+                if b.panic {
+                    warn!(
+                        service = %svc.name,
+                        threshold = self.zone.panic_threshold,
+                        "too few healthy instances: answering with all of them",
+                    );
+                }
+                self.answers.insert(key.clone(), b.clone());
+                b
+            }
+        };
+        self.answers.confirm(&key, &built, snapshot.changes);
+        Some(built)
     }
 
     /// A name in a SkyDNS zone: the same freshness and TTL rules as registry names.
@@ -1766,6 +1793,62 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn answers_known_current_follow_every_registry_change() {
+        let h = handler();
+        let src: IpAddr = "127.0.0.1".parse().unwrap();
+        let addresses = |name: &str| {
+            let mut out = Vec::new();
+            let q = query(name, RecordType::A).to_vec().unwrap();
+            assert!(h.answer_fast(&q, src, &mut out));
+            let m = Message::from_vec(&out).unwrap();
+            let mut ips: Vec<String> = m.answers.iter().map(|r| r.data.to_string()).collect();
+            ips.sort();
+            (m.metadata.response_code, ips)
+        };
+        // Asked twice: built, then served as known current at this change count.
+        for _ in 0..2 {
+            assert_eq!(
+                addresses("web.svc.internal."),
+                (
+                    ResponseCode::NoError,
+                    vec!["10.0.0.1".into(), "10.0.0.2".into()]
+                )
+            );
+        }
+        let web = ServiceName::new("web").unwrap();
+        h.mirror.apply(
+            [Update::Put {
+                service: web.clone(),
+                instance: instance("w9", "10.0.0.9", 8080),
+            }],
+            8,
+        );
+        assert_eq!(
+            addresses("web.svc.internal.").1,
+            ["10.0.0.1", "10.0.0.2", "10.0.0.9"]
+        );
+        // A change to another service leaves this answer as it was, and it is still served.
+        h.mirror.apply(
+            [Update::Put {
+                service: ServiceName::new("big").unwrap(),
+                instance: instance("b999", "10.9.9.9", 80),
+            }],
+            9,
+        );
+        assert_eq!(addresses("web.svc.internal.").1.len(), 3);
+        let deletes = ["w0", "w1", "w2", "w9"].map(|id| Update::Delete {
+            service: web.clone(),
+            id: InstanceId::new(id).unwrap(),
+            source: SourceId::NATIVE,
+        });
+        h.mirror.apply(deletes, 10);
+        assert_eq!(
+            addresses("web.svc.internal."),
+            (ResponseCode::NXDomain, vec![])
+        );
     }
 
     #[test]
