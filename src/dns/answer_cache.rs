@@ -250,19 +250,25 @@ impl Front {
             self.slots.resize_with(cache.front_slots, || None);
             self.bytes = 0;
         }
+        let set = self.set(cache, hash);
+        // The slot holding this key (whose answer this one replaces, admitted or not), else an
+        // empty one, else the one the hash's high bit picks.
+        let held = (0..2).find(|&i| {
+            self.slots[set + i]
+                .as_ref()
+                .is_some_and(|s| s.hash == hash && s.key == *key)
+        });
+        if let Some(i) = held {
+            if let Some(old) = self.slots[set + i].take() {
+                self.bytes -= old.bytes;
+            }
+        }
         let bytes = built.memory_size() + key.memory_size();
         // A few large answers must not take the whole table.
         if bytes > cache.front_bytes / 16 {
             return;
         }
-        let set = self.set(cache, hash);
-        // The slot holding this key, else an empty one, else the one the hash's high bit picks.
-        let pick = (0..2)
-            .find(|&i| {
-                self.slots[set + i]
-                    .as_ref()
-                    .is_some_and(|s| s.hash == hash && s.key == *key)
-            })
+        let pick = held
             .or_else(|| (0..2).find(|&i| self.slots[set + i].is_none()))
             .unwrap_or((hash >> 63) as usize);
         if let Some(old) = self.slots[set + pick].take() {
@@ -313,6 +319,26 @@ mod tests {
         cache.insert(key("a."), built(2));
         assert_eq!(cache.get(&key("a.")).unwrap().generation, 2);
         assert!(cache.get(&key("b.")).is_none());
+    }
+
+    #[test]
+    fn a_replacement_too_large_for_the_front_takes_the_old_answer_out() {
+        use hickory_proto::rr::{rdata::A, Name, RData, Record};
+        // Entries over 64 KiB / 16 stay out of the front.
+        let cache = AnswerCache::new(1 << 20, 64 << 10);
+        let small = built(1);
+        cache.insert(key("a."), small.clone());
+        cache.confirm(&key("a."), &small, 3);
+        assert!(cache.get_current(&key("a."), 3).is_some());
+        let mut large = Built::negative(2, Outcome::NoData);
+        for i in 0..50 {
+            let record = Record::from_rdata(Name::root(), 5, RData::A(A::new(10, 0, 0, i)));
+            large.push(record, 0, 0, None);
+        }
+        cache.insert(key("a."), Arc::new(large));
+        assert!(cache.get_current(&key("a."), 3).is_none());
+        assert_eq!(cache.get(&key("a.")).unwrap().generation, 2);
+        FRONT.with(|f| assert_eq!(f.borrow().slots.iter().flatten().count(), 0));
     }
 
     #[test]

@@ -197,6 +197,11 @@ impl Reply {
 
     /// Puts `built` in a fresh random order, cut to what fits a UDP answer of `payload` bytes.
     fn place(&mut self, built: Arc<Built>, protocol: Protocol, qname: &Name, rng: &mut impl Rng) {
+        debug_assert_eq!(
+            built.wire.spans.len(),
+            built.answers.len(),
+            "answers are placed after Built::finish"
+        );
         self.order = built.order(rng);
         self.locality = built.locality;
         self.with_glue = if protocol == Protocol::Udp {

@@ -223,6 +223,10 @@ pub fn write_reply(
         let Some((record, _)) = wire.and_then(|w| w.answer(i as usize)) else {
             continue;
         };
+        if record.is_empty() {
+            // Failed to render (never for records ruddr makes): leave it out.
+            continue;
+        }
         if !fits(out, 2 + record.len()) {
             truncated = true;
             break;
