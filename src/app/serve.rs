@@ -378,24 +378,7 @@ fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 /// empty truncated answer instead, which sends the client to TCP. This also spares the kernel
 /// an IP identifier per packet.
 fn dont_fragment(socket: &socket2::Socket, ipv6: bool) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
-        // SAFETY: an int option on a socket this function borrows.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
+    let set = |level, name, value: libc::c_int| setsockopt(socket, level, name, &value);
     if ipv6 {
         set(
             libc::IPPROTO_IPV6,
@@ -418,7 +401,6 @@ fn dont_fragment(socket: &socket2::Socket, ipv6: bool) -> std::io::Result<()> {
 /// that sends from one CPU keeps one thread busy with full batches instead of waking all of
 /// them with a few packets each. A classic BPF program on the group (SO_ATTACH_REUSEPORT_CBPF).
 fn steer_by_cpu(socket: &std::net::UdpSocket, n: usize) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     let op = |code: u32, k: u32| libc::sock_filter {
         code: code as u16,
         jt: 0,
@@ -439,14 +421,31 @@ fn steer_by_cpu(socket: &std::net::UdpSocket, n: usize) -> std::io::Result<()> {
         len: program.len() as u16,
         filter: program.as_mut_ptr(),
     };
-    // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies it.
+    // `fprog` points at `program`, which outlives the call; the kernel copies it.
+    setsockopt(
+        socket,
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_REUSEPORT_CBPF,
+        &fprog,
+    )
+}
+
+/// Sets socket option `name` at `level` to `value` (socket2 has no call for the options
+/// above).
+fn setsockopt<T>(
+    socket: &impl std::os::fd::AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    // SAFETY: `value` is a live `T` for the whole call, and its size is passed with it.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
-            (&fprog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc == 0 {
