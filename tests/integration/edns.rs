@@ -7,13 +7,11 @@ use hickory_proto::rr::RecordType;
 use crate::harness::*;
 
 /// A ruddr with the UDP fast path on or off, watching etcd.
-fn start(etcd: &Etcd, fast: bool) -> (Ruddr, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("ruddr.toml");
-    std::fs::write(&cfg, format!("[dns]\nudp_fast_path = {fast}\n")).unwrap();
-    let r = Ruddr::start(&etcd.endpoint(), &["--config", cfg.to_str().unwrap()]);
-    r.wait_watching();
-    (r, dir)
+fn start(etcd: &Etcd, fast: bool) -> Ruddr {
+    Ruddr::start_with_config(
+        &etcd.endpoint(),
+        &format!("[dns]\nudp_fast_path = {fast}\n"),
+    )
 }
 
 /// The `status:` dig prints.
@@ -137,9 +135,9 @@ fn edns_compliance_and_0x20_on_the_fast_and_the_general_path() {
         "/ruddr/services/web/w2",
         r#"{"address":"10.70.0.2","port":8080}"#,
     );
-    let (fast, _d1) = start(&etcd, true);
+    let fast = start(&etcd, true);
     check_compliance(&fast, "fast path");
-    let (general, _d2) = start(&etcd, false);
+    let general = start(&etcd, false);
     check_compliance(&general, "general path");
 }
 
@@ -159,8 +157,8 @@ fn the_fast_and_the_general_path_answer_alike() {
             &format!(r#"{{"address":"10.72.{}.{}","port":80}}"#, i / 250, i % 250),
         );
     }
-    let (fast, _d1) = start(&etcd, true);
-    let (general, _d2) = start(&etcd, false);
+    let fast = start(&etcd, true);
+    let general = start(&etcd, false);
     // Both have every instance (the last one written, and the first service).
     for r in [&fast, &general] {
         wait_answers(

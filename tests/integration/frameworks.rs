@@ -34,13 +34,8 @@ prefix = "/skydns/"
 zones = ["skydns.local."]
 "#;
 
-fn start(etcd: &Etcd) -> (Ruddr, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("ruddr.toml");
-    std::fs::write(&cfg, CONFIG).unwrap();
-    let r = Ruddr::start(&etcd.endpoint(), &["--config", cfg.to_str().unwrap()]);
-    r.wait_watching();
-    (r, dir)
+fn start(etcd: &Etcd) -> Ruddr {
+    Ruddr::start_with_config(&etcd.endpoint(), CONFIG)
 }
 
 /// Waits until the answers to `name`/`qtype` are `want` (sorted strings).
@@ -57,7 +52,7 @@ fn wait_nxdomain(r: &Ruddr, name: &str) {
 #[test]
 fn etcd_naming_endpoints_with_a_lease() {
     let etcd = Etcd::start();
-    let (r, _dir) = start(&etcd);
+    let r = start(&etcd);
     // endpoints.Manager.AddEndpoint(ctx, "foo/bar/my-service/e1", Endpoint{Addr: ...},
     // clientv3.WithLease(lease)) stores the Update JSON, Op included.
     let lease = etcd.grant(30);
@@ -103,7 +98,7 @@ fn etcd_naming_endpoints_with_a_lease() {
 #[test]
 fn go_zero_lease_keys_and_host_names() {
     let etcd = Etcd::start();
-    let (r, _dir) = start(&etcd);
+    let r = start(&etcd);
     // core/discov Publisher: key "<Key>/<lease id in decimal>", value "host:port", 10 s lease.
     let lease = etcd.grant(10);
     etcd.put_with_lease(&format!("user.rpc/{lease}"), "10.1.1.5:8080", lease);
@@ -159,7 +154,7 @@ fn go_zero_lease_keys_and_host_names() {
 #[test]
 fn kratos_endpoints_are_named_ports() {
     let etcd = Etcd::start();
-    let (r, _dir) = start(&etcd);
+    let r = start(&etcd);
     // contrib/registry/etcd: key "<namespace>/<name>/<id>", value ServiceInstance JSON,
     // 15 s lease kept alive.
     let lease = etcd.grant(15);
@@ -204,7 +199,7 @@ fn kratos_endpoints_are_named_ports() {
 #[test]
 fn go_micro_nodes() {
     let etcd = Etcd::start();
-    let (r, _dir) = start(&etcd);
+    let r = start(&etcd);
     // registry/etcd: key path.Join("/micro/registry/", name, node id) with '/' turned to '-',
     // value the service JSON with its one node; leased when registered with a TTL.
     let lease = etcd.grant(90);
@@ -231,7 +226,7 @@ fn go_micro_nodes() {
 #[test]
 fn go_micro_values_with_several_nodes_serve_every_node() {
     let etcd = Etcd::start();
-    let (r, _dir) = start(&etcd);
+    let r = start(&etcd);
     // Writers other than go-micro's own put a whole service, all its nodes, under one key.
     let key = "/micro/registry/orders/all";
     let value = |nodes: &[(&str, &str)]| {
@@ -275,7 +270,7 @@ fn go_micro_values_with_several_nodes_serve_every_node() {
 #[test]
 fn skydns_names_as_coredns_serves_them() {
     let etcd = Etcd::start();
-    let (r, _dir) = start(&etcd);
+    let r = start(&etcd);
     // The CoreDNS etcd plugin's layout: the reversed name under /skydns/.
     etcd.put(
         "/skydns/local/skydns/east/production/rails/1",
@@ -363,7 +358,7 @@ fn skydns_names_as_coredns_serves_them() {
 #[test]
 fn mixed_sources_serve_side_by_side() {
     let mut etcd = Etcd::start();
-    let (r, _dir) = start(&etcd);
+    let r = start(&etcd);
     // The same service name and instance id from the native contract and from Kratos.
     etcd.put(
         "/ruddr/services/helloworld/a1",

@@ -600,6 +600,8 @@ pub struct Ruddr {
     /// Port of the admin HTTP listener (/metrics, /health, /ready).
     pub admin_port: u16,
     proc: Proc,
+    /// Holds the config file of [`Ruddr::start_with_config`] while the process runs.
+    _config: Option<tempfile::TempDir>,
 }
 
 impl std::ops::Deref for Ruddr {
@@ -663,7 +665,20 @@ impl Ruddr {
             port,
             admin_port,
             proc,
+            _config: None,
         }
+    }
+
+    /// Like [`Ruddr::start`] with `--config` of a file holding `toml`, then waits until the
+    /// watch on etcd is established.
+    pub fn start_with_config(etcd_endpoints: &str, toml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("ruddr.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let mut r = Self::start(etcd_endpoints, &["--config", cfg.to_str().unwrap()]);
+        r._config = Some(dir);
+        r.wait_watching();
+        r
     }
 
     pub fn addr(&self) -> SocketAddr {

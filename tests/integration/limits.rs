@@ -118,11 +118,7 @@ fn idle_tcp_connections_past_the_file_limit_cannot_shut_out_a_new_client() {
 fn idle_tcp_connections_are_closed_after_the_idle_timeout() {
     let etcd = Etcd::start();
     etcd.put("/ruddr/services/web/w1", r#"{"address":"10.61.0.1"}"#);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("ruddr.toml");
-    std::fs::write(&cfg, "[dns]\ntcp_idle_timeout = \"1s\"\n").unwrap();
-    let r = Ruddr::start(&etcd.endpoint(), &["--config", cfg.to_str().unwrap()]);
-    r.wait_watching();
+    let r = Ruddr::start_with_config(&etcd.endpoint(), "[dns]\ntcp_idle_timeout = \"1s\"\n");
     let mut idle = TcpStream::connect(r.addr()).unwrap();
     idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let t = Instant::now();
@@ -141,11 +137,10 @@ fn idle_tcp_connections_are_closed_after_the_idle_timeout() {
 fn response_rate_limiting_slips_and_drops_a_flood_but_not_another_network() {
     let etcd = Etcd::start();
     etcd.put("/ruddr/services/web/w1", r#"{"address":"10.62.0.1"}"#);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("ruddr.toml");
-    std::fs::write(&cfg, "[rate_limit]\nresponses_per_second = 100\nslip = 2\n").unwrap();
-    let r = Ruddr::start(&etcd.endpoint(), &["--config", cfg.to_str().unwrap()]);
-    r.wait_watching();
+    let r = Ruddr::start_with_config(
+        &etcd.endpoint(),
+        "[rate_limit]\nresponses_per_second = 100\nslip = 2\n",
+    );
 
     // 2,000 queries from one source in about a second.
     let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -258,11 +253,7 @@ fn in_a_1280_byte_mtu_namespace() {
         .collect();
     etcd.put_many(&big);
     etcd.put("/ruddr/services/small/s1", r#"{"address":"10.63.1.1"}"#);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("ruddr.toml");
-    std::fs::write(&cfg, "[dns]\nmax_udp_payload = 4096\n").unwrap();
-    let r = Ruddr::start(&etcd.endpoint(), &["--config", cfg.to_str().unwrap()]);
-    r.wait_watching();
+    let r = Ruddr::start_with_config(&etcd.endpoint(), "[dns]\nmax_udp_payload = 4096\n");
 
     let ask = |name: &str, transport| {
         exchange(
