@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::cli::Command;
 use crate::config::Config;
-use crate::dns::zones::StaticZones;
+use crate::dns::zone::file::StaticZones;
 
 pub use register::{register, register_plan};
 pub use serve::run;

@@ -17,7 +17,7 @@ use crate::config::{Config, UdpSteering};
 use crate::dns::forward::Forwarder;
 use crate::dns::rrl::RateLimiter;
 use crate::dns::server::{Limits, Transport};
-use crate::dns::zones::StaticZones;
+use crate::dns::zone::file::StaticZones;
 use crate::dns::Handler;
 use crate::metrics::Metrics;
 use crate::persist;
@@ -266,6 +266,7 @@ fn sky_zones(
             let origin = Name::from_ascii(zone).with_context(|| format!("skydns zone {zone}"))?;
             info!(zone = %origin, prefix = %source.prefix, "answering a skydns zone");
             out.push(crate::dns::skydns::SkyZone {
+                soa: Default::default(),
                 apex: LowerName::new(&origin),
                 zone: handler.zone_for(origin)?,
                 source: source.id,

@@ -13,6 +13,9 @@ pub enum Outcome {
     NoData,
     /// The name does not exist.
     NxDomain,
+    /// NOERROR, not authoritative: the name is below a zone cut; the authority section holds
+    /// the delegation's NS records and the additional section their glue.
+    Referral,
 }
 
 /// What the client's locality did to an answer (README "Locality-aware answers").
@@ -46,11 +49,14 @@ pub struct Answer {
     pub priority: u16,
     /// Weight within a priority: a higher one is more likely to come first.
     pub weight: u16,
-    /// The address of an SRV target, for the additional section. Boxed: most answers (A, AAAA,
-    /// TXT) have none, and an empty slot then costs a pointer rather than a whole record.
-    pub glue: Option<Box<Record>>,
-    /// Upper bound of the record's wire size, its owner (the question's name) counted as a
-    /// 2-byte pointer. Set by [`Built::finish`].
+    /// Addresses of the record's target (SRV, MX, NS), for the additional section. A boxed
+    /// slice: most answers (A, AAAA, TXT) have none, and an empty one allocates nothing.
+    pub glue: Box<[Record]>,
+    /// The owner is not the question's name (a CNAME chain's later records): written whole
+    /// rather than as a pointer to the question.
+    pub owned: bool,
+    /// Upper bound of the record's wire size, its owner counted as a 2-byte pointer to the
+    /// question unless `owned`. Set by [`Built::finish`].
     pub size: usize,
 }
 
@@ -62,11 +68,16 @@ pub struct Wire {
     /// One per answer, in the order of [`Built::answers`].
     pub spans: Box<[Span]>,
     /// Each answer's record without its owner (type, class, TTL, length and data, names
-    /// uncompressed: a response writes a pointer to the question, then these bytes), followed
-    /// by its glue record whole (owner uncompressed), answer after answer.
+    /// uncompressed: a response writes a pointer to the question, then these bytes) or, for an
+    /// owned answer, whole; followed by its glue records whole, answer after answer; then the
+    /// authority and additional records of [`Built`], whole.
     pub bytes: Box<[u8]>,
     /// Every answer has the same priority and weight (any order is as likely as another).
     pub uniform: bool,
+    /// Where the authority records are in `bytes`, and how many there are.
+    pub authority: (u32, u32, u16),
+    /// Where the additional records (beyond the answers' glue) are, and how many.
+    pub additional: (u32, u32, u16),
 }
 
 /// Where one answer's bytes are in [`Wire::bytes`], with its ordering keys.
@@ -76,6 +87,11 @@ pub struct Span {
     pub len: u32,
     /// Glue follows the record; 0 bytes when there is none.
     pub glue_len: u32,
+    /// How many glue records those bytes hold.
+    pub glue_count: u16,
+    /// The record's bytes start with its owner name (this many bytes); 0: they start at the
+    /// type, and a response writes a pointer to the question before them.
+    pub owner: u16,
     pub priority: u16,
     pub weight: u16,
 }
@@ -108,6 +124,13 @@ pub struct Built {
     pub panic: bool,
     /// The answers are alternative CNAMEs: send only the first in response order.
     pub single: bool,
+    /// This many leading answers keep their built order (a CNAME chain before the records of
+    /// its target); the rest are ordered per response.
+    pub lead: u16,
+    /// Records of the authority section (a referral's NS records), owners written whole.
+    pub authority: Vec<Record>,
+    /// Records of the additional section beyond the answers' glue (a referral's glue).
+    pub additional: Vec<Record>,
     pub locality: Locality,
 }
 
@@ -120,6 +143,9 @@ impl Built {
             wire: Wire::default(),
             panic: false,
             single: false,
+            lead: 0,
+            authority: Vec::new(),
+            additional: Vec::new(),
             locality: Locality::Ignored,
         }
     }
@@ -130,7 +156,21 @@ impl Built {
             record,
             priority,
             weight,
-            glue: glue.map(Box::new),
+            glue: glue.into_iter().collect(),
+            owned: false,
+            size: 0,
+        });
+    }
+
+    /// Adds a record whose owner is written whole (not the question's name) or, when `owned`
+    /// is false, one owned by the question's name; with any number of glue records.
+    pub fn push_record(&mut self, record: Record, owned: bool, glue: Vec<Record>) {
+        self.answers.push(Answer {
+            record,
+            priority: 0,
+            weight: 0,
+            glue: glue.into_boxed_slice(),
+            owned,
             size: 0,
         });
     }
@@ -142,14 +182,19 @@ impl Built {
         if !self.answers.is_empty() {
             self.outcome = Outcome::Answer;
         }
-        // Header, the question twice (see `fit_udp`) and room for an OPT record with options.
-        let mut room = MAX_MESSAGE.saturating_sub(12 + 2 * (qname.len() + 1) + 4 + 64);
+        // Header, the question and room for an OPT record with options.
+        let extra: usize = self.authority.iter().chain(&self.additional).map(wire_size).sum();
+        let mut room = MAX_MESSAGE.saturating_sub(12 + qname.len() + 1 + 4 + 64 + extra);
         let all = self.answers.len();
         let mut keep = all;
         // Answers share the question's name: count it as a 2-byte pointer.
         for (n, a) in self.answers.iter_mut().enumerate() {
-            a.size = wire_size(&a.record) - qname.len() - 1 + 2;
-            let glue = a.glue.as_deref().map_or(0, wire_size);
+            a.size = if a.owned {
+                wire_size(&a.record)
+            } else {
+                (wire_size(&a.record) + 2).saturating_sub(qname.len() + 1)
+            };
+            let glue: usize = a.glue.iter().map(wire_size).sum();
             match room.checked_sub(a.size + glue) {
                 Some(left) if keep == all => room = left,
                 _ if keep == all => keep = n,
@@ -157,7 +202,8 @@ impl Built {
             }
         }
         self.answers.truncate(keep);
-        self.wire = Wire::render(&self.answers);
+        self.lead = self.lead.min(self.answers.len() as u16);
+        self.wire = Wire::render(&self.answers, &self.authority, &self.additional);
         self
     }
 
@@ -169,8 +215,14 @@ impl Built {
         let heap: usize = self
             .answers
             .iter()
-            .map(|a| a.size + a.glue.as_deref().map_or(0, |g| record + wire_size(g)))
-            .sum();
+            .map(|a| a.size + a.glue.iter().map(|g| record + wire_size(g)).sum::<usize>())
+            .sum::<usize>()
+            + self
+                .authority
+                .iter()
+                .chain(&self.additional)
+                .map(|r| record + wire_size(r))
+                .sum::<usize>();
         let wire = self.wire.bytes.len() + self.wire.spans.len() * std::mem::size_of::<Span>();
         std::mem::size_of::<Self>() + self.answers.len() * per_answer + heap + wire
     }
@@ -181,11 +233,12 @@ impl Built {
     pub fn order(&self, rng: &mut impl Rng) -> Order {
         // Built answers hold far fewer than 2^32 records (they are cut to fit 64 KiB on TCP).
         let mut order: Order = (0..self.answers.len() as u32).collect();
-        if self.wire.uniform {
-            // One priority, one weight (the common case): every order is equally likely, which
-            // a shuffle gives without a key per record.
+        let lead = usize::from(self.lead).min(order.len());
+        if self.wire.uniform || lead > 0 {
+            // One priority, one weight (the common case, and every static zone's): every order
+            // is equally likely, which a shuffle gives without a key per record.
             use rand::seq::SliceRandom;
-            order.shuffle(rng);
+            order[lead..].shuffle(rng);
         } else {
             let key = |priority: u16, weight: u16, rng: &mut dyn rand::RngCore| {
                 let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
@@ -214,48 +267,17 @@ impl Built {
         }
         order
     }
-
-    /// How much of this answer, in `order`, fits a UDP message of `limit` bytes with the
-    /// question (`qname`) and an OPT record (upper bounds): the number of ordered answers, and
-    /// of their SRV glue records. Glue is optional: it is cut rather than making the answer
-    /// truncated.
-    pub fn fit_udp(&self, order: &[u32], qname: &Name, limit: usize) -> (usize, usize) {
-        const HEADER: usize = 12;
-        const QUESTION_FIXED: usize = 4;
-        const OPT: usize = 11;
-        // The question is copied from the request as raw bytes, so the first owner name is
-        // written in full: count the name twice.
-        let mut size = HEADER + 2 * (qname.len() + 1) + QUESTION_FIXED + OPT;
-        let spans = &self.wire.spans;
-        for (n, &i) in order.iter().enumerate() {
-            // The owner is a 2-byte pointer to the question.
-            size += spans.get(i as usize).map_or(0, |s| 2 + s.len as usize);
-            if size > limit {
-                return (n, 0);
-            }
-        }
-        for (n, &i) in order.iter().enumerate() {
-            let glue = spans.get(i as usize).map_or(0, |s| s.glue_len as usize);
-            if glue > 0 {
-                size += glue;
-                if size > limit {
-                    return (order.len(), n);
-                }
-            }
-        }
-        (order.len(), order.len())
-    }
 }
 
 impl Wire {
-    fn render(answers: &[Answer]) -> Self {
+    fn render(answers: &[Answer], authority: &[Record], additional: &[Record]) -> Self {
         let mut bytes = Vec::new();
         let mut spans = Vec::with_capacity(answers.len());
         for a in answers {
             let at = bytes.len();
-            bytes.extend_from_slice(&render(&a.record, true));
+            bytes.extend_from_slice(&render(&a.record, !a.owned));
             let len = bytes.len() - at;
-            if let Some(g) = a.glue.as_deref() {
+            for g in a.glue.iter() {
                 bytes.extend_from_slice(&render(g, false));
             }
             // Answers are cut to fit a 64 KiB message, so offsets fit 32 bits.
@@ -263,10 +285,21 @@ impl Wire {
                 at: at as u32,
                 len: len as u32,
                 glue_len: (bytes.len() - at - len) as u32,
+                glue_count: a.glue.len() as u16,
+                owner: if a.owned { owner_len(&a.record.name) as u16 } else { 0 },
                 priority: a.priority,
                 weight: a.weight,
             });
         }
+        let mut section = |records: &[Record]| {
+            let at = bytes.len();
+            for r in records {
+                bytes.extend_from_slice(&render(r, false));
+            }
+            (at as u32, (bytes.len() - at) as u32, records.len() as u16)
+        };
+        let authority = section(authority);
+        let additional = section(additional);
         let uniform = spans.first().is_none_or(|f| {
             spans
                 .iter()
@@ -276,8 +309,29 @@ impl Wire {
             spans: spans.into_boxed_slice(),
             bytes: bytes.into_boxed_slice(),
             uniform,
+            authority,
+            additional,
         }
     }
+
+    /// The authority records' bytes and count.
+    pub fn authority(&self) -> (&[u8], u16) {
+        let (at, len, n) = self.authority;
+        let bytes = self.bytes.get(at as usize..(at + len) as usize).unwrap_or(&[]);
+        (bytes, n)
+    }
+
+    /// The additional records' bytes (beyond glue) and count.
+    pub fn additional(&self) -> (&[u8], u16) {
+        let (at, len, n) = self.additional;
+        let bytes = self.bytes.get(at as usize..(at + len) as usize).unwrap_or(&[]);
+        (bytes, n)
+    }
+}
+
+/// Bytes of `name` in uncompressed wire form.
+pub fn owner_len(name: &Name) -> usize {
+    name.iter().map(|l| l.len() + 1).sum::<usize>() + 1
 }
 
 /// A record kept with its wire form, rendered once (an SOA for negative answers): a response
@@ -294,7 +348,7 @@ pub struct Rendered {
 impl Rendered {
     pub fn new(record: Record) -> Self {
         let wire = render(&record, false).into_boxed_slice();
-        let owner_len = record.name.iter().map(|l| l.len() + 1).sum::<usize>() + 1;
+        let owner_len = owner_len(&record.name);
         Self {
             record,
             wire,
@@ -315,8 +369,7 @@ pub fn render(record: &Record, skip_owner: bool) -> Vec<u8> {
         return Vec::new();
     }
     if skip_owner {
-        let owner_len: usize = record.name.iter().map(|l| l.len() + 1).sum::<usize>() + 1;
-        out.drain(..owner_len.min(out.len()));
+        out.drain(..owner_len(&record.name).min(out.len()));
     }
     out
 }
@@ -331,7 +384,10 @@ pub fn wire_size(record: &Record) -> usize {
         RData::TXT(t) => t.txt_data.iter().map(|s| s.len() + 1).sum(),
         RData::CNAME(c) => c.0.len() + 1,
         RData::PTR(p) => p.0.len() + 1,
-        _ => 512,
+        RData::NS(n) => n.0.len() + 1,
+        RData::MX(m) => 2 + m.exchange.len() + 1,
+        // Anything else (static zones hold every type): its exact encoding.
+        _ => return render(record, false).len().max(1),
     };
     record.name.len() + 1 + 10 + rdata
 }
@@ -416,69 +472,37 @@ mod tests {
         assert_eq!(b.order(&mut rng).len(), 1);
     }
 
-    /// Encodes `built` as a UDP answer cut where `fit_udp` says, and returns its size.
-    fn encoded_size(b: &Built, qname: &Name, limit: usize) -> (usize, usize, usize) {
-        use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
-        use hickory_proto::rr::RecordType;
-        let order: Vec<u32> = (0..b.answers.len() as u32).collect();
-        let (answers, glue) = b.fit_udp(&order, qname, limit);
-        let mut m = Message::new(1, MessageType::Response, OpCode::Query);
-        m.add_query(Query::query(qname.clone(), RecordType::SRV));
-        for &i in &order[..answers] {
-            m.add_answer(b.answers[i as usize].record.clone());
-        }
-        for &i in &order[..glue] {
-            m.add_additional(*b.answers[i as usize].glue.clone().unwrap());
-        }
-        let mut edns = Edns::new();
-        edns.set_max_payload(limit as u16);
-        m.set_edns(edns);
-        (m.to_vec().unwrap().len(), answers, glue)
-    }
-
-    #[test]
-    fn fit_udp_keeps_the_encoded_message_within_the_limit() {
-        let qname = name("_web._tcp.svc.internal.");
-        let b = srv_answer(200, 1, 1);
-        for limit in [512, 1232, 4096] {
-            let (size, answers, glue) = encoded_size(&b, &qname, limit);
-            assert!(size <= limit, "{size} > {limit}");
-            assert!(answers > 0 && answers < 200, "{answers}");
-            // Nothing more would have fit: one more answer is over the limit.
-            assert!(
-                size + b.answers[answers].size > limit - 60,
-                "{size} for {limit}"
-            );
-            assert!(glue <= answers);
-        }
-        // A small answer fits whole, glue included.
-        let small = srv_answer(3, 1, 1);
-        let (size, answers, glue) = encoded_size(&small, &qname, 512);
-        assert!(size <= 512);
-        assert_eq!((answers, glue), (3, 3));
-    }
-
-    #[test]
-    fn glue_is_cut_before_answers() {
-        let qname = name("_web._tcp.svc.internal.");
-        let b = srv_answer(12, 1, 1);
-        let order: Vec<u32> = (0..12).collect();
-        let (answers, glue) = b.fit_udp(&order, &qname, 700);
-        assert_eq!(answers, 12, "all SRV records fit 700 bytes");
-        assert!(glue < 12, "but not all of their addresses");
-        let (size, ..) = encoded_size(&b, &qname, 700);
-        assert!(size <= 700, "{size}");
-    }
-
     #[test]
     fn answers_past_a_tcp_message_are_left_out() {
-        let qname = name("_web._tcp.svc.internal.");
         let b = srv_answer(3000, 1, 1);
         assert!(b.answers.len() < 3000, "{}", b.answers.len());
-        let order: Vec<u32> = (0..b.answers.len() as u32).collect();
-        let (answers, glue) = b.fit_udp(&order, &qname, 65_535);
-        assert_eq!((answers, glue), (order.len(), order.len()), "the rest fits");
+        let total: usize = b.answers.iter().map(|a| a.size).sum();
+        assert!(total < 65_535, "{total}");
         assert_eq!(srv_answer(100, 1, 1).answers.len(), 100);
+    }
+
+    #[test]
+    fn a_chain_keeps_its_lead_and_owned_records_carry_their_owner() {
+        let owner = name("alias.example.");
+        let mut b = Built::negative(0, Outcome::NoData);
+        let cname = hickory_proto::rr::rdata::CNAME(name("www.example."));
+        b.push_record(Record::from_rdata(owner.clone(), 60, RData::CNAME(cname)), false, vec![]);
+        b.lead = 1;
+        for i in 0..5 {
+            let a = Record::from_rdata(name("www.example."), 60, RData::A(A::new(10, 0, 0, i)));
+            b.push_record(a, true, vec![]);
+        }
+        let b = b.finish(&owner);
+        assert_eq!(b.wire.spans[0].owner, 0);
+        assert_eq!(usize::from(b.wire.spans[1].owner), owner_len(&name("www.example.")));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut seconds = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let order = b.order(&mut rng);
+            assert_eq!(order[0], 0, "the CNAME leads");
+            seconds.insert(order[1]);
+        }
+        assert!(seconds.len() > 1, "the target's records rotate");
     }
 
     #[test]

@@ -13,24 +13,21 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Header, LowerQuery, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
-use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
-use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
+use hickory_server::server::{Request, ResponseInfo};
 use rand::Rng;
 use tracing::{debug, warn};
 
 use super::answer::{Locality, Rendered};
 use super::answer_cache::{AnswerCache, AnswerKey};
-use super::forward::{Failure, Forwarder};
+use super::forward::{Admitted, Failure, Forwarder, Key as ForwardKey, Relayed};
 use super::locality::{Located, Policy};
 use super::name::{self, Target};
 use super::records::{Built, Outcome, Zone};
 use super::route::{route, Route};
-use super::skydns::SkyZone;
+use super::skydns::{SkyZone, SoaCache};
 use super::wire;
-use super::zones::StaticZones;
+use super::zone::file::StaticZones;
 use crate::cache::{Freshness, Mirror, Snapshot};
 use crate::config::{DnsConfig, LocalityConfig};
 use crate::metrics::{self, Metrics, QueryLabels};
@@ -50,7 +47,7 @@ pub struct Handler {
     /// Where clients are (`[locality]`).
     locality: Policy,
     /// The SOA for the snapshot revision it was built for (the revision is the serial).
-    soa: ArcSwap<(i64, Arc<Rendered>)>,
+    soa: SoaCache,
     ns: Record,
     max_udp_payload: u16,
     stale_ttl: u32,
@@ -106,11 +103,10 @@ impl Client {
 /// Who sends the response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
-    /// ruddr itself, with the records in the [`Reply`].
+    /// ruddr itself, with the records in the [`Reply`] (every zone, and forwarded answers
+    /// from the cache).
     Reply,
-    /// A static zone, through hickory's catalog.
-    Static,
-    /// An upstream resolver.
+    /// An upstream resolver (not in the forward cache).
     Forward,
 }
 
@@ -121,8 +117,8 @@ pub struct Reply {
     pub built: Option<Arc<Built>>,
     /// Indexes into `built.answers`, in response order.
     pub order: super::answer::Order,
-    /// How many of the ordered answers get their SRV glue in the additional section.
-    pub with_glue: usize,
+    /// Seconds to take off every TTL (an answer that waited in the forward cache).
+    pub age: u32,
     /// Answers not from `built` (apex, reverse and RFC 8482 records).
     pub extra: Vec<Record>,
     /// The zone's SOA, in the authority section of a negative answer.
@@ -145,7 +141,7 @@ impl Reply {
             edns: None,
             built: None,
             order: Default::default(),
-            with_glue: 0,
+            age: 0,
             extra: Vec::new(),
             soa: None,
             from_registry: false,
@@ -177,10 +173,25 @@ impl Reply {
         }
     }
 
+    /// Relays an upstream's answer that waited `age` seconds in the forward cache: its response
+    /// code and flags, its records in its order, our OPT with its DO bit.
+    fn relay(&mut self, relayed: Arc<Relayed>, age: u32) {
+        self.meta.response_code = relayed.response_code;
+        self.meta.authoritative = relayed.authoritative;
+        self.meta.authentic_data = relayed.authentic_data;
+        self.meta.recursion_available = true;
+        if let Some(edns) = self.edns.as_mut() {
+            edns.set_dnssec_ok(relayed.dnssec_ok);
+        }
+        self.order = (0..relayed.built.answers.len() as u32).collect();
+        self.built = Some(relayed.built.clone());
+        self.age = age;
+    }
+
     /// Negative answers (NODATA, NXDOMAIN) carry the zone's SOA (RFC 2308).
     fn settle(mut self, outcome: Outcome, soa: impl FnOnce() -> Arc<Rendered>) -> Self {
         match outcome {
-            Outcome::Answer => {}
+            Outcome::Answer | Outcome::Referral => {}
             Outcome::NoData => self.soa = Some(soa()),
             Outcome::NxDomain => {
                 self.meta.response_code = ResponseCode::NXDomain;
@@ -195,8 +206,9 @@ impl Reply {
         self
     }
 
-    /// Puts `built` in a fresh random order, cut to what fits a UDP answer of `payload` bytes.
-    fn place(&mut self, built: Arc<Built>, protocol: Protocol, qname: &Name, rng: &mut impl Rng) {
+    /// Puts `built` in a fresh random order. What fits a UDP message is decided when the
+    /// reply is written ([`wire::write_reply`]).
+    fn place(&mut self, built: Arc<Built>, rng: &mut impl Rng) {
         debug_assert_eq!(
             built.wire.spans.len(),
             built.answers.len(),
@@ -204,27 +216,6 @@ impl Reply {
         );
         self.order = built.order(rng);
         self.locality = built.locality;
-        self.with_glue = if protocol == Protocol::Udp {
-            // Options in our OPT record (a client subnet) take room from the records.
-            let options: usize = self.edns.as_ref().map_or(0, |e| {
-                e.options()
-                    .as_ref()
-                    .iter()
-                    .map(|(_, o)| 4 + usize::from(o.len()))
-                    .sum()
-            });
-            let limit = usize::from(self.payload).saturating_sub(options);
-            let (answers, glue) = built.fit_udp(&self.order, qname, limit);
-            if answers < self.order.len() {
-                // Cut here rather than let the encoder run out of room: that way the OPT record
-                // always fits (RFC 6891 7) and TC says the rest is on TCP.
-                self.order.truncate(answers);
-                self.meta.truncation = true;
-            }
-            glue
-        } else {
-            self.order.len()
-        };
         self.built = Some(built);
     }
 }
@@ -260,7 +251,7 @@ impl Handler {
             locality: Default::default(),
             min_healthy: 1,
         };
-        let soa = ArcSwap::from_pointee((-1, Arc::new(Rendered::new(zone.soa(0)))));
+        let soa = SoaCache::default();
         Ok(Self {
             apex: LowerName::new(&origin),
             ns: zone.ns(),
@@ -325,31 +316,26 @@ impl Handler {
         self.allow_recursion.iter().any(|net| net.contains(&ip))
     }
 
-    /// PTR records for a registered (and served) address, if `qname` is its reverse name.
-    fn reverse(&self, snapshot: &Snapshot, qname: &LowerName) -> Vec<Record> {
+    /// The PTR answer for a registered (and served) address, if `qname` is its reverse name;
+    /// its TTL follows freshness like every registry answer.
+    fn reverse(&self, snapshot: &Snapshot, qname: &LowerName, freshness: Freshness) -> Option<Built> {
         let labels: Vec<&[u8]> = qname.iter().collect();
-        let Some(ip) = name::reverse_address(&labels) else {
-            return Vec::new();
-        };
+        let ip = name::reverse_address(&labels)?;
         let owner = Name::from(qname);
-        snapshot
-            .instances_at(ip)
-            .iter()
-            .filter(|(svc, key)| {
-                snapshot
-                    .service(svc.as_str())
-                    .and_then(|s| s.instances.get(key))
-                    .is_some_and(|i| i.is_served(self.zone.serve_warning))
-            })
-            .filter_map(|(svc, (id, _))| self.zone.instance_name(svc.as_str(), id.as_str()))
-            .map(|target| {
-                Record::from_rdata(
-                    owner.clone(),
-                    self.zone.ttl,
-                    RData::PTR(hickory_proto::rr::rdata::PTR(target)),
-                )
-            })
-            .collect()
+        let ttl = freshness.ttl(self.zone.ttl, self.stale_ttl);
+        let mut built = Built::negative(snapshot.changes, Outcome::NoData);
+        for (svc, (id, _)) in snapshot.instances_at(ip).iter().filter(|(svc, key)| {
+            snapshot
+                .service(svc.as_str())
+                .and_then(|s| s.instances.get(key))
+                .is_some_and(|i| i.is_served(self.zone.serve_warning))
+        }) {
+            if let Some(target) = self.zone.instance_name(svc.as_str(), id.as_str()) {
+                let ptr = RData::PTR(hickory_proto::rr::rdata::PTR(target));
+                built.push(Record::from_rdata(owner.clone(), ttl, ptr), 0, 0, None);
+            }
+        }
+        (!built.answers.is_empty()).then(|| built.finish(&owner))
     }
 
     /// The end of the wire-form name `name` that is the zone it falls in (the discovery zone,
@@ -396,15 +382,7 @@ impl Handler {
     }
 
     fn soa_for(&self, snapshot: &Snapshot) -> Arc<Rendered> {
-        let current = self.soa.load();
-        if current.0 == snapshot.revision {
-            return current.1.clone();
-        }
-        // The serial follows the etcd revision (mod 2^32, as RFC 1982 serials wrap).
-        let record = Arc::new(Rendered::new(self.zone.soa(snapshot.revision as u32)));
-        self.soa
-            .store(Arc::new((snapshot.revision, record.clone())));
-        record
+        self.soa.get(&self.zone, snapshot.revision)
     }
 
     /// Decides the whole response to `q` from `client`, answering registry names from
@@ -434,23 +412,22 @@ impl Handler {
             return reply.code(ResponseCode::Refused);
         }
         let zones = self.zones.load();
-        match route(qname, &self.apex, &self.sky, zones.origin_of(qname)) {
-            Route::Static if qtype == RecordType::ANY => {
-                // RFC 8482: a minimal answer instead of every record set.
+        match route(qname, &self.apex, &self.sky, zones.zone_of(qname)) {
+            Route::Static(zone) => {
                 reply.meta.authoritative = true;
-                let hinfo = hickory_proto::rr::rdata::HINFO::new("RFC8482".into(), String::new());
-                reply.extra.push(Record::from_rdata(
-                    Name::from(qname),
-                    self.zone.ttl,
-                    RData::HINFO(hinfo),
-                ));
-                reply
+                if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+                    return reply.code(ResponseCode::Refused);
+                }
+                let built = zone.lookup(qname, qtype);
+                let outcome = built.outcome;
+                if outcome == Outcome::Referral {
+                    // A referral is not an authoritative answer (RFC 1034 4.3.2).
+                    reply.meta.authoritative = false;
+                }
+                reply.place(built, rng);
+                reply.settle(outcome, || zone.soa.clone())
             }
-            Route::Static => {
-                reply.via = Via::Static;
-                reply
-            }
-            Route::Outside => self.outside(reply, q, client, snapshot, freshness),
+            Route::Outside => self.outside(reply, q, client, snapshot, freshness, rng),
             route @ (Route::Registry | Route::Sky(_)) => {
                 // Both kinds of zone are ours: authoritative, no transfers, and registry names
                 // only while the data is usable.
@@ -460,12 +437,12 @@ impl Handler {
                 }
                 match route {
                     Route::Sky(sky) => {
-                        self.sky_name(reply, sky, qname, qtype, client, snapshot, freshness, rng)
+                        self.sky_name(reply, sky, qname, qtype, snapshot, freshness, rng)
                     }
                     _ => {
                         let located = self.locality.locate(client.ip, q.edns);
                         self.registry_name(
-                            reply, qname, qtype, client, &located, snapshot, freshness, rng,
+                            reply, qname, qtype, &located, snapshot, freshness, rng,
                         )
                     }
                 }
@@ -482,28 +459,46 @@ impl Handler {
         client: &Client,
         snapshot: &Snapshot,
         freshness: Freshness,
+        rng: &mut impl Rng,
     ) -> Reply {
         let Some(query) = q.query else {
             return reply.code(ResponseCode::FormErr);
         };
         let qtype = query.query_type();
-        if qtype == RecordType::PTR && freshness != Freshness::Expired {
-            let ptrs = self.reverse(snapshot, query.name());
-            if !ptrs.is_empty() {
+        if qtype == RecordType::PTR && freshness.is_usable() {
+            if let Some(ptrs) = self.reverse(snapshot, query.name(), freshness) {
                 reply.meta.authoritative = true;
-                reply.extra = ptrs;
+                reply.from_registry = true;
+                reply.place(Arc::new(ptrs), rng);
                 return reply;
             }
         }
-        if self.forwarder.is_some()
-            && q.header.recursion_desired
-            && !matches!(qtype, RecordType::AXFR | RecordType::IXFR)
-            && self.may_recurse(client.ip)
+        let Some(forwarder) = &self.forwarder else {
+            return reply.code(ResponseCode::Refused);
+        };
+        if !q.header.recursion_desired
+            || matches!(qtype, RecordType::AXFR | RecordType::IXFR)
+            || !self.may_recurse(client.ip)
         {
-            reply.via = Via::Forward;
-            return reply;
+            return reply.code(ResponseCode::Refused);
         }
-        reply.code(ResponseCode::Refused)
+        reply.meta.recursion_available = true;
+        let key = ForwardKey::new(
+            query.original(),
+            q.edns.is_some_and(|e| e.flags().dnssec_ok),
+            q.header.checking_disabled,
+            q.header.recursion_desired,
+        );
+        match forwarder.cached(&key) {
+            Some((relayed, age)) => {
+                reply.relay(relayed, age);
+                reply
+            }
+            None => {
+                reply.via = Via::Forward;
+                reply
+            }
+        }
     }
 
     /// Registry names are answered only from usable data: with none yet (no sync, no snapshot)
@@ -522,7 +517,6 @@ impl Handler {
         mut reply: Reply,
         qname: &LowerName,
         qtype: RecordType,
-        client: &Client,
         located: &Located,
         snapshot: &Snapshot,
         freshness: Freshness,
@@ -545,18 +539,7 @@ impl Handler {
         );
         let outcome = match target {
             Target::Apex => {
-                match qtype {
-                    RecordType::SOA | RecordType::ANY => {
-                        reply.extra.push(self.soa_for(snapshot).record.clone())
-                    }
-                    RecordType::NS => reply.extra.push(self.ns.clone()),
-                    _ => {}
-                }
-                if reply.extra.is_empty() {
-                    Outcome::NoData
-                } else {
-                    Outcome::Answer
-                }
+                return self.apex(reply, qtype, || self.soa_for(snapshot), || self.ns.clone())
             }
             Target::TcpNode if !snapshot.services.is_empty() => Outcome::NoData,
             Target::TcpNode | Target::None => Outcome::NxDomain,
@@ -594,7 +577,7 @@ impl Handler {
                     }
                 };
                 let outcome = built.outcome;
-                reply.place(built, client.protocol, qname, rng);
+                reply.place(built, rng);
                 outcome
             }
             Target::Service(s)
@@ -621,7 +604,7 @@ impl Handler {
                     Some(built) => {
                         let outcome = built.outcome;
                         reply.echo_subnet(located, built.locality.depends_on_client());
-                        reply.place(built, client.protocol, qname, rng);
+                        reply.place(built, rng);
                         outcome
                     }
                 }
@@ -668,43 +651,68 @@ impl Handler {
         Some(built)
     }
 
-    /// A name in a SkyDNS zone: the same freshness and TTL rules as registry names.
+    /// A name in a SkyDNS zone: the same apex, freshness, TTL and caching rules as registry
+    /// names. Any change may touch a SkyDNS name (its records come from a subtree of keys),
+    /// so its answers are keyed to the whole snapshot.
     #[allow(clippy::too_many_arguments)]
     fn sky_name(
         &self,
-        mut reply: Reply,
+        reply: Reply,
         sky: &SkyZone,
         qname: &LowerName,
         qtype: RecordType,
-        client: &Client,
         snapshot: &Snapshot,
         freshness: Freshness,
         rng: &mut impl Rng,
     ) -> Reply {
-        let serial = snapshot.revision as u32;
+        let soa = || sky.soa.get(&sky.zone, snapshot.revision);
         if *qname == sky.apex {
             // The apex holds SOA and NS only: entries below it answer their own names.
-            if matches!(qtype, RecordType::SOA | RecordType::ANY) {
-                reply.extra.push(sky.zone.soa(serial));
-            }
-            if matches!(qtype, RecordType::NS | RecordType::ANY) {
-                reply.extra.push(sky.zone.ns());
-            }
-            if reply.extra.is_empty() {
-                reply.soa = Some(Arc::new(Rendered::new(sky.zone.soa(serial))));
-            }
-            return reply;
+            return self.apex(reply, qtype, soa, || sky.zone.ns());
         }
+        let mut reply = reply;
         reply.from_registry = true;
         if !freshness.is_usable() {
             return Self::unusable(reply);
         }
-        let stale_ttl = freshness.is_stale().then_some(self.stale_ttl);
-        let built = sky.build(snapshot, qname, qtype, stale_ttl);
+        let key = AnswerKey::new(qname, qtype, freshness.is_stale(), None);
+        let built = match self.answers.get_current(&key, snapshot.changes) {
+            Some(b) => b,
+            None => {
+                let b = match self.answers.get(&key) {
+                    Some(b) if b.generation == snapshot.changes => b,
+                    _ => {
+                        let b = sky.build(snapshot, qname, qtype, freshness, self.stale_ttl);
+                        let b = Arc::new(b);
+                        self.answers.insert(key.clone(), b.clone());
+                        b
+                    }
+                };
+                self.answers.confirm(&key, &b, snapshot.changes);
+                b
+            }
+        };
         let outcome = built.outcome;
-        reply.place(Arc::new(built), client.protocol, qname, rng);
+        reply.place(built, rng);
         debug!(name = %qname, %qtype, ?outcome, "skydns query");
-        reply.settle(outcome, || Arc::new(Rendered::new(sky.zone.soa(serial))))
+        reply.settle(outcome, soa)
+    }
+
+    /// The apex of the discovery zone or a SkyDNS zone: its SOA and NS; ANY gets the SOA alone
+    /// (RFC 8482); other types NODATA.
+    fn apex(
+        &self,
+        mut reply: Reply,
+        qtype: RecordType,
+        soa: impl Fn() -> Arc<Rendered>,
+        ns: impl FnOnce() -> Record,
+    ) -> Reply {
+        match qtype {
+            RecordType::SOA | RecordType::ANY => reply.extra.push(soa().record.clone()),
+            RecordType::NS => reply.extra.push(ns()),
+            _ => return reply.settle(Outcome::NoData, soa),
+        }
+        reply
     }
 }
 
@@ -793,13 +801,14 @@ impl Handler {
     }
 
     /// Answers `request` at once if ruddr itself answers it, writing the encoded response into
-    /// `out`. A request for a static zone or an upstream comes back as [`Deferred`], for
-    /// [`Handler::answer_later`] (which may wait on the network).
+    /// `out`. A forwarded name not in the cache comes back as [`Deferred`], for
+    /// [`Handler::answer_later`] (which waits on the network), once the forwarding limits have
+    /// admitted it; past them, it is answered SERVFAIL here, without a task.
     pub fn answer_now(&self, request: &Request, out: &mut Vec<u8>) -> Result<(), Deferred> {
         let started = std::time::Instant::now();
         let snapshot = self.mirror.load();
         let freshness = self.status.freshness();
-        let reply = with_order_rng(|rng| {
+        let mut reply = with_order_rng(|rng| {
             self.answer(
                 &Question::of(request),
                 &Client::of(request),
@@ -808,16 +817,45 @@ impl Handler {
                 rng,
             )
         });
-        if reply.via != Via::Reply {
-            return Err(Deferred {
-                reply: Box::new(reply),
-                started,
-            });
+        if reply.via == Via::Forward {
+            match self.admit(request.src().ip()) {
+                Some(admitted) => {
+                    return Err(Deferred {
+                        reply: Box::new(reply),
+                        admitted,
+                        started,
+                    })
+                }
+                None => reply = reply.code(ResponseCode::ServFail),
+            }
         }
         let info = encode_reply(request, &reply, out);
         self.observe(request, started, &info);
         self.count_reply(&reply, freshness);
         Ok(())
+    }
+
+    /// A place among the forwarded queries in flight for `client`, or `None` (counted, and
+    /// logged once) when the forwarding limits are reached.
+    fn admit(&self, client: IpAddr) -> Option<Admitted> {
+        let forwarder = self.forwarder.as_ref()?;
+        match forwarder.admit(client) {
+            Ok(a) => Some(a),
+            Err(limited) => {
+                self.metrics.forward_limited.inc();
+                if !self
+                    .forward_limit_logged
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    warn!(
+                        %client,
+                        ?limited,
+                        "too many forwarded queries in flight: answering SERVFAIL (logged once; see ruddr_dns_forward_limited_total)",
+                    );
+                }
+                None
+            }
+        }
     }
 
     /// Counts what a reply ruddr gave itself says beyond its response code: stale data,
@@ -837,74 +875,32 @@ impl Handler {
         }
     }
 
-    /// Answers a request [`Handler::answer_now`] deferred: through hickory's catalog for a
-    /// static zone, or an upstream.
+    /// Answers a request [`Handler::answer_now`] deferred: asks an upstream.
     pub async fn answer_later(&self, request: &Request, deferred: Deferred, out: &mut Vec<u8>) {
-        let Deferred { reply, started } = deferred;
-        let reply = *reply;
-        let info = match reply.via {
-            Via::Static => {
-                let zones = self.zones.load_full();
-                // hickory's catalog sizes UDP answers by the client's buffer alone: cap it at
-                // ours, so a static zone is no reflection amplifier.
-                let collect = Collect {
-                    protocol: request.protocol(),
-                    max_udp: self.max_udp_payload,
-                    out: Default::default(),
-                };
-                let info = zones
-                    .catalog
-                    .handle_request::<Collect, TokioTime>(request, collect.clone())
-                    .await;
-                let bytes = collect.out.lock().map(|mut o| std::mem::take(&mut *o));
-                match bytes {
-                    Ok(bytes) if !bytes.is_empty() => *out = bytes,
-                    _ => {
-                        let info = send_code(request, reply, ResponseCode::ServFail, out);
-                        self.observe(request, started, &info);
-                        return;
-                    }
-                }
-                info
-            }
-            Via::Forward => self.forward(request, reply, out).await,
-            Via::Reply => send_code(request, reply, ResponseCode::ServFail, out),
-        };
+        let Deferred {
+            reply,
+            admitted,
+            started,
+        } = deferred;
+        let reply = self.forward(request, *reply).await;
+        drop(admitted);
+        let info = encode_reply(request, &reply, out);
         self.observe(request, started, &info);
     }
 
     /// A SERVFAIL for `request`, when the server cannot take on more work for it.
     pub fn answer_busy(&self, request: &Request, out: &mut Vec<u8>) {
         let started = std::time::Instant::now();
-        let mut reply = Reply::to(request, self.max_udp_payload);
+        let mut reply = Reply::to(request, self.max_udp_payload).code(ResponseCode::ServFail);
         reply.meta.recursion_available = self.may_recurse(request.src().ip());
-        let info = send_code(request, reply, ResponseCode::ServFail, out);
+        let info = encode_reply(request, &reply, out);
         self.observe(request, started, &info);
     }
 
-    /// Sends the upstream's answer through, or SERVFAIL when no upstream answered.
-    async fn forward(&self, request: &Request, reply: Reply, out: &mut Vec<u8>) -> ResponseInfo {
+    /// The upstream's answer, or SERVFAIL when no upstream answered.
+    async fn forward(&self, request: &Request, mut reply: Reply) -> Reply {
         let Some(forwarder) = &self.forwarder else {
-            return send_code(request, reply, ResponseCode::Refused, out);
-        };
-        let _admitted = match forwarder.admit(request.src().ip()) {
-            Ok(a) => a,
-            Err(limited) => {
-                self.metrics.forward_limited.inc();
-                if !self
-                    .forward_limit_logged
-                    .swap(true, std::sync::atomic::Ordering::Relaxed)
-                {
-                    warn!(
-                        client = %request.src().ip(),
-                        ?limited,
-                        "too many forwarded queries in flight: answering SERVFAIL (logged once; see ruddr_dns_forward_limited_total)",
-                    );
-                }
-                let mut reply = reply;
-                reply.meta.recursion_available = true;
-                return send_code(request, reply, ResponseCode::ServFail, out);
-            }
+            return reply.code(ResponseCode::Refused);
         };
         let metrics = &self.metrics;
         let upstream = forwarder
@@ -917,37 +913,15 @@ impl Handler {
                 metrics.observe_forward(addr, result);
             })
             .await;
-        let Some((_, message)) = upstream else {
-            warn!(name = ?request.queries.queries().first().map(|q| q.name().to_string()), "no upstream answered");
-            let mut reply = reply;
-            reply.meta.recursion_available = true;
-            return send_code(request, reply, ResponseCode::ServFail, out);
-        };
-        let mut meta = message.metadata;
-        meta.id = request.metadata.id;
-        meta.message_type = hickory_proto::op::MessageType::Response;
-        // Our own OPT towards the client: its buffer size, the upstream's DO bit.
-        let edns = request.edns.as_ref().map(|_| {
-            let mut e = Edns::new();
-            e.set_max_payload(reply.payload);
-            if let Some(up) = &message.edns {
-                e.set_dnssec_ok(up.flags().dnssec_ok);
+        match upstream {
+            Some((_, relayed, age)) => reply.relay(relayed, age),
+            None => {
+                warn!(name = ?request.queries.queries().first().map(|q| q.name().to_string()), "no upstream answered");
+                reply.meta.recursion_available = true;
+                reply = reply.code(ResponseCode::ServFail);
             }
-            e
-        });
-        let mut builder = MessageResponseBuilder::new(&request.queries, None);
-        if let Some(e) = &edns {
-            builder.edns(e);
         }
-        let empty: &[Record] = &[];
-        let response = builder.build(
-            meta,
-            message.answers.iter(),
-            message.authorities.iter(),
-            empty.iter(),
-            message.additionals.iter(),
-        );
-        encode(response, &request.metadata, request.protocol(), out)
+        reply
     }
 }
 
@@ -962,162 +936,70 @@ fn with_order_rng<T>(f: impl FnOnce(&mut rand::rngs::SmallRng) -> T) -> T {
     ORDER_RNG.with(|rng| f(&mut rng.borrow_mut()))
 }
 
-/// A request [`Handler::answer_now`] did not answer itself, with what it decided so far.
+/// A request [`Handler::answer_now`] did not answer itself, with what it decided so far and
+/// its place among the forwarded queries in flight.
 pub struct Deferred {
     reply: Box<Reply>,
+    admitted: Admitted,
     started: std::time::Instant,
 }
 
-/// Encodes `response` into `out` (cleared first). Over UDP the message is bounded by the
-/// response's EDNS buffer size (512 without EDNS) and the encoder sets TC when records are cut;
-/// an answer that cannot be encoded becomes a bare SERVFAIL.
-pub(crate) fn encode<'a>(
-    response: MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-    >,
-    request: &Metadata,
-    protocol: Protocol,
-    out: &mut Vec<u8>,
-) -> ResponseInfo {
-    out.clear();
-    let max = match protocol {
-        Protocol::Udp => response.edns().map_or(512, |e| e.max_payload().max(512)),
-        _ => u16::MAX,
-    };
-    let mut encoder = BinEncoder::new(out);
-    encoder.set_max_size(max);
-    match response.destructive_emit(&mut encoder) {
-        Ok(info) => info,
-        Err(error) => {
-            warn!(%error, "cannot encode a response: answering SERVFAIL");
-            out.clear();
-            let mut metadata = Metadata::response_from_request(request);
-            metadata.response_code = ResponseCode::ServFail;
-            let header = Header {
-                metadata,
-                counts: Default::default(),
-            };
-            let mut encoder = BinEncoder::new(out);
-            // A 12-byte header always fits an empty buffer.
-            let _ = header.emit(&mut encoder);
-            ResponseInfo::from(header)
-        }
-    }
-}
-
-/// Encodes a reply ruddr decided itself, its records in the reply's order: from the rendered
-/// answers with the question as the client sent it ([`wire::write_reply`]), or through
-/// hickory's encoder when the request has no single plain question.
+/// Writes a reply with [`wire::write_reply`], the question as the client sent it (or, for a
+/// question the fast parser does not take, as the request holds it).
 fn encode_reply(request: &Request, reply: &Reply, out: &mut Vec<u8>) -> ResponseInfo {
-    if let Some(question) = wire::question(request.as_slice()) {
-        let udp = request.protocol() == Protocol::Udp;
-        let written = wire::write_reply(out, request.metadata.id, question, reply, udp);
-        let mut header = Header {
-            metadata: reply.meta,
-            counts: Default::default(),
-        };
-        header.metadata.id = request.metadata.id;
-        header.metadata.response_code = written.rcode;
-        header.metadata.truncation = written.truncated;
-        return ResponseInfo::from(header);
-    }
-    encode_with_hickory(request, reply, out)
-}
-
-/// Encodes a reply ruddr decided itself through hickory's encoder (owner names as built,
-/// lower case).
-fn encode_with_hickory(request: &Request, reply: &Reply, out: &mut Vec<u8>) -> ResponseInfo {
-    let mut builder = MessageResponseBuilder::new(&request.queries, None);
-    if let Some(edns) = &reply.edns {
-        builder.edns(edns);
-    }
-    let empty: &[Record] = &[];
-    let answers = reply
-        .built
-        .as_deref()
-        .map_or(&[][..], |b| b.answers.as_slice());
-    let ordered = reply.order.iter().filter_map(|&i| answers.get(i as usize));
-    let glue = reply
-        .order
-        .iter()
-        .take(reply.with_glue)
-        .filter_map(|&i| answers.get(i as usize).and_then(|a| a.glue.as_deref()));
-    let response = builder.build(
-        reply.meta,
-        ordered.map(|a| &a.record).chain(reply.extra.iter()),
-        empty.iter(),
-        reply.soa.iter().map(|r| &r.record),
-        glue,
-    );
-    encode(response, &request.metadata, request.protocol(), out)
-}
-
-/// Encodes `reply` with no records and response code `code`.
-fn send_code(
-    request: &Request,
-    mut reply: Reply,
-    code: ResponseCode,
-    out: &mut Vec<u8>,
-) -> ResponseInfo {
-    reply.meta.response_code = code;
-    let mut builder = MessageResponseBuilder::new(&request.queries, None);
-    if let Some(e) = &reply.edns {
-        builder.edns(e);
-    }
-    let response = builder.build_no_records(reply.meta);
-    encode(response, &request.metadata, request.protocol(), out)
-}
-
-/// Collects the response hickory's catalog sends (for static zones), with its EDNS buffer size
-/// capped at `max_udp` so a UDP answer is cut (with TC) there.
-#[derive(Clone)]
-struct Collect {
-    protocol: Protocol,
-    max_udp: u16,
-    out: Arc<std::sync::Mutex<Vec<u8>>>,
-}
-
-#[async_trait::async_trait]
-impl ResponseHandler for Collect {
-    async fn send_response<'a>(
-        &mut self,
-        response: hickory_server::zone_handler::MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, hickory_server::net::NetError> {
-        let capped = response
-            .edns()
-            .filter(|e| e.max_payload() > self.max_udp)
-            .map(|e| {
-                let mut c = e.clone();
-                c.set_max_payload(self.max_udp);
-                c
-            });
-        let mut response = response;
-        if let Some(c) = &capped {
-            response.set_edns(c);
-        }
-        // The catalog's request metadata is not at hand here; an encoding failure is answered
-        // as a bare SERVFAIL with id 0 by `encode`'s fallback, which the caller replaces.
-        let mut out = self.out.lock().map_err(|_| "response buffer poisoned")?;
-        let meta = Metadata::new(0, hickory_proto::op::MessageType::Response, OpCode::Query);
-        Ok(encode(response, &meta, self.protocol, &mut out))
-    }
+    let single = request.queries.queries().len() == 1;
+    let question = match wire::question(request.as_slice()) {
+        Some(q) => q,
+        None if single => request.queries.as_bytes(),
+        None => &[],
+    };
+    let udp = request.protocol() == Protocol::Udp;
+    let written = wire::write_reply(out, request.metadata.id, question, reply, udp);
+    let mut header = Header {
+        metadata: reply.meta,
+        counts: Default::default(),
+    };
+    header.metadata.id = request.metadata.id;
+    header.metadata.response_code = written.rcode;
+    header.metadata.truncation = written.truncated;
+    ResponseInfo::from(header)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The message hickory encodes for `reply`'s records, in its order: the reference the
+    /// wire writer's bytes are compared with.
+    fn reference_message(request: &Request, reply: &Reply) -> Message {
+        let mut m = Message::new(
+            request.metadata.id,
+            hickory_proto::op::MessageType::Response,
+            OpCode::Query,
+        );
+        m.metadata = reply.meta;
+        m.metadata.id = request.metadata.id;
+        m.add_query(request.queries.queries()[0].original().clone());
+        if let Some(built) = &reply.built {
+            for &i in &reply.order {
+                m.add_answer(built.answers[i as usize].record.clone());
+            }
+            m.authorities.extend(built.authority.iter().cloned());
+            for &i in &reply.order {
+                m.additionals
+                    .extend(built.answers[i as usize].glue.iter().cloned());
+            }
+            m.additionals.extend(built.additional.iter().cloned());
+        }
+        m.answers.extend(reply.extra.iter().cloned());
+        if let Some(soa) = &reply.soa {
+            m.add_authority(soa.record.clone());
+        }
+        if let Some(edns) = &reply.edns {
+            m.set_edns(edns.clone());
+        }
+        Message::from_vec(&m.to_vec().unwrap()).unwrap()
+    }
     use crate::cache::{Health, Instance, InstanceId, ServiceName, SourceId, Update};
     use hickory_proto::op::{Message, Query};
     use rand::SeedableRng;
@@ -1331,7 +1213,7 @@ mod tests {
         assert!(built
             .answers
             .iter()
-            .filter_map(|a| a.glue.as_deref())
+            .flat_map(|a| a.glue.iter())
             .all(|g| g.ttl == 30));
         assert!(reply.from_registry);
     }
@@ -1696,6 +1578,7 @@ mod tests {
         let wire = |s: &str| {
             let mut out = Vec::new();
             let n = Name::from_ascii(s).unwrap();
+            use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
             let mut e = BinEncoder::new(&mut out);
             n.emit(&mut e).unwrap();
             out
@@ -1931,9 +1814,9 @@ mod tests {
                     h.status.freshness(),
                     &mut rand::rng(),
                 );
-                let mut reference = Vec::new();
-                encode_with_hickory(&request, &reply, &mut reference);
-                let reference = Message::from_vec(&reference).unwrap();
+                let mut reference = reference_message(&request, &reply);
+                // The reference holds every record: the writer alone decides what fits.
+                reference.metadata.truncation = fast.metadata.truncation;
                 assert_eq!(flags(&fast), flags(&reference), "{what}");
                 if fast.metadata.truncation {
                     // Which records made it (and so how many: SRV targets differ in length)

@@ -19,6 +19,6 @@ pub mod rrl;
 pub mod server;
 pub mod skydns;
 pub mod wire;
-pub mod zones;
+pub mod zone;
 
 pub use handler::Handler;

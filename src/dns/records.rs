@@ -500,7 +500,7 @@ mod tests {
         };
         assert_eq!((s.priority, s.weight, s.port), (1, 3, 8080));
         assert_eq!(s.target, q("a.web.svc.internal."));
-        let add = srv.answers[0].glue.as_ref().unwrap();
+        let add = srv.answers[0].glue.first().unwrap();
         assert_eq!(&add.name, &q("a.web.svc.internal."));
         let mx = z.build(&svc, t, &q("web.svc.internal."), RecordType::MX, 5, None);
         assert_eq!(mx.outcome, Outcome::NoData);
@@ -686,7 +686,7 @@ mod tests {
         assert!(b
             .answers
             .iter()
-            .filter_map(|a| a.glue.as_deref())
+            .flat_map(|a| a.glue.iter())
             .all(|r| r.ttl == 30));
     }
 
@@ -760,7 +760,7 @@ mod tests {
             panic!()
         };
         assert_eq!(s.target, q("db1.example.com."));
-        assert!(srv.answers.iter().all(|a| a.glue.is_none()));
+        assert!(srv.answers.iter().all(|a| a.glue.is_empty()));
         let txt = z.build(
             &svc,
             Target::Instance {
@@ -1011,7 +1011,7 @@ mod tests {
         assert_eq!((s.priority, s.weight, s.port), (1, 3, 8080));
         assert_eq!(s.target, q("a.web.svc.internal."));
         assert_eq!(
-            srv.answers[0].glue.as_ref().unwrap().name,
+            srv.answers[0].glue.first().unwrap().name,
             q("a.web.svc.internal.")
         );
         let txt = z.build(&svc, t, &name, RecordType::TXT, 5, None);

@@ -3,6 +3,7 @@
 use hickory_proto::rr::LowerName;
 
 use super::skydns::SkyZone;
+use super::zone::file::FileZone;
 
 /// Who answers a query name.
 #[derive(Debug, Clone, Copy)]
@@ -11,21 +12,22 @@ pub enum Route<'z> {
     Registry,
     /// A zone answered from a SkyDNS source.
     Sky(&'z SkyZone),
-    /// A static zone file, through hickory's catalog.
-    Static,
+    /// A static zone file.
+    Static(&'z FileZone),
     /// No zone of ours: a reverse name of a registered address, a forwarded name, or a refusal.
     Outside,
 }
 
 /// The most specific zone holding `qname` answers it: a static zone inside the discovery zone
 /// wins there, and a static parent of the discovery zone (or of a SkyDNS zone) does not shadow
-/// it. `static_origin` is the longest static zone holding `qname`, if any.
+/// it. `file` is the most specific static zone holding `qname`, if any.
 pub fn route<'z>(
     qname: &LowerName,
     apex: &LowerName,
     sky: &'z [SkyZone],
-    static_origin: Option<&LowerName>,
+    file: Option<&'z FileZone>,
 ) -> Route<'z> {
+    let static_origin = file.map(|z| &z.origin);
     let sky = sky
         .iter()
         .filter(|z| z.apex.zone_of(qname))
@@ -35,11 +37,11 @@ pub fn route<'z>(
         (!in_registry || o.num_labels() > apex.num_labels())
             && sky.is_none_or(|z| o.num_labels() > z.apex.num_labels())
     });
-    match (is_static, sky) {
-        (true, _) => Route::Static,
-        (false, Some(z)) => Route::Sky(z),
-        (false, None) if in_registry => Route::Registry,
-        (false, None) => Route::Outside,
+    match (file.filter(|_| is_static), sky) {
+        (Some(file), _) => Route::Static(file),
+        (None, Some(z)) => Route::Sky(z),
+        (None, None) if in_registry => Route::Registry,
+        (None, None) => Route::Outside,
     }
 }
 
@@ -57,6 +59,7 @@ mod tests {
     fn sky(apex: &str) -> SkyZone {
         let origin = Name::from_ascii(apex).unwrap();
         SkyZone {
+            soa: Default::default(),
             apex: LowerName::new(&origin),
             zone: Zone {
                 ns_name: origin.clone(),
@@ -78,7 +81,7 @@ mod tests {
         match r {
             Route::Registry => "registry".into(),
             Route::Sky(z) => format!("sky {}", z.apex),
-            Route::Static => "static".into(),
+            Route::Static(_) => "static".into(),
             Route::Outside => "outside".into(),
         }
     }
@@ -88,7 +91,25 @@ mod tests {
         let apex = lower("svc.internal.");
         let skies = [sky("skydns.local."), sky("east.skydns.local.")];
         let case = |q: &str, st: Option<&str>| {
-            let st = st.map(lower);
+            let st = st.map(|origin| {
+                let origin = Name::from_ascii(origin).unwrap();
+                let soa = hickory_proto::rr::Record::from_rdata(
+                    origin.clone(),
+                    60,
+                    hickory_proto::rr::RData::SOA(hickory_proto::rr::rdata::SOA::new(
+                        origin.clone(),
+                        origin.clone(),
+                        1,
+                        1,
+                        1,
+                        1,
+                        1,
+                    )),
+                );
+                FileZone::from_records(&origin, vec![soa]).unwrap()
+            });
+            // A static zone routes only the names it holds, as StaticZones::zone_of finds it.
+            let st = st.filter(|z| z.origin.zone_of(&lower(q)));
             name_of(route(&lower(q), &apex, &skies, st.as_ref()))
         };
         assert_eq!(case("web.svc.internal.", None), "registry");

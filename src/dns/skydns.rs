@@ -20,7 +20,11 @@ use std::net::IpAddr;
 use hickory_proto::rr::rdata::{CNAME, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
+use std::sync::Arc;
+
+use super::answer::Rendered;
 use super::records::{address_record, host_name, split_255, Built, Outcome, Zone};
+use crate::cache::Freshness;
 use crate::cache::{Address, DomainRecord, Snapshot, SourceId};
 
 /// CoreDNS's priority for entries that give none.
@@ -37,6 +41,28 @@ pub struct SkyZone {
     pub source: SourceId,
     /// TTL of entries without their own.
     pub ttl: u32,
+    /// The zone's SOA, rendered once per serial.
+    pub soa: SoaCache,
+}
+
+/// A zone's SOA rendered for the latest revision (the serial), shared by the threads that
+/// answer: negative answers copy its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct SoaCache(Arc<arc_swap::ArcSwapOption<(i64, Arc<Rendered>)>>);
+
+impl SoaCache {
+    /// The SOA of `zone` at `revision`: the rendered one when the revision is unchanged.
+    pub fn get(&self, zone: &Zone, revision: i64) -> Arc<Rendered> {
+        if let Some(current) = self.0.load().as_deref() {
+            if current.0 == revision {
+                return current.1.clone();
+            }
+        }
+        // The serial follows the etcd revision (mod 2^32, as RFC 1982 serials wrap).
+        let record = Arc::new(Rendered::new(zone.soa(revision as u32)));
+        self.0.store(Some(Arc::new((revision, record.clone()))));
+        record
+    }
 }
 
 /// The entries a query name covers.
@@ -94,26 +120,27 @@ fn strip(name: Name, n: u8) -> Name {
 }
 
 impl SkyZone {
-    /// An entry's TTL: its own, else the zone's; while the data is stale, `stale_ttl` replaces
-    /// it, as for every other registry answer (RFC 8767).
-    fn ttl_of(&self, r: &DomainRecord, stale_ttl: Option<u32>) -> u32 {
-        stale_ttl.unwrap_or_else(|| r.ttl.unwrap_or(self.ttl))
+    /// An entry's TTL: its own, else the zone's, as [`Freshness::ttl`] has it while stale.
+    fn ttl_of(&self, r: &DomainRecord, freshness: Freshness, stale_ttl: u32) -> u32 {
+        freshness.ttl(r.ttl.unwrap_or(self.ttl), stale_ttl)
     }
 
-    /// Builds the answer for `qname` and `qtype`. `stale_ttl` replaces TTLs while etcd is away.
+    /// Builds the answer for `qname` and `qtype` from `snapshot`, with TTLs as `freshness`
+    /// has them (`stale_ttl` while stale).
     pub fn build(
         &self,
         snapshot: &Snapshot,
         qname: &LowerName,
         qtype: RecordType,
-        stale_ttl: Option<u32>,
+        freshness: Freshness,
+        stale_ttl: u32,
     ) -> Built {
         let entries = covered(snapshot, self.source, qname);
         if entries.is_empty() {
-            return Built::negative(0, Outcome::NxDomain);
+            return Built::negative(snapshot.changes, Outcome::NxDomain);
         }
         let owner = Name::from(qname);
-        let mut built = Built::negative(0, Outcome::NoData);
+        let mut built = Built::negative(snapshot.changes, Outcome::NoData);
         let hosts: Vec<&(&str, &DomainRecord)> =
             entries.iter().filter(|(_, r)| r.host.is_some()).collect();
         let want = |ip: &IpAddr| match qtype {
@@ -131,7 +158,7 @@ impl SkyZone {
                 .any(|(_, r)| matches!(r.host, Some(Address::Ip(_))));
             let mut seen = HashSet::new();
             for (_, r) in &hosts {
-                let ttl = self.ttl_of(r, stale_ttl);
+                let ttl = self.ttl_of(r, freshness, stale_ttl);
                 match &r.host {
                     Some(Address::Ip(ip)) if want(ip) && seen.insert(*ip) => {
                         built.push(address_record(&owner, *ip, ttl), 0, r.weight.max(1), None);
@@ -177,7 +204,7 @@ impl SkyZone {
                 let Some(port) = r.port else { continue };
                 let share =
                     (100 * weight(r) / sums[&prio(r)].max(1)).clamp(1, u32::from(u16::MAX)) as u16;
-                let ttl = self.ttl_of(r, stale_ttl);
+                let ttl = self.ttl_of(r, freshness, stale_ttl);
                 let (target, additional) = match &r.host {
                     Some(Address::Host(h)) => match host_name(h) {
                         Some(t) => (strip(t, r.target_strip), None),
@@ -206,7 +233,7 @@ impl SkyZone {
                 if !seen.insert(text.as_str()) {
                     continue;
                 }
-                let ttl = self.ttl_of(r, stale_ttl);
+                let ttl = self.ttl_of(r, freshness, stale_ttl);
                 let record =
                     Record::from_rdata(owner.clone(), ttl, RData::TXT(TXT::new(split_255(text))));
                 built.push(record, 0, 1, None);
@@ -240,6 +267,7 @@ mod tests {
     fn sky() -> SkyZone {
         let origin = Name::from_ascii("skydns.local.").unwrap();
         SkyZone {
+            soa: Default::default(),
             apex: LowerName::new(&origin),
             zone: Zone {
                 ns_name: Name::from_ascii("ns.dns.skydns.local.").unwrap(),
@@ -303,7 +331,8 @@ mod tests {
             &s,
             &q("rails.production.east.skydns.local."),
             RecordType::A,
-            None,
+            Freshness::Current,
+            30,
         );
         assert_eq!(a.outcome, Outcome::Answer);
         assert_eq!(data(&a), ["10.0.0.1", "10.0.0.2"]);
@@ -313,27 +342,30 @@ mod tests {
             &s,
             &q("rails.production.east.skydns.local."),
             RecordType::A,
-            Some(30),
+            Freshness::Stale { age: None },
+            30,
         );
         // Stale: every TTL is replaced by the stale TTL, longer or shorter (RFC 8767).
         assert!(stale.answers.iter().all(|a| a.record.ttl == 30));
         // A whole region answers from everything below it.
-        let east = sky().build(&s, &q("east.skydns.local."), RecordType::AAAA, None);
+        let east = sky().build(&s, &q("east.skydns.local."), RecordType::AAAA, Freshness::Current, 30);
         assert_eq!(data(&east), ["fd00::3"]);
         let one = sky().build(
             &s,
             &q("1.rails.production.east.skydns.local."),
             RecordType::A,
-            None,
+            Freshness::Current,
+            30,
         );
         assert_eq!(data(&one), ["10.0.0.1"]);
-        let none = sky().build(&s, &q("nope.skydns.local."), RecordType::A, None);
+        let none = sky().build(&s, &q("nope.skydns.local."), RecordType::A, Freshness::Current, 30);
         assert_eq!(none.outcome, Outcome::NxDomain);
         let mx = sky().build(
             &s,
             &q("rails.production.east.skydns.local."),
             RecordType::MX,
-            None,
+            Freshness::Current,
+            30,
         );
         assert_eq!(mx.outcome, Outcome::NoData);
     }
@@ -346,7 +378,8 @@ mod tests {
             &s,
             &q("rails.production.east.skydns.local."),
             RecordType::SRV,
-            None,
+            Freshness::Current,
+            30,
         );
         let recs: Vec<(u16, u16, u16, String)> = srv
             .answers
@@ -379,7 +412,7 @@ mod tests {
                 ),
             ]
         );
-        let add = srv.answers[0].glue.as_ref().unwrap();
+        let add = srv.answers[0].glue.first().unwrap();
         assert_eq!(
             add.name.to_string(),
             "1.rails.production.east.skydns.local."
@@ -388,13 +421,14 @@ mod tests {
             &s,
             &q("db.production.west.skydns.local."),
             RecordType::SRV,
-            None,
+            Freshness::Current,
+            30,
         );
         let RData::SRV(t) = &db.answers[0].record.data else {
             panic!()
         };
         assert_eq!(t.target.to_string(), "example.com.", "targetstrip 1");
-        assert!(db.answers[0].glue.is_none());
+        assert!(db.answers[0].glue.is_empty());
     }
 
     #[test]
@@ -405,7 +439,8 @@ mod tests {
             &s,
             &q("db.production.west.skydns.local."),
             RecordType::A,
-            None,
+            Freshness::Current,
+            30,
         );
         assert_eq!(
             (data(&a), a.single),
@@ -415,35 +450,40 @@ mod tests {
             &s,
             &q("db.production.west.skydns.local."),
             RecordType::CNAME,
-            None,
+            Freshness::Current,
+            30,
         );
         assert_eq!(data(&cname), ["db.example.com."]);
         let any = sky().build(
             &s,
             &q("db.production.west.skydns.local."),
             RecordType::ANY,
-            None,
+            Freshness::Current,
+            30,
         );
         assert_eq!((data(&any), any.single), (vec!["hello".to_string()], false));
         let txt = sky().build(
             &s,
             &q("db.production.west.skydns.local."),
             RecordType::TXT,
-            None,
+            Freshness::Current,
+            30,
         );
         assert_eq!(data(&txt), ["hello"]);
         let wild = sky().build(
             &s,
             &q("rails.production.*.skydns.local."),
             RecordType::A,
-            None,
+            Freshness::Current,
+            30,
         );
         assert_eq!(wild.answers.len(), 2);
         let any = sky().build(
             &s,
             &q("*.production.any.skydns.local."),
             RecordType::SRV,
-            None,
+            Freshness::Current,
+            30,
         );
         assert_eq!(any.answers.len(), 4);
         let key: DomainKey = (SKY, "local/skydns/east/production/rails/1".into());

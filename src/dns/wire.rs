@@ -7,7 +7,7 @@
 //! does not fully understand is left to the general path (hickory's decoder), which applies the
 //! FORMERR and drop rules.
 
-use hickory_proto::op::{Edns, Header, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Header, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{Name, Record};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 
@@ -164,9 +164,11 @@ pub struct Written {
 }
 
 /// Writes `reply` as the response to the query with header id `id` and question section
-/// `question` (as received), into `out` (cleared first). A UDP response stays within the
-/// reply's payload size (512 without EDNS): answers that do not fit are cut and TC set; glue
-/// that does not fit is left out.
+/// `question` (as received), into `out` (cleared first). This is the one place that decides
+/// truncation, for every answer ruddr sends: a UDP response stays within the reply's payload
+/// size (512 without EDNS); answers or authority records that do not fit are cut and TC set;
+/// additional records (glue) that do not fit are left out without TC. TTLs are reduced by
+/// `reply.age` (a cached upstream answer).
 pub fn write_reply(
     out: &mut Vec<u8>,
     id: u16,
@@ -210,34 +212,45 @@ pub fn write_reply(
         }
     };
     let opt_len = opt.len();
+    let limit = limit.saturating_sub(opt_len);
     out.extend_from_slice(&[0; 12]);
     out.extend_from_slice(question);
     let qname_len = question.len().saturating_sub(4);
-    let fits = |out: &Vec<u8>, more: usize| out.len() + more + opt_len <= limit;
+    let age = reply.age;
 
     let mut answers = 0u16;
     let mut truncated = meta.truncation;
     let built = reply.built.as_deref();
     let wire = built.map(|b| &b.wire);
     for &i in &reply.order {
-        let Some((record, _)) = wire.and_then(|w| w.answer(i as usize)) else {
+        let (Some(w), Some(span)) = (wire, wire.and_then(|w| w.spans.get(i as usize))) else {
+            continue;
+        };
+        let Some((record, _)) = w.answer(i as usize) else {
             continue;
         };
         if record.is_empty() {
             // Failed to render (never for records ruddr makes): leave it out.
             continue;
         }
-        if !fits(out, 2 + record.len()) {
+        let pointer = if span.owner == 0 { 2 } else { 0 };
+        if out.len() + pointer + record.len() > limit {
             truncated = true;
             break;
         }
-        out.extend_from_slice(&[0xc0, 0x0c]);
+        let start = out.len();
+        if span.owner == 0 {
+            out.extend_from_slice(&[0xc0, 0x0c]);
+        }
         out.extend_from_slice(record);
+        if age > 0 {
+            age_records(&mut out[start..], age);
+        }
         answers += 1;
     }
     if !truncated {
         for r in &reply.extra {
-            if !push_record(out, r, question, qname_len, limit - opt_len) {
+            if !push_record(out, r, question, qname_len, limit) {
                 truncated = true;
                 break;
             }
@@ -245,29 +258,59 @@ pub fn write_reply(
         }
     }
     let mut authorities = 0u16;
+    if let (false, Some(w)) = (truncated, wire) {
+        let (bytes, n) = w.authority();
+        if out.len() + bytes.len() <= limit {
+            let start = out.len();
+            out.extend_from_slice(bytes);
+            if age > 0 {
+                age_records(&mut out[start..], age);
+            }
+            authorities += n;
+        } else {
+            truncated = true;
+        }
+    }
     if !truncated {
         if let Some(soa) = &reply.soa {
-            if push_rendered(out, soa, question, qname_len, limit - opt_len) {
-                authorities = 1;
+            if push_rendered(out, soa, question, qname_len, limit) {
+                authorities += 1;
             } else {
                 truncated = true;
             }
         }
     }
     let mut additionals = 0u16;
-    if !truncated {
-        for &i in reply.order.iter().take(reply.with_glue) {
-            let Some((_, glue)) = wire.and_then(|w| w.answer(i as usize)) else {
+    if let (false, Some(w)) = (truncated, wire) {
+        // Glue is optional: what does not fit is left out, without TC.
+        let mut room = true;
+        for &i in reply.order.iter() {
+            let Some((span, (_, glue))) = w.spans.get(i as usize).zip(w.answer(i as usize))
+            else {
                 continue;
             };
             if glue.is_empty() {
                 continue;
             }
-            if !fits(out, glue.len()) {
+            if out.len() + glue.len() > limit {
+                room = false;
                 break;
             }
+            let start = out.len();
             out.extend_from_slice(glue);
-            additionals += 1;
+            if age > 0 {
+                age_records(&mut out[start..], age);
+            }
+            additionals += span.glue_count;
+        }
+        let (bytes, n) = w.additional();
+        if room && n > 0 && out.len() + bytes.len() <= limit {
+            let start = out.len();
+            out.extend_from_slice(bytes);
+            if age > 0 {
+                age_records(&mut out[start..], age);
+            }
+            additionals += n;
         }
     }
     let rcode = meta.response_code;
@@ -276,22 +319,73 @@ pub fn write_reply(
         additionals += 1;
     }
     meta.truncation = truncated;
-    let header = &mut out[..12];
-    header[..2].copy_from_slice(&id.to_be_bytes());
+    let questions = u16::from(!question.is_empty());
+    write_header(
+        &mut out[..12],
+        &meta,
+        code,
+        [questions, answers, authorities, additionals],
+    );
+    Written { rcode, truncated }
+}
+
+/// The 12-byte header of a response with `meta`'s flags, response code `code` (its low four
+/// bits; EDNS carries the rest) and the four section counts.
+fn write_header(header: &mut [u8], meta: &Metadata, code: u16, counts: [u16; 4]) {
+    header[..2].copy_from_slice(&meta.id.to_be_bytes());
     header[2] = 0x80
         | (u8::from(meta.op_code) & 0x0f) << 3
         | u8::from(meta.authoritative) << 2
-        | u8::from(truncated) << 1
+        | u8::from(meta.truncation) << 1
         | u8::from(meta.recursion_desired);
     header[3] = u8::from(meta.recursion_available) << 7
         | u8::from(meta.authentic_data) << 5
         | u8::from(meta.checking_disabled) << 4
         | (code & 0x0f) as u8;
-    header[4..6].copy_from_slice(&1u16.to_be_bytes());
-    header[6..8].copy_from_slice(&answers.to_be_bytes());
-    header[8..10].copy_from_slice(&authorities.to_be_bytes());
-    header[10..12].copy_from_slice(&additionals.to_be_bytes());
-    Written { rcode, truncated }
+    for (n, count) in counts.iter().enumerate() {
+        header[4 + 2 * n..6 + 2 * n].copy_from_slice(&count.to_be_bytes());
+    }
+}
+
+/// The header-only response to a query with header `request` and response code `code` (a
+/// FORMERR for a query whose body cannot be read): no question, no records. The one writer of
+/// header-only replies.
+pub fn write_header_only(out: &mut Vec<u8>, request: &Metadata, code: ResponseCode) {
+    out.clear();
+    out.extend_from_slice(&[0; 12]);
+    let mut meta = Metadata::response_from_request(request);
+    meta.response_code = code;
+    write_header(&mut out[..12], &meta, u16::from(code), [0; 4]);
+}
+
+/// Reduces by `age` seconds the TTL of each record in `bytes`: whole records one after another
+/// (owners uncompressed or a 2-byte pointer), as rendered and written here.
+fn age_records(bytes: &mut [u8], age: u32) {
+    let mut at = 0;
+    while at < bytes.len() {
+        // The owner: labels to the root, or a pointer.
+        loop {
+            let Some(&len) = bytes.get(at) else { return };
+            if len & 0xc0 == 0xc0 {
+                at += 2;
+                break;
+            }
+            at += 1 + usize::from(len);
+            if len == 0 {
+                break;
+            }
+        }
+        let Some(fixed) = bytes.get_mut(at..at + 10) else {
+            return;
+        };
+        let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+        let rdlen = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        // OPT records carry flags, not a TTL.
+        if u16::from_be_bytes([fixed[0], fixed[1]]) != TYPE_OPT {
+            fixed[4..8].copy_from_slice(&ttl.saturating_sub(age).to_be_bytes());
+        }
+        at += 10 + rdlen;
+    }
 }
 
 /// Appends `record`, its owner as a pointer into the question when the owner is the question's

@@ -25,7 +25,7 @@ use crate::config::DnsConfig;
 use crate::dns::records::Zone;
 use crate::dns::server::{decode, format_error, is_answerable, Decoded};
 use crate::dns::skydns::SkyZone;
-use crate::dns::zones::StaticZones;
+use crate::dns::zone::file::StaticZones;
 use crate::dns::Handler;
 use crate::metrics::Metrics;
 use crate::registry::{Layout, Source, Status};
@@ -155,6 +155,7 @@ fn server() -> Server {
             .unwrap();
             let origin = Name::from_ascii("skydns.local.").unwrap();
             let sky_zone = SkyZone {
+                soa: Default::default(),
                 apex: LowerName::new(&origin),
                 zone: sky_zone_of(&h, origin),
                 source: sky.id,

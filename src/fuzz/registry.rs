@@ -240,6 +240,7 @@ fn registry_values_parse_or_fail_cleanly() {
     let origin = hickory_proto::rr::Name::from_ascii("skydns.local.").unwrap();
     let h = handler(mirror.clone());
     let sky = crate::dns::skydns::SkyZone {
+        soa: Default::default(),
         apex: hickory_proto::rr::LowerName::new(&origin),
         zone: h.zone_for(origin).unwrap(),
         source: sky_source.id,

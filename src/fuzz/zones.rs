@@ -16,7 +16,7 @@ use proptest::sample::Index;
 use super::packets::{ask, handler, runtime, wire_query, CLIENT};
 use super::{check, mutations, random_text, Mutation};
 use crate::cache::Mirror;
-use crate::dns::zones::StaticZones;
+use crate::dns::zone::file::StaticZones;
 
 const ZONES: &[&str] = &[
     "$TTL 300\n@ IN SOA ns hostmaster 1 3600 600 86400 60\n@ IN NS ns\nns IN A 10.0.0.53\nwww IN A 10.0.0.80\n",
@@ -109,7 +109,7 @@ fn zone_files_load_or_fail_cleanly() {
         let Ok(loaded) = StaticZones::load_dir(dir.path()) else {
             return Ok(());
         };
-        let origins: Vec<String> = loaded.origins.iter().map(|o| o.to_string()).collect();
+        let origins: Vec<String> = loaded.zones.iter().map(|z| z.origin.to_string()).collect();
         zones.store(Arc::new(loaded));
         for origin in origins {
             for name in [

@@ -9,6 +9,69 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, RecordType};
 
+use crate::dns::answer::{Built, Outcome};
+
+/// An upstream's answer as ruddr relays it: its header bits, and its records rendered once
+/// (owners equal to the question as pointers to it, so each client gets its own spelling; the
+/// upstream's order kept).
+#[derive(Debug)]
+pub struct Relayed {
+    pub built: Arc<Built>,
+    pub response_code: ResponseCode,
+    pub authoritative: bool,
+    pub authentic_data: bool,
+    pub recursion_available: bool,
+    /// The DO bit of the upstream's OPT record.
+    pub dnssec_ok: bool,
+}
+
+impl Relayed {
+    pub fn new(message: &Message) -> Self {
+        let question = message.queries.first().map(|q| q.name().clone());
+        let qname = question.clone().unwrap_or_else(Name::root);
+        let mut built = Built::negative(0, Outcome::NoData);
+        for r in &message.answers {
+            let owned = question.as_ref() != Some(&r.name);
+            built.push_record(r.clone(), owned, Vec::new());
+        }
+        built.lead = u16::try_from(built.answers.len()).unwrap_or(u16::MAX);
+        built.authority = message.authorities.clone();
+        built.additional = message.additionals.clone();
+        Self {
+            built: Arc::new(built.finish(&qname)),
+            response_code: message.metadata.response_code,
+            authoritative: message.metadata.authoritative,
+            authentic_data: message.metadata.authentic_data,
+            recursion_available: message.metadata.recursion_available,
+            dnssec_ok: message.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+        }
+    }
+
+    /// The answer as a message, TTLs reduced by `age` and owners equal to the question spelled
+    /// as `question` (what a client would decode).
+    #[cfg(test)]
+    pub fn message(&self, question: &Name, age: u32) -> Message {
+        use hickory_proto::op::{MessageType, OpCode};
+        let mut m = Message::new(0, MessageType::Response, OpCode::Query);
+        m.metadata.response_code = self.response_code;
+        let aged = |r: &hickory_proto::rr::Record| {
+            let mut r = r.clone();
+            r.ttl = r.ttl.saturating_sub(age);
+            r
+        };
+        for a in &self.built.answers {
+            let mut r = aged(&a.record);
+            if !a.owned {
+                r.name = question.clone();
+            }
+            m.answers.push(r);
+        }
+        m.authorities = self.built.authority.iter().map(aged).collect();
+        m.additionals = self.built.additional.iter().map(aged).collect();
+        m
+    }
+}
+
 /// What an upstream's answer depends on: the question (name case-insensitively) and the
 /// DO, CD and RD bits. RD is included because an RD=0 query to a recursive upstream gets only
 /// what it has cached, which must not be served to RD=1 clients.
@@ -23,6 +86,17 @@ pub struct Key {
 }
 
 impl Key {
+    /// The key of `request`'s first question, with its DO, CD and RD bits.
+    pub fn of(request: &hickory_server::server::Request) -> Option<Self> {
+        let query = request.queries.queries().first()?;
+        Some(Self::new(
+            query.original(),
+            request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+            request.metadata.checking_disabled,
+            request.metadata.recursion_desired,
+        ))
+    }
+
     pub fn new(
         query: &Query,
         dnssec_ok: bool,
@@ -40,10 +114,10 @@ impl Key {
     }
 }
 
-/// One stored answer: its encoding (so the byte bound is honest), when it was stored, and how
-/// long it may be served.
+/// One stored answer: rendered (its size counts against the byte bound), when it was stored,
+/// and how long it may be served.
 struct Stored {
-    wire: Vec<u8>,
+    answer: Arc<Relayed>,
     upstream: SocketAddr,
     stored_at: Instant,
     ttl: Duration,
@@ -91,7 +165,8 @@ impl Answers {
             moka::sync::Cache::builder()
                 .max_capacity(bytes)
                 .weigher(|key: &Key, value: &Arc<Stored>| {
-                    let size = value.wire.len() + key.name.len() + ENTRY_OVERHEAD;
+                    let size =
+                        value.answer.built.memory_size() + key.name.len() + ENTRY_OVERHEAD;
                     u32::try_from(size).unwrap_or(u32::MAX)
                 })
                 .expire_after(ByTtl)
@@ -104,9 +179,9 @@ impl Answers {
         self.entries.is_some()
     }
 
-    /// The stored answer for `key`, its TTLs reduced by the whole seconds spent in the cache
-    /// and owner names equal to `question` spelled as the client spelled it.
-    pub fn get(&self, key: &Key, question: &Name, now: Instant) -> Option<(SocketAddr, Message)> {
+    /// The stored answer for `key` and the whole seconds it has been in the cache (to take off
+    /// its TTLs).
+    pub fn get(&self, key: &Key, now: Instant) -> Option<(SocketAddr, Arc<Relayed>, u32)> {
         let entries = self.entries.as_ref()?;
         let stored = entries.get(key)?;
         let age = now.saturating_duration_since(stored.stored_at);
@@ -114,14 +189,8 @@ impl Answers {
             entries.invalidate(key);
             return None;
         }
-        // Stored by `insert` from a message that was encoded without error.
-        let mut message = Message::from_vec(&stored.wire).ok()?;
-        let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
-        for record in sections_mut(&mut message) {
-            record.ttl = record.ttl.saturating_sub(elapsed);
-        }
-        restore_case(&mut message, question);
-        Some((stored.upstream, message))
+        let age = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+        Some((stored.upstream, stored.answer.clone(), age))
     }
 
     /// Stores `message` from `upstream` if it may be cached (see [`cache_ttl`]), with record
@@ -148,13 +217,10 @@ impl Answers {
                 }
             }
         }
-        let Ok(wire) = message.to_vec() else {
-            return;
-        };
         entries.insert(
             key,
             Arc::new(Stored {
-                wire,
+                answer: Arc::new(Relayed::new(&message)),
                 upstream,
                 stored_at: now,
                 ttl,
@@ -214,21 +280,6 @@ fn is_negative(message: &Message) -> bool {
     message.metadata.response_code == ResponseCode::NXDomain || message.answers.is_empty()
 }
 
-/// Spells the question, and every owner name equal to it, as `question` (the client's case):
-/// the answer may come from another client's query or from the cache.
-pub fn restore_case(message: &mut Message, question: &Name) {
-    for query in &mut message.queries {
-        if query.name() == question {
-            query.set_name(question.clone());
-        }
-    }
-    for record in sections_mut(message) {
-        if record.name == *question {
-            record.name = question.clone();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +298,24 @@ mod tests {
             checking_disabled,
             true,
         )
+    }
+
+    /// What a client asking `question` would decode from the cache's answer.
+    trait GetMessage {
+        fn get_message(&self, key: &Key, question: &Name, now: Instant)
+            -> Option<(SocketAddr, Message)>;
+    }
+
+    impl GetMessage for Answers {
+        fn get_message(
+            &self,
+            key: &Key,
+            question: &Name,
+            now: Instant,
+        ) -> Option<(SocketAddr, Message)> {
+            self.get(key, now)
+                .map(|(addr, relayed, age)| (addr, relayed.message(question, age)))
+        }
     }
 
     fn upstream() -> SocketAddr {
@@ -295,7 +364,7 @@ mod tests {
         );
         let get = |after: u64| {
             cache
-                .get(
+                .get_message(
                     &key("a.example.", false, false),
                     &name("a.example."),
                     t0 + Duration::from_secs(after),
@@ -319,12 +388,12 @@ mod tests {
             t0,
         );
         let (_, m) = cache
-            .get(&key("a.example.", false, false), &name("a.example."), t0)
+            .get_message(&key("a.example.", false, false), &name("a.example."), t0)
             .unwrap();
         assert_eq!(m.answers[0].ttl, 3600);
         let later = t0 + Duration::from_secs(3600);
         assert!(cache
-            .get(&key("a.example.", false, false), &name("a.example."), later)
+            .get_message(&key("a.example.", false, false), &name("a.example."), later)
             .is_none());
     }
 
@@ -385,7 +454,7 @@ mod tests {
             t0,
         );
         let (_, m) = cache
-            .get(&k, &name("gone.example."), t0 + Duration::from_secs(20))
+            .get_message(&k, &name("gone.example."), t0 + Duration::from_secs(20))
             .unwrap();
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
         assert_eq!(
@@ -393,7 +462,7 @@ mod tests {
             "the SOA counts down from the negative TTL"
         );
         assert!(cache
-            .get(&k, &name("gone.example."), t0 + Duration::from_secs(60))
+            .get_message(&k, &name("gone.example."), t0 + Duration::from_secs(60))
             .is_none());
         let k2 = Key::new(
             &Query::query(name("gone.example."), RecordType::MX),
@@ -407,7 +476,7 @@ mod tests {
             &negative(ResponseCode::NXDomain, None),
             t0,
         );
-        assert!(cache.get(&k2, &name("gone.example."), t0).is_none());
+        assert!(cache.get_message(&k2, &name("gone.example."), t0).is_none());
     }
 
     #[test]
@@ -421,12 +490,12 @@ mod tests {
             t0,
         );
         let q = name("a.example.");
-        assert!(cache.get(&key("a.example.", true, false), &q, t0).is_none());
-        assert!(cache.get(&key("a.example.", false, true), &q, t0).is_none());
+        assert!(cache.get_message(&key("a.example.", true, false), &q, t0).is_none());
+        assert!(cache.get_message(&key("a.example.", false, true), &q, t0).is_none());
         let rd0 = Key::new(&Query::query(q.clone(), RecordType::A), false, false, false);
-        assert!(cache.get(&rd0, &q, t0).is_none());
+        assert!(cache.get_message(&rd0, &q, t0).is_none());
         assert!(cache
-            .get(&key("A.Example.", false, false), &q, t0)
+            .get_message(&key("A.Example.", false, false), &q, t0)
             .is_some());
     }
 
@@ -443,9 +512,8 @@ mod tests {
         cache.insert(key("www.example.", false, false), upstream(), &stored, t0);
         let theirs = name("wWw.ExAmple.");
         let (_, m) = cache
-            .get(&key("WWW.EXAMPLE.", false, false), &theirs, t0)
+            .get_message(&key("WWW.EXAMPLE.", false, false), &theirs, t0)
             .unwrap();
-        assert!(m.queries[0].name().eq_case(&theirs));
         assert!(m.answers[0].name.eq_case(&theirs));
         assert!(
             m.answers[1].name.eq_case(&name("Other.example.")),
@@ -484,7 +552,7 @@ mod tests {
         );
         assert!(!off.is_enabled());
         assert!(off
-            .get(&key("a.example.", false, false), &name("a.example."), t0)
+            .get_message(&key("a.example.", false, false), &name("a.example."), t0)
             .is_none());
     }
 }

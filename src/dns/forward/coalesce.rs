@@ -5,13 +5,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use hickory_proto::op::Message;
 use tokio::sync::watch;
 
 use super::cache::Key;
 
 /// What a leader found: the answering upstream and its message, or nothing (SERVFAIL).
-pub type Outcome = Arc<Option<(SocketAddr, Message)>>;
+pub type Outcome = Arc<Option<(SocketAddr, Arc<super::Relayed>)>>;
 
 type Slot = watch::Receiver<Option<Outcome>>;
 
@@ -88,7 +87,7 @@ pub async fn wait(mut slot: Slot) -> Option<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::op::Query;
+    use hickory_proto::op::{Message, Query};
     use hickory_proto::rr::{Name, RecordType};
 
     fn key(name: &str) -> Key {
@@ -107,7 +106,10 @@ mod tests {
         };
         assert!(matches!(flights.join(key("b.example.")), Role::Lead(_)));
         let addr: SocketAddr = "127.0.0.1:53".parse().unwrap();
-        lead.finish(Arc::new(Some((addr, Message::query()))));
+        lead.finish(Arc::new(Some((
+            addr,
+            Arc::new(super::super::Relayed::new(&Message::query())),
+        ))));
         let outcome = wait(slot).await.unwrap();
         assert_eq!(outcome.as_ref().as_ref().map(|(a, _)| *a), Some(addr));
         assert_eq!(

@@ -38,7 +38,8 @@ use tracing::debug;
 
 use crate::config::ForwardConfig;
 use crate::metrics::Metrics;
-use cache::{Answers, Key};
+pub use cache::{Key, Relayed};
+use cache::Answers;
 use coalesce::{InFlight, Role};
 use udp::Sockets;
 
@@ -226,57 +227,60 @@ impl Forwarder {
         self.timeout.saturating_mul(attempts) + udp::SOCKET_WAIT
     }
 
-    /// The upstream message for the request's question: from the cache, from an identical
+    /// The cached answer for `key`, with the seconds it has waited there; counts a hit. The
+    /// fast path's look-up: no task, no upstream.
+    pub fn cached(&self, key: &Key) -> Option<(Arc<Relayed>, u32)> {
+        if !self.answers.is_enabled() {
+            return None;
+        }
+        // A miss is counted by `forward`, which looks again.
+        let (_, relayed, age) = self.answers.get(key, Instant::now())?;
+        self.counters.cache_hit.inc();
+        Some((relayed, age))
+    }
+
+    /// The upstream answer for the request's question: from the cache, from an identical
     /// query already in flight, or as sent by the first upstream that answers, each failure
-    /// being reported through `on_attempt` (only for queries this call sent).
-    /// `payload` is the UDP size ruddr accepts from upstreams on this client's behalf.
-    /// Owner names equal to the question are spelled as in the request.
+    /// being reported through `on_attempt` (only for queries this call sent), with the seconds
+    /// it waited in the cache. `payload` is the UDP size ruddr accepts from upstreams on this
+    /// client's behalf.
     pub async fn forward(
         &self,
         request: &Request,
         payload: u16,
         mut on_attempt: impl FnMut(SocketAddr, Result<(), Failure>),
-    ) -> Option<(SocketAddr, Message)> {
+    ) -> Option<(SocketAddr, Arc<Relayed>, u32)> {
         let query = request.queries.queries().first()?.original().clone();
-        let dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
-        let key = Key::new(
-            &query,
-            dnssec_ok,
-            request.metadata.checking_disabled,
-            request.metadata.recursion_desired,
-        );
+        let key = Key::of(request)?;
         if self.answers.is_enabled() {
-            if let Some(hit) = self.answers.get(&key, query.name(), Instant::now()) {
+            if let Some(hit) = self.answers.get(&key, Instant::now()) {
                 self.counters.cache_hit.inc();
                 return Some(hit);
             }
             self.counters.cache_miss.inc();
         }
-        let restored = |outcome: Option<(SocketAddr, Message)>| {
-            outcome.map(|(addr, mut message)| {
-                cache::restore_case(&mut message, query.name());
-                (addr, message)
-            })
-        };
         // A follower whose leader gave up asks again, once: as the leader or behind a new one.
         for _ in 0..2 {
             match self.flights.join(key.clone()) {
                 Role::Follow(slot) => {
                     self.counters.coalesced.inc();
                     match tokio::time::timeout(self.budget(), coalesce::wait(slot)).await {
-                        Ok(Some(outcome)) => return restored(outcome.as_ref().clone()),
+                        Ok(Some(outcome)) => {
+                            return outcome.as_ref().clone().map(|(a, r)| (a, r, 0))
+                        }
                         Ok(None) => continue,
                         Err(_) => return None,
                     }
                 }
                 Role::Lead(lead) => {
                     let outcome = self.ask(request, &query, payload, &mut on_attempt).await;
-                    if let Some((addr, message)) = &outcome {
+                    let relayed = outcome.map(|(addr, message)| {
                         // Before `finish`: a question arriving after it finds the cache filled.
-                        self.answers.insert(key, *addr, message, Instant::now());
-                    }
-                    lead.finish(Arc::new(outcome.clone()));
-                    return restored(outcome);
+                        self.answers.insert(key, addr, &message, Instant::now());
+                        (addr, Arc::new(Relayed::new(&message)))
+                    });
+                    lead.finish(Arc::new(relayed.clone()));
+                    return relayed.map(|(a, r)| (a, r, 0));
                 }
             }
         }

@@ -111,9 +111,10 @@ fn forwarder(upstream: SocketAddr, tweak: impl FnOnce(&mut ForwardConfig)) -> Fo
 }
 
 async fn ask(f: &Forwarder, name: &str) -> Option<Message> {
+    let question = Name::from_ascii(name).unwrap();
     f.forward(&request(name, false), 1232, |_, _| {})
         .await
-        .map(|(_, m)| m)
+        .map(|(_, relayed, age)| relayed.message(&question, age))
 }
 
 #[tokio::test]

@@ -1,0 +1,3 @@
+//! The zones ruddr answers besides the registry's own: static zone files ([`file`]).
+
+pub mod file;
