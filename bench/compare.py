@@ -19,6 +19,13 @@ rounds of QPS, lost queries, server CPU seconds and answers per server CPU-secon
 to knotd (QPS/knotd, and a/cpu/knotd for answers per CPU-second). dnsperf tops out near 140-180k QPS on two cores, so answers per CPU-second is the figure
 that separates fast servers.
 
+--cases chooses what each ruddr build serves the data as (comma list): `registry` (from etcd,
+the default), `static` (the same records as a zone file in its zones directory, the discovery
+zone moved elsewhere) and `forward` (forwarded to knotd and answered from ruddr's forward cache:
+the zone's TTLs outlast the run, so after the first pass every answer is a cache hit). Each is a
+server of its own in the same interleaved rounds, labelled `<label>`, `<label>-static` and
+`<label>-fwd`; the forward case needs knot among the reference servers.
+
 --latency also runs dnsperf at a fixed 5,000 QPS (`-Q 5000 -v`, pinned) once per server per
 round, interleaved, and reports the medians (and spread) of the p50/p99 of the per-query latencies
 it prints, with each p99's distance from knotd's.
@@ -127,8 +134,9 @@ class EventCount:
 
 
 def zone_text(services: int, instances: int) -> str:
-    lines = ["$ORIGIN svc.internal.", "$TTL 5",
-             "@ IN SOA ns.dns hostmaster 1 3600 600 86400 5", "@ IN NS ns.dns", "ns.dns IN A 127.0.0.1"]
+    # TTLs longer than any run: the forward case answers from ruddr's cache throughout.
+    lines = ["$ORIGIN svc.internal.", "$TTL 86400",
+             "@ IN SOA ns.dns hostmaster 1 3600 600 86400 86400", "@ IN NS ns.dns", "ns.dns IN A 127.0.0.1"]
     for i in range(services):
         for j in range(instances):
             ip = ip_of(i, j)
@@ -209,11 +217,21 @@ def start_servers(args, ruddrs, refs, work: Path, zones: Path, endpoint: str, cp
     its workers by the CPUs it may use)."""
     servers: list[Server] = []
     pre = ["taskset", "-c", cpus] if cpus else []
-    for label, path in ruddrs:
+    cases = [c for c in args.cases.split(",") if c]
+
+    def ruddr(label: str, path: str, extra: list[str]) -> Server:
         port = free_port()
         argv = [path, "-q", "serve", "--listen", f"127.0.0.1:{port}", "--etcd-endpoints", endpoint,
-                "--admin-listen", "", "--zones-dir", str(work / "no-zones"), *args.ruddr_args.split()]
-        servers.append(Server(label, pre + argv, port, work))
+                "--admin-listen", "", *extra, *args.ruddr_args.split()]
+        return Server(label, pre + argv, port, work)
+
+    for label, path in ruddrs:
+        if "registry" in cases:
+            servers.append(ruddr(label, path, ["--zones-dir", str(work / "no-zones")]))
+        if "static" in cases:
+            # The registry moves to another zone; svc.internal comes from the zone file.
+            servers.append(ruddr(f"{label}-static", path,
+                                 ["--zone", "registry.internal", "--zones-dir", str(zones)]))
     if "knot" in refs:
         port = free_port()
         (work / "knot").mkdir(exist_ok=True)
@@ -272,6 +290,14 @@ file = "svc.internal.zone"
 """)
         servers.append(Server("hickory-dns", pre + [args.hickory, "-q", "-c", str(work / "hickory.toml"),
                                                     "-z", str(zones)], port, work))
+    if "forward" in cases:
+        knot = next((s for s in servers if s.label == "knotd"), None)
+        if knot is None:
+            sys.exit("--cases forward needs knot in --servers (the upstream)")
+        for label, path in ruddrs:
+            servers.append(ruddr(f"{label}-fwd", path,
+                                 ["--zone", "registry.internal", "--zones-dir", str(work / "no-zones"),
+                                  "--upstream", f"127.0.0.1:{knot.port}"]))
     return servers
 
 
@@ -296,6 +322,8 @@ def main() -> None:
     ap.add_argument("--profile-sort", default="symbol", help="perf report --sort keys (symbol, dso, ...)")
     ap.add_argument("--profile-limit", type=float, default=1.5, help="smallest share of samples shown, %%")
     ap.add_argument("--ruddr-args", default="", help="extra arguments for every ruddr")
+    ap.add_argument("--cases", default="registry", help="what each ruddr serves: registry, static, forward "
+                    "(comma list)")
     args = ap.parse_args()
     ruddrs = [r.split("=", 1) for r in (args.ruddr or [f"ruddr={ROOT / 'target/release/ruddr'}"])]
     refs = [s for s in args.servers.split(",") if s]

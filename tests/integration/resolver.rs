@@ -209,10 +209,12 @@ fn static_zones_axfr_any_ptr_and_reload() {
             "{zone}: {out}"
         );
     }
-    // ANY: a minimal answer (RFC 8482).
+    // ANY: a minimal answer (RFC 8482), the SOA at the apex as for the discovery zone.
     let any = query(r.addr(), "static.test.", RecordType::ANY);
     assert_eq!(any.answers.len(), 1);
-    assert!(matches!(&any.answers[0].data, RData::HINFO(h) if &h.cpu[..] == b"RFC8482"));
+    assert!(matches!(&any.answers[0].data, RData::SOA(_)), "{any:?}");
+    let any = query(r.addr(), "www.static.test.", RecordType::ANY);
+    assert_eq!(answer_strings(&any), ["192.0.2.10"]);
 
     // PTR for registered addresses (two instances share one address).
     let mut ptr = dig_short(r.port, "-x", "10.42.0.1");
@@ -471,4 +473,85 @@ fn a_big_static_rrset_over_udp_is_capped_at_max_udp_payload_with_tc() {
     // The whole RRset over TCP.
     let tcp = exchange(r.addr(), &q, Transport::Tcp);
     assert_eq!(tcp.answers.len(), 300);
+}
+
+/// A static zone with what zone files hold beyond plain records: wildcards, CNAMEs inside the
+/// zone, a delegation with glue, empty non-terminals, and negative answers with the zone's
+/// SOA, over UDP and TCP, with dig and the hickory client.
+#[test]
+fn static_zone_wildcards_cnames_delegations_and_negative_answers() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let zones = dir.path().join("zones");
+    std::fs::create_dir_all(&zones).unwrap();
+    let zone = format!(
+        "{UPSTREAM_ZONE}*.apps IN A 192.0.2.20\n*.apps IN TXT \"wild\"\nalias IN CNAME www\n\
+         chain IN CNAME alias\nexternal IN CNAME www.example.com.\n\
+         sub IN NS ns1.sub\nsub IN NS ns.elsewhere.example.\nns1.sub IN A 192.0.2.53\n\
+         a.b.deep IN A 192.0.2.30\nmail IN MX 10 www\n"
+    );
+    std::fs::write(zones.join("static.test.zone"), zone).unwrap();
+    let r = Ruddr::start(&etcd.endpoint(), &["--zones-dir", zones.to_str().unwrap()]);
+    r.wait_watching();
+
+    // Wildcards answer with the question's name, at any depth below the closest encloser.
+    for name in ["x.apps.static.test.", "Y.Z.apps.static.test."] {
+        let m = query(r.addr(), name, RecordType::A);
+        assert_eq!(answer_strings(&m), ["192.0.2.20"], "{name}");
+        assert_eq!(m.answers[0].name.to_string(), name, "owner spelled as asked");
+        assert!(m.metadata.authoritative);
+    }
+    assert_eq!(dig_short(r.port, "q.apps.static.test", "TXT"), ["\"wild\""]);
+    // CNAME chains inside the zone: every link, then the target's records.
+    let m = query(r.addr(), "chain.static.test.", RecordType::A);
+    assert_eq!(
+        answer_strings_of(&m.answers),
+        ["alias.static.test.", "www.static.test.", "192.0.2.10"]
+    );
+    assert_eq!(m.answers[1].name.to_string(), "alias.static.test.");
+    assert_eq!(m.answers[2].name.to_string(), "www.static.test.");
+    let m = query(r.addr(), "external.static.test.", RecordType::A);
+    assert_eq!(answer_strings(&m), ["www.example.com."]);
+    // MX with the exchange's address in the additional section.
+    let m = query(r.addr(), "mail.static.test.", RecordType::MX);
+    assert_eq!(m.answers.len(), 1);
+    assert_eq!(answer_strings_of(&m.additionals), ["192.0.2.10"]);
+
+    // Below a delegation: a referral, not authoritative, NS in authority and glue.
+    for name in ["sub.static.test.", "host.sub.static.test.", "ns1.sub.static.test."] {
+        let m = query(r.addr(), name, RecordType::A);
+        assert_eq!(rcode(&m), ResponseCode::NoError, "{name}");
+        assert!(!m.metadata.authoritative, "{name}: a referral is not authoritative");
+        assert!(m.answers.is_empty(), "{name}");
+        let mut ns = answer_strings_of(&m.authorities);
+        ns.sort();
+        assert_eq!(ns, ["ns.elsewhere.example.", "ns1.sub.static.test."], "{name}");
+        assert_eq!(answer_strings_of(&m.additionals), ["192.0.2.53"], "{name}");
+    }
+    let out = dig(r.port, &["host.sub.static.test", "A", "+norec"]);
+    assert!(out.contains("AUTHORITY: 2") && !out.contains(" aa"), "{out}");
+
+    // NXDOMAIN and NODATA carry the SOA with min(TTL, MINIMUM) = 60; empty non-terminals
+    // exist.
+    for (name, qtype, code) in [
+        ("nope.static.test.", RecordType::A, ResponseCode::NXDomain),
+        ("q.www.static.test.", RecordType::A, ResponseCode::NXDomain),
+        ("www.static.test.", RecordType::AAAA, ResponseCode::NoError),
+        ("b.deep.static.test.", RecordType::A, ResponseCode::NoError),
+        ("deep.static.test.", RecordType::TXT, ResponseCode::NoError),
+    ] {
+        for transport in [Transport::Udp, Transport::Tcp] {
+            let m = exchange(r.addr(), &query_message(name, qtype, Some(1232)), transport);
+            assert_eq!(rcode(&m), code, "{name} {qtype}");
+            assert!(m.answers.is_empty(), "{name} {qtype}");
+            assert!(m.metadata.authoritative);
+            assert_eq!(m.authorities.len(), 1, "{name} {qtype}");
+            assert!(matches!(m.authorities[0].data, RData::SOA(_)));
+            assert_eq!(m.authorities[0].ttl, 60);
+        }
+    }
+}
+
+fn answer_strings_of(records: &[hickory_proto::rr::Record]) -> Vec<String> {
+    records.iter().map(|r| rdata_string(&r.data)).collect()
 }
