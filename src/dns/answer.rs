@@ -183,7 +183,12 @@ impl Built {
             self.outcome = Outcome::Answer;
         }
         // Header, the question and room for an OPT record with options.
-        let extra: usize = self.authority.iter().chain(&self.additional).map(wire_size).sum();
+        let extra: usize = self
+            .authority
+            .iter()
+            .chain(&self.additional)
+            .map(wire_size)
+            .sum();
         let mut room = MAX_MESSAGE.saturating_sub(12 + qname.len() + 1 + 4 + 64 + extra);
         let all = self.answers.len();
         let mut keep = all;
@@ -286,7 +291,11 @@ impl Wire {
                 len: len as u32,
                 glue_len: (bytes.len() - at - len) as u32,
                 glue_count: a.glue.len() as u16,
-                owner: if a.owned { owner_len(&a.record.name) as u16 } else { 0 },
+                owner: if a.owned {
+                    owner_len(&a.record.name) as u16
+                } else {
+                    0
+                },
                 priority: a.priority,
                 weight: a.weight,
             });
@@ -317,14 +326,20 @@ impl Wire {
     /// The authority records' bytes and count.
     pub fn authority(&self) -> (&[u8], u16) {
         let (at, len, n) = self.authority;
-        let bytes = self.bytes.get(at as usize..(at + len) as usize).unwrap_or(&[]);
+        let bytes = self
+            .bytes
+            .get(at as usize..(at + len) as usize)
+            .unwrap_or(&[]);
         (bytes, n)
     }
 
     /// The additional records' bytes (beyond glue) and count.
     pub fn additional(&self) -> (&[u8], u16) {
         let (at, len, n) = self.additional;
-        let bytes = self.bytes.get(at as usize..(at + len) as usize).unwrap_or(&[]);
+        let bytes = self
+            .bytes
+            .get(at as usize..(at + len) as usize)
+            .unwrap_or(&[]);
         (bytes, n)
     }
 }
@@ -486,7 +501,11 @@ mod tests {
         let owner = name("alias.example.");
         let mut b = Built::negative(0, Outcome::NoData);
         let cname = hickory_proto::rr::rdata::CNAME(name("www.example."));
-        b.push_record(Record::from_rdata(owner.clone(), 60, RData::CNAME(cname)), false, vec![]);
+        b.push_record(
+            Record::from_rdata(owner.clone(), 60, RData::CNAME(cname)),
+            false,
+            vec![],
+        );
         b.lead = 1;
         for i in 0..5 {
             let a = Record::from_rdata(name("www.example."), 60, RData::A(A::new(10, 0, 0, i)));
@@ -494,7 +513,10 @@ mod tests {
         }
         let b = b.finish(&owner);
         assert_eq!(b.wire.spans[0].owner, 0);
-        assert_eq!(usize::from(b.wire.spans[1].owner), owner_len(&name("www.example.")));
+        assert_eq!(
+            usize::from(b.wire.spans[1].owner),
+            owner_len(&name("www.example."))
+        );
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let mut seconds = std::collections::HashSet::new();
         for _ in 0..50 {

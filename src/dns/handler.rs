@@ -318,7 +318,12 @@ impl Handler {
 
     /// The PTR answer for a registered (and served) address, if `qname` is its reverse name;
     /// its TTL follows freshness like every registry answer.
-    fn reverse(&self, snapshot: &Snapshot, qname: &LowerName, freshness: Freshness) -> Option<Built> {
+    fn reverse(
+        &self,
+        snapshot: &Snapshot,
+        qname: &LowerName,
+        freshness: Freshness,
+    ) -> Option<Built> {
         let labels: Vec<&[u8]> = qname.iter().collect();
         let ip = name::reverse_address(&labels)?;
         let owner = Name::from(qname);
@@ -441,9 +446,7 @@ impl Handler {
                     }
                     _ => {
                         let located = self.locality.locate(client.ip, q.edns);
-                        self.registry_name(
-                            reply, qname, qtype, &located, snapshot, freshness, rng,
-                        )
+                        self.registry_name(reply, qname, qtype, &located, snapshot, freshness, rng)
                     }
                 }
             }

@@ -348,7 +348,13 @@ mod tests {
         // Stale: every TTL is replaced by the stale TTL, longer or shorter (RFC 8767).
         assert!(stale.answers.iter().all(|a| a.record.ttl == 30));
         // A whole region answers from everything below it.
-        let east = sky().build(&s, &q("east.skydns.local."), RecordType::AAAA, Freshness::Current, 30);
+        let east = sky().build(
+            &s,
+            &q("east.skydns.local."),
+            RecordType::AAAA,
+            Freshness::Current,
+            30,
+        );
         assert_eq!(data(&east), ["fd00::3"]);
         let one = sky().build(
             &s,
@@ -358,7 +364,13 @@ mod tests {
             30,
         );
         assert_eq!(data(&one), ["10.0.0.1"]);
-        let none = sky().build(&s, &q("nope.skydns.local."), RecordType::A, Freshness::Current, 30);
+        let none = sky().build(
+            &s,
+            &q("nope.skydns.local."),
+            RecordType::A,
+            Freshness::Current,
+            30,
+        );
         assert_eq!(none.outcome, Outcome::NxDomain);
         let mx = sky().build(
             &s,

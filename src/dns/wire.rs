@@ -285,8 +285,7 @@ pub fn write_reply(
         // Glue is optional: what does not fit is left out, without TC.
         let mut room = true;
         for &i in reply.order.iter() {
-            let Some((span, (_, glue))) = w.spans.get(i as usize).zip(w.answer(i as usize))
-            else {
+            let Some((span, (_, glue))) = w.spans.get(i as usize).zip(w.answer(i as usize)) else {
                 continue;
             };
             if glue.is_empty() {

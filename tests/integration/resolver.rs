@@ -498,7 +498,11 @@ fn static_zone_wildcards_cnames_delegations_and_negative_answers() {
     for name in ["x.apps.static.test.", "Y.Z.apps.static.test."] {
         let m = query(r.addr(), name, RecordType::A);
         assert_eq!(answer_strings(&m), ["192.0.2.20"], "{name}");
-        assert_eq!(m.answers[0].name.to_string(), name, "owner spelled as asked");
+        assert_eq!(
+            m.answers[0].name.to_string(),
+            name,
+            "owner spelled as asked"
+        );
         assert!(m.metadata.authoritative);
     }
     assert_eq!(dig_short(r.port, "q.apps.static.test", "TXT"), ["\"wild\""]);
@@ -518,18 +522,32 @@ fn static_zone_wildcards_cnames_delegations_and_negative_answers() {
     assert_eq!(answer_strings_of(&m.additionals), ["192.0.2.10"]);
 
     // Below a delegation: a referral, not authoritative, NS in authority and glue.
-    for name in ["sub.static.test.", "host.sub.static.test.", "ns1.sub.static.test."] {
+    for name in [
+        "sub.static.test.",
+        "host.sub.static.test.",
+        "ns1.sub.static.test.",
+    ] {
         let m = query(r.addr(), name, RecordType::A);
         assert_eq!(rcode(&m), ResponseCode::NoError, "{name}");
-        assert!(!m.metadata.authoritative, "{name}: a referral is not authoritative");
+        assert!(
+            !m.metadata.authoritative,
+            "{name}: a referral is not authoritative"
+        );
         assert!(m.answers.is_empty(), "{name}");
         let mut ns = answer_strings_of(&m.authorities);
         ns.sort();
-        assert_eq!(ns, ["ns.elsewhere.example.", "ns1.sub.static.test."], "{name}");
+        assert_eq!(
+            ns,
+            ["ns.elsewhere.example.", "ns1.sub.static.test."],
+            "{name}"
+        );
         assert_eq!(answer_strings_of(&m.additionals), ["192.0.2.53"], "{name}");
     }
     let out = dig(r.port, &["host.sub.static.test", "A", "+norec"]);
-    assert!(out.contains("AUTHORITY: 2") && !out.contains(" aa"), "{out}");
+    assert!(
+        out.contains("AUTHORITY: 2") && !out.contains(" aa"),
+        "{out}"
+    );
 
     // NXDOMAIN and NODATA carry the SOA with min(TTL, MINIMUM) = 60; empty non-terminals
     // exist.

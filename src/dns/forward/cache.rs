@@ -165,8 +165,7 @@ impl Answers {
             moka::sync::Cache::builder()
                 .max_capacity(bytes)
                 .weigher(|key: &Key, value: &Arc<Stored>| {
-                    let size =
-                        value.answer.built.memory_size() + key.name.len() + ENTRY_OVERHEAD;
+                    let size = value.answer.built.memory_size() + key.name.len() + ENTRY_OVERHEAD;
                     u32::try_from(size).unwrap_or(u32::MAX)
                 })
                 .expire_after(ByTtl)
@@ -302,8 +301,12 @@ mod tests {
 
     /// What a client asking `question` would decode from the cache's answer.
     trait GetMessage {
-        fn get_message(&self, key: &Key, question: &Name, now: Instant)
-            -> Option<(SocketAddr, Message)>;
+        fn get_message(
+            &self,
+            key: &Key,
+            question: &Name,
+            now: Instant,
+        ) -> Option<(SocketAddr, Message)>;
     }
 
     impl GetMessage for Answers {
@@ -490,8 +493,12 @@ mod tests {
             t0,
         );
         let q = name("a.example.");
-        assert!(cache.get_message(&key("a.example.", true, false), &q, t0).is_none());
-        assert!(cache.get_message(&key("a.example.", false, true), &q, t0).is_none());
+        assert!(cache
+            .get_message(&key("a.example.", true, false), &q, t0)
+            .is_none());
+        assert!(cache
+            .get_message(&key("a.example.", false, true), &q, t0)
+            .is_none());
         let rd0 = Key::new(&Query::query(q.clone(), RecordType::A), false, false, false);
         assert!(cache.get_message(&rd0, &q, t0).is_none());
         assert!(cache

@@ -38,8 +38,8 @@ use tracing::debug;
 
 use crate::config::ForwardConfig;
 use crate::metrics::Metrics;
-pub use cache::{Key, Relayed};
 use cache::Answers;
+pub use cache::{Key, Relayed};
 use coalesce::{InFlight, Role};
 use udp::Sockets;
 

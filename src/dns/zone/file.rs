@@ -188,7 +188,11 @@ impl FileZone {
             let mut r = r;
             r.name = Name::from(&owner);
             let rtype = r.record_type();
-            sets.entry(owner).or_default().entry(rtype).or_default().push(r);
+            sets.entry(owner)
+                .or_default()
+                .entry(rtype)
+                .or_default()
+                .push(r);
         }
         let soa = sets
             .get(&lower_origin)
@@ -226,10 +230,7 @@ impl FileZone {
                 })
                 .collect()
         };
-        let occluded = |name: &LowerName| {
-            cuts.iter()
-                .any(|cut| cut.zone_of(name) && cut != name)
-        };
+        let occluded = |name: &LowerName| cuts.iter().any(|cut| cut.zone_of(name) && cut != name);
         let mut zone = FileZone {
             origin: lower_origin.clone(),
             nodes: Map::default(),
@@ -329,7 +330,9 @@ impl FileZone {
                 b.push_record(cname.clone(), !first, Vec::new());
                 b.lead += 1;
                 first = false;
-                let RData::CNAME(target) = &cname.data else { break };
+                let RData::CNAME(target) = &cname.data else {
+                    break;
+                };
                 at = LowerName::new(&target.0);
                 if !self.origin.zone_of(&at) {
                     break;
@@ -553,23 +556,29 @@ mod tests {
         assert!(!w.answers[0].owned);
         // An existing name is not covered by the wildcard; nor a deeper name's ancestor.
         assert_eq!(
-            z.lookup(&lower("apps.example.internal."), RecordType::A).outcome,
+            z.lookup(&lower("apps.example.internal."), RecordType::A)
+                .outcome,
             Outcome::NoData
         );
         // x.apps does not exist, so apps is the closest encloser and *.apps matches.
         assert_eq!(
-            z.lookup(&lower("y.x.apps.example.internal."), RecordType::A).outcome,
+            z.lookup(&lower("y.x.apps.example.internal."), RecordType::A)
+                .outcome,
             Outcome::Answer
         );
         // Below an existing name without a wildcard child: NXDOMAIN.
         assert_eq!(
-            z.lookup(&lower("q.www.example.internal."), RecordType::A).outcome,
+            z.lookup(&lower("q.www.example.internal."), RecordType::A)
+                .outcome,
             Outcome::NxDomain
         );
         let alias = z.lookup(&lower("alias.example.internal."), RecordType::A);
         assert_eq!(
             rdata(&alias),
-            ["alias.example.internal. www.example.internal.", "www.example.internal. 10.0.0.80"]
+            [
+                "alias.example.internal. www.example.internal.",
+                "www.example.internal. 10.0.0.80"
+            ]
         );
         assert_eq!(alias.lead, 1);
         assert!(alias.answers[1].owned);
@@ -580,7 +589,11 @@ mod tests {
         let out = z.lookup(&lower("out.example.internal."), RecordType::AAAA);
         assert_eq!(out.answers.len(), 1);
         for ent in ["b.c.example.internal.", "c.example.internal."] {
-            assert_eq!(z.lookup(&lower(ent), RecordType::A).outcome, Outcome::NoData, "{ent}");
+            assert_eq!(
+                z.lookup(&lower(ent), RecordType::A).outcome,
+                Outcome::NoData,
+                "{ent}"
+            );
         }
     }
 
@@ -589,7 +602,11 @@ mod tests {
         let z = zone(&format!(
             "{GOOD}sub IN NS ns.sub\nsub IN NS ns.elsewhere.example.\nns.sub IN A 10.0.2.53\n"
         ));
-        for name in ["sub.example.internal.", "x.sub.example.internal.", "ns.sub.example.internal."] {
+        for name in [
+            "sub.example.internal.",
+            "x.sub.example.internal.",
+            "ns.sub.example.internal.",
+        ] {
             let r = z.lookup(&lower(name), RecordType::A);
             assert_eq!(r.outcome, Outcome::Referral, "{name}");
             assert!(r.answers.is_empty());
@@ -599,7 +616,8 @@ mod tests {
             assert_eq!(r.wire.additional().1, 1);
         }
         assert_eq!(
-            z.lookup(&lower("sub.example.internal."), RecordType::DS).outcome,
+            z.lookup(&lower("sub.example.internal."), RecordType::DS)
+                .outcome,
             Outcome::NoData
         );
     }
