@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::rrl::{Kind, RateLimiter, Verdict};
+use super::wire;
 use super::Handler;
 use crate::metrics::Metrics;
 
@@ -122,15 +123,7 @@ pub(crate) fn is_answerable(src: SocketAddr) -> bool {
 
 /// FORMERR for a query whose header is `header`: the header alone, no question.
 pub(crate) fn format_error(header: &Header, out: &mut Vec<u8>) {
-    out.clear();
-    let mut metadata = Metadata::response_from_request(&header.metadata);
-    metadata.response_code = ResponseCode::FormErr;
-    let reply = Header {
-        metadata,
-        counts: Default::default(),
-    };
-    // A 12-byte header always fits an empty buffer.
-    let _ = reply.emit(&mut BinEncoder::new(out));
+    wire::write_header_only(out, &header.metadata, ResponseCode::FormErr);
 }
 
 impl Transport {
@@ -279,7 +272,7 @@ impl Transport {
                 let mut sent = socket.send_to(&out, src);
                 if matches!(&sent, Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE)) {
                     // Larger than the interface MTU (sockets never fragment): see Batch::send.
-                    slip(&mut out, request.as_slice());
+                    wire::slip(&mut out);
                     sent = socket.send_to(&out, src);
                 }
                 if let Err(error) = sent {
@@ -441,7 +434,7 @@ impl Transport {
     /// never limited.
     fn shape_udp(&self, out: &mut Vec<u8>, to: SocketAddr, query: &[u8]) -> bool {
         if let (Some(limiter), Some(&flags)) = (&self.rate_limit, out.get(3)) {
-            let name = question_name(query).unwrap_or(&[]);
+            let name = wire::question_name(query).unwrap_or(&[]);
             let kind = match ResponseCode::from_low(flags & 0x0f) {
                 ResponseCode::NoError => Kind::Answer { name },
                 ResponseCode::NXDomain => Kind::NxDomain {
@@ -452,47 +445,10 @@ impl Transport {
             match limiter.check(to.ip(), kind, Instant::now()) {
                 Verdict::Send => {}
                 Verdict::Drop => return false,
-                Verdict::Slip => slip(out, query),
+                Verdict::Slip => wire::slip(out),
             }
         }
         true
-    }
-}
-
-/// The question's name in a query, in wire form with its final zero byte; `None` when there
-/// is no question or it is compressed or cut short.
-fn question_name(query: &[u8]) -> Option<&[u8]> {
-    if query.get(4..6)? == [0, 0] {
-        return None;
-    }
-    let mut at = 12;
-    loop {
-        let len = usize::from(*query.get(at)?);
-        if len == 0 {
-            return query.get(12..=at);
-        }
-        if len > 63 {
-            return None;
-        }
-        at += 1 + len;
-    }
-}
-
-/// Turns the response in `out` into an empty truncated one (TC set, the question kept, no
-/// records), so a client over the rate limit retries over TCP (a "slip").
-fn slip(out: &mut Vec<u8>, query: &[u8]) {
-    out.truncate(12);
-    if out.len() < 12 {
-        return;
-    }
-    out[2] |= 0x02; // TC
-    out[6..12].fill(0);
-    match question_name(query).and_then(|n| query.get(12..12 + n.len() + 4)) {
-        Some(question) => {
-            out[4..6].copy_from_slice(&[0, 1]);
-            out.extend_from_slice(question);
-        }
-        None => out[4..6].fill(0),
     }
 }
 
@@ -646,7 +602,7 @@ impl Batch {
                 // truncated answer instead (in the same buffer), so the client asks over TCP.
                 cut = done;
                 let slot = self.sent_slots[done];
-                slip(&mut self.out[slot], &self.rx[slot][..self.lens[slot]]);
+                wire::slip(&mut self.out[slot]);
                 self.iov[done].iov_len = self.out[slot].len();
                 continue;
             }
@@ -925,41 +881,6 @@ mod tests {
         assert_eq!(table.table().per_client[&ip("10.0.0.1")], 2);
         drop(other);
         assert!(!table.table().per_client.contains_key(&ip("10.0.0.2")));
-    }
-
-    #[test]
-    fn slip_is_an_empty_truncated_answer_with_the_question() {
-        use hickory_proto::op::{Message, Query};
-        use hickory_proto::rr::{Name, RecordType};
-        let mut q = Message::query();
-        q.add_query(Query::query(
-            Name::from_ascii("Web.svc.internal.").unwrap(),
-            RecordType::A,
-        ));
-        let query = q.to_vec().unwrap();
-        assert_eq!(
-            question_name(&query).unwrap(),
-            b"\x03Web\x03svc\x08internal\x00"
-        );
-        let mut r = Message::response(q.metadata.id, q.metadata.op_code);
-        r.add_query(q.queries[0].clone());
-        r.add_answer(hickory_proto::rr::Record::from_rdata(
-            Name::from_ascii("web.svc.internal.").unwrap(),
-            5,
-            hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(10, 0, 0, 1)),
-        ));
-        let mut out = r.to_vec().unwrap();
-        slip(&mut out, &query);
-        let slipped = Message::from_vec(&out).unwrap();
-        assert!(slipped.metadata.truncation);
-        assert_eq!(slipped.metadata.id, q.metadata.id);
-        assert!(slipped.answers.is_empty() && slipped.additionals.is_empty());
-        assert_eq!(slipped.queries, q.queries);
-        // Names that cannot be read: no question, a pointer, cut short.
-        assert_eq!(question_name(&[0; 12]), None);
-        let mut cut = query.clone();
-        cut.truncate(16);
-        assert_eq!(question_name(&cut), None);
     }
 
     #[test]

@@ -357,6 +357,59 @@ pub fn write_header_only(out: &mut Vec<u8>, request: &Metadata, code: ResponseCo
     write_header(&mut out[..12], &meta, u16::from(code), [0; 4]);
 }
 
+/// Turns the response in `out` into an empty truncated one: the header with TC set, the
+/// question and the OPT record kept, no other records. A client over the rate limit (a
+/// "slip"), or an answer larger than the path allows, then asks again over TCP.
+pub fn slip(out: &mut Vec<u8>) {
+    if out.len() < 12 {
+        out.clear();
+        return;
+    }
+    let question_len = question(out).map_or(0, <[u8]>::len);
+    let records: usize = (0..3)
+        .map(|n| usize::from(u16::from_be_bytes([out[6 + 2 * n], out[7 + 2 * n]])))
+        .sum();
+    let opt = find_opt(&out[12 + question_len..], records).map(|(at, len)| {
+        let at = 12 + question_len + at;
+        out[at..at + len].to_vec()
+    });
+    out.truncate(12 + question_len);
+    out[2] |= 0x02; // TC
+    out[4..6].copy_from_slice(&u16::from(question_len > 0).to_be_bytes());
+    out[6..12].fill(0);
+    if let Some(opt) = opt {
+        out.extend_from_slice(&opt);
+        out[10..12].copy_from_slice(&1u16.to_be_bytes());
+    }
+}
+
+/// Where the OPT record is among `count` records in `bytes` (names uncompressed or pointers,
+/// as written here), and its length.
+fn find_opt(bytes: &[u8], count: usize) -> Option<(usize, usize)> {
+    let mut at = 0;
+    for _ in 0..count {
+        let start = at;
+        loop {
+            let len = *bytes.get(at)?;
+            if len & 0xc0 == 0xc0 {
+                at += 2;
+                break;
+            }
+            at += 1 + usize::from(len);
+            if len == 0 {
+                break;
+            }
+        }
+        let fixed = bytes.get(at..at + 10)?;
+        let rdlen = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        at += 10 + rdlen;
+        if u16::from_be_bytes([fixed[0], fixed[1]]) == TYPE_OPT {
+            return Some((start, at - start));
+        }
+    }
+    None
+}
+
 /// Reduces by `age` seconds the TTL of each record in `bytes`: whole records one after another
 /// (owners uncompressed or a 2-byte pointer), as rendered and written here.
 fn age_records(bytes: &mut [u8], age: u32) {
@@ -543,5 +596,48 @@ mod tests {
         assert_eq!(owner_pointer(qname, &n("svc.internal.")), Some(12 + 2 + 4));
         assert_eq!(owner_pointer(qname, &n("other.internal.")), None);
         assert_eq!(owner_pointer(qname, &n("x.a.web.svc.internal.")), None);
+    }
+
+    #[test]
+    fn slip_is_an_empty_truncated_answer_with_the_question_and_opt() {
+        use hickory_proto::rr::rdata::A;
+        use hickory_proto::rr::RData;
+        for with_edns in [false, true] {
+            let mut e = Edns::new();
+            e.set_max_payload(1232);
+            let edns = with_edns.then_some(e);
+            let query = query_bytes("Web.svc.internal.", RecordType::A, edns.clone());
+            assert_eq!(
+                question_name(&query).unwrap(),
+                b"\x03Web\x03svc\x08internal\x00"
+            );
+            let q = Message::from_vec(&query).unwrap();
+            let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+            r.add_query(q.queries[0].clone());
+            r.add_answer(Record::from_rdata(
+                Name::from_ascii("web.svc.internal.").unwrap(),
+                5,
+                RData::A(A::new(10, 0, 0, 1)),
+            ));
+            if let Some(e) = edns {
+                r.set_edns(e);
+            }
+            let mut out = r.to_vec().unwrap();
+            slip(&mut out);
+            let slipped = Message::from_vec(&out).unwrap();
+            assert!(slipped.metadata.truncation);
+            assert_eq!(slipped.metadata.id, q.metadata.id);
+            assert!(slipped.answers.is_empty() && slipped.additionals.is_empty());
+            assert_eq!(slipped.queries, q.queries);
+            assert_eq!(slipped.edns.is_some(), with_edns, "the OPT record stays");
+        }
+        // Names that cannot be read: no question, cut short.
+        assert_eq!(question_name(&[0; 12]), None);
+        let mut cut = query_bytes("web.svc.internal.", RecordType::A, None);
+        cut.truncate(16);
+        assert_eq!(question_name(&cut), None);
+        let mut short = vec![0u8; 5];
+        slip(&mut short);
+        assert!(short.is_empty());
     }
 }
