@@ -24,7 +24,7 @@ use hickory_proto::rr::{LowerName, RecordType};
 use moka::sync::Cache;
 use smallvec::SmallVec;
 
-use super::records::Built;
+use super::zone::registry::Built;
 
 /// What a built answer is cached by: the name (lower case, in wire form: cheap to hash and to
 /// compare), type, whether it was built stale, and the client's locality when the answer
@@ -291,7 +291,7 @@ impl Front {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dns::records::Outcome;
+    use crate::dns::zone::registry::Outcome;
 
     fn built(generation: u64) -> Arc<Built> {
         Arc::new(Built::negative(generation, Outcome::NoData))

@@ -1,6 +1,6 @@
 //! Client localities: which locality a query comes from, from its source address or, for
 //! trusted forwarders, its EDNS Client Subnet option (RFC 7871). Pure: no I/O.
-//! What a locality does to an answer is decided by [`super::records::Zone::build`].
+//! What a locality does to an answer is decided by [`super::zone::registry::Zone::build`].
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -9,15 +9,14 @@
 
 pub mod answer;
 pub mod answer_cache;
-pub mod forward;
 pub mod handler;
 pub mod locality;
 pub mod name;
-pub mod records;
+pub mod reply;
+pub mod respond;
 pub mod route;
 pub mod rrl;
 pub mod server;
-pub mod skydns;
 pub mod wire;
 pub mod zone;
 

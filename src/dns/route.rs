@@ -2,8 +2,8 @@
 
 use hickory_proto::rr::LowerName;
 
-use super::skydns::SkyZone;
 use super::zone::file::FileZone;
+use super::zone::skydns::SkyZone;
 
 /// Who answers a query name.
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +49,7 @@ pub fn route<'z>(
 mod tests {
     use super::*;
     use crate::cache::SourceId;
-    use crate::dns::records::Zone;
+    use crate::dns::zone::registry::Zone;
     use hickory_proto::rr::Name;
 
     fn lower(s: &str) -> LowerName {

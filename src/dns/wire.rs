@@ -12,7 +12,7 @@ use hickory_proto::rr::{Name, Record};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 
 use super::answer::Rendered;
-use super::handler::Reply;
+use super::reply::Reply;
 
 /// EDNS option code of the client subnet option (RFC 7871).
 const OPTION_CLIENT_SUBNET: u16 = 8;

@@ -239,7 +239,7 @@ fn registry_values_parse_or_fail_cleanly() {
     let sky_source = examples[5].source.clone();
     let origin = hickory_proto::rr::Name::from_ascii("skydns.local.").unwrap();
     let h = handler(mirror.clone());
-    let sky = crate::dns::skydns::SkyZone {
+    let sky = crate::dns::zone::skydns::SkyZone {
         soa: Default::default(),
         apex: hickory_proto::rr::LowerName::new(&origin),
         zone: h.zone_for(origin).unwrap(),

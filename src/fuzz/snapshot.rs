@@ -181,7 +181,7 @@ fn snapshot_files_load_or_fail_cleanly() {
             );
             let origin = Name::from_ascii("skydns.local.").unwrap();
             let h = handler(mirror);
-            let zone = crate::dns::skydns::SkyZone {
+            let zone = crate::dns::zone::skydns::SkyZone {
                 soa: Default::default(),
                 apex: LowerName::new(&origin),
                 zone: h.zone_for(origin).unwrap(),

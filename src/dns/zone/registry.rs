@@ -6,9 +6,9 @@ use std::net::IpAddr;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-use super::name::Target;
 use crate::cache::{Address, Instance, Service};
 use crate::config::LocalityMode;
+use crate::dns::name::Target;
 
 /// Zone-wide settings the records need.
 #[derive(Debug, Clone)]
@@ -27,7 +27,7 @@ pub struct Zone {
     pub min_healthy: usize,
 }
 
-pub use super::answer::{wire_size, Built, Locality, Outcome};
+pub use crate::dns::answer::{wire_size, Built, Locality, Outcome};
 
 /// The longest service name that fits a `_<service>` label (63 bytes with the `_`).
 pub const MAX_BROWSED_SERVICE: usize = 62;

@@ -7,70 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query, ResponseCode};
-use hickory_proto::rr::{DNSClass, LowerName, Name, RData, RecordType};
+use hickory_proto::rr::{DNSClass, LowerName, RData, RecordType};
 
-use crate::dns::answer::{Built, Outcome};
-
-/// An upstream's answer as ruddr relays it: its header bits, and its records rendered once
-/// (owners equal to the question as pointers to it, so each client gets its own spelling; the
-/// upstream's order kept).
-#[derive(Debug)]
-pub struct Relayed {
-    pub built: Arc<Built>,
-    pub response_code: ResponseCode,
-    pub authoritative: bool,
-    pub authentic_data: bool,
-    pub recursion_available: bool,
-    /// The DO bit of the upstream's OPT record.
-    pub dnssec_ok: bool,
-}
-
-impl Relayed {
-    pub fn new(message: &Message) -> Self {
-        let question = message.queries.first().map(|q| q.name().clone());
-        let qname = question.clone().unwrap_or_else(Name::root);
-        let mut built = Built::negative(0, Outcome::NoData);
-        for r in &message.answers {
-            let owned = question.as_ref() != Some(&r.name);
-            built.push_record(r.clone(), owned, Vec::new());
-        }
-        built.lead = u16::try_from(built.answers.len()).unwrap_or(u16::MAX);
-        built.authority = message.authorities.clone();
-        built.additional = message.additionals.clone();
-        Self {
-            built: Arc::new(built.finish(&qname)),
-            response_code: message.metadata.response_code,
-            authoritative: message.metadata.authoritative,
-            authentic_data: message.metadata.authentic_data,
-            recursion_available: message.metadata.recursion_available,
-            dnssec_ok: message.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
-        }
-    }
-
-    /// The answer as a message, TTLs reduced by `age` and owners equal to the question spelled
-    /// as `question` (what a client would decode).
-    #[cfg(test)]
-    pub fn message(&self, question: &Name, age: u32) -> Message {
-        use hickory_proto::op::{MessageType, OpCode};
-        let mut m = Message::new(0, MessageType::Response, OpCode::Query);
-        m.metadata.response_code = self.response_code;
-        let aged = |r: &hickory_proto::rr::Record| {
-            let mut r = r.clone();
-            r.ttl = r.ttl.saturating_sub(age);
-            r
-        };
-        for a in &self.built.answers {
-            let mut r = aged(&a.record);
-            if !a.owned {
-                r.name = question.clone();
-            }
-            m.answers.push(r);
-        }
-        m.authorities = self.built.authority.iter().map(aged).collect();
-        m.additionals = self.built.additional.iter().map(aged).collect();
-        m
-    }
-}
+use crate::dns::answer::Relayed;
 
 /// What an upstream's answer depends on: the question (name case-insensitively) and the
 /// DO, CD and RD bits. RD is included because an RD=0 query to a recursive upstream gets only
@@ -284,6 +223,7 @@ mod tests {
     use super::*;
     use hickory_proto::op::{MessageType, OpCode};
     use hickory_proto::rr::rdata::{A, SOA};
+    use hickory_proto::rr::Name;
     use hickory_proto::rr::Record;
 
     fn name(s: &str) -> Name {

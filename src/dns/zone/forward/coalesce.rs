@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use super::cache::Key;
 
 /// What a leader found: the answering upstream and its message, or nothing (SERVFAIL).
-pub type Outcome = Arc<Option<(SocketAddr, Arc<super::Relayed>)>>;
+pub type Outcome = Arc<Option<(SocketAddr, Arc<crate::dns::answer::Relayed>)>>;
 
 type Slot = watch::Receiver<Option<Outcome>>;
 
@@ -108,7 +108,7 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:53".parse().unwrap();
         lead.finish(Arc::new(Some((
             addr,
-            Arc::new(super::super::Relayed::new(&Message::query())),
+            Arc::new(crate::dns::answer::Relayed::new(&Message::query())),
         ))));
         let outcome = wait(slot).await.unwrap();
         assert_eq!(outcome.as_ref().as_ref().map(|(a, _)| *a), Some(addr));

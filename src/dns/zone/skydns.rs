@@ -22,10 +22,10 @@ use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use std::sync::Arc;
 
-use super::answer::Rendered;
-use super::records::{address_record, host_name, split_255, Built, Outcome, Zone};
+use super::registry::{address_record, host_name, split_255, Built, Outcome, Zone};
 use crate::cache::Freshness;
 use crate::cache::{Address, DomainRecord, Snapshot, SourceId};
+use crate::dns::answer::Rendered;
 
 /// CoreDNS's priority for entries that give none.
 const DEFAULT_PRIORITY: u16 = 10;

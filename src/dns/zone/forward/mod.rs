@@ -37,9 +37,10 @@ use prometheus_client::metrics::counter::Counter;
 use tracing::debug;
 
 use crate::config::ForwardConfig;
+use crate::dns::answer::Relayed;
 use crate::metrics::Metrics;
 use cache::Answers;
-pub use cache::{Key, Relayed};
+pub use cache::Key;
 use coalesce::{InFlight, Role};
 use udp::Sockets;
 

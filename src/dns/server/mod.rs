@@ -1,0 +1,244 @@
+//! ruddr's own DNS transport: UDP sockets ([`udp`], in batches: [`batch`]) and TCP listeners
+//! ([`tcp`], with the connection table: [`connections`]), set up by [`socket`]. It decodes each packet with
+//! hickory-proto, hands the request to the answer core ([`Handler`]) and sends what it encodes.
+//!
+//! Rules kept from hickory's server loop, and the limits it lacked:
+//! - A packet shorter than a header, a packet that is itself a response (QR set), and a packet
+//!   from an address that cannot be answered (port 0, unspecified, broadcast) get nothing.
+//! - A query whose header decodes but whose body does not gets FORMERR.
+//! - UDP queries ruddr answers itself are answered in the socket's loop, without a task. Static
+//!   zones and forwarded names get a task each, at most `dns.max_pending` at once (past it:
+//!   SERVFAIL at once).
+//! - TCP: at most `dns.tcp_max_connections` connections, `dns.tcp_max_connections_per_client`
+//!   per client address; at either cap the longest-idle connection is closed to make room
+//!   (RFC 7766 6.2.3). Idle and whole-connection timeouts, at most `dns.tcp_max_pipelined`
+//!   queries in flight per connection, and accept errors (EMFILE) back off instead of spinning.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Header, MessageType, ResponseCode};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::Request;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+mod batch;
+mod connections;
+pub mod socket;
+mod tcp;
+mod udp;
+
+use super::rrl::RateLimiter;
+use super::wire;
+use super::Handler;
+use crate::config::DnsConfig;
+use crate::metrics::Metrics;
+use connections::Connections;
+
+/// Limits of the transport (the `[dns]` keys of the same names).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub tcp_idle_timeout: Duration,
+    pub tcp_session_timeout: Duration,
+    pub tcp_max_connections: usize,
+    pub tcp_max_connections_per_client: usize,
+    pub tcp_max_pipelined: usize,
+    pub max_pending: usize,
+    /// Plain UDP queries ruddr answers itself skip hickory's decoder and encoder.
+    pub udp_fast_path: bool,
+}
+
+/// The listeners of one server, sharing the handler, the limits and the shutdown signal.
+pub struct Transport {
+    handler: Arc<Handler>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    pending: Arc<Semaphore>,
+    connections: Arc<Connections>,
+    /// Response rate limiting over UDP (`None`: off).
+    rate_limit: Option<RateLimiter>,
+    /// The UDP threads, joined on drain.
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    logged: Logged,
+}
+
+/// Limits hit, each logged once per process.
+#[derive(Default)]
+struct Logged {
+    pending: AtomicBool,
+    tcp_full: AtomicBool,
+    accept: AtomicBool,
+}
+
+fn first_time(flag: &AtomicBool) -> bool {
+    !flag.swap(true, Relaxed)
+}
+
+/// What a packet is.
+pub(crate) enum Decoded {
+    Request(Box<Request>),
+    /// The header decoded, the rest did not: answer FORMERR.
+    Malformed(Header),
+    /// Not answered at all.
+    Drop,
+}
+
+/// Decodes one packet from `src`.
+pub(crate) fn decode(bytes: &[u8], src: SocketAddr, protocol: Protocol) -> Decoded {
+    if !is_answerable(src) {
+        return Decoded::Drop;
+    }
+    let Ok(header) = Header::read(&mut BinDecoder::new(bytes)) else {
+        return Decoded::Drop;
+    };
+    // Never answer a response: that would make ruddr a reflector between two spoofed peers.
+    if header.metadata.message_type == MessageType::Response {
+        return Decoded::Drop;
+    }
+    match Request::from_bytes(bytes.to_vec(), src, protocol) {
+        Ok(request) => Decoded::Request(Box::new(request)),
+        Err(error) => {
+            debug!(%src, %error, "malformed query");
+            Decoded::Malformed(header)
+        }
+    }
+}
+
+/// Whether a response to `src` can be delivered (as hickory's server checks).
+pub(crate) fn is_answerable(src: SocketAddr) -> bool {
+    if src.port() == 0 {
+        return false;
+    }
+    match src.ip() {
+        IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_broadcast(),
+        IpAddr::V6(v6) => !v6.is_unspecified(),
+    }
+}
+
+/// FORMERR for a query whose header is `header`: the header alone, no question.
+pub(crate) fn format_error(header: &Header, out: &mut Vec<u8>) {
+    wire::write_header_only(out, &header.metadata, ResponseCode::FormErr);
+}
+
+impl Transport {
+    pub fn new(
+        handler: Arc<Handler>,
+        limits: Limits,
+        rate_limit: Option<RateLimiter>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            pending: Arc::new(Semaphore::new(limits.max_pending)),
+            connections: Arc::new(Connections::new(Instant::now())),
+            handler,
+            limits,
+            metrics,
+            shutdown,
+            tasks: TaskTracker::new(),
+            rate_limit,
+            threads: Mutex::new(Vec::new()),
+            logged: Logged::default(),
+        })
+    }
+
+    /// Waits for the listeners and in-flight queries to end after shutdown, at most `grace`.
+    /// Returns whether everything ended in time.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        // UDP threads see the shutdown within their receive timeout.
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        let in_time = tokio::time::timeout(grace, joined).await.is_ok();
+        self.tasks.close();
+        in_time && tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+    }
+}
+
+/// The transport's limits from the config, with the TCP connection cap at most half the
+/// open-file limit (the other half stays for upstream sockets, etcd, snapshots and admin).
+impl Limits {
+    /// The limits `cfg` names, with the TCP connection cap at most half the open-file limit
+    /// (the other half stays for upstream sockets, etcd, snapshots and admin).
+    pub fn from_config(d: &DnsConfig) -> Self {
+        let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(u64::MAX, |(soft, _)| soft);
+        let fd_room = usize::try_from(nofile / 2).unwrap_or(usize::MAX).max(16);
+        if d.tcp_max_connections > fd_room {
+            warn!(
+                configured = d.tcp_max_connections,
+                lowered_to = fd_room,
+                open_file_limit = nofile,
+                "dns.tcp_max_connections is above half the open-file limit: lowering it",
+            );
+        }
+        Limits {
+            tcp_idle_timeout: d.tcp_idle_timeout,
+            tcp_session_timeout: d.tcp_session_timeout,
+            tcp_max_connections: d.tcp_max_connections.min(fd_room),
+            tcp_max_connections_per_client: d.tcp_max_connections_per_client,
+            tcp_max_pipelined: d.tcp_max_pipelined,
+            max_pending: d.max_pending,
+            udp_fast_path: d.udp_fast_path,
+        }
+    }
+}
+
+/// Logs the transport's limits once at start.
+pub fn log_limits(limits: &Limits) {
+    info!(
+        tcp_max_connections = limits.tcp_max_connections,
+        tcp_max_connections_per_client = limits.tcp_max_connections_per_client,
+        tcp_idle_timeout = ?limits.tcp_idle_timeout,
+        tcp_session_timeout = ?limits.tcp_session_timeout,
+        max_pending = limits.max_pending,
+        "dns transport limits",
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packets_that_get_no_answer() {
+        let src: SocketAddr = "127.0.0.1:5353".parse().unwrap();
+        assert!(matches!(decode(&[0; 5], src, Protocol::Udp), Decoded::Drop));
+        // A response (QR set) is never answered, even a malformed one.
+        let mut response = [0u8; 12];
+        response[2] = 0x80;
+        response[5] = 1; // one question that is not there
+        assert!(matches!(
+            decode(&response, src, Protocol::Udp),
+            Decoded::Drop
+        ));
+        // A query with a question count but no question: FORMERR with its id.
+        let mut query = [0u8; 12];
+        query[0] = 0xab;
+        query[1] = 0xcd;
+        query[5] = 1;
+        let Decoded::Malformed(header) = decode(&query, src, Protocol::Udp) else {
+            panic!("expected FORMERR")
+        };
+        let mut out = Vec::new();
+        format_error(&header, &mut out);
+        assert_eq!(out.len(), 12);
+        assert_eq!(&out[..2], &[0xab, 0xcd]);
+        assert_eq!(out[2] & 0x80, 0x80, "QR");
+        assert_eq!(out[3] & 0x0f, 1, "FORMERR");
+        for bad in ["0.0.0.0:53", "255.255.255.255:53", "127.0.0.1:0", "[::]:53"] {
+            assert!(!is_answerable(bad.parse().unwrap()), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! TCP: accepting within the connection caps, and serving one connection: length-prefixed
+//! queries, answered in any order, pipelined up to a limit, with idle and session timeouts.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use hickory_server::net::xfer::Protocol;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tracing::{debug, warn};
+
+use super::connections::Slot;
+use super::{decode, first_time, format_error, is_answerable, Decoded, Transport};
+
+impl Transport {
+    /// Accepts on `listener` until shutdown.
+    pub fn serve_tcp(self: &Arc<Self>, listener: TcpListener) {
+        let this = self.clone();
+        self.tasks
+            .spawn(async move { this.accept_loop(listener).await });
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        const BACKOFF_MIN: Duration = Duration::from_millis(5);
+        const BACKOFF_MAX: Duration = Duration::from_secs(1);
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = self.shutdown.cancelled() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(error) if is_transient_accept_error(&error) => continue,
+                Err(error) => {
+                    // Out of file descriptors (or memory): free the longest-idle connection
+                    // and wait, rather than retrying at once and spinning.
+                    self.metrics.tcp_accept_errors.inc();
+                    if first_time(&self.logged.accept) {
+                        warn!(%error, "cannot accept TCP connections: backing off (logged once; see ruddr_dns_tcp_accept_errors_total)");
+                    }
+                    if self.connections.evict(None) {
+                        self.metrics.tcp_evicted.inc();
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            backoff = BACKOFF_MIN;
+            if !is_answerable(peer) {
+                continue;
+            }
+            let (slot, evicted) = self.connections.admit(peer.ip(), &self.limits);
+            if evicted > 0 {
+                self.metrics.tcp_evicted.inc_by(evicted);
+                if first_time(&self.logged.tcp_full) {
+                    warn!(
+                        max = self.limits.tcp_max_connections,
+                        per_client = self.limits.tcp_max_connections_per_client,
+                        "TCP connection limit reached: closing the longest-idle connections to make room (logged once; see ruddr_dns_tcp_evicted_total)",
+                    );
+                }
+            }
+            self.metrics.tcp_connections.inc();
+            let this = self.clone();
+            self.tasks.spawn(async move {
+                this.connection(stream, peer, &slot).await;
+                this.metrics.tcp_connections.dec();
+                drop(slot);
+            });
+        }
+    }
+
+    /// Serves one TCP connection: length-prefixed queries, answered in any order, at most
+    /// `tcp_max_pipelined` at once.
+    async fn connection(&self, stream: TcpStream, peer: SocketAddr, slot: &Slot) {
+        let _ = stream.set_nodelay(true);
+        let (read, mut write) = stream.into_split();
+        let mut frames = FramedRead::new(
+            read,
+            LengthDelimitedCodec::builder()
+                .length_field_length(2)
+                .max_frame_length(usize::from(u16::MAX))
+                .new_codec(),
+        );
+        type Pending = Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send>>;
+        let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
+        let session = tokio::time::sleep(self.limits.tcp_session_timeout);
+        tokio::pin!(session);
+        let idle = tokio::time::sleep(self.limits.tcp_idle_timeout);
+        tokio::pin!(idle);
+        let mut out = Vec::with_capacity(4096);
+        let mut reading = true;
+        loop {
+            let can_read = reading && in_flight.len() < self.limits.tcp_max_pipelined;
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = slot.closed.cancelled() => return,
+                _ = &mut session => return,
+                _ = &mut idle, if in_flight.is_empty() => return,
+                Some(response) = in_flight.next(), if !in_flight.is_empty() => {
+                    slot.busy.fetch_sub(1, Relaxed);
+                    if !self.write(&mut write, &response).await {
+                        return;
+                    }
+                    slot.touch(&self.connections);
+                    idle.as_mut().reset(tokio::time::Instant::now() + self.limits.tcp_idle_timeout);
+                }
+                frame = frames.next(), if can_read => {
+                    let bytes = match frame {
+                        Some(Ok(bytes)) => bytes,
+                        // The client closed its side (finish what is in flight) or sent a
+                        // frame that cannot be read (close).
+                        None => { reading = false; if in_flight.is_empty() { return } continue }
+                        Some(Err(error)) => { debug!(%peer, %error, "tcp read"); return }
+                    };
+                    slot.touch(&self.connections);
+                    idle.as_mut().reset(tokio::time::Instant::now() + self.limits.tcp_idle_timeout);
+                    let request = match decode(&bytes, peer, Protocol::Tcp) {
+                        Decoded::Drop => { self.metrics.dropped.inc(); continue }
+                        Decoded::Malformed(header) => {
+                            format_error(&header, &mut out);
+                            if !self.write(&mut write, &out).await { return }
+                            continue;
+                        }
+                        Decoded::Request(r) => r,
+                    };
+                    match self.handler.answer_now(&request, &mut out) {
+                        Ok(()) => {
+                            if !self.write(&mut write, &out).await { return }
+                        }
+                        Err(deferred) => {
+                            let handler = self.handler.clone();
+                            slot.busy.fetch_add(1, Relaxed);
+                            in_flight.push(Box::pin(async move {
+                                let mut out = Vec::new();
+                                handler.answer_later(&request, deferred, &mut out).await;
+                                out
+                            }));
+                        }
+                    }
+                }
+                else => return,
+            }
+        }
+    }
+
+    /// Writes one length-prefixed message; false when the connection is gone or the client
+    /// does not read it within the idle timeout.
+    async fn write(&self, write: &mut tokio::net::tcp::OwnedWriteHalf, message: &[u8]) -> bool {
+        let Ok(len) = u16::try_from(message.len()) else {
+            return false;
+        };
+        let mut frame = Vec::with_capacity(message.len() + 2);
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(message);
+        matches!(
+            tokio::time::timeout(self.limits.tcp_idle_timeout, write.write_all(&frame)).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
+/// Errors of one connection attempt that say nothing about the listener.
+fn is_transient_accept_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}

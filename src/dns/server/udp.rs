@@ -1,0 +1,153 @@
+//! UDP: a thread per socket, a batch of queries per system call; plain queries answered on
+//! the fast path, the rest decoded; forwarded names that wait go to a task; response rate
+//! limiting.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hickory_proto::op::ResponseCode;
+use hickory_server::net::xfer::Protocol;
+use tracing::{debug, warn};
+
+use super::batch::{is_timeout, Batch};
+use super::{decode, first_time, format_error, is_answerable, Decoded, Transport};
+use crate::dns::rrl::{Kind, Verdict};
+use crate::dns::wire;
+
+impl Transport {
+    /// Serves `socket` (blocking, with a receive timeout so shutdown is seen) on a thread of
+    /// its own until shutdown.
+    pub fn serve_udp(self: &Arc<Self>, socket: std::net::UdpSocket) -> std::io::Result<()> {
+        let this = self.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let socket = Arc::new(socket);
+        let thread = std::thread::Builder::new()
+            .name("ruddr-udp".into())
+            .spawn(move || this.udp_thread(socket, runtime))?;
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(thread);
+        Ok(())
+    }
+
+    /// Serves one UDP socket on this (blocking) thread until shutdown: receives a batch,
+    /// answers each query, sends the batch.
+    fn udp_thread(
+        self: Arc<Self>,
+        socket: Arc<std::net::UdpSocket>,
+        runtime: tokio::runtime::Handle,
+    ) {
+        let mut batch = Batch::new();
+        while !self.shutdown.is_cancelled() {
+            let received = match batch.receive(&socket) {
+                Ok(n) => n,
+                Err(error) if is_timeout(&error) => continue,
+                Err(error) => {
+                    // ICMP errors for earlier replies surface here on some systems; nothing is
+                    // wrong with the socket itself.
+                    debug!(%error, "udp receive error");
+                    continue;
+                }
+            };
+            for slot in 0..received {
+                let Some((query, src, out)) = batch.query(slot) else {
+                    self.metrics.dropped.inc();
+                    continue;
+                };
+                if !self.answer_udp(query, src, out, &socket, &runtime) {
+                    out.clear();
+                }
+            }
+            batch.send(&socket, received);
+        }
+    }
+
+    /// Answers one UDP query into `out` (left empty when nothing is to be sent now). Queries
+    /// that wait for a static zone or an upstream go to a task that sends its own answer.
+    fn answer_udp(
+        self: &Arc<Self>,
+        query: &[u8],
+        src: SocketAddr,
+        out: &mut Vec<u8>,
+        socket: &Arc<std::net::UdpSocket>,
+        runtime: &tokio::runtime::Handle,
+    ) -> bool {
+        if self.limits.udp_fast_path
+            && is_answerable(src)
+            && self.handler.answer_fast(query, src.ip(), out)
+        {
+            return self.shape_udp(out, src, query);
+        }
+        let request = match decode(query, src, Protocol::Udp) {
+            Decoded::Drop => {
+                self.metrics.dropped.inc();
+                return false;
+            }
+            Decoded::Malformed(header) => {
+                format_error(&header, out);
+                return self.shape_udp(out, src, query);
+            }
+            Decoded::Request(r) => r,
+        };
+        let deferred = match self.handler.answer_now(&request, out) {
+            Ok(()) => return self.shape_udp(out, src, query),
+            Err(deferred) => deferred,
+        };
+        let Ok(permit) = self.pending.clone().try_acquire_owned() else {
+            self.metrics.pending_limited.inc();
+            if first_time(&self.logged.pending) {
+                warn!(
+                    limit = self.limits.max_pending,
+                    "too many queries waiting on static zones or upstreams: answering SERVFAIL (logged once; see ruddr_dns_pending_limited_total)",
+                );
+            }
+            self.handler.answer_busy(&request, out);
+            return self.shape_udp(out, src, query);
+        };
+        let (this, socket) = (self.clone(), socket.clone());
+        let _guard = runtime.enter();
+        self.tasks.spawn(async move {
+            let mut out = Vec::new();
+            this.handler
+                .answer_later(&request, deferred, &mut out)
+                .await;
+            drop(permit);
+            if this.shape_udp(&mut out, src, request.as_slice()) {
+                let mut sent = socket.send_to(&out, src);
+                if matches!(&sent, Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE)) {
+                    // Larger than the interface MTU (sockets never fragment): see Batch::send.
+                    wire::slip(&mut out);
+                    sent = socket.send_to(&out, src);
+                }
+                if let Err(error) = sent {
+                    debug!(%src, %error, "udp send failed");
+                }
+            }
+        });
+        false
+    }
+
+    /// Applies the response rate limit to the UDP response in `out` for `query`: `false` to
+    /// drop it, or `true` to send `out` (cut to an empty truncated answer for a slip). TCP is
+    /// never limited.
+    fn shape_udp(&self, out: &mut Vec<u8>, to: SocketAddr, query: &[u8]) -> bool {
+        if let (Some(limiter), Some(&flags)) = (&self.rate_limit, out.get(3)) {
+            let name = wire::question_name(query).unwrap_or(&[]);
+            let kind = match ResponseCode::from_low(flags & 0x0f) {
+                ResponseCode::NoError => Kind::Answer { name },
+                ResponseCode::NXDomain => Kind::NxDomain {
+                    zone: self.handler.zone_suffix(name),
+                },
+                _ => Kind::Error,
+            };
+            match limiter.check(to.ip(), kind, Instant::now()) {
+                Verdict::Send => {}
+                Verdict::Drop => return false,
+                Verdict::Slip => wire::slip(out),
+            }
+        }
+        true
+    }
+}
