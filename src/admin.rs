@@ -167,9 +167,18 @@ impl Admin {
 
 async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
     let snapshot = admin.mirror.load_full();
+    let status = &admin.status;
+    let problem = status.problem().map(|p| p.kind);
+    let failing = crate::registry::ErrorKind::ALL.map(|k| (k.as_str(), problem == Some(k)));
+    let registry = crate::metrics::RegistryState {
+        connected: status.is_connected(),
+        failing: &failing,
+        confirmed_age: status.confirmed_age(),
+        stale_for: status.stale_for(),
+    };
     let text = admin
         .metrics
-        .render(&snapshot, &admin.status, admin.serve_warning);
+        .render(&snapshot, &registry, admin.serve_warning);
     (
         [(
             header::CONTENT_TYPE,

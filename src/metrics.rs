@@ -12,8 +12,18 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::cache::Snapshot;
-use crate::registry::Status;
 
+/// The registry's state as the gauges show it; the admin side reads it from the watcher's
+/// status at each scrape.
+pub struct RegistryState<'a> {
+    pub connected: bool,
+    /// Every kind of registry error, and whether it is the current problem.
+    pub failing: &'a [(&'static str, bool)],
+    /// Since etcd last confirmed the data.
+    pub confirmed_age: Option<std::time::Duration>,
+    /// Since the data became stale (`None`: current).
+    pub stale_for: Option<std::time::Duration>,
+}
 /// Query types with their own label value; anything else is `OTHER`, so a client cannot
 /// create unbounded label sets.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -440,21 +450,23 @@ impl Metrics {
     }
 
     /// Refreshes the state gauges and renders the Prometheus text format.
-    pub fn render(&self, snapshot: &Snapshot, status: &Status, serve_warning: bool) -> String {
-        self.connected.set(i64::from(status.is_connected()));
-        let problem = status.problem().map(|p| p.kind);
-        for kind in crate::registry::ErrorKind::ALL {
+    pub fn render(
+        &self,
+        snapshot: &Snapshot,
+        registry: &RegistryState<'_>,
+        serve_warning: bool,
+    ) -> String {
+        self.connected.set(i64::from(registry.connected));
+        for &(kind, failing) in registry.failing {
             self.registry_failing
-                .get_or_create(&ErrorLabels {
-                    kind: kind.as_str(),
-                })
-                .set(i64::from(problem == Some(kind)));
+                .get_or_create(&ErrorLabels { kind })
+                .set(i64::from(failing));
         }
         self.revision.set(snapshot.revision);
         self.confirmed_age
-            .set(status.confirmed_age().map_or(-1.0, |d| d.as_secs_f64()));
+            .set(registry.confirmed_age.map_or(-1.0, |d| d.as_secs_f64()));
         self.stale_seconds
-            .set(status.stale_for().map_or(0.0, |d| d.as_secs_f64()));
+            .set(registry.stale_for.map_or(0.0, |d| d.as_secs_f64()));
         let (mut services, mut healthy_services, mut instances, mut healthy_instances) =
             (0, 0, 0, 0);
         for svc in snapshot.services.values() {

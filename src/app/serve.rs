@@ -38,7 +38,7 @@ pub async fn run(
     let status = Arc::new(Status::new(cfg.dns.max_stale));
     let metrics = Arc::new(Metrics::new());
     let started = std::time::Instant::now();
-    let sources = cfg.registry_sources();
+    let sources = Source::all(&cfg);
 
     // The snapshot goes in before any socket is bound: a restart never answers from an
     // empty mirror when a good snapshot is on disk.

@@ -24,7 +24,7 @@ use hickory_proto::rr::{LowerName, RecordType};
 use moka::sync::Cache;
 use smallvec::SmallVec;
 
-use super::zone::registry::Built;
+use super::answer::Built;
 
 /// What a built answer is cached by: the name (lower case, in wire form: cheap to hash and to
 /// compare), type, whether it was built stale, and the client's locality when the answer

@@ -16,7 +16,7 @@ pub use layout::native::{
 pub use layout::{Entry, EntryError, Format, Key, Layout};
 pub use source::Source;
 pub use status::{Problem, Status};
-pub use watcher::{connect, progress_interval, supervise, Watcher};
+pub use watcher::{connect, supervise, Watcher};
 
 /// Runs `call` with the deadline `timeout`; a call that misses it fails like an unreachable
 /// etcd.

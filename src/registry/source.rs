@@ -4,7 +4,8 @@
 use super::layout::{
     etcd_naming, go_micro, go_zero, kratos, native, skydns, Entry, EntryError, Key, Layout,
 };
-use crate::cache::{Instance, SourceId, Update};
+use crate::cache::{Instance, ServiceName, SourceId, Update};
+use crate::config::Config;
 
 /// One watched prefix and how to read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,14 +38,21 @@ impl Source {
         }
     }
 
-    /// What a framework source watches for the configured `prefix`: a `/` is appended if
-    /// missing (a target `a/svc` must not also match `a/svc2`).
+    /// What a framework source watches for the configured `prefix` (see
+    /// [`crate::config::framework_prefix`]).
     pub fn framework_prefix(prefix: &str) -> String {
-        if prefix.ends_with('/') {
-            prefix.to_string()
-        } else {
-            format!("{prefix}/")
+        crate::config::framework_prefix(prefix)
+    }
+
+    /// Everything to watch: the native prefix first, then the framework sources.
+    pub fn all(cfg: &Config) -> Vec<Source> {
+        let mut out = vec![Source::native(&cfg.etcd.prefix)];
+        for s in &cfg.sources {
+            let service = s.service.as_deref().and_then(|n| ServiceName::new(n).ok());
+            let layout = Layout::new(s.format, service, s.zones.clone(), s.ttl);
+            out.push(Source::framework(layout, &s.prefix));
         }
+        out
     }
 
     /// The key below the prefix.

@@ -71,11 +71,6 @@ pub async fn connect(cfg: &EtcdConfig) -> anyhow::Result<Client> {
         .with_context(|| format!("configuring etcd client for {}", cfg.endpoints.join(",")))
 }
 
-/// How often the watcher asks etcd to confirm the watch (a progress request).
-pub fn progress_interval(cfg: &EtcdConfig) -> Duration {
-    cfg.keepalive_interval.max(Duration::from_secs(1)) * 2
-}
-
 /// Runs watchers built by `make` until `shutdown`: a watcher that ends or panics is logged as
 /// an error, counted (`ruddr_registry_watcher_restarts_total`) and replaced after a backoff.
 /// Until the new one is established the data is stale, exactly as in an etcd outage.
@@ -189,7 +184,7 @@ impl Watcher {
             mirror,
             status,
             metrics,
-            progress_interval: progress_interval(cfg),
+            progress_interval: cfg.progress_interval(),
             confirm_within: cfg.confirm_within,
             inject_panics: Arc::default(),
             source_retry: cfg.retry_max.max(Duration::from_secs(1)),

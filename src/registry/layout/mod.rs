@@ -14,55 +14,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 
-use serde::{Deserialize, Serialize};
-
 use crate::cache::{
     Address, DomainKey, DomainRecord, Health, Instance, InstanceId, InvalidLabel, ServiceName,
     SourceId,
 };
 
-/// The name of a layout, as `[[sources]] format = ...` spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Format {
-    /// ruddr's own contract: `<prefix><service>/<id>` = JSON (README "Registry contract").
-    Native,
-    /// etcd's `client/v3/naming/endpoints`: `<target>/<anything>` = `{"Addr":..,"Metadata":..}`.
-    EtcdNaming,
-    /// go-zero `core/discov`: `<key>/<lease-id>` = `host:port`.
-    GoZero,
-    /// Kratos `contrib/registry/etcd`: `/microservices/<name>/<id>` = ServiceInstance JSON.
-    Kratos,
-    /// go-micro `registry/etcd`: `/micro/registry/<name>/<node-id>` = Service JSON.
-    GoMicro,
-    /// The CoreDNS etcd plugin (and SkyDNS, external-dns): `/skydns/<reversed name>` =
-    /// `{"host":..,"port":..,"priority":..,"weight":..,"text":..,"ttl":..}`.
-    Skydns,
-}
-
-impl Format {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Native => "native",
-            Format::EtcdNaming => "etcd-naming",
-            Format::GoZero => "go-zero",
-            Format::Kratos => "kratos",
-            Format::GoMicro => "go-micro",
-            Format::Skydns => "skydns",
-        }
-    }
-
-    /// Layouts whose keys carry no service name: one source per target (or base key).
-    pub fn one_service_per_prefix(self) -> bool {
-        matches!(self, Format::EtcdNaming | Format::GoZero)
-    }
-}
-
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::config::Format;
 
 /// A layout with the settings it needs to read its keys and to be served.
 #[derive(Debug, Clone, PartialEq, Eq)]
