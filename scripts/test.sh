@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 
 scripts/deps.sh
 cargo fmt --all -- --check
-cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked
+cargo clippy --locked --all-targets --features test-hooks -- -D warnings
+cargo test --locked --features test-hooks
 scripts/demo.sh --check

@@ -557,6 +557,7 @@ mod tests {
                 source: None,
                 instances: back.instances,
                 domains: back.domains,
+                keep: Vec::new(),
             }],
             back.revision,
         );

@@ -147,7 +147,9 @@ pub async fn run(
     for s in sources.iter().filter(|s| s.layout != Layout::Native) {
         info!(format = %s.layout, prefix = %s.prefix, "reading a framework layout");
     }
-    // Test-only fault injection: the watcher panics this many times once established.
+    // Fault injection for tests (the `test-hooks` feature, which the test command turns on):
+    // the watcher panics this many times once established.
+    #[cfg(feature = "test-hooks")]
     let inject = Arc::new(std::sync::atomic::AtomicU32::new(
         std::env::var("RUDDR_TEST_WATCHER_PANICS")
             .ok()
@@ -162,15 +164,17 @@ pub async fn run(
             cfg.etcd.clone(),
         );
         move || {
-            Watcher::new(
+            let watcher = Watcher::new(
                 client.clone(),
                 &etcd,
                 sources.clone(),
                 mirror.clone(),
                 status.clone(),
                 metrics.clone(),
-            )
-            .with_injected_panics(inject.clone())
+            );
+            #[cfg(feature = "test-hooks")]
+            let watcher = watcher.with_injected_panics(inject.clone());
+            watcher
         }
     };
     info!(endpoints = %cfg.etcd.endpoints.join(","), prefix = %cfg.etcd.prefix, "starting etcd watch");
@@ -312,6 +316,7 @@ fn restore_snapshot(
                     source: None,
                     instances: p.instances,
                     domains: p.domains,
+                    keep: Vec::new(),
                 }],
                 revision,
             );

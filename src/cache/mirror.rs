@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
 
-use super::types::{DomainKey, DomainRecord, Instance, InstanceId, ServiceName, SourceId, Update};
+use super::types::{
+    DomainKey, DomainRecord, Instance, InstanceId, Kept, ServiceName, SourceId, Update,
+};
 
 /// An instance within its service: sources are kept apart, so two sources that use the same
 /// id for the same service name do not replace each other.
@@ -126,6 +128,7 @@ impl Snapshot {
 
     /// The instances that the registry key `key` (its own id) of `service` in `source` holds,
     /// when that key is one of several instances; `None` for other keys.
+    #[cfg(test)]
     pub fn key_instances(
         &self,
         source: SourceId,
@@ -296,16 +299,48 @@ impl Snapshot {
     /// Replaces what `source` holds (everything for `None`) with a listing; returns the
     /// services that changed and whether any SkyDNS entry did. Costs O(registry): re-lists are
     /// rare and read everything anyway.
+    #[allow(clippy::too_many_arguments)]
     fn reset(
         &mut self,
         source: Option<SourceId>,
-        instances: Vec<(ServiceName, Instance)>,
-        listed_domains: Vec<(DomainKey, DomainRecord)>,
+        mut instances: Vec<(ServiceName, Instance)>,
+        mut listed_domains: Vec<(DomainKey, DomainRecord)>,
+        keep: Vec<Kept>,
         generation: u64,
         touched: &mut Vec<ServiceName>,
     ) -> bool {
         let mine = |s: SourceId| source.is_none_or(|m| m == s);
+        // Keys listed with a value that could not be read keep what they held, as on the
+        // watch path: a bad value over a good one keeps the good one.
+        let mut owners = Vec::new();
+        for kept in keep {
+            match kept {
+                Kept::Instance(service, id) => {
+                    let Some(src) = source else { continue };
+                    let svc = self.services.get(service.as_str());
+                    let owner = (src, service.clone(), id.clone());
+                    if let Some(ids) = self.owned.get(&owner) {
+                        instances.extend(
+                            ids.iter()
+                                .filter_map(|i| svc?.instances.get(&(i.clone(), src)).cloned())
+                                .map(|i| (service.clone(), i)),
+                        );
+                        owners.push((owner, ids.clone()));
+                    } else if let Some(prev) = svc.and_then(|s| s.instances.get(&(id, src))) {
+                        instances.push((service, prev.clone()));
+                    }
+                }
+                Kept::Domain(key) => {
+                    if let Some(prev) = self.domains.get(&key) {
+                        listed_domains.push((key, prev.clone()));
+                    }
+                }
+            }
+        }
         self.owned.retain(|(s, _, _), _| !mine(*s));
+        for (owner, ids) in owners {
+            self.owned.insert(owner, ids);
+        }
         let mut domains = self.domains.clone();
         let listed: BTreeMap<DomainKey, DomainRecord> = listed_domains.into_iter().collect();
         let stale: Vec<DomainKey> = domains
@@ -454,8 +489,10 @@ impl Mirror {
                     source,
                     instances,
                     domains,
+                    keep,
                 } => {
-                    domains_changed |= next.reset(source, instances, domains, gen, &mut touched);
+                    domains_changed |=
+                        next.reset(source, instances, domains, keep, gen, &mut touched);
                 }
             }
         }
@@ -559,6 +596,7 @@ mod tests {
             source: Some(SourceId(9)),
             instances: instances.into_iter().map(|i| (web.clone(), i)).collect(),
             domains: vec![],
+            keep: Vec::new(),
         };
         let applied = m.apply([reset, replace("k1", &["a", "b"])], 2);
         assert!(applied.changed.is_empty(), "unchanged: answers stay cached");
@@ -571,6 +609,7 @@ mod tests {
                 source: Some(SourceId(9)),
                 instances: vec![],
                 domains: vec![],
+                keep: Vec::new(),
             }],
             4,
         );
@@ -650,6 +689,7 @@ mod tests {
                         source: Some(source),
                         instances: vec![(svc, i)],
                         domains: vec![],
+                        keep: Vec::new(),
                     }
                 }
             };
@@ -678,6 +718,53 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_keeps_what_unreadable_keys_held() {
+        let m = Mirror::new();
+        m.apply(
+            [
+                put("web", "a", "10.0.0.1"),
+                put("web", "b", "10.0.0.2"),
+                replace("k1", &["n1", "n2"]),
+            ],
+            5,
+        );
+        let web = ServiceName::new("web").unwrap();
+        let id = |s: &str| InstanceId::new(s).unwrap();
+        // The native source re-listed: `a` could not be read, `b` is gone, `c` is new.
+        m.apply(
+            [Update::Reset {
+                source: Some(SourceId::NATIVE),
+                instances: vec![(web.clone(), inst("c", "10.0.0.3"))],
+                domains: vec![],
+                keep: vec![Kept::Instance(web.clone(), id("a"))],
+            }],
+            6,
+        );
+        assert_eq!(web_ids(&m), ["a", "c", "n1", "n2"]);
+        // Source 9 re-listed with its key k1 unreadable: both nodes stay, and the key still
+        // owns them (a later delete of k1 removes both).
+        m.apply(
+            [Update::Reset {
+                source: Some(SourceId(9)),
+                instances: vec![],
+                domains: vec![],
+                keep: vec![Kept::Instance(web.clone(), id("k1"))],
+            }],
+            7,
+        );
+        assert_eq!(web_ids(&m), ["a", "c", "n1", "n2"]);
+        assert_eq!(
+            m.load()
+                .key_instances(SourceId(9), &web, &id("k1"))
+                .unwrap()
+                .len(),
+            2
+        );
+        m.apply([replace("k1", &[])], 8);
+        assert_eq!(web_ids(&m), ["a", "c"]);
+    }
+
+    #[test]
     fn reset_replaces_whole_and_keeps_unchanged_generations() {
         let m = Mirror::new();
         m.apply([put("web", "a", "10.0.0.1"), put("db", "x", "10.0.0.9")], 5);
@@ -689,6 +776,7 @@ mod tests {
                 (ServiceName::new("web").unwrap(), inst("a", "10.0.0.1")),
                 (ServiceName::new("cache").unwrap(), inst("c", "10.0.0.3")),
             ],
+            keep: Vec::new(),
         };
         let applied = m.apply([reset], 20);
         let s = m.load();
@@ -728,6 +816,7 @@ mod tests {
                 source: Some(other),
                 instances: vec![],
                 domains: vec![],
+                keep: Vec::new(),
             }],
             6,
         );
@@ -813,6 +902,7 @@ mod tests {
                 source: Some(sky),
                 instances: vec![],
                 domains: vec![(key("local/skydns/west/a"), rec("10.0.0.7"))],
+                keep: Vec::new(),
             }],
             5,
         );

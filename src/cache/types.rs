@@ -476,12 +476,23 @@ pub enum Update {
     /// Everything one source holds, as listed at one revision: replaces that source's
     /// instances and entries (everything when `source` is `None`) and leaves the others alone.
     /// It also forgets which keys held that source's instances: a [`Update::Replace`] per key
-    /// in the same batch records them again.
+    /// in the same batch records them again. Keys in `keep` were listed with a value that could
+    /// not be read: they keep what they held.
     Reset {
         source: Option<SourceId>,
         instances: Vec<(ServiceName, Instance)>,
         domains: Vec<(DomainKey, DomainRecord)>,
+        keep: Vec<Kept>,
     },
+}
+
+/// A key a [`Update::Reset`] leaves as it was (its listed value could not be read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kept {
+    /// The instance (or, for a key holding several, the instances) at this key.
+    Instance(ServiceName, InstanceId),
+    /// A SkyDNS entry.
+    Domain(DomainKey),
 }
 
 #[cfg(test)]

@@ -176,6 +176,7 @@ fn snapshot_files_load_or_fail_cleanly() {
                     source: None,
                     instances: p.instances,
                     domains: p.domains,
+                    keep: Vec::new(),
                 }],
                 p.revision,
             );

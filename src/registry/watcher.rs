@@ -19,7 +19,7 @@ use super::list::{list, Listed};
 use super::watch_set::{Action, Event, Header, Response, WatchSet};
 use super::{is_source_error, Backoff, ErrorKind, RegistryError, Status};
 use super::{Entry, Key, Source};
-use crate::cache::{Mirror, Update};
+use crate::cache::{Kept, Mirror, Update};
 use crate::config::EtcdConfig;
 use crate::metrics::Metrics;
 
@@ -142,7 +142,9 @@ pub struct Watcher {
     progress_interval: Duration,
     /// Without an event or a progress notification for this long, the watch is not trusted.
     confirm_within: Duration,
-    /// Test-only fault injection: panics left to inject once the watch is established.
+    /// Fault injection for tests (the `test-hooks` feature): panics left to inject once the
+    /// watch is established.
+    #[cfg(feature = "test-hooks")]
     inject_panics: Arc<std::sync::atomic::AtomicU32>,
     /// How often to try again a source etcd refused (the reconnect backoff's longest delay).
     source_retry: Duration,
@@ -186,6 +188,7 @@ impl Watcher {
             metrics,
             progress_interval: cfg.progress_interval(),
             confirm_within: cfg.confirm_within,
+            #[cfg(feature = "test-hooks")]
             inject_panics: Arc::default(),
             source_retry: cfg.retry_max.max(Duration::from_secs(1)),
             lists: 0,
@@ -198,9 +201,10 @@ impl Watcher {
         }
     }
 
-    /// Test-only: the watcher panics at a progress request once its watch is established,
+    /// For tests (the `test-hooks` feature): the watcher panics at a progress request once its watch is established,
     /// while `panics` is above zero (and counts it down), so that supervision can be tested on
     /// the real binary.
+    #[cfg(feature = "test-hooks")]
     pub fn with_injected_panics(mut self, panics: Arc<std::sync::atomic::AtomicU32>) -> Self {
         self.inject_panics = panics;
         self
@@ -358,6 +362,7 @@ impl Watcher {
                     if unconfirmed > self.confirm_within {
                         return Err(RegistryError::Unconfirmed(unconfirmed).into());
                     }
+                    #[cfg(feature = "test-hooks")]
                     self.maybe_inject_panic();
                     // etcd answers with a progress notification: proof the mirror is current.
                     stream.request_progress().await?;
@@ -505,8 +510,8 @@ impl Watcher {
     /// that source's part of the mirror with it.
     async fn list(&mut self, i: usize) -> Result<(), RegistryError> {
         let source = &self.sources[i].source;
-        let current = self.mirror.load_full();
         let mut instances = Vec::new();
+        let mut keep = Vec::new();
         // Keys holding several instances: they go into the listing, and their ownership is
         // recorded again (a reset forgets it).
         let mut keyed = Vec::new();
@@ -518,6 +523,7 @@ impl Watcher {
                 Listed::Kv(kv) => kv,
                 Listed::Restart => {
                     instances.clear();
+                    keep.clear();
                     keyed.clear();
                     domains.clear();
                     skipped = 0;
@@ -540,33 +546,17 @@ impl Watcher {
                     skipped += 1;
                     metrics.invalid_values.inc();
                     warn_skipped(source, kv.key(), &error);
-                    // A bad value over a good one keeps the good one, as the watch path does.
+                    // A bad value over a good one keeps the good one, as the watch path does:
+                    // the mirror keeps what the key held.
                     match source.key(kv.key()) {
-                        Ok(Key::Instance(service, id)) => {
-                            if let Some(prev) = current.key_instances(source.id, &service, &id) {
-                                instances.extend(prev.iter().map(|i| (service.clone(), i.clone())));
-                                keyed.push((service, id, prev));
-                                return;
-                            }
-                            let prev = current
-                                .service(service.as_str())
-                                .and_then(|s| s.instances.get(&(id, source.id)));
-                            if let Some(prev) = prev {
-                                instances.push((service, prev.clone()));
-                            }
-                        }
-                        Ok(Key::Domain(key)) => {
-                            if let Some(prev) = current.domains.get(&key) {
-                                domains.push((key, prev.clone()));
-                            }
-                        }
+                        Ok(Key::Instance(service, id)) => keep.push(Kept::Instance(service, id)),
+                        Ok(Key::Domain(key)) => keep.push(Kept::Domain(key)),
                         Err(_) => {}
                     }
                 }
             }
         })
         .await?;
-        drop(current);
         self.lists += 1;
         // The first list of each source is the start, not a re-list.
         if self.lists > self.sources.len() as u64 {
@@ -593,6 +583,7 @@ impl Watcher {
             source: Some(source.id),
             instances,
             domains,
+            keep,
         };
         let applied = self
             .mirror
@@ -646,6 +637,7 @@ impl Watcher {
         self.metrics.sources_failing.set(n as i64);
     }
 
+    #[cfg(feature = "test-hooks")]
     fn maybe_inject_panic(&self) {
         use std::sync::atomic::Ordering::Relaxed;
         let left = self

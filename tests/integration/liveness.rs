@@ -236,6 +236,10 @@ fn a_check_command_that_times_out_leaves_no_process_behind() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the test-hooks feature (scripts/test.sh turns it on)"
+)]
 fn a_watcher_that_dies_is_restarted_and_ready_says_so_meanwhile() {
     let etcd = Etcd::start();
     etcd.put("/ruddr/services/web/w1", r#"{"address":"10.43.0.1"}"#);

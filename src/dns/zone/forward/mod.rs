@@ -132,24 +132,6 @@ pub enum Failure {
 }
 
 impl Forwarder {
-    /// A forwarder with the default socket bound and cache, its counters not exported.
-    /// Kept for callers that predate [`Forwarder::from_config`].
-    pub fn new(
-        upstreams: &[SocketAddr],
-        timeout: Duration,
-        max_in_flight: usize,
-        max_in_flight_per_client: usize,
-    ) -> Self {
-        let cfg = ForwardConfig {
-            upstreams: upstreams.to_vec(),
-            timeout,
-            max_in_flight,
-            max_in_flight_per_client,
-            ..ForwardConfig::default()
-        };
-        Self::build(&cfg, Counters::default())
-    }
-
     /// A forwarder as `cfg` says, counting cache hits, coalesced queries and socket
     /// shortages in `metrics`.
     pub fn from_config(cfg: &ForwardConfig, metrics: &Metrics) -> Self {
@@ -410,7 +392,13 @@ mod limit_tests {
     #[tokio::test]
     async fn in_flight_limits_per_client_network_and_overall() {
         let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let f = Forwarder::new(&[up], Duration::from_secs(1), 3, 2);
+        let cfg = ForwardConfig {
+            upstreams: vec![up],
+            max_in_flight: 3,
+            max_in_flight_per_client: 2,
+            ..ForwardConfig::default()
+        };
+        let f = Forwarder::build(&cfg, Counters::default());
         let a = |s: &str| s.parse::<IpAddr>().unwrap();
         let one = f.admit(a("10.0.0.1")).unwrap();
         let two = f.admit(a("10.0.0.2")).unwrap();
