@@ -9,16 +9,19 @@
 //! ```
 //!
 //! - [`cli`]: clap flags, raw and unvalidated.
-//! - [`config`]: defaults, TOML file and flags merged into one validated [`config::Config`].
+//! - [`config`]: defaults, TOML file and flags merged into one validated [`config::Config`], one
+//!   file and one `validate` per section; imports nothing above it (no registry, no DNS).
 //! - [`app`]: the commands; `serve` wiring builds the parts, spawns the tasks, owns shutdown.
 //! - [`registry`]: everything that talks to etcd: connection, list, watch, key and value parsing.
 //! - [`cache`]: the in-memory service view; applies updates; no I/O, no etcd or DNS types.
-//! - [`dns`]: the answer core (DNS-SD names and client localities included), record building,
-//!   query-name parsing, and the UDP/TCP transport.
+//! - [`dns`]: the answer core (one function for every zone), the zones that answer through it
+//!   (registry, SkyDNS, static zone files, the forward cache), the one wire writer, and the
+//!   UDP/TCP transport (see its module map).
 //! - [`register`]: the registration side (lease, keepalive, health checks, deregistration).
 //! - [`persist`]: the snapshot file, for starting while etcd is unreachable.
 //! - [`memory`]: hands freed heap back to the OS after a large list or snapshot write.
-//! - [`metrics`]: Prometheus metrics; [`admin`]: the HTTP listener for metrics, health, readiness.
+//! - [`metrics`]: Prometheus metrics (imports nothing from the registry: the admin side hands
+//!   it the registry's state); [`admin`]: the HTTP listener for metrics, health, readiness.
 
 pub mod admin;
 pub mod app;

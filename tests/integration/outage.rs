@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::RecordType;
+use hickory_proto::rr::{RData, RecordType};
 
 use crate::harness::*;
 
@@ -368,4 +368,70 @@ fn panic_threshold_answers_with_every_instance() {
             .then_some(())
         },
     );
+}
+
+/// While etcd is away, one rule for every answer from registry data: the stale TTL, for
+/// service, SRV, PTR and SkyDNS answers alike; and the registry and SkyDNS apexes answer
+/// alike (ANY: the SOA alone, RFC 8482).
+#[test]
+fn every_registry_answer_gets_the_stale_ttl_and_apexes_answer_alike() {
+    let mut etcd = Etcd::start();
+    etcd.put(
+        "/ruddr/services/web/w1",
+        r#"{"address":"10.22.0.1","port":8080}"#,
+    );
+    etcd.put(
+        "/skydns/local/skydns/east/a",
+        r#"{"host":"10.22.1.1","port":80,"ttl":60}"#,
+    );
+    let r = Ruddr::start_with_config(
+        &etcd.endpoint(),
+        "[dns]\nttl = 5\nstale_ttl = 17\n\n[[sources]]\nformat = \"skydns\"\nprefix = \"/skydns/\"\nzones = [\"skydns.local.\"]\n",
+    );
+    r.wait_watching();
+    let asked = [
+        ("web.svc.internal.", RecordType::A),
+        ("_web._tcp.svc.internal.", RecordType::SRV),
+        ("1.0.22.10.in-addr.arpa.", RecordType::PTR),
+        ("east.skydns.local.", RecordType::A),
+    ];
+    let ttls = |name: &str, qtype: RecordType| -> Vec<u32> {
+        let m = query(r.addr(), name, qtype);
+        assert_eq!(rcode(&m), ResponseCode::NoError, "{name} {qtype}");
+        assert!(!m.answers.is_empty(), "{name} {qtype}");
+        m.answers.iter().map(|a| a.ttl).collect()
+    };
+    eventually(Duration::from_secs(10), "the SkyDNS entry", || {
+        (!query(r.addr(), "east.skydns.local.", RecordType::A)
+            .answers
+            .is_empty())
+        .then_some(())
+    });
+    assert_eq!(ttls(asked[0].0, asked[0].1), [5]);
+    assert_eq!(ttls(asked[2].0, asked[2].1), [5], "PTR: the zone's TTL");
+    assert_eq!(
+        ttls(asked[3].0, asked[3].1),
+        [60],
+        "SkyDNS: the entry's TTL"
+    );
+    for apex in ["svc.internal.", "skydns.local."] {
+        let m = query(r.addr(), apex, RecordType::ANY);
+        assert_eq!(m.answers.len(), 1, "{apex}: {m:?}");
+        assert!(matches!(m.answers[0].data, RData::SOA(_)), "{apex}: {m:?}");
+        assert!(m.metadata.authoritative);
+        let m = query(r.addr(), apex, RecordType::NS);
+        assert_eq!(m.answers.len(), 1, "{apex}: {m:?}");
+        let m = query(r.addr(), apex, RecordType::TXT);
+        assert!(
+            m.answers.is_empty() && m.authorities.len() == 1,
+            "{apex}: {m:?}"
+        );
+    }
+
+    etcd.kill();
+    r.wait_log("etcd unreachable");
+    for (name, qtype) in asked {
+        let got = ttls(name, qtype);
+        assert!(got.iter().all(|&t| t == 17), "{name} {qtype}: {got:?}");
+    }
 }
