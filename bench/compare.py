@@ -133,6 +133,25 @@ class EventCount:
         return tuple(counts.get(e, 0.0) for e in self.EVENTS)
 
 
+def start_etcd(work: Path) -> tuple[subprocess.Popen, str]:
+    """A one-member etcd on free loopback ports with its data in `work`, once healthy."""
+    cport, pport = free_port(), free_port()
+    etcd = subprocess.Popen(
+        ["etcd", "--name", "b", "--data-dir", str(work / "etcd"),
+         "--listen-client-urls", f"http://127.0.0.1:{cport}", "--advertise-client-urls", f"http://127.0.0.1:{cport}",
+         "--listen-peer-urls", f"http://127.0.0.1:{pport}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
+         "--initial-cluster", f"b=http://127.0.0.1:{pport}", "--initial-cluster-state", "new"],
+        stdout=open(work / "etcd.log", "w"), stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{cport}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(endpoint + "/health", timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return etcd, endpoint
+
+
 def zone_text(services: int, instances: int) -> str:
     # TTLs longer than any run: the forward case answers from ruddr's cache throughout.
     lines = ["$ORIGIN svc.internal.", "$TTL 86400",
@@ -332,20 +351,7 @@ def main() -> None:
     servers: list[Server] = []
     etcd = None
     try:
-        cport, pport = free_port(), free_port()
-        etcd = subprocess.Popen(
-            ["etcd", "--name", "b", "--data-dir", str(work / "etcd"),
-             "--listen-client-urls", f"http://127.0.0.1:{cport}", "--advertise-client-urls", f"http://127.0.0.1:{cport}",
-             "--listen-peer-urls", f"http://127.0.0.1:{pport}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
-             "--initial-cluster", f"b=http://127.0.0.1:{pport}", "--initial-cluster-state", "new"],
-            stdout=open(work / "etcd.log", "w"), stderr=subprocess.STDOUT)
-        endpoint = f"http://127.0.0.1:{cport}"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(endpoint + "/health", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
+        etcd, endpoint = start_etcd(work)
         load_etcd(endpoint, args.services, args.instances)
         zones = work / "zones"
         zones.mkdir()

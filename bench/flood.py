@@ -37,12 +37,11 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from compare import Server, cpu_seconds, free_port  # noqa: E402
+from compare import Server, cpu_seconds, free_port, start_etcd  # noqa: E402
 from load_etcd import load as load_etcd  # noqa: E402
 
 FLOODS = {
@@ -143,20 +142,7 @@ def main() -> None:
     servers: list[Server] = []
     etcd = None
     try:
-        cport, pport = free_port(), free_port()
-        etcd = subprocess.Popen(
-            ["etcd", "--name", "f", "--data-dir", str(work / "etcd"),
-             "--listen-client-urls", f"http://127.0.0.1:{cport}", "--advertise-client-urls", f"http://127.0.0.1:{cport}",
-             "--listen-peer-urls", f"http://127.0.0.1:{pport}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
-             "--initial-cluster", f"f=http://127.0.0.1:{pport}", "--initial-cluster-state", "new"],
-            stdout=open(work / "etcd.log", "w"), stderr=subprocess.STDOUT)
-        endpoint = f"http://127.0.0.1:{cport}"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(endpoint + "/health", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
+        etcd, endpoint = start_etcd(work)
         load_etcd(endpoint, 100, 3)
         zones = work / "zones"
         zones.mkdir()

@@ -14,7 +14,7 @@ use crate::cache::{Mirror, Update};
 use crate::config::Config;
 use crate::dns::rrl::RateLimiter;
 use crate::dns::server::socket::bind_pair;
-use crate::dns::server::{Limits, Transport};
+use crate::dns::server::Transport;
 use crate::dns::zone::file::StaticZones;
 use crate::dns::zone::forward::Forwarder;
 use crate::dns::Handler;
@@ -87,8 +87,7 @@ pub async fn run(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let limits = Limits::from_config(&cfg.dns);
-    crate::dns::server::log_limits(&limits);
+    let dns_cfg = crate::dns::server::for_transport(&cfg.dns);
     let rate_limit = RateLimiter::new(&cfg.rate_limit, &metrics);
     if rate_limit.is_some() {
         info!(
@@ -99,7 +98,7 @@ pub async fn run(
     }
     let transport = Transport::new(
         Arc::new(handler),
-        limits,
+        dns_cfg,
         rate_limit,
         metrics.clone(),
         token.clone(),

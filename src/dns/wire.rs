@@ -388,26 +388,34 @@ pub fn slip(out: &mut Vec<u8>) {
 fn find_opt(bytes: &[u8], count: usize) -> Option<(usize, usize)> {
     let mut at = 0;
     for _ in 0..count {
-        let start = at;
-        loop {
-            let len = *bytes.get(at)?;
-            if len & 0xc0 == 0xc0 {
-                at += 2;
-                break;
-            }
-            at += 1 + usize::from(len);
-            if len == 0 {
-                break;
-            }
-        }
-        let fixed = bytes.get(at..at + 10)?;
-        let rdlen = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
-        at += 10 + rdlen;
-        if u16::from_be_bytes([fixed[0], fixed[1]]) == TYPE_OPT {
+        let (start, fixed) = (at, skip_name(bytes, at)?);
+        let rtype = u16::from_be_bytes([*bytes.get(fixed)?, *bytes.get(fixed + 1)?]);
+        at = record_end(bytes, fixed)?;
+        if rtype == TYPE_OPT {
             return Some((start, at - start));
         }
     }
     None
+}
+
+/// Where the name at `at` ends: after its root label or its pointer.
+fn skip_name(bytes: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let len = *bytes.get(at)?;
+        if len & 0xc0 == 0xc0 {
+            return Some(at + 2);
+        }
+        at += 1 + usize::from(len);
+        if len == 0 {
+            return Some(at);
+        }
+    }
+}
+
+/// Where the record whose type starts at `fixed` ends (past its data).
+fn record_end(bytes: &[u8], fixed: usize) -> Option<usize> {
+    let rdlen = bytes.get(fixed + 8..fixed + 10)?;
+    Some(fixed + 10 + usize::from(u16::from_be_bytes([rdlen[0], rdlen[1]])))
 }
 
 /// Reduces by `age` seconds the TTL of each record in `bytes`: whole records one after another
@@ -415,28 +423,19 @@ fn find_opt(bytes: &[u8], count: usize) -> Option<(usize, usize)> {
 fn age_records(bytes: &mut [u8], age: u32) {
     let mut at = 0;
     while at < bytes.len() {
-        // The owner: labels to the root, or a pointer.
-        loop {
-            let Some(&len) = bytes.get(at) else { return };
-            if len & 0xc0 == 0xc0 {
-                at += 2;
-                break;
-            }
-            at += 1 + usize::from(len);
-            if len == 0 {
-                break;
-            }
-        }
-        let Some(fixed) = bytes.get_mut(at..at + 10) else {
+        let Some(fixed) = skip_name(bytes, at) else {
             return;
         };
-        let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
-        let rdlen = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        let Some(end) = record_end(bytes, fixed) else {
+            return;
+        };
+        let rr = &mut bytes[fixed..fixed + 8];
         // OPT records carry flags, not a TTL.
-        if u16::from_be_bytes([fixed[0], fixed[1]]) != TYPE_OPT {
-            fixed[4..8].copy_from_slice(&ttl.saturating_sub(age).to_be_bytes());
+        if u16::from_be_bytes([rr[0], rr[1]]) != TYPE_OPT {
+            let ttl = u32::from_be_bytes([rr[4], rr[5], rr[6], rr[7]]);
+            rr[4..8].copy_from_slice(&ttl.saturating_sub(age).to_be_bytes());
         }
-        at += 10 + rdlen;
+        at = end;
     }
 }
 

@@ -231,7 +231,8 @@ impl Handler {
 
     /// Decides the whole response to `q` from `client`, answering registry names from
     /// `snapshot` as `freshness` allows, in an order drawn from `rng`. No I/O; never panics on
-    /// any input. Static zones and forwarding come back with [`Reply::via`] set, undecided.
+    /// any input. A forwarded name missing from the forward cache comes back with
+    /// [`Reply::via`] set to [`Via::Forward`], for the upstream to decide.
     pub fn answer(
         &self,
         q: &Question<'_>,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Limits;
+use crate::config::DnsConfig;
 
 /// One open connection in the table.
 struct Entry {
@@ -86,7 +86,7 @@ impl Connections {
     /// Takes a place for a connection from `client`, first closing the longest-idle
     /// connections (of that client at its cap, of anyone at the overall cap) to make room.
     /// Returns the place and how many connections were closed for it.
-    pub(super) fn admit(self: &Arc<Self>, client: IpAddr, limits: &Limits) -> (Slot, u64) {
+    pub(super) fn admit(self: &Arc<Self>, client: IpAddr, limits: &DnsConfig) -> (Slot, u64) {
         let mut evicted = 0;
         let mut table = self.table();
         while table.per_client.get(&client).copied().unwrap_or(0)
@@ -170,17 +170,12 @@ impl Connections {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    fn limits(max: usize, per_client: usize) -> Limits {
-        Limits {
-            tcp_idle_timeout: Duration::from_secs(10),
-            tcp_session_timeout: Duration::from_secs(60),
+    fn limits(max: usize, per_client: usize) -> DnsConfig {
+        DnsConfig {
             tcp_max_connections: max,
             tcp_max_connections_per_client: per_client,
-            tcp_max_pipelined: 4,
-            max_pending: 8,
-            udp_fast_path: true,
+            ..DnsConfig::default()
         }
     }
 

@@ -1,14 +1,17 @@
 //! ruddr's own DNS transport: UDP sockets ([`udp`], in batches: [`batch`]) and TCP listeners
-//! ([`tcp`], with the connection table: [`connections`]), set up by [`socket`]. It decodes each packet with
-//! hickory-proto, hands the request to the answer core ([`Handler`]) and sends what it encodes.
+//! ([`tcp`], with the connection table: [`connections`]), set up by [`socket`]. Plain UDP
+//! queries go to the fast path straight from their bytes; everything else is decoded with
+//! hickory-proto and handed to the answer core ([`Handler`]); [`super::wire`] writes every
+//! response.
 //!
 //! Rules kept from hickory's server loop, and the limits it lacked:
 //! - A packet shorter than a header, a packet that is itself a response (QR set), and a packet
 //!   from an address that cannot be answered (port 0, unspecified, broadcast) get nothing.
 //! - A query whose header decodes but whose body does not gets FORMERR.
-//! - UDP queries ruddr answers itself are answered in the socket's loop, without a task. Static
-//!   zones and forwarded names get a task each, at most `dns.max_pending` at once (past it:
-//!   SERVFAIL at once).
+//! - UDP queries ruddr answers itself (every zone, and forward-cache hits) are answered in the
+//!   socket's loop, without a task. A forwarded name missing from the cache gets a task once the
+//!   forwarding limits admit it, at most `dns.max_pending` at once (past either: SERVFAIL at
+//!   once).
 //! - TCP: at most `dns.tcp_max_connections` connections, `dns.tcp_max_connections_per_client`
 //!   per client address; at either cap the longest-idle connection is closed to make room
 //!   (RFC 7766 6.2.3). Idle and whole-connection timeouts, at most `dns.tcp_max_pipelined`
@@ -41,23 +44,11 @@ use crate::config::DnsConfig;
 use crate::metrics::Metrics;
 use connections::Connections;
 
-/// Limits of the transport (the `[dns]` keys of the same names).
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub tcp_idle_timeout: Duration,
-    pub tcp_session_timeout: Duration,
-    pub tcp_max_connections: usize,
-    pub tcp_max_connections_per_client: usize,
-    pub tcp_max_pipelined: usize,
-    pub max_pending: usize,
-    /// Plain UDP queries ruddr answers itself skip hickory's decoder and encoder.
-    pub udp_fast_path: bool,
-}
-
 /// The listeners of one server, sharing the handler, the limits and the shutdown signal.
 pub struct Transport {
     handler: Arc<Handler>,
-    limits: Limits,
+    /// `[dns]`: the transport reads its limits from it (see [`for_transport`]).
+    cfg: DnsConfig,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -131,16 +122,16 @@ pub(crate) fn format_error(header: &Header, out: &mut Vec<u8>) {
 impl Transport {
     pub fn new(
         handler: Arc<Handler>,
-        limits: Limits,
+        cfg: DnsConfig,
         rate_limit: Option<RateLimiter>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
-            pending: Arc::new(Semaphore::new(limits.max_pending)),
+            pending: Arc::new(Semaphore::new(cfg.max_pending)),
             connections: Arc::new(Connections::new(Instant::now())),
             handler,
-            limits,
+            cfg,
             metrics,
             shutdown,
             tasks: TaskTracker::new(),
@@ -166,45 +157,33 @@ impl Transport {
     }
 }
 
-/// The transport's limits from the config, with the TCP connection cap at most half the
-/// open-file limit (the other half stays for upstream sockets, etcd, snapshots and admin).
-impl Limits {
-    /// The limits `cfg` names, with the TCP connection cap at most half the open-file limit
-    /// (the other half stays for upstream sockets, etcd, snapshots and admin).
-    pub fn from_config(d: &DnsConfig) -> Self {
-        let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-            .map_or(u64::MAX, |(soft, _)| soft);
-        let fd_room = usize::try_from(nofile / 2).unwrap_or(usize::MAX).max(16);
-        if d.tcp_max_connections > fd_room {
-            warn!(
-                configured = d.tcp_max_connections,
-                lowered_to = fd_room,
-                open_file_limit = nofile,
-                "dns.tcp_max_connections is above half the open-file limit: lowering it",
-            );
-        }
-        Limits {
-            tcp_idle_timeout: d.tcp_idle_timeout,
-            tcp_session_timeout: d.tcp_session_timeout,
-            tcp_max_connections: d.tcp_max_connections.min(fd_room),
-            tcp_max_connections_per_client: d.tcp_max_connections_per_client,
-            tcp_max_pipelined: d.tcp_max_pipelined,
-            max_pending: d.max_pending,
-            udp_fast_path: d.udp_fast_path,
-        }
+/// `d` as the transport uses it: the TCP connection cap at most half the open-file limit
+/// (the other half stays for upstream sockets, etcd, snapshots and admin), logged once.
+pub fn for_transport(d: &DnsConfig) -> DnsConfig {
+    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(u64::MAX, |(soft, _)| soft);
+    let fd_room = usize::try_from(nofile / 2).unwrap_or(usize::MAX).max(16);
+    if d.tcp_max_connections > fd_room {
+        warn!(
+            configured = d.tcp_max_connections,
+            lowered_to = fd_room,
+            open_file_limit = nofile,
+            "dns.tcp_max_connections is above half the open-file limit: lowering it",
+        );
     }
-}
-
-/// Logs the transport's limits once at start.
-pub fn log_limits(limits: &Limits) {
+    let cfg = DnsConfig {
+        tcp_max_connections: d.tcp_max_connections.min(fd_room),
+        ..d.clone()
+    };
     info!(
-        tcp_max_connections = limits.tcp_max_connections,
-        tcp_max_connections_per_client = limits.tcp_max_connections_per_client,
-        tcp_idle_timeout = ?limits.tcp_idle_timeout,
-        tcp_session_timeout = ?limits.tcp_session_timeout,
-        max_pending = limits.max_pending,
+        tcp_max_connections = cfg.tcp_max_connections,
+        tcp_max_connections_per_client = cfg.tcp_max_connections_per_client,
+        tcp_idle_timeout = ?cfg.tcp_idle_timeout,
+        tcp_session_timeout = ?cfg.tcp_session_timeout,
+        max_pending = cfg.max_pending,
         "dns transport limits",
     );
+    cfg
 }
 
 #[cfg(test)]

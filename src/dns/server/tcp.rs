@@ -60,13 +60,13 @@ impl Transport {
             if !is_answerable(peer) {
                 continue;
             }
-            let (slot, evicted) = self.connections.admit(peer.ip(), &self.limits);
+            let (slot, evicted) = self.connections.admit(peer.ip(), &self.cfg);
             if evicted > 0 {
                 self.metrics.tcp_evicted.inc_by(evicted);
                 if first_time(&self.logged.tcp_full) {
                     warn!(
-                        max = self.limits.tcp_max_connections,
-                        per_client = self.limits.tcp_max_connections_per_client,
+                        max = self.cfg.tcp_max_connections,
+                        per_client = self.cfg.tcp_max_connections_per_client,
                         "TCP connection limit reached: closing the longest-idle connections to make room (logged once; see ruddr_dns_tcp_evicted_total)",
                     );
                 }
@@ -95,14 +95,14 @@ impl Transport {
         );
         type Pending = Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send>>;
         let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
-        let session = tokio::time::sleep(self.limits.tcp_session_timeout);
+        let session = tokio::time::sleep(self.cfg.tcp_session_timeout);
         tokio::pin!(session);
-        let idle = tokio::time::sleep(self.limits.tcp_idle_timeout);
+        let idle = tokio::time::sleep(self.cfg.tcp_idle_timeout);
         tokio::pin!(idle);
         let mut out = Vec::with_capacity(4096);
         let mut reading = true;
         loop {
-            let can_read = reading && in_flight.len() < self.limits.tcp_max_pipelined;
+            let can_read = reading && in_flight.len() < self.cfg.tcp_max_pipelined;
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = slot.closed.cancelled() => return,
@@ -114,7 +114,7 @@ impl Transport {
                         return;
                     }
                     slot.touch(&self.connections);
-                    idle.as_mut().reset(tokio::time::Instant::now() + self.limits.tcp_idle_timeout);
+                    idle.as_mut().reset(tokio::time::Instant::now() + self.cfg.tcp_idle_timeout);
                 }
                 frame = frames.next(), if can_read => {
                     let bytes = match frame {
@@ -125,7 +125,7 @@ impl Transport {
                         Some(Err(error)) => { debug!(%peer, %error, "tcp read"); return }
                     };
                     slot.touch(&self.connections);
-                    idle.as_mut().reset(tokio::time::Instant::now() + self.limits.tcp_idle_timeout);
+                    idle.as_mut().reset(tokio::time::Instant::now() + self.cfg.tcp_idle_timeout);
                     let request = match decode(&bytes, peer, Protocol::Tcp) {
                         Decoded::Drop => { self.metrics.dropped.inc(); continue }
                         Decoded::Malformed(header) => {
@@ -165,7 +165,7 @@ impl Transport {
         frame.extend_from_slice(&len.to_be_bytes());
         frame.extend_from_slice(message);
         matches!(
-            tokio::time::timeout(self.limits.tcp_idle_timeout, write.write_all(&frame)).await,
+            tokio::time::timeout(self.cfg.tcp_idle_timeout, write.write_all(&frame)).await,
             Ok(Ok(()))
         )
     }

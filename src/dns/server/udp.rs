@@ -74,7 +74,7 @@ impl Transport {
         socket: &Arc<std::net::UdpSocket>,
         runtime: &tokio::runtime::Handle,
     ) -> bool {
-        if self.limits.udp_fast_path
+        if self.cfg.udp_fast_path
             && is_answerable(src)
             && self.handler.answer_fast(query, src.ip(), out)
         {
@@ -99,7 +99,7 @@ impl Transport {
             self.metrics.pending_limited.inc();
             if first_time(&self.logged.pending) {
                 warn!(
-                    limit = self.limits.max_pending,
+                    limit = self.cfg.max_pending,
                     "too many queries waiting on static zones or upstreams: answering SERVFAIL (logged once; see ruddr_dns_pending_limited_total)",
                 );
             }

@@ -240,25 +240,15 @@ mod tests {
     }
 
     /// What a client asking `question` would decode from the cache's answer.
-    trait GetMessage {
-        fn get_message(
-            &self,
-            key: &Key,
-            question: &Name,
-            now: Instant,
-        ) -> Option<(SocketAddr, Message)>;
-    }
-
-    impl GetMessage for Answers {
-        fn get_message(
-            &self,
-            key: &Key,
-            question: &Name,
-            now: Instant,
-        ) -> Option<(SocketAddr, Message)> {
-            self.get(key, now)
-                .map(|(addr, relayed, age)| (addr, relayed.message(question, age)))
-        }
+    fn get_message(
+        cache: &Answers,
+        key: &Key,
+        question: &Name,
+        now: Instant,
+    ) -> Option<(SocketAddr, Message)> {
+        cache
+            .get(key, now)
+            .map(|(addr, relayed, age)| (addr, relayed.message(question, age)))
     }
 
     fn upstream() -> SocketAddr {
@@ -306,13 +296,13 @@ mod tests {
             t0,
         );
         let get = |after: u64| {
-            cache
-                .get_message(
-                    &key("a.example.", false, false),
-                    &name("a.example."),
-                    t0 + Duration::from_secs(after),
-                )
-                .map(|(_, m)| m.answers[0].ttl)
+            get_message(
+                &cache,
+                &key("a.example.", false, false),
+                &name("a.example."),
+                t0 + Duration::from_secs(after),
+            )
+            .map(|(_, m)| m.answers[0].ttl)
         };
         assert_eq!(get(0), Some(300));
         assert_eq!(get(10), Some(290));
@@ -330,14 +320,22 @@ mod tests {
             &answer("a.example.", 86400),
             t0,
         );
-        let (_, m) = cache
-            .get_message(&key("a.example.", false, false), &name("a.example."), t0)
-            .unwrap();
+        let (_, m) = get_message(
+            &cache,
+            &key("a.example.", false, false),
+            &name("a.example."),
+            t0,
+        )
+        .unwrap();
         assert_eq!(m.answers[0].ttl, 3600);
         let later = t0 + Duration::from_secs(3600);
-        assert!(cache
-            .get_message(&key("a.example.", false, false), &name("a.example."), later)
-            .is_none());
+        assert!(get_message(
+            &cache,
+            &key("a.example.", false, false),
+            &name("a.example."),
+            later
+        )
+        .is_none());
     }
 
     #[test]
@@ -396,17 +394,25 @@ mod tests {
             &negative(ResponseCode::NXDomain, Some((600, 60))),
             t0,
         );
-        let (_, m) = cache
-            .get_message(&k, &name("gone.example."), t0 + Duration::from_secs(20))
-            .unwrap();
+        let (_, m) = get_message(
+            &cache,
+            &k,
+            &name("gone.example."),
+            t0 + Duration::from_secs(20),
+        )
+        .unwrap();
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
         assert_eq!(
             m.authorities[0].ttl, 40,
             "the SOA counts down from the negative TTL"
         );
-        assert!(cache
-            .get_message(&k, &name("gone.example."), t0 + Duration::from_secs(60))
-            .is_none());
+        assert!(get_message(
+            &cache,
+            &k,
+            &name("gone.example."),
+            t0 + Duration::from_secs(60)
+        )
+        .is_none());
         let k2 = Key::new(
             &Query::query(name("gone.example."), RecordType::MX),
             false,
@@ -419,7 +425,7 @@ mod tests {
             &negative(ResponseCode::NXDomain, None),
             t0,
         );
-        assert!(cache.get_message(&k2, &name("gone.example."), t0).is_none());
+        assert!(get_message(&cache, &k2, &name("gone.example."), t0).is_none());
     }
 
     #[test]
@@ -433,17 +439,11 @@ mod tests {
             t0,
         );
         let q = name("a.example.");
-        assert!(cache
-            .get_message(&key("a.example.", true, false), &q, t0)
-            .is_none());
-        assert!(cache
-            .get_message(&key("a.example.", false, true), &q, t0)
-            .is_none());
+        assert!(get_message(&cache, &key("a.example.", true, false), &q, t0).is_none());
+        assert!(get_message(&cache, &key("a.example.", false, true), &q, t0).is_none());
         let rd0 = Key::new(&Query::query(q.clone(), RecordType::A), false, false, false);
-        assert!(cache.get_message(&rd0, &q, t0).is_none());
-        assert!(cache
-            .get_message(&key("A.Example.", false, false), &q, t0)
-            .is_some());
+        assert!(get_message(&cache, &rd0, &q, t0).is_none());
+        assert!(get_message(&cache, &key("A.Example.", false, false), &q, t0).is_some());
     }
 
     #[test]
@@ -458,9 +458,7 @@ mod tests {
         ));
         cache.insert(key("www.example.", false, false), upstream(), &stored, t0);
         let theirs = name("wWw.ExAmple.");
-        let (_, m) = cache
-            .get_message(&key("WWW.EXAMPLE.", false, false), &theirs, t0)
-            .unwrap();
+        let (_, m) = get_message(&cache, &key("WWW.EXAMPLE.", false, false), &theirs, t0).unwrap();
         assert!(m.answers[0].name.eq_case(&theirs));
         assert!(
             m.answers[1].name.eq_case(&name("Other.example.")),
@@ -498,8 +496,12 @@ mod tests {
             t0,
         );
         assert!(!off.is_enabled());
-        assert!(off
-            .get_message(&key("a.example.", false, false), &name("a.example."), t0)
-            .is_none());
+        assert!(get_message(
+            &off,
+            &key("a.example.", false, false),
+            &name("a.example."),
+            t0
+        )
+        .is_none());
     }
 }
