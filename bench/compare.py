@@ -22,9 +22,12 @@ that separates fast servers.
 --cases chooses what each ruddr build serves the data as (comma list): `registry` (from etcd,
 the default), `static` (the same records as a zone file in its zones directory, the discovery
 zone moved elsewhere) and `forward` (forwarded to knotd and answered from ruddr's forward cache:
-the zone's TTLs outlast the run, so after the first pass every answer is a cache hit). Each is a
-server of its own in the same interleaved rounds, labelled `<label>`, `<label>-static` and
-`<label>-fwd`; the forward case needs knot among the reference servers.
+the zone's TTLs outlast the run, so after the first pass every answer is a cache hit) and
+`skydns` (the same instances written in the SkyDNS layout, `/skydns/internal/svc/svcN/iJ`, and
+served as the SkyDNS zone `svc.internal`: its queries are `svcN A` and `svcN SRV`, the same
+answers as the others' `svcN A` and `_http._tcp.svcN SRV`). Each is a server of its own in the
+same interleaved rounds, labelled `<label>`, `<label>-static`, `<label>-fwd` and `<label>-sky`;
+the forward case needs knot among the reference servers.
 
 --latency also runs dnsperf at a fixed 5,000 QPS (`-Q 5000 -v`, pinned) once per server per
 round, interleaved, and reports the medians (and spread) of the p50/p99 of the per-query latencies
@@ -52,7 +55,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from load_etcd import ip_of, load as load_etcd  # noqa: E402
+from load_etcd import ip_of, load as load_etcd, put_all  # noqa: E402
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -152,6 +155,13 @@ def start_etcd(work: Path) -> tuple[subprocess.Popen, str]:
     return etcd, endpoint
 
 
+def load_skydns(endpoint: str, services: int, instances: int) -> None:
+    """The same instances in the SkyDNS layout: /skydns/internal/svc/svc<i>/i<j>."""
+    put_all(endpoint, [(f"/skydns/internal/svc/svc{i}/i{j}",
+                        json.dumps({"host": ip_of(i, j), "port": 8080 + j, "ttl": 86400}))
+                       for i in range(services) for j in range(instances)])
+
+
 def zone_text(services: int, instances: int) -> str:
     # TTLs longer than any run: the forward case answers from ruddr's cache throughout.
     lines = ["$ORIGIN svc.internal.", "$TTL 86400",
@@ -165,19 +175,21 @@ def zone_text(services: int, instances: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def queries(services: int, nx_every: int) -> str:
+def queries(services: int, nx_every: int, srv: str = "_http._tcp.{}") -> str:
     out = []
     n = 0
     for i in range(services):
-        for q in (f"svc{i}.svc.internal A", f"_http._tcp.svc{i}.svc.internal SRV"):
+        for q in (f"svc{i}.svc.internal A", f"{srv.format(f'svc{i}')}.svc.internal SRV"):
             n += 1
             out.append(f"nx{n}.svc.internal A" if nx_every and n % nx_every == 0 else q)
     return "\n".join(out) + "\n"
 
 
 class Server:
-    def __init__(self, label: str, argv: list[str], port: int, work: Path, env=None):
+    def __init__(self, label: str, argv: list[str], port: int, work: Path, env=None, queries: str = ""):
         self.label, self.port = label, port
+        # Which query files this server gets: "" the common ones, "sky" the SkyDNS names.
+        self.queries = queries
         log = open(work / f"{label}.log", "w")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
@@ -251,6 +263,13 @@ def start_servers(args, ruddrs, refs, work: Path, zones: Path, endpoint: str, cp
             # The registry moves to another zone; svc.internal comes from the zone file.
             servers.append(ruddr(f"{label}-static", path,
                                  ["--zone", "registry.internal", "--zones-dir", str(zones)]))
+        if "skydns" in cases:
+            (work / "sky.toml").write_text('[[sources]]\nformat = "skydns"\nprefix = "/skydns/"\n'
+                                           'zones = ["svc.internal."]\n')
+            sky = ruddr(f"{label}-sky", path, ["--config", str(work / "sky.toml"), "--zone", "registry.internal",
+                                               "--zones-dir", str(work / "no-zones")])
+            sky.queries = "sky"
+            servers.append(sky)
     if "knot" in refs:
         port = free_port()
         (work / "knot").mkdir(exist_ok=True)
@@ -353,16 +372,21 @@ def main() -> None:
     try:
         etcd, endpoint = start_etcd(work)
         load_etcd(endpoint, args.services, args.instances)
+        if "skydns" in args.cases.split(","):
+            load_skydns(endpoint, args.services, args.instances)
         zones = work / "zones"
         zones.mkdir()
         (zones / "svc.internal.zone").write_text(zone_text(args.services, args.instances))
         last = f"svc{args.services - 1}.svc.internal"
 
-        qfiles = {}
+        qfiles, sky_qfiles = {}, {}
         for mix in args.mixes.split(","):
             qf = work / f"queries-{mix}.txt"
             qf.write_text(queries(args.services, 10 if mix == "nx10" else 0))
             qfiles[mix] = qf
+            qf = work / f"queries-sky-{mix}.txt"
+            qf.write_text(queries(args.services, 10 if mix == "nx10" else 0, srv="{}"))
+            sky_qfiles[mix] = qf
 
         results: dict[tuple, dict[str, list[dict]]] = {}
         for setup in args.setups.split(","):
@@ -379,7 +403,8 @@ def main() -> None:
                     for s in order:
                         count = EventCount(s.proc.pid, work) if args.events else None
                         before = s.cpu()
-                        r = parse(dnsperf(s.port, qf, args.duration, "1" if pinned else None))
+                        sqf = sky_qfiles[mix] if s.queries == "sky" else qf
+                        r = parse(dnsperf(s.port, sqf, args.duration, "1" if pinned else None))
                         r["cpu"] = s.cpu() - before
                         r["per_cpu"] = r["completed"] / r["cpu"] if r["cpu"] > 0 else 0.0
                         extra = ""

@@ -21,12 +21,18 @@ def ip_of(i: int, j: int) -> str:
 
 
 def load(endpoint: str, services: int, instances: int) -> int:
-    ops = []
+    kvs = []
     for i in range(services):
         for j in range(instances):
             port = 8080 + j
             value = json.dumps({"address": ip_of(i, j), "port": port, "ports": {"http": port}})
-            ops.append({"request_put": {"key": b64(f"/ruddr/services/svc{i}/i{j}"), "value": b64(value)}})
+            kvs.append((f"/ruddr/services/svc{i}/i{j}", value))
+    return put_all(endpoint, kvs)
+
+
+def put_all(endpoint: str, kvs: list[tuple[str, str]]) -> int:
+    """Writes every (key, value), 100 to a transaction; returns how many."""
+    ops = [{"request_put": {"key": b64(k), "value": b64(v)}} for k, v in kvs]
     for start in range(0, len(ops), 100):
         body = json.dumps({"success": ops[start:start + 100]}).encode()
         req = urllib.request.Request(endpoint + "/v3/kv/txn", data=body,

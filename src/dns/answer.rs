@@ -420,6 +420,8 @@ pub struct Relayed {
     pub authoritative: bool,
     pub authentic_data: bool,
     pub recursion_available: bool,
+    /// The upstream's answer was truncated (TC), and asking over TCP did not get it whole.
+    pub truncated: bool,
     /// The DO bit of the upstream's OPT record.
     pub dnssec_ok: bool,
 }
@@ -442,6 +444,7 @@ impl Relayed {
             authoritative: message.metadata.authoritative,
             authentic_data: message.metadata.authentic_data,
             recursion_available: message.metadata.recursion_available,
+            truncated: message.metadata.truncation,
             dnssec_ok: message.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
         }
     }

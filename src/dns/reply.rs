@@ -131,6 +131,7 @@ impl Reply {
         self.meta.authoritative = relayed.authoritative;
         self.meta.authentic_data = relayed.authentic_data;
         self.meta.recursion_available = true;
+        self.meta.truncation = relayed.truncated;
         if let Some(edns) = self.edns.as_mut() {
             edns.set_dnssec_ok(relayed.dnssec_ok);
         }

@@ -130,15 +130,26 @@ impl FileZone {
         let mut buf = [0u8; MAX_NAME];
         let len = wire_name(qname, &mut buf);
         let name = &buf[..len];
-        // Label starts, first label first.
-        let mut starts = [0usize; 128];
+        if !self.has_cuts {
+            // Most zones: one hash look-up, and the ancestors only for a wildcard.
+            if let Some(node) = self.nodes.get(name) {
+                return node.answer(qtype, self);
+            }
+            if !self.has_wildcards {
+                return self.nxdomain.clone();
+            }
+        }
+        // Label starts, first label first (a name of 255 bytes has at most 127 labels, and
+        // every offset fits a byte).
+        let mut starts = [0u8; 128];
         let mut count = 0;
         let mut at = 0;
         while at < len && name[at] != 0 && count < starts.len() {
-            starts[count] = at;
+            starts[count] = at as u8;
             count += 1;
             at += 1 + usize::from(name[at]);
         }
+        let starts = starts.map(usize::from);
         let below = count.saturating_sub(usize::from(self.origin.num_labels()));
         if self.has_cuts {
             // The cut nearest the apex answers for everything below it (the DS at a cut is the
