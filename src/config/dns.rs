@@ -33,6 +33,9 @@ pub struct ForwardConfig {
     /// The longest a forwarded answer is cached; longer TTLs are lowered to it.
     #[serde(with = "humantime_serde")]
     pub cache_max_ttl: Duration,
+    /// Bytes of cached forwarded answers each answering thread keeps in a table of its own in
+    /// front of the shared cache (0: none); on top of `cache_bytes`, per thread.
+    pub cache_front_bytes: usize,
 }
 
 impl Default for ForwardConfig {
@@ -57,6 +60,7 @@ impl Default for ForwardConfig {
             max_sockets: 128,
             cache_bytes: 16 << 20,
             cache_max_ttl: Duration::from_secs(3600),
+            cache_front_bytes: 1 << 20,
         }
     }
 }

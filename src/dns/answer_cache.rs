@@ -17,7 +17,7 @@
 
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use hickory_proto::rr::{LowerName, RecordType};
@@ -25,6 +25,7 @@ use moka::sync::Cache;
 use smallvec::SmallVec;
 
 use super::answer::Built;
+use super::front::{Front, Table, NEXT_ID};
 
 /// What a built answer is cached by: the name (lower case, in wire form: cheap to hash and to
 /// compare), type, whether it was built stale, and the client's locality when the answer
@@ -84,7 +85,10 @@ pub struct AnswerCache {
     front_slots: usize,
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// What a front entry for `key` holds in memory.
+fn bytes_of(key: &AnswerKey, built: &Built) -> usize {
+    built.memory_size() + key.memory_size()
+}
 
 /// The entry size the front sizes its slot count by: an A or SRV answer of three instances
 /// holds 1-2.3 KB (its hickory records for the general path included), so the default 16 MiB
@@ -102,13 +106,7 @@ impl AnswerCache {
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .build_with_hasher(hasher);
-        let front_slots = if front_bytes == 0 {
-            0
-        } else {
-            (front_bytes / FRONT_TYPICAL_ENTRY)
-                .next_power_of_two()
-                .clamp(64, 1 << 16)
-        };
+        let front_slots = super::front::slots_for(front_bytes, FRONT_TYPICAL_ENTRY);
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             shared,
@@ -124,12 +122,16 @@ impl AnswerCache {
             return self.shared.get(key);
         }
         let hash = self.hasher.hash_one(key);
-        let hit = FRONT.with(|front| front.borrow().get(self, hash, key));
+        let hit = FRONT.with(|front| front.borrow().get(self.id, self.front_slots, hash, key));
         if hit.is_some() {
             return hit;
         }
         let built = self.shared.get(key)?;
-        FRONT.with(|front| front.borrow_mut().put(self, hash, key, &built));
+        FRONT.with(|front| {
+            front
+                .borrow_mut()
+                .put(self.table(), hash, key, &built, bytes_of(key, &built))
+        });
         Some(built)
     }
 
@@ -141,7 +143,11 @@ impl AnswerCache {
             return None;
         }
         let hash = self.hasher.hash_one(key);
-        FRONT.with(|front| front.borrow().get_current(self, hash, key, changes))
+        FRONT.with(|front| {
+            front
+                .borrow()
+                .get_current(self.id, self.front_slots, hash, key, changes)
+        })
     }
 
     /// Notes in this thread's front table that `built`, cached for `key`, was checked against
@@ -151,141 +157,41 @@ impl AnswerCache {
             return;
         }
         let hash = self.hasher.hash_one(key);
-        FRONT.with(|front| front.borrow_mut().confirm(self, hash, key, built, changes));
+        FRONT.with(|front| {
+            front.borrow_mut().confirm_with(
+                self.id,
+                self.front_slots,
+                hash,
+                key,
+                |held| Arc::ptr_eq(held, built),
+                changes,
+            )
+        });
+    }
+
+    fn table(&self) -> Table {
+        Table {
+            owner: self.id,
+            slots: self.front_slots,
+            bytes: self.front_bytes,
+        }
     }
 
     pub fn insert(&self, key: AnswerKey, built: Arc<Built>) {
         if self.front_slots != 0 {
             let hash = self.hasher.hash_one(&key);
-            FRONT.with(|front| front.borrow_mut().put(self, hash, &key, &built));
+            FRONT.with(|front| {
+                front
+                    .borrow_mut()
+                    .put(self.table(), hash, &key, &built, bytes_of(&key, &built))
+            });
         }
         self.shared.insert(key, built);
     }
 }
 
 thread_local! {
-    static FRONT: RefCell<Front> = const { RefCell::new(Front { owner: 0, slots: Vec::new(), bytes: 0 }) };
-}
-
-/// One thread's front table: `slots` in pairs (a 2-way set per hash).
-struct Front {
-    /// The [`AnswerCache`] the entries belong to; another one's use starts the table afresh.
-    owner: u64,
-    slots: Vec<Option<Box<Slot>>>,
-    /// Bytes held by the entries, at most the owner's `front_bytes`.
-    bytes: usize,
-}
-
-struct Slot {
-    hash: u64,
-    key: AnswerKey,
-    built: Arc<Built>,
-    bytes: usize,
-    /// The snapshot change count `built` was last found current at ([`NEVER`]: not yet).
-    current_at: u64,
-}
-
-/// No change count: snapshots count from 0 and never reach it.
-const NEVER: u64 = u64::MAX;
-
-impl Front {
-    fn set(&self, cache: &AnswerCache, hash: u64) -> usize {
-        // The low bits pick the set; each set is two neighbouring slots.
-        (hash as usize & (cache.front_slots / 2 - 1)) * 2
-    }
-
-    fn slot(&self, cache: &AnswerCache, hash: u64, key: &AnswerKey) -> Option<&Slot> {
-        if self.owner != cache.id {
-            return None;
-        }
-        let set = self.set(cache, hash);
-        self.slots[set..set + 2]
-            .iter()
-            .flatten()
-            .find(|s| s.hash == hash && s.key == *key)
-            .map(|s| &**s)
-    }
-
-    fn get(&self, cache: &AnswerCache, hash: u64, key: &AnswerKey) -> Option<Arc<Built>> {
-        self.slot(cache, hash, key).map(|s| s.built.clone())
-    }
-
-    fn get_current(
-        &self,
-        cache: &AnswerCache,
-        hash: u64,
-        key: &AnswerKey,
-        changes: u64,
-    ) -> Option<Arc<Built>> {
-        self.slot(cache, hash, key)
-            .filter(|s| s.current_at == changes && changes != NEVER)
-            .map(|s| s.built.clone())
-    }
-
-    fn confirm(
-        &mut self,
-        cache: &AnswerCache,
-        hash: u64,
-        key: &AnswerKey,
-        built: &Arc<Built>,
-        changes: u64,
-    ) {
-        if self.owner != cache.id {
-            return;
-        }
-        let set = self.set(cache, hash);
-        let slot = self.slots[set..set + 2]
-            .iter_mut()
-            .flatten()
-            .find(|s| s.hash == hash && s.key == *key && Arc::ptr_eq(&s.built, built));
-        if let Some(slot) = slot {
-            slot.current_at = changes;
-        }
-    }
-
-    fn put(&mut self, cache: &AnswerCache, hash: u64, key: &AnswerKey, built: &Arc<Built>) {
-        if self.owner != cache.id {
-            self.owner = cache.id;
-            self.slots.clear();
-            self.slots.resize_with(cache.front_slots, || None);
-            self.bytes = 0;
-        }
-        let set = self.set(cache, hash);
-        // The slot holding this key (whose answer this one replaces, admitted or not), else an
-        // empty one, else the one the hash's high bit picks.
-        let held = (0..2).find(|&i| {
-            self.slots[set + i]
-                .as_ref()
-                .is_some_and(|s| s.hash == hash && s.key == *key)
-        });
-        if let Some(i) = held {
-            if let Some(old) = self.slots[set + i].take() {
-                self.bytes -= old.bytes;
-            }
-        }
-        let bytes = built.memory_size() + key.memory_size();
-        // A few large answers must not take the whole table.
-        if bytes > cache.front_bytes / 16 {
-            return;
-        }
-        let pick = held
-            .or_else(|| (0..2).find(|&i| self.slots[set + i].is_none()))
-            .unwrap_or((hash >> 63) as usize);
-        if let Some(old) = self.slots[set + pick].take() {
-            self.bytes -= old.bytes;
-        }
-        if self.bytes + bytes > cache.front_bytes {
-            return;
-        }
-        self.bytes += bytes;
-        self.slots[set + pick] = Some(Box::new(Slot {
-            hash,
-            key: key.clone(),
-            built: built.clone(),
-            bytes,
-            current_at: NEVER,
-        }));
-    }
+    static FRONT: RefCell<Front<AnswerKey, Arc<Built>>> = const { RefCell::new(Front::new()) };
 }
 
 #[cfg(test)]

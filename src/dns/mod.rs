@@ -13,7 +13,8 @@
 //! - [`respond`]: the UDP fast path, decoded requests, forwarded names that wait, metrics.
 //! - [`handler`]: [`Handler::answer`], the one function that decides every response.
 //! - [`route`]: which zone holds a name; [`name`]: what a discovery-zone name asks for;
-//!   [`locality`]: where a client is; [`answer_cache`]: built answers by name and type.
+//!   [`locality`]: where a client is; [`answer_cache`]: built answers by name and type;
+//!   [`front`]: the per-thread table in front of a shared cache.
 //! - [`zone`]: the answerers: the registry, SkyDNS zones, static zone files, the forward cache.
 //! - [`answer`]: built answers rendered to wire form once; [`reply`]: a decided response;
 //!   [`wire`]: the strict query parser and the one writer (truncation, case, OPT, TTL aging).
@@ -21,6 +22,7 @@
 
 pub mod answer;
 pub mod answer_cache;
+pub mod front;
 pub mod handler;
 pub mod locality;
 pub mod name;

@@ -10,7 +10,11 @@ use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::RData;
 use smallvec::SmallVec;
 
+use std::cell::RefCell;
+use std::hash::BuildHasher;
+
 use crate::dns::answer::Relayed;
+use crate::dns::front::{slots_for, Front, Table, NEXT_ID};
 
 /// What an upstream's answer depends on: the question (name case-insensitively) and the
 /// DO, CD and RD bits. RD is included because an RD=0 query to a recursive upstream gets only
@@ -99,17 +103,29 @@ impl moka::Expiry<Key, Arc<Stored>> for ByTtl {
 }
 
 /// The answer cache; disabled (every lookup a miss, nothing stored) when built with 0 bytes.
+/// A table per answering thread sits in front of the shared cache ([`crate::dns::front`]).
 pub struct Answers {
-    entries: Option<moka::sync::Cache<Key, Arc<Stored>, foldhash::fast::RandomState>>,
+    entries: Option<moka::sync::Cache<Key, Arc<Stored>, foldhash::fast::FixedState>>,
+    hasher: foldhash::fast::FixedState,
+    front: Table,
     max_ttl: Duration,
 }
 
 /// Per-entry overhead counted on top of the encoded answer and the key's name.
 const ENTRY_OVERHEAD: usize = 128;
 
+/// The entry size the front table sizes its slot count by (an answer of a few records).
+const FRONT_TYPICAL_ENTRY: usize = 1024;
+
+thread_local! {
+    static FRONT: RefCell<Front<Key, Arc<Stored>>> = const { RefCell::new(Front::new()) };
+}
+
 impl Answers {
-    /// At most about `bytes` of answers (0: no cache), each kept at most `max_ttl`.
-    pub fn new(bytes: u64, max_ttl: Duration) -> Self {
+    /// At most about `bytes` of answers (0: no cache), each kept at most `max_ttl`, and
+    /// `front_bytes` more in each answering thread's table.
+    pub fn new(bytes: u64, max_ttl: Duration, front_bytes: usize) -> Self {
+        let hasher = foldhash::fast::FixedState::with_seed(rand::random());
         let entries = (bytes > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(bytes)
@@ -118,9 +134,23 @@ impl Answers {
                     u32::try_from(size).unwrap_or(u32::MAX)
                 })
                 .expire_after(ByTtl)
-                .build_with_hasher(foldhash::fast::RandomState::default())
+                .build_with_hasher(hasher)
         });
-        Self { entries, max_ttl }
+        let front = Table {
+            owner: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            slots: if entries.is_some() {
+                slots_for(front_bytes, FRONT_TYPICAL_ENTRY)
+            } else {
+                0
+            },
+            bytes: front_bytes,
+        };
+        Self {
+            entries,
+            hasher,
+            front,
+            max_ttl,
+        }
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -131,7 +161,19 @@ impl Answers {
     /// its TTLs).
     pub fn get(&self, key: &Key, now: Instant) -> Option<(SocketAddr, Arc<Relayed>, u32)> {
         let entries = self.entries.as_ref()?;
-        let stored = entries.get(key)?;
+        let hash = self.hasher.hash_one(key);
+        let t = self.front;
+        let held = FRONT.with(|f| f.borrow().get(t.owner, t.slots, hash, key));
+        // An entry past its TTL in the front is a miss there: the shared cache decides.
+        let stored = match held.filter(|s| now.saturating_duration_since(s.stored_at) < s.ttl) {
+            Some(stored) => stored,
+            None => {
+                let stored = entries.get(key)?;
+                let bytes = stored.answer.built.memory_size() + key.name.len() + ENTRY_OVERHEAD;
+                FRONT.with(|f| f.borrow_mut().put(t, hash, key, &stored, bytes));
+                stored
+            }
+        };
         let age = now.saturating_duration_since(stored.stored_at);
         if age >= stored.ttl {
             entries.invalidate(key);
@@ -297,7 +339,7 @@ mod tests {
 
     #[test]
     fn ttls_count_down_while_cached() {
-        let cache = Answers::new(1 << 20, Duration::from_secs(3600));
+        let cache = Answers::new(1 << 20, Duration::from_secs(3600), 1 << 16);
         let t0 = Instant::now();
         cache.insert(
             key("a.example.", false, false),
@@ -322,7 +364,7 @@ mod tests {
 
     #[test]
     fn ttls_are_capped() {
-        let cache = Answers::new(1 << 20, Duration::from_secs(3600));
+        let cache = Answers::new(1 << 20, Duration::from_secs(3600), 1 << 16);
         let t0 = Instant::now();
         cache.insert(
             key("a.example.", false, false),
@@ -390,7 +432,7 @@ mod tests {
             Some(3600)
         );
 
-        let cache = Answers::new(1 << 20, max);
+        let cache = Answers::new(1 << 20, max, 1 << 16);
         let t0 = Instant::now();
         let k = Key::new(
             &Query::query(name("gone.example."), RecordType::A),
@@ -440,7 +482,7 @@ mod tests {
 
     #[test]
     fn key_includes_do_and_cd_but_not_case() {
-        let cache = Answers::new(1 << 20, Duration::from_secs(3600));
+        let cache = Answers::new(1 << 20, Duration::from_secs(3600), 1 << 16);
         let t0 = Instant::now();
         cache.insert(
             key("a.example.", false, false),
@@ -458,7 +500,7 @@ mod tests {
 
     #[test]
     fn the_clients_case_is_restored() {
-        let cache = Answers::new(1 << 20, Duration::from_secs(3600));
+        let cache = Answers::new(1 << 20, Duration::from_secs(3600), 1 << 16);
         let t0 = Instant::now();
         let mut stored = answer("www.example.", 300);
         stored.add_answer(Record::from_rdata(
@@ -479,7 +521,7 @@ mod tests {
     #[test]
     fn size_is_bounded_in_bytes() {
         let bytes = 64 * 1024;
-        let cache = Answers::new(bytes, Duration::from_secs(3600));
+        let cache = Answers::new(bytes, Duration::from_secs(3600), 1 << 16);
         let t0 = Instant::now();
         for i in 0..2000 {
             let q = format!("host-{i}.example.");
@@ -498,7 +540,7 @@ mod tests {
             size > 0 && size <= bytes,
             "{size} bytes cached, limit {bytes}"
         );
-        let off = Answers::new(0, Duration::from_secs(3600));
+        let off = Answers::new(0, Duration::from_secs(3600), 1 << 16);
         off.insert(
             key("a.example.", false, false),
             upstream(),

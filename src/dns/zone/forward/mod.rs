@@ -158,7 +158,7 @@ impl Forwarder {
                 in_flight: Mutex::new((0, HashMap::new())),
             }),
             sockets: Sockets::new(cfg.max_sockets, udp::SOCKET_WAIT),
-            answers: Answers::new(cfg.cache_bytes, cfg.cache_max_ttl),
+            answers: Answers::new(cfg.cache_bytes, cfg.cache_max_ttl, cfg.cache_front_bytes),
             flights: InFlight::default(),
             counters,
         }

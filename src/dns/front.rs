@@ -1,0 +1,167 @@
+//! A table per thread in front of a shared cache (moka): a hit is one hash, one key
+//! comparison and a clone, without the shared cache's per-read bookkeeping. It only remembers
+//! what the shared cache handed out or was given, so it never decides anything: callers check
+//! an entry as they would a shared-cache hit. 2-way set-associative, bounded in bytes.
+
+use std::sync::atomic::AtomicU64;
+
+/// Ids for the caches that own front tables (tests run several on one thread).
+pub static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A front table's owner and bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Table {
+    /// The cache the entries belong to; another one's use starts the table afresh.
+    pub owner: u64,
+    /// Slots, a power of two (pairs of slots make a set).
+    pub slots: usize,
+    /// Bytes the entries may hold in all.
+    pub bytes: usize,
+}
+
+/// Slots for a table of `bytes` whose entries are about `typical` bytes (0: no table).
+pub fn slots_for(bytes: usize, typical: usize) -> usize {
+    if bytes == 0 {
+        0
+    } else {
+        (bytes / typical).next_power_of_two().clamp(64, 1 << 16)
+    }
+}
+
+/// One thread's front table: `slots` in pairs (a 2-way set per hash).
+pub struct Front<K, V> {
+    owner: u64,
+    pub(crate) slots: Vec<Option<Box<Slot<K, V>>>>,
+    /// Bytes held by the entries, at most the owner's bound.
+    pub(crate) bytes: usize,
+}
+
+pub(crate) struct Slot<K, V> {
+    hash: u64,
+    key: K,
+    value: V,
+    pub(crate) bytes: usize,
+    /// A count the value was last found current at ([`NEVER`]: not yet); see
+    /// [`Front::get_current`].
+    current_at: u64,
+}
+
+/// No count: counts start from 0 and never reach it.
+const NEVER: u64 = u64::MAX;
+
+impl<K: PartialEq + Clone, V: Clone> Front<K, V> {
+    pub const fn new() -> Self {
+        Self {
+            owner: 0,
+            slots: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn set(slots: usize, hash: u64) -> usize {
+        // The low bits pick the set; each set is two neighbouring slots.
+        (hash as usize & (slots / 2 - 1)) * 2
+    }
+
+    fn slot(&self, owner: u64, slots: usize, hash: u64, key: &K) -> Option<&Slot<K, V>> {
+        if self.owner != owner || slots == 0 {
+            return None;
+        }
+        let set = Self::set(slots, hash);
+        self.slots[set..set + 2]
+            .iter()
+            .flatten()
+            .find(|s| s.hash == hash && s.key == *key)
+            .map(|s| &**s)
+    }
+
+    /// The value held for `key` (hashed to `hash`) in `owner`'s table of `slots`.
+    pub fn get(&self, owner: u64, slots: usize, hash: u64, key: &K) -> Option<V> {
+        self.slot(owner, slots, hash, key).map(|s| s.value.clone())
+    }
+
+    /// The value held for `key` if it was noted current at `count` ([`Front::confirm`]).
+    pub fn get_current(
+        &self,
+        owner: u64,
+        slots: usize,
+        hash: u64,
+        key: &K,
+        count: u64,
+    ) -> Option<V> {
+        self.slot(owner, slots, hash, key)
+            .filter(|s| s.current_at == count && count != NEVER)
+            .map(|s| s.value.clone())
+    }
+
+    /// Notes that the value held for `key`, if it is `value` (`same`), is current at `count`.
+    pub fn confirm_with(
+        &mut self,
+        owner: u64,
+        slots: usize,
+        hash: u64,
+        key: &K,
+        same: impl Fn(&V) -> bool,
+        count: u64,
+    ) {
+        if self.owner != owner || slots == 0 {
+            return;
+        }
+        let set = Self::set(slots, hash);
+        let slot = self.slots[set..set + 2]
+            .iter_mut()
+            .flatten()
+            .find(|s| s.hash == hash && s.key == *key && same(&s.value));
+        if let Some(slot) = slot {
+            slot.current_at = count;
+        }
+    }
+
+    /// Holds `value` (taking `bytes`) for `key`, replacing what the key held; a value over a
+    /// sixteenth of the table stays out (and takes the old one out with it).
+    pub fn put(&mut self, table: Table, hash: u64, key: &K, value: &V, bytes: usize) {
+        if table.slots == 0 {
+            return;
+        }
+        if self.owner != table.owner {
+            self.owner = table.owner;
+            self.slots.clear();
+            self.slots.resize_with(table.slots, || None);
+            self.bytes = 0;
+        }
+        let set = Self::set(table.slots, hash);
+        // The slot holding this key (whose value this one replaces, admitted or not), else an
+        // empty one, else the one the hash's high bit picks.
+        let held = (0..2).find(|&i| {
+            self.slots[set + i]
+                .as_ref()
+                .is_some_and(|s| s.hash == hash && s.key == *key)
+        });
+        if let Some(i) = held {
+            if let Some(old) = self.slots[set + i].take() {
+                self.bytes -= old.bytes;
+            }
+        }
+        // A few large values must not take the whole table.
+        if bytes > table.bytes / 16 {
+            return;
+        }
+        let pick = held
+            .or_else(|| (0..2).find(|&i| self.slots[set + i].is_none()))
+            .unwrap_or((hash >> 63) as usize);
+        if let Some(old) = self.slots[set + pick].take() {
+            self.bytes -= old.bytes;
+        }
+        if self.bytes + bytes > table.bytes {
+            return;
+        }
+        self.bytes += bytes;
+        self.slots[set + pick] = Some(Box::new(Slot {
+            hash,
+            key: key.clone(),
+            value: value.clone(),
+            bytes,
+            current_at: NEVER,
+        }));
+    }
+}
