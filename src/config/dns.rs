@@ -60,7 +60,7 @@ impl Default for ForwardConfig {
             max_sockets: 128,
             cache_bytes: 16 << 20,
             cache_max_ttl: Duration::from_secs(3600),
-            cache_front_bytes: 1 << 20,
+            cache_front_bytes: 4 << 20,
         }
     }
 }

@@ -115,7 +115,7 @@ pub struct Answers {
 const ENTRY_OVERHEAD: usize = 128;
 
 /// The entry size the front table sizes its slot count by (an answer of a few records).
-const FRONT_TYPICAL_ENTRY: usize = 1024;
+const FRONT_TYPICAL_ENTRY: usize = 1536;
 
 thread_local! {
     static FRONT: RefCell<Front<Key, Arc<Stored>>> = const { RefCell::new(Front::new()) };
