@@ -3,7 +3,7 @@
 get through meanwhile.
 
     bench/flood.py [--ruddr target/release/ruddr] [--kinds static,forward,tag,port,registry]
-                   [--duration 10] [--senders 2] [--probe-every 0.02]
+                   [--duration 10] [--senders 2] [--rate 0] [--probe-every 0.02]
 
 ruddr serves a registry (etcd, 100 services x 3), a static zone (`static.test`, from a zone file)
 and forwards `fwd.test` to knotd. For each kind, a flood of names never asked before is sent as
@@ -65,8 +65,9 @@ def packet(qid: int, name: str, qtype: int, rd: bool = True) -> bytes:
     return struct.pack(">HHHHHH", qid & 0xFFFF, flags, 1, 0, 0, 0) + wire_name(name) + struct.pack(">HH", qtype, 1)
 
 
-def sender(port: int, pattern: str, qtype: int, seed: int, duration: float, count) -> None:
-    """Sends unique names as fast as it can for `duration` seconds; adds what it sent to `count`."""
+def sender(port: int, pattern: str, qtype: int, seed: int, duration: float, count, rate: float) -> None:
+    """Sends unique names for `duration` seconds, as fast as it can or at `rate` per second (0:
+    no pacing); adds what it sent to `count`."""
     rng = random.Random(seed)
     socks = []
     for _ in range(4):
@@ -78,8 +79,14 @@ def sender(port: int, pattern: str, qtype: int, seed: int, duration: float, coun
     # Pre-built packets, so the loop only sends: names are unique (seed, counter).
     batch = [packet(i, pattern.format(f"f{seed}x{i}r{rng.getrandbits(32):08x}"), qtype) for i in range(200_000)]
     sent, i, n = 0, 0, len(batch)
-    end = time.monotonic() + duration
+    start = time.monotonic()
+    end = start + duration
     while True:
+        if rate:
+            # Paced: ahead of schedule, wait for it (in steps of a burst).
+            ahead = sent / rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
         for _ in range(256):
             try:
                 socks[i & 3].send(batch[i % n])
@@ -134,6 +141,8 @@ def main() -> None:
     ap.add_argument("--kinds", default=",".join(FLOODS))
     ap.add_argument("--duration", type=float, default=10)
     ap.add_argument("--senders", type=int, default=2)
+    ap.add_argument("--rate", type=float, default=0, help="flood packets per second in all (0: as fast as "
+                    "the senders manage)")
     ap.add_argument("--probe-every", type=float, default=0.02)
     ap.add_argument("--ruddr-args", default="")
     args = ap.parse_args()
@@ -177,7 +186,8 @@ log:
         for kind in args.kinds.split(","):
             pattern, qtype = FLOODS[kind]
             count = multiprocessing.Value("q", 0)
-            procs = [multiprocessing.Process(target=sender, args=(port, pattern, qtype, k + 1, args.duration, count))
+            procs = [multiprocessing.Process(target=sender, args=(port, pattern, qtype, k + 1, args.duration, count,
+                                                                 args.rate / args.senders))
                      for k in range(args.senders)]
             result: dict = {}
             # Building each sender's packets takes a moment: start the probe when they send.

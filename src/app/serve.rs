@@ -104,7 +104,13 @@ pub async fn run(
         token.clone(),
     );
     for addr in &cfg.listen {
-        let (udp, tcp) = bind_pair(*addr, udp_sockets, cfg.dns.udp_steering).await?;
+        let (udp, tcp) = bind_pair(
+            *addr,
+            udp_sockets,
+            cfg.dns.udp_steering,
+            cfg.dns.udp_receive_buffer,
+        )
+        .await?;
         info!(
             udp = %udp[0].local_addr()?,
             tcp = %tcp.local_addr()?,

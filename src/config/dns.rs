@@ -278,6 +278,10 @@ pub struct DnsConfig {
     /// one socket (full batches, one thread awake per busy CPU); `hash` spreads them by
     /// address, for a network card that delivers everything on one CPU.
     pub udp_steering: UdpSteering,
+    /// Receive buffer of each UDP socket, in bytes (SO_RCVBUF; the kernel caps it at
+    /// `net.core.rmem_max`): room for the queries that arrive while a socket's thread is off
+    /// the CPU, so a burst does not overflow into lost queries.
+    pub udp_receive_buffer: usize,
     /// Name in the apex NS record and the SOA MNAME. Default: `ns.dns.<zone>`, which resolves
     /// when ruddr itself is registered as service `dns`, instance `ns`.
     pub ns_name: Option<String>,
@@ -319,6 +323,7 @@ impl Default for DnsConfig {
             udp_fast_path: true,
             udp_sockets: 0,
             udp_steering: UdpSteering::Cpu,
+            udp_receive_buffer: 4 << 20,
             ns_name: None,
             hostmaster: None,
             answer_cache_bytes: 32 << 20,

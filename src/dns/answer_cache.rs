@@ -177,6 +177,18 @@ impl AnswerCache {
         }
     }
 
+    /// Keeps `built` in this thread's front table only (bounded, no shared bookkeeping).
+    pub fn insert_local(&self, key: &AnswerKey, built: &Arc<Built>) {
+        if self.front_slots != 0 {
+            let hash = self.hasher.hash_one(key);
+            FRONT.with(|front| {
+                front
+                    .borrow_mut()
+                    .put(self.table(), hash, key, built, bytes_of(key, built))
+            });
+        }
+    }
+
     pub fn insert(&self, key: AnswerKey, built: Arc<Built>) {
         if self.front_slots != 0 {
             let hash = self.hasher.hash_one(&key);

@@ -14,7 +14,7 @@ use super::answer::Locality;
 use super::handler::Handler;
 use super::reply::{Client, Question, Reply, Via};
 use super::wire;
-use super::zone::forward::{Admitted, Failure};
+use super::zone::forward::{Admitted, Failure, Limited};
 use crate::cache::Freshness;
 use crate::metrics::{self, QueryLabels};
 
@@ -85,10 +85,17 @@ impl Handler {
         };
         let snapshot = self.mirror.load();
         let freshness = self.status.freshness();
-        let reply =
+        let mut reply =
             with_order_rng(|rng| self.answer(&question, &client, &snapshot, freshness, rng));
-        if reply.via != Via::Reply {
-            return false;
+        if reply.via == Via::Forward {
+            if self.forwarder.as_ref().is_some_and(|f| f.has_room(src)) {
+                // An upstream is asked from a task: the general path admits and spawns it.
+                return false;
+            }
+            // Past the forwarding limits: SERVFAIL here, with no decoding and no task, so a
+            // flood of names to forward costs little more than one of registry names.
+            self.note_forward_limited(src, None);
+            reply = reply.code(ResponseCode::ServFail);
         }
         let written = wire::write_reply(out, q.header.metadata.id, q.question, &reply, true);
         self.observe_parts(
@@ -144,19 +151,24 @@ impl Handler {
         match forwarder.admit(client) {
             Ok(a) => Some(a),
             Err(limited) => {
-                self.metrics.forward_limited.inc();
-                if !self
-                    .forward_limit_logged
-                    .swap(true, std::sync::atomic::Ordering::Relaxed)
-                {
-                    warn!(
-                        %client,
-                        ?limited,
-                        "too many forwarded queries in flight: answering SERVFAIL (logged once; see ruddr_dns_forward_limited_total)",
-                    );
-                }
+                self.note_forward_limited(client, Some(limited));
                 None
             }
+        }
+    }
+
+    /// Counts a query answered SERVFAIL at the forwarding limits (logged once).
+    fn note_forward_limited(&self, client: IpAddr, limited: Option<Limited>) {
+        self.metrics.forward_limited.inc();
+        if !self
+            .forward_limit_logged
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            warn!(
+                %client,
+                ?limited,
+                "too many forwarded queries in flight: answering SERVFAIL (logged once; see ruddr_dns_forward_limited_total)",
+            );
         }
     }
 

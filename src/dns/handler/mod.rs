@@ -487,7 +487,14 @@ impl Handler {
                         "too few healthy instances: answering with all of them",
                     );
                 }
-                self.answers.insert(key.clone(), b.clone());
+                if b.outcome == Outcome::Answer {
+                    self.answers.insert(key.clone(), b.clone());
+                } else {
+                    // A name below a service that holds nothing (an unknown tag, port or
+                    // instance): any label can be asked, so a flood of random ones must not
+                    // churn the shared cache. This thread's front table keeps it.
+                    self.answers.insert_local(&key, &b);
+                }
                 b
             }
         };
@@ -528,7 +535,13 @@ impl Handler {
                     _ => {
                         let b = sky.build(snapshot, qname, qtype, freshness, self.stale_ttl);
                         let b = Arc::new(b);
-                        self.answers.insert(key.clone(), b.clone());
+                        if b.outcome == Outcome::Answer {
+                            self.answers.insert(key.clone(), b.clone());
+                        } else {
+                            // Any name can be asked: negative answers stay in this thread's
+                            // front table rather than churning the shared cache.
+                            self.answers.insert_local(&key, &b);
+                        }
                         b
                     }
                 };

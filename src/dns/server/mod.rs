@@ -56,8 +56,11 @@ pub struct Transport {
     connections: Arc<Connections>,
     /// Response rate limiting over UDP (`None`: off).
     rate_limit: Option<RateLimiter>,
-    /// The UDP threads, joined on drain.
+    /// The UDP threads, then the forwarding thread, joined on drain.
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    forwarding_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Where forwarded UDP queries wait for their upstream (see [`forwarding_runtime`]).
+    forwarding: Option<tokio::runtime::Handle>,
     logged: Logged,
 }
 
@@ -127,6 +130,17 @@ impl Transport {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        let tasks = TaskTracker::new();
+        let (forwarding, forwarding_thread) = match forwarding_runtime(
+            shutdown.clone(),
+            tasks.clone(),
+        ) {
+            Ok((handle, thread)) => (Some(handle), Some(thread)),
+            Err(error) => {
+                warn!(%error, "no forwarding thread: forwarded queries wait on the main runtime");
+                (None, None)
+            }
+        };
         Arc::new(Self {
             pending: Arc::new(Semaphore::new(cfg.max_pending)),
             connections: Arc::new(Connections::new(Instant::now())),
@@ -134,9 +148,11 @@ impl Transport {
             cfg,
             metrics,
             shutdown,
-            tasks: TaskTracker::new(),
+            tasks,
             rate_limit,
             threads: Mutex::new(Vec::new()),
+            forwarding,
+            forwarding_thread: Mutex::new(forwarding_thread),
             logged: Logged::default(),
         })
     }
@@ -152,9 +168,58 @@ impl Transport {
             }
         });
         let in_time = tokio::time::timeout(grace, joined).await.is_ok();
+        // No more tasks now: the forwarding thread ends once those it holds are done.
         self.tasks.close();
-        in_time && tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+        let done = in_time && tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
+        let forwarding = self
+            .forwarding_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let (true, Some(thread)) = (done, forwarding) {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        done
     }
+}
+
+/// A runtime on a thread of its own for forwarded UDP queries (the upstream exchange, the
+/// cache insert), at a lower CPU priority (nice +10): under a flood of names to forward, the
+/// socket threads that answer every zone keep the CPU they need, and forwarded queries wait
+/// (up to the forwarding limits, past which they get SERVFAIL). It runs until shutdown and
+/// then until the tasks it holds are done (the drain bounds that by its grace period).
+fn forwarding_runtime(
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) -> std::io::Result<(tokio::runtime::Handle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("ruddr-forward".into())
+        .spawn(move || {
+            // SAFETY: plain calls on this thread's own id; a failure only leaves the priority.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let runtime = match runtime {
+                Ok(r) => r,
+                Err(error) => {
+                    let _ = tx.send(Err(error));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(runtime.handle().clone()));
+            runtime.block_on(async {
+                shutdown.cancelled().await;
+                tasks.wait().await;
+            });
+        })?;
+    let handle = rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the forwarding thread ended at start"))??;
+    Ok((handle, thread))
 }
 
 /// `d` as the transport uses it: the TCP connection cap at most half the open-file limit

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::config::UdpSteering;
 
@@ -15,10 +15,14 @@ use crate::config::UdpSteering;
 ///
 /// The socket is blocking, with a receive timeout: each is served by a thread of its own that
 /// receives and sends in batches, and looks for shutdown between receives.
-fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+fn reuse_port_udp(addr: SocketAddr, receive_buffer: usize) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;
+    if receive_buffer > 0 {
+        // Capped by the kernel at net.core.rmem_max; what it granted is logged by the caller.
+        socket.set_recv_buffer_size(receive_buffer)?;
+    }
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     dont_fragment(&socket, addr.is_ipv6())?;
     socket.bind(&addr.into())?;
@@ -115,6 +119,7 @@ pub async fn bind_pair(
     addr: SocketAddr,
     udp_sockets: usize,
     steering: UdpSteering,
+    receive_buffer: usize,
 ) -> anyhow::Result<(Vec<std::net::UdpSocket>, TcpListener)> {
     const ATTEMPTS: usize = 20;
     for _ in 0..ATTEMPTS {
@@ -127,7 +132,7 @@ pub async fn bind_pair(
         } else {
             addr
         };
-        let first = match reuse_port_udp(at) {
+        let first = match reuse_port_udp(at, receive_buffer) {
             Ok(s) => s,
             Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => continue,
             Err(e) => return Err(e).with_context(|| format!("binding UDP {addr}")),
@@ -141,12 +146,23 @@ pub async fn bind_pair(
         // The others share the first one's port (with port 0, the port the first one got).
         let mut udp = vec![first];
         for _ in 1..udp_sockets.max(1) {
-            udp.push(reuse_port_udp(bound).with_context(|| format!("binding UDP {bound} again"))?);
+            udp.push(
+                reuse_port_udp(bound, receive_buffer)
+                    .with_context(|| format!("binding UDP {bound} again"))?,
+            );
         }
         if udp.len() > 1 && steering == UdpSteering::Cpu {
             if let Err(error) = steer_by_cpu(&udp[0], udp.len()) {
                 warn!(%error, "cannot steer UDP queries by CPU; the kernel spreads them by address");
             }
+        }
+        if let Ok(granted) = socket2::SockRef::from(&udp[0]).recv_buffer_size() {
+            // Linux reports twice what it grants (the other half is its bookkeeping).
+            info!(
+                requested = receive_buffer,
+                granted = granted / 2,
+                "udp receive buffer (raise net.core.rmem_max for more)"
+            );
         }
         return Ok((udp, tcp));
     }
@@ -162,12 +178,12 @@ mod tests {
 
     #[test]
     fn steering_by_cpu_sends_one_cpus_packets_to_one_socket() {
-        let first = reuse_port_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let first = reuse_port_udp("127.0.0.1:0".parse().unwrap(), 0).unwrap();
         let addr = first.local_addr().unwrap();
         let group = [
             first,
-            reuse_port_udp(addr).unwrap(),
-            reuse_port_udp(addr).unwrap(),
+            reuse_port_udp(addr, 0).unwrap(),
+            reuse_port_udp(addr, 0).unwrap(),
         ];
         steer_by_cpu(&group[0], group.len()).unwrap();
         for s in &group {

@@ -107,8 +107,7 @@ impl Transport {
             return self.shape_udp(out, src, query);
         };
         let (this, socket) = (self.clone(), socket.clone());
-        let _guard = runtime.enter();
-        self.tasks.spawn(async move {
+        let forwarded = async move {
             let mut out = Vec::new();
             this.handler
                 .answer_later(&request, deferred, &mut out)
@@ -125,7 +124,9 @@ impl Transport {
                     debug!(%src, %error, "udp send failed");
                 }
             }
-        });
+        };
+        self.tasks
+            .spawn_on(forwarded, self.forwarding.as_ref().unwrap_or(runtime));
         false
     }
 

@@ -164,6 +164,14 @@ impl Forwarder {
         }
     }
 
+    /// Whether `client` would be admitted now ([`Forwarder::admit`] without taking a place).
+    pub fn has_room(&self, client: IpAddr) -> bool {
+        let guard = self.limits.counts();
+        let (total, per_net) = &*guard;
+        *total < self.limits.max
+            && per_net.get(&client_net(client)).copied().unwrap_or(0) < self.limits.max_per_client
+    }
+
     /// A place for one more forwarded query from `client`, or why there is none.
     pub fn admit(&self, client: IpAddr) -> Result<Admitted, Limited> {
         let net = client_net(client);
