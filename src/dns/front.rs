@@ -49,6 +49,12 @@ pub(crate) struct Slot<K, V> {
 /// No count: counts start from 0 and never reach it.
 const NEVER: u64 = u64::MAX;
 
+impl<K: PartialEq + Clone, V: Clone> Default for Front<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<K: PartialEq + Clone, V: Clone> Front<K, V> {
     pub const fn new() -> Self {
         Self {
