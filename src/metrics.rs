@@ -284,7 +284,7 @@ impl Metrics {
         );
         registry.register(
             "dns_pending_limited",
-            "Queries answered SERVFAIL at once because dns.max_pending queries were already waiting on static zones or upstreams",
+            "Queries answered SERVFAIL at once because dns.max_pending queries were already waiting on upstreams",
             m.pending_limited.clone(),
         );
         registry.register(

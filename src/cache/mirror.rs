@@ -311,7 +311,9 @@ impl Snapshot {
     ) -> bool {
         let mine = |s: SourceId| source.is_none_or(|m| m == s);
         // Keys listed with a value that could not be read keep what they held, as on the
-        // watch path: a bad value over a good one keeps the good one.
+        // watch path: a bad value over a good one keeps the good one. They go first, so an
+        // instance listed under another key wins over a kept one of the same id.
+        let listed = std::mem::take(&mut instances);
         let mut owners = Vec::new();
         for kept in keep {
             match kept {
@@ -337,6 +339,7 @@ impl Snapshot {
                 }
             }
         }
+        instances.extend(listed);
         self.owned.retain(|(s, _, _), _| !mine(*s));
         for (owner, ids) in owners {
             self.owned.insert(owner, ids);
@@ -741,6 +744,22 @@ mod tests {
             6,
         );
         assert_eq!(web_ids(&m), ["a", "c", "n1", "n2"]);
+        // A kept key never overrides an instance listed afresh under the same id.
+        m.apply(
+            [Update::Reset {
+                source: Some(SourceId::NATIVE),
+                instances: vec![
+                    (web.clone(), inst("a", "10.0.0.9")),
+                    (web.clone(), inst("c", "10.0.0.3")),
+                ],
+                domains: vec![],
+                keep: vec![Kept::Instance(web.clone(), id("a"))],
+            }],
+            6,
+        );
+        let snapshot = m.load();
+        let a = &snapshot.service("web").unwrap().instances[&(id("a"), SourceId::NATIVE)];
+        assert_eq!(a.address, inst("a", "10.0.0.9").address);
         // Source 9 re-listed with its key k1 unreadable: both nodes stay, and the key still
         // owns them (a later delete of k1 removes both).
         m.apply(

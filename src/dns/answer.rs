@@ -1,5 +1,7 @@
-//! Built answers: the records for one name and type, each with what ordering and UDP fitting
-//! need, and the per-response order (weighted random, with the RNG passed in).
+//! Built answers, what every zone gives the answer core: the records for one name and type
+//! rendered to wire form once (with their glue, and for referrals and relayed upstream answers
+//! the authority and additional records), their ordering keys, and the per-response order
+//! (weighted random, with the RNG passed in). [`super::wire::write_reply`] writes them.
 
 use std::sync::Arc;
 
@@ -127,6 +129,8 @@ pub struct Built {
     pub panic: bool,
     /// The answers are alternative CNAMEs: send only the first in response order.
     pub single: bool,
+    /// Answers were left out to fit a 64 KiB message: the response says so with TC.
+    pub cut: bool,
     /// This many leading answers keep their built order (a CNAME chain before the records of
     /// its target); the rest are ordered per response.
     pub lead: u16,
@@ -146,6 +150,7 @@ impl Built {
             wire: Wire::default(),
             panic: false,
             single: false,
+            cut: false,
             lead: 0,
             authority: Vec::new(),
             additional: Vec::new(),
@@ -209,6 +214,7 @@ impl Built {
                 _ => {}
             }
         }
+        self.cut = keep < all;
         self.answers.truncate(keep);
         self.lead = self.lead.min(self.answers.len() as u16);
         self.wire = Wire::render(&self.answers, &self.authority, &self.additional);
@@ -285,15 +291,18 @@ impl Wire {
             let at = bytes.len();
             bytes.extend_from_slice(&render(&a.record, !a.owned));
             let len = bytes.len() - at;
+            let mut glue_count = 0u16;
             for g in a.glue.iter() {
-                bytes.extend_from_slice(&render(g, false));
+                let r = render(g, false);
+                glue_count += u16::from(!r.is_empty());
+                bytes.extend_from_slice(&r);
             }
             // Answers are cut to fit a 64 KiB message, so offsets fit 32 bits.
             spans.push(Span {
                 at: at as u32,
                 len: len as u32,
                 glue_len: (bytes.len() - at - len) as u32,
-                glue_count: a.glue.len() as u16,
+                glue_count,
                 owner: if a.owned {
                     owner_len(&a.record.name) as u16
                 } else {
@@ -305,10 +314,15 @@ impl Wire {
         }
         let mut section = |records: &[Record]| {
             let at = bytes.len();
+            let mut count = 0u16;
+            // A record that does not render (a decoded upstream record hickory cannot encode
+            // again) is left out, and not counted.
             for r in records {
-                bytes.extend_from_slice(&render(r, false));
+                let r = render(r, false);
+                count += u16::from(!r.is_empty());
+                bytes.extend_from_slice(&r);
             }
-            (at as u32, (bytes.len() - at) as u32, records.len() as u16)
+            (at as u32, (bytes.len() - at) as u32, count)
         };
         let authority = section(authority);
         let additional = section(additional);

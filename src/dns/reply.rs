@@ -126,10 +126,12 @@ impl Reply {
 
     /// Relays an upstream's answer that waited `age` seconds in the forward cache: its response
     /// code and flags, its records in its order, our OPT with its DO bit.
-    pub fn relay(&mut self, relayed: &Relayed, age: u32) {
+    /// `wants_ad`: the client set AD or DO, so the upstream's AD bit is passed on (RFC 6840
+    /// 5.8); others never get it.
+    pub fn relay(&mut self, relayed: &Relayed, age: u32, wants_ad: bool) {
         self.meta.response_code = relayed.response_code;
         self.meta.authoritative = relayed.authoritative;
-        self.meta.authentic_data = relayed.authentic_data;
+        self.meta.authentic_data = relayed.authentic_data && wants_ad;
         self.meta.recursion_available = true;
         self.meta.truncation = relayed.truncated;
         if let Some(edns) = self.edns.as_mut() {

@@ -62,9 +62,10 @@ impl Handler {
     }
 
     /// The UDP fast path: answers a plain query (see [`wire::parse_query`]) straight from its
-    /// bytes when ruddr answers it itself, writing the response into `out`. `false` when the
-    /// query needs the general path (anything unusual, static zones, forwarding); nothing is
-    /// written or counted then. The decisions are [`Handler::answer`]'s, as on the general path.
+    /// bytes when ruddr answers it itself (every zone, forward-cache hits, and SERVFAIL past the
+    /// forwarding limits), writing the response into `out`. `false` when the query needs the
+    /// general path (anything unusual, or a name to ask an upstream); nothing is written or
+    /// counted then. The decisions are [`Handler::answer`]'s, as on the general path.
     pub fn answer_fast(&self, message: &[u8], src: IpAddr, out: &mut Vec<u8>) -> bool {
         let started = std::time::Instant::now();
         let Some(q) = wire::parse_query(message) else {
@@ -228,7 +229,11 @@ impl Handler {
             })
             .await;
         match upstream {
-            Some((_, relayed, age)) => reply.relay(&relayed, age),
+            Some((_, relayed, age)) => {
+                let wants_ad = request.metadata.authentic_data
+                    || request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+                reply.relay(&relayed, age, wants_ad)
+            }
             None => {
                 warn!(name = ?request.queries.queries().first().map(|q| q.name().to_string()), "no upstream answered");
                 reply.meta.recursion_available = true;

@@ -11,7 +11,7 @@ use hickory_proto::op::{Edns, Header, MessageType, Metadata, OpCode, ResponseCod
 use hickory_proto::rr::{Name, Record};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 
-use super::answer::Rendered;
+use super::answer::{Outcome, Rendered};
 use super::reply::Reply;
 
 /// EDNS option code of the client subnet option (RFC 7871).
@@ -219,8 +219,9 @@ pub fn write_reply(
     let age = reply.age;
 
     let mut answers = 0u16;
-    let mut truncated = meta.truncation;
     let built = reply.built.as_deref();
+    // An answer built without some records (past what a TCP message holds) says so.
+    let mut truncated = meta.truncation || built.is_some_and(|b| b.cut);
     let wire = built.map(|b| &b.wire);
     for &i in &reply.order {
         let (Some(w), Some(span)) = (wire, wire.and_then(|w| w.spans.get(i as usize))) else {
@@ -310,6 +311,10 @@ pub fn write_reply(
                 age_records(&mut out[start..], age);
             }
             additionals += n;
+        } else if n > 0 && built.is_some_and(|b| b.outcome == Outcome::Referral) {
+            // A referral's glue is what lets the resolver follow it (RFC 9471): without it,
+            // the answer is truncated.
+            truncated = true;
         }
     }
     let rcode = meta.response_code;
@@ -369,10 +374,13 @@ pub fn slip(out: &mut Vec<u8>) {
     let records: usize = (0..3)
         .map(|n| usize::from(u16::from_be_bytes([out[6 + 2 * n], out[7 + 2 * n]])))
         .sum();
-    let opt = find_opt(&out[12 + question_len..], records).map(|(at, len)| {
-        let at = 12 + question_len + at;
-        out[at..at + len].to_vec()
-    });
+    let opt = out
+        .get(12 + question_len..)
+        .and_then(|rest| find_opt(rest, records))
+        .and_then(|(at, len)| {
+            let at = 12 + question_len + at;
+            out.get(at..at + len).map(<[u8]>::to_vec)
+        });
     out.truncate(12 + question_len);
     out[2] |= 0x02; // TC
     out[4..6].copy_from_slice(&u16::from(question_len > 0).to_be_bytes());

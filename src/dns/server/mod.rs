@@ -157,8 +157,9 @@ impl Transport {
         })
     }
 
-    /// Waits for the listeners and in-flight queries to end after shutdown, at most `grace`.
-    /// Returns whether everything ended in time.
+    /// Waits for the listeners and in-flight queries to end after shutdown: at most `grace`
+    /// for the UDP threads, then at most `grace` for the queries in flight. Returns whether
+    /// everything ended in time.
     pub async fn drain(&self, grace: Duration) -> bool {
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         // UDP threads see the shutdown within their receive timeout.

@@ -65,7 +65,7 @@ impl Transport {
     }
 
     /// Answers one UDP query into `out` (left empty when nothing is to be sent now). Queries
-    /// that wait for a static zone or an upstream go to a task that sends its own answer.
+    /// that wait for an upstream go to a task (on the forwarding thread) that sends its own answer.
     fn answer_udp(
         self: &Arc<Self>,
         query: &[u8],
@@ -100,7 +100,7 @@ impl Transport {
             if first_time(&self.logged.pending) {
                 warn!(
                     limit = self.cfg.max_pending,
-                    "too many queries waiting on static zones or upstreams: answering SERVFAIL (logged once; see ruddr_dns_pending_limited_total)",
+                    "too many queries waiting on upstreams: answering SERVFAIL (logged once; see ruddr_dns_pending_limited_total)",
                 );
             }
             self.handler.answer_busy(&request, out);

@@ -252,6 +252,19 @@ impl FileZone {
             has_wildcards: false,
         };
         let qname_of = |n: &LowerName| Name::from(n);
+        let below_cut = |n: &LowerName| cuts.iter().any(|cut| cut.zone_of(n));
+        let mut exist = HashSet::new();
+        for name in sets.keys() {
+            let mut n = name.clone();
+            while exist.insert(n.clone()) && n.num_labels() > lower_origin.num_labels() {
+                n = n.base_name();
+            }
+        }
+        let names = Names {
+            sets: &sets,
+            exist,
+            below_cut: &below_cut,
+        };
         for (name, types) in &sets {
             let mut node = Node::default();
             let owner = qname_of(name);
@@ -289,10 +302,10 @@ impl FileZone {
                 }
                 if types.contains_key(&RecordType::CNAME) {
                     for t in &zone_types {
-                        let chain = zone.chain(&sets, &owner, Some(*t));
+                        let chain = zone.chain(&names, &owner, Some(*t));
                         node.sets.push((*t, Arc::new(chain)));
                     }
-                    node.chain = Some(Arc::new(zone.chain(&sets, &owner, None)));
+                    node.chain = Some(Arc::new(zone.chain(&names, &owner, None)));
                 }
                 // RFC 8482: ANY gets one record set (the SOA at the apex).
                 let any_type = if *name == lower_origin {
@@ -324,19 +337,28 @@ impl FileZone {
 
     /// The answer at CNAME `owner` for `qtype` (`None`: a type no name of the zone holds): the
     /// CNAME, then each CNAME its target holds in the zone, then the target's records of that
-    /// type. The chain keeps its order; the final record set is shuffled per response.
-    fn chain(
-        &self,
-        sets: &BTreeMap<LowerName, BTreeMap<RecordType, Vec<Record>>>,
-        owner: &Name,
-        qtype: Option<RecordType>,
-    ) -> Built {
+    /// type. The chain keeps its order; the final record set is shuffled per response. A chain
+    /// that ends in the zone at a name that does not exist is NXDOMAIN, at one without that type
+    /// NODATA (both with the SOA, RFC 2308 2.1-2.2); it stops at a zone cut (the data below is
+    /// not the zone's to answer with).
+    fn chain(&self, names: &Names<'_>, owner: &Name, qtype: Option<RecordType>) -> Built {
         let mut b = Built::negative(0, Outcome::NoData);
         let mut at = LowerName::new(owner);
         let mut seen = HashSet::new();
         let mut first = true;
+        let mut end = Outcome::Answer;
         while seen.insert(at.clone()) && seen.len() <= MAX_CHAIN {
-            let Some(types) = sets.get(&at) else { break };
+            if !first && (names.below_cut)(&at) {
+                break;
+            }
+            let Some(types) = names.sets.get(&at) else {
+                end = if names.exist.contains(&at) {
+                    Outcome::NoData
+                } else {
+                    Outcome::NxDomain
+                };
+                break;
+            };
             if let Some(cname) = types.get(&RecordType::CNAME).and_then(|c| c.first()) {
                 b.push_record(cname.clone(), !first, Vec::new());
                 b.lead += 1;
@@ -350,15 +372,31 @@ impl FileZone {
                 }
                 continue;
             }
-            if let Some(records) = qtype.and_then(|t| types.get(&t)) {
-                for r in records {
-                    b.push_record(r.clone(), true, Vec::new());
+            match qtype.and_then(|t| types.get(&t)) {
+                Some(records) => {
+                    for r in records {
+                        b.push_record(r.clone(), true, Vec::new());
+                    }
                 }
+                None => end = Outcome::NoData,
             }
             break;
         }
-        b.finish(owner)
+        let mut b = b.finish(owner);
+        if end != Outcome::Answer {
+            // The CNAMEs stay in the answer section; the rcode and SOA follow the chain's end.
+            b.outcome = end;
+        }
+        b
     }
+}
+
+/// What a CNAME chain is followed through: the zone's record sets, every name that exists
+/// (empty non-terminals included), and whether a name is at or below a cut.
+struct Names<'a> {
+    sets: &'a BTreeMap<LowerName, BTreeMap<RecordType, Vec<Record>>>,
+    exist: HashSet<LowerName>,
+    below_cut: &'a dyn Fn(&LowerName) -> bool,
 }
 
 impl StaticZones {
@@ -559,7 +597,7 @@ mod tests {
     #[test]
     fn wildcards_cnames_and_empty_non_terminals() {
         let z = zone(&format!(
-            "{GOOD}*.apps IN A 10.0.1.1\nalias IN CNAME www\nloop1 IN CNAME loop2\nloop2 IN CNAME loop1\nout IN CNAME example.com.\na.b.c IN TXT \"deep\"\n"
+            "{GOOD}*.apps IN A 10.0.1.1\nalias IN CNAME www\nloop1 IN CNAME loop2\nloop2 IN CNAME loop1\nout IN CNAME example.com.\na.b.c IN TXT \"deep\"\ndangling IN CNAME gone\ntoent IN CNAME b.c\n"
         ));
         let w = z.lookup(&lower("x.apps.example.internal."), RecordType::A);
         assert_eq!(w.outcome, Outcome::Answer);
@@ -599,6 +637,13 @@ mod tests {
         assert_eq!(looped.answers.len(), 2);
         let out = z.lookup(&lower("out.example.internal."), RecordType::AAAA);
         assert_eq!(out.answers.len(), 1);
+        // A chain that ends in the zone without data: the CNAME, then NXDOMAIN or NODATA.
+        let gone = z.lookup(&lower("dangling.example.internal."), RecordType::A);
+        assert_eq!((gone.answers.len(), gone.outcome), (1, Outcome::NxDomain));
+        let ent = z.lookup(&lower("toent.example.internal."), RecordType::A);
+        assert_eq!((ent.answers.len(), ent.outcome), (1, Outcome::NoData));
+        let mx = z.lookup(&lower("alias.example.internal."), RecordType::MX);
+        assert_eq!((mx.answers.len(), mx.outcome), (1, Outcome::NoData));
         for ent in ["b.c.example.internal.", "c.example.internal."] {
             assert_eq!(
                 z.lookup(&lower(ent), RecordType::A).outcome,
@@ -631,5 +676,11 @@ mod tests {
                 .outcome,
             Outcome::NoData
         );
+        // A chain into delegated space stops at the cut: the CNAME alone.
+        let z = zone(&format!(
+            "{GOOD}sub IN NS ns.sub\nns.sub IN A 10.0.2.53\nalias IN CNAME ns.sub\n"
+        ));
+        let alias = z.lookup(&lower("alias.example.internal."), RecordType::A);
+        assert_eq!((alias.answers.len(), alias.outcome), (1, Outcome::Answer));
     }
 }
