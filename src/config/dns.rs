@@ -266,7 +266,7 @@ pub struct DnsConfig {
     pub tcp_max_connections_per_client: usize,
     /// Queries in flight per TCP connection; reading pauses at the cap.
     pub tcp_max_pipelined: usize,
-    /// UDP queries waiting on a static zone or an upstream at once; past it, SERVFAIL.
+    /// UDP queries waiting on an upstream at once; past it, SERVFAIL.
     pub max_pending: usize,
     /// Answer plain UDP queries for ruddr's own names straight from their bytes (the same
     /// answers; `false` sends every query through hickory's decoder and encoder).
