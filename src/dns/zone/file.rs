@@ -684,3 +684,166 @@ mod tests {
         assert_eq!((alias.answers.len(), alias.outcome), (1, Outcome::Answer));
     }
 }
+
+/// hickory's own zone store, through its `Catalog`, as an independent oracle for what a zone
+/// file answers: response code, authority, and the answer section's record sets.
+#[cfg(test)]
+mod oracle {
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use hickory_proto::op::{Message, Query, ResponseCode};
+    use hickory_proto::rr::{LowerName, Name, RecordType};
+    use hickory_proto::serialize::binary::BinEncoder;
+    use hickory_proto::serialize::txt::Parser;
+    use hickory_server::net::runtime::{TokioRuntimeProvider, TokioTime};
+    use hickory_server::net::xfer::Protocol;
+    use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+    use hickory_server::store::in_memory::InMemoryZoneHandler;
+    use hickory_server::zone_handler::{AxfrPolicy, Catalog, MessageResponse, ZoneType};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    #[async_trait::async_trait]
+    impl ResponseHandler for Capture {
+        async fn send_response<'a>(
+            &mut self,
+            response: MessageResponse<
+                '_,
+                'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+            >,
+        ) -> Result<ResponseInfo, hickory_server::net::NetError> {
+            let mut out = self.0.lock().map_err(|_| "poisoned")?;
+            let mut encoder = BinEncoder::new(&mut out);
+            response
+                .destructive_emit(&mut encoder)
+                .map_err(|_| "cannot encode".into())
+        }
+    }
+
+    const ZONE: &str = "$TTL 300\n@ IN SOA ns hostmaster 1 3600 600 86400 60\n@ IN NS ns\n\
+        ns IN A 10.0.0.53\nwww IN A 10.0.0.80\nwww IN A 10.0.0.81\nwww IN AAAA fd00::80\n\
+        mail IN MX 10 www\n*.apps IN A 10.0.1.1\n*.apps IN TXT \"wild\"\na.b.c IN TXT \"deep\"\n\
+        txt IN TXT \"one\" \"two\"\n_http._tcp IN SRV 0 5 80 www\nalias IN CNAME www\n";
+
+    fn answers(m: &[Record]) -> Vec<String> {
+        let mut v: Vec<String> = m
+            .iter()
+            .map(|r| format!("{} {} {}", r.name.to_lowercase(), r.record_type(), r.data))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn static_answers_match_hickorys_zone_store() {
+        let origin = Name::from_ascii("example.internal.").unwrap();
+        let (_, sets) = Parser::new(ZONE, None, Some(origin.clone()))
+            .parse()
+            .unwrap();
+        let records: Vec<Record> = sets
+            .values()
+            .flat_map(|rs| rs.records_without_rrsigs().cloned())
+            .collect();
+        let ours = FileZone::from_records(&origin, records).unwrap();
+        let store = InMemoryZoneHandler::<TokioRuntimeProvider>::new(
+            origin.clone(),
+            sets,
+            ZoneType::Primary,
+            AxfrPolicy::Deny,
+        )
+        .unwrap();
+        let mut catalog = Catalog::new();
+        catalog.upsert(LowerName::new(&origin), vec![Arc::new(store)]);
+        let src: SocketAddr = "127.0.0.1:5353".parse().unwrap();
+        let mut compared = 0;
+        for name in [
+            "example.internal.",
+            "www.example.internal.",
+            "WWW.Example.Internal.",
+            "mail.example.internal.",
+            "nope.example.internal.",
+            "x.apps.example.internal.",
+            "y.x.apps.example.internal.",
+            "apps.example.internal.",
+            "b.c.example.internal.",
+            "a.b.c.example.internal.",
+            "txt.example.internal.",
+            "_http._tcp.example.internal.",
+            "q.www.example.internal.",
+            "alias.example.internal.",
+        ] {
+            for qtype in [
+                RecordType::A,
+                RecordType::AAAA,
+                RecordType::MX,
+                RecordType::TXT,
+                RecordType::SRV,
+                RecordType::SOA,
+                RecordType::NS,
+            ] {
+                let mut q = Message::query();
+                q.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+                let request = Request::from_bytes(q.to_vec().unwrap(), src, Protocol::Udp).unwrap();
+                let capture = Capture::default();
+                catalog
+                    .handle_request::<Capture, TokioTime>(&request, capture.clone())
+                    .await;
+                let theirs = Message::from_vec(&capture.0.lock().unwrap()).unwrap();
+                let qname = LowerName::new(&Name::from_ascii(name).unwrap());
+                let built = ours.lookup(&qname, qtype);
+                let what = format!("{name} {qtype}");
+                let code = match built.outcome {
+                    Outcome::NxDomain => ResponseCode::NXDomain,
+                    _ => ResponseCode::NoError,
+                };
+                // hickory answers a name the wildcard matches, for a type the wildcard lacks,
+                // NXDOMAIN; RFC 4592 2.2.1 (and knotd, BIND) say NODATA, as here.
+                let wildcard_nodata = name.contains("apps.")
+                    && name != "apps.example.internal."
+                    && code == ResponseCode::NoError
+                    && built.answers.is_empty();
+                if wildcard_nodata {
+                    assert_eq!(
+                        theirs.metadata.response_code,
+                        ResponseCode::NXDomain,
+                        "{what}"
+                    );
+                    continue;
+                }
+                assert_eq!(code, theirs.metadata.response_code, "{what}");
+                let mine: Vec<Record> = built
+                    .answers
+                    .iter()
+                    .map(|a| {
+                        let mut r = a.record.clone();
+                        if !a.owned {
+                            r.name = Name::from(&qname);
+                        }
+                        r
+                    })
+                    .collect();
+                assert_eq!(answers(&mine), answers(&theirs.answers), "{what}");
+                let negative = matches!(built.outcome, Outcome::NoData | Outcome::NxDomain);
+                if negative && built.answers.is_empty() {
+                    assert!(
+                        theirs
+                            .authorities
+                            .iter()
+                            .any(|r| r.record_type() == RecordType::SOA),
+                        "{what}: hickory gives the SOA too"
+                    );
+                }
+                compared += 1;
+            }
+        }
+        assert!(compared > 70, "{compared}");
+    }
+}
