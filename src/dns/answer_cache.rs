@@ -46,11 +46,7 @@ impl AnswerKey {
         locality: Option<Arc<str>>,
     ) -> Self {
         let mut wire = SmallVec::new();
-        for label in name.iter() {
-            // Labels are at most 63 bytes, so the length always fits.
-            wire.push(label.len() as u8);
-            wire.extend_from_slice(label);
-        }
+        super::wire::push_lower_wire(name.iter(), &mut wire);
         Self {
             name: wire,
             qtype,

@@ -508,28 +508,60 @@ fn push_rendered(
     }
 }
 
-/// The message offset of the suffix of the question name `qname` (wire form, starting at
-/// offset 12) that spells `name`, compared case-insensitively.
-fn owner_pointer(qname: &[u8], name: &Name) -> Option<u16> {
-    // Label starts of the question name (at most 127 labels fit 255 bytes).
-    let mut starts = [0usize; 128];
-    let mut count = 0;
-    let mut at = 0;
-    while let Some(&len) = qname.get(at) {
-        if len == 0 || count == starts.len() {
+/// Appends `labels` to `out` in lower-case wire form, ending with the root label: how ruddr
+/// keys names (the answer cache, the forward cache, static zones). Labels that would take the
+/// name past 255 bytes are left out.
+pub fn push_lower_wire<'a, A: smallvec::Array<Item = u8>>(
+    labels: impl IntoIterator<Item = &'a [u8]>,
+    out: &mut smallvec::SmallVec<A>,
+) {
+    let start = out.len();
+    for label in labels {
+        if out.len() - start + 1 + label.len() >= 255 {
             break;
         }
-        starts[count] = at;
+        // Labels are at most 63 bytes, so the length always fits.
+        out.push(label.len() as u8);
+        out.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    out.push(0);
+}
+
+/// The offsets of the labels of `name` (wire form, uncompressed), first label first, in
+/// `starts`: their count, and the offset of the root label that ends them. Stops at the root
+/// label, at a byte missing, at a label running past the end, or after 128 labels (a name of
+/// 255 bytes has at most 127, so every offset fits a byte).
+pub fn label_starts(name: &[u8], starts: &mut [u8; 128]) -> (usize, usize) {
+    let (mut count, mut at) = (0, 0);
+    while let Some(&len) = name.get(at) {
+        if len == 0 || count == starts.len() || at + 1 + usize::from(len) > name.len() {
+            break;
+        }
+        starts[count] = at as u8;
         count += 1;
         at += 1 + usize::from(len);
     }
+    (count, at)
+}
+
+/// The message offset of the suffix of the question name `qname` (wire form, starting at
+/// offset 12) that spells `name`, compared case-insensitively.
+fn owner_pointer(qname: &[u8], name: &Name) -> Option<u16> {
+    let mut starts = [0u8; 128];
+    let (count, end) = label_starts(qname, &mut starts);
     let first = count.checked_sub(usize::from(name.num_labels()))?;
     let mut labels = name.iter();
     let matches = starts[first..count].iter().all(|&s| {
+        let s = usize::from(s);
         let q = qname.get(s + 1..s + 1 + usize::from(qname[s]));
         matches!((q, labels.next()), (Some(q), Some(l)) if q.eq_ignore_ascii_case(l))
     }) && labels.next().is_none();
-    let offset = 12 + if first < count { starts[first] } else { at };
+    let offset = 12
+        + if first < count {
+            usize::from(starts[first])
+        } else {
+            end
+        };
     (matches && offset < 0x3fff).then_some(offset as u16)
 }
 

@@ -20,6 +20,7 @@ use super::locality::{Located, Policy};
 use super::name::{self, Target};
 use super::reply::{Client, Question, Reply, Via};
 use super::route::{route, Route};
+use super::wire;
 use super::zone::file::StaticZones;
 use super::zone::forward::{Forwarder, Key as ForwardKey};
 use super::zone::registry::{Built, Outcome, Zone};
@@ -186,17 +187,9 @@ impl Handler {
     /// a SkyDNS zone, else its last two labels): what response rate limiting counts NXDOMAIN
     /// answers by.
     pub fn zone_suffix<'n>(&self, name: &'n [u8]) -> &'n [u8] {
-        let mut starts = [0usize; 128];
-        let mut count = 0;
-        let mut at = 0;
-        while let Some(&len) = name.get(at) {
-            if len == 0 || count == starts.len() || at + 1 + usize::from(len) > name.len() {
-                break;
-            }
-            starts[count] = at;
-            count += 1;
-            at += 1 + usize::from(len);
-        }
+        let mut starts = [0u8; 128];
+        let (count, _) = wire::label_starts(name, &mut starts);
+        let starts = starts.map(usize::from);
         let zone_labels = |apex: &LowerName| usize::from(apex.num_labels());
         let wanted = std::iter::once(&self.apex)
             .chain(self.sky.iter().map(|z| &z.apex))

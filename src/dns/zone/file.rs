@@ -12,7 +12,10 @@ use std::sync::Arc;
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_proto::serialize::txt::Parser;
 
+use smallvec::SmallVec;
+
 use crate::dns::answer::{Built, Outcome, Rendered};
+use crate::dns::wire::{label_starts, push_lower_wire};
 
 /// A zone file that cannot be served. The message names the file and, when it can be found,
 /// the line.
@@ -93,25 +96,13 @@ impl Node {
     }
 }
 
-/// `name` in lower-case wire form into `buf`; its length.
-fn wire_name(name: &LowerName, buf: &mut [u8; MAX_NAME]) -> usize {
-    let mut at = 0;
-    for label in name.iter() {
-        if at + 1 + label.len() >= MAX_NAME {
-            break;
-        }
-        buf[at] = label.len() as u8;
-        buf[at + 1..at + 1 + label.len()].copy_from_slice(label);
-        at += 1 + label.len();
-    }
-    buf[at] = 0;
-    at + 1
-}
+/// A name as a key of [`FileZone::nodes`]: lower-case wire form, on the stack.
+type WireName = SmallVec<[u8; MAX_NAME + 1]>;
 
 fn key(name: &Name) -> Box<[u8]> {
-    let mut buf = [0u8; MAX_NAME];
-    let n = wire_name(&LowerName::new(name), &mut buf);
-    buf[..n].into()
+    let mut wire = WireName::new();
+    push_lower_wire(name.iter(), &mut wire);
+    wire.as_slice().into()
 }
 
 impl std::fmt::Debug for FileZone {
@@ -127,9 +118,9 @@ impl FileZone {
     /// The answer for `qname` (inside this zone) and `qtype`: the name's own, a referral at or
     /// below a cut, a wildcard's, NODATA or NXDOMAIN.
     pub fn lookup(&self, qname: &LowerName, qtype: RecordType) -> Arc<Built> {
-        let mut buf = [0u8; MAX_NAME];
-        let len = wire_name(qname, &mut buf);
-        let name = &buf[..len];
+        let mut wire = WireName::new();
+        push_lower_wire(qname.iter(), &mut wire);
+        let name = wire.as_slice();
         if !self.has_cuts {
             // Most zones: one hash look-up, and the ancestors only for a wildcard.
             if let Some(node) = self.nodes.get(name) {
@@ -139,16 +130,8 @@ impl FileZone {
                 return self.nxdomain.clone();
             }
         }
-        // Label starts, first label first (a name of 255 bytes has at most 127 labels, and
-        // every offset fits a byte).
         let mut starts = [0u8; 128];
-        let mut count = 0;
-        let mut at = 0;
-        while at < len && name[at] != 0 && count < starts.len() {
-            starts[count] = at as u8;
-            count += 1;
-            at += 1 + usize::from(name[at]);
-        }
+        let (count, root) = label_starts(name, &mut starts);
         let starts = starts.map(usize::from);
         let below = count.saturating_sub(usize::from(self.origin.num_labels()));
         if self.has_cuts {
@@ -171,7 +154,7 @@ impl FileZone {
             // The closest encloser is the longest existing ancestor; its wildcard child, if
             // any, answers (RFC 4592 3.3.1).
             for i in 1..=below {
-                let encloser = &name[starts.get(i).map_or(len - 1, |&s| s)..];
+                let encloser = &name[if i < count { starts[i] } else { root }..];
                 if self.nodes.contains_key(encloser) {
                     let mut wild = [0u8; MAX_NAME + 2];
                     wild[..2].copy_from_slice(b"\x01*");

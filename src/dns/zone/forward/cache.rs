@@ -15,6 +15,7 @@ use std::hash::BuildHasher;
 
 use crate::dns::answer::Relayed;
 use crate::dns::front::{slots_for, Front, Table, NEXT_ID};
+use crate::dns::wire::push_lower_wire;
 
 /// What an upstream's answer depends on: the question (name case-insensitively) and the
 /// DO, CD and RD bits. RD is included because an RD=0 query to a recursive upstream gets only
@@ -50,12 +51,7 @@ impl Key {
         recursion_desired: bool,
     ) -> Self {
         let mut name = SmallVec::new();
-        for label in query.name().iter() {
-            // Labels are at most 63 bytes, so the length always fits.
-            name.push(label.len() as u8);
-            name.extend(label.iter().map(u8::to_ascii_lowercase));
-        }
-        name.push(0);
+        push_lower_wire(query.name().iter(), &mut name);
         Self {
             name,
             qtype: query.query_type().into(),
