@@ -24,7 +24,7 @@ use hickory_proto::rr::{LowerName, RecordType};
 use moka::sync::Cache;
 use smallvec::SmallVec;
 
-use super::answer::Built;
+use super::answer::{Built, Outcome};
 use super::front::{Front, Table, NEXT_ID};
 
 /// What a built answer is cached by: the name (lower case, in wire form: cheap to hash and to
@@ -173,8 +173,36 @@ impl AnswerCache {
         }
     }
 
+    /// The answer for `key` built from `generation`: the cached one when it was, else what
+    /// `build` gives, cached; either way noted in this thread's front table as current at the
+    /// snapshot change count `changes`. A negative answer (NXDOMAIN, NODATA) is kept in this
+    /// thread's front table only: the names that get one below a service or in a SkyDNS zone
+    /// take any label, and a flood of random ones must not churn the shared cache.
+    pub fn get_or_build(
+        &self,
+        key: &AnswerKey,
+        generation: u64,
+        changes: u64,
+        build: impl FnOnce() -> Built,
+    ) -> Arc<Built> {
+        let built = match self.get(key) {
+            Some(b) if b.generation == generation => b,
+            _ => {
+                let b = Arc::new(build());
+                if b.outcome == Outcome::Answer {
+                    self.insert(key.clone(), b.clone());
+                } else {
+                    self.insert_local(key, &b);
+                }
+                b
+            }
+        };
+        self.confirm(key, &built, changes);
+        built
+    }
+
     /// Keeps `built` in this thread's front table only (bounded, no shared bookkeeping).
-    pub fn insert_local(&self, key: &AnswerKey, built: &Arc<Built>) {
+    fn insert_local(&self, key: &AnswerKey, built: &Arc<Built>) {
         if self.front_slots != 0 {
             let hash = self.hasher.hash_one(key);
             FRONT.with(|front| {

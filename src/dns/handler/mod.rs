@@ -467,34 +467,23 @@ impl Handler {
         freshness: Freshness,
     ) -> Option<Arc<Built>> {
         let svc = snapshot.service(name)?;
-        let built = match self.answers.get(&key) {
-            Some(b) if b.generation == svc.generation => b,
-            _ => {
-                let ttl = freshness.ttl(self.zone.ttl, self.stale_ttl);
-                let b = self
-                    .zone
-                    .build(svc, target, qname, qtype, ttl, key.locality());
-                let b = Arc::new(b);
-                if b.panic {
-                    warn!(
-                        service = %svc.name,
-                        threshold = self.zone.panic_threshold,
-                        "too few healthy instances: answering with all of them",
-                    );
-                }
-                if b.outcome == Outcome::Answer {
-                    self.answers.insert(key.clone(), b.clone());
-                } else {
-                    // A name below a service that holds nothing (an unknown tag, port or
-                    // instance): any label can be asked, so a flood of random ones must not
-                    // churn the shared cache. This thread's front table keeps it.
-                    self.answers.insert_local(&key, &b);
-                }
-                b
-            }
-        };
-        self.answers.confirm(&key, &built, snapshot.changes);
-        Some(built)
+        Some(
+            self.answers
+                .get_or_build(&key, svc.generation, snapshot.changes, || {
+                    let ttl = freshness.ttl(self.zone.ttl, self.stale_ttl);
+                    let b = self
+                        .zone
+                        .build(svc, target, qname, qtype, ttl, key.locality());
+                    if b.panic {
+                        warn!(
+                            service = %svc.name,
+                            threshold = self.zone.panic_threshold,
+                            "too few healthy instances: answering with all of them",
+                        );
+                    }
+                    b
+                }),
+        )
     }
 
     /// A name in a SkyDNS zone: the same apex, freshness, TTL and caching rules as registry
@@ -522,28 +511,12 @@ impl Handler {
             return Self::unusable(reply);
         }
         let key = AnswerKey::new(qname, qtype, freshness.is_stale(), None);
-        let built = match self.answers.get_current(&key, snapshot.changes) {
-            Some(b) => b,
-            None => {
-                let b = match self.answers.get(&key) {
-                    Some(b) if b.generation == snapshot.changes => b,
-                    _ => {
-                        let b = sky.build(snapshot, qname, qtype, freshness, self.stale_ttl);
-                        let b = Arc::new(b);
-                        if b.outcome == Outcome::Answer {
-                            self.answers.insert(key.clone(), b.clone());
-                        } else {
-                            // Any name can be asked: negative answers stay in this thread's
-                            // front table rather than churning the shared cache.
-                            self.answers.insert_local(&key, &b);
-                        }
-                        b
-                    }
-                };
-                self.answers.confirm(&key, &b, snapshot.changes);
-                b
-            }
-        };
+        let changes = snapshot.changes;
+        let built = self.answers.get_current(&key, changes).unwrap_or_else(|| {
+            self.answers.get_or_build(&key, changes, changes, || {
+                sky.build(snapshot, qname, qtype, freshness, self.stale_ttl)
+            })
+        });
         let outcome = built.outcome;
         reply.place(built, rng);
         debug!(name = %qname, %qtype, ?outcome, "skydns query");
