@@ -77,6 +77,8 @@ pub struct Reply {
     /// The answer came from registry data (counted as stale while etcd is away).
     pub from_registry: bool,
     pub via: Via,
+    /// The client set AD or DO, so an upstream's AD bit may be passed on (RFC 6840 5.8).
+    pub wants_ad: bool,
     /// UDP payload limit for this client.
     pub payload: u16,
     /// What the client's locality did to the answer.
@@ -97,6 +99,7 @@ impl Reply {
             soa: None,
             from_registry: false,
             via: Via::Reply,
+            wants_ad: q.header.authentic_data || q.edns.is_some_and(|e| e.flags().dnssec_ok),
             payload: 512,
             locality: Locality::Ignored,
         };
@@ -126,12 +129,11 @@ impl Reply {
 
     /// Relays an upstream's answer that waited `age` seconds in the forward cache: its response
     /// code and flags, its records in its order, our OPT with its DO bit.
-    /// `wants_ad`: the client set AD or DO, so the upstream's AD bit is passed on (RFC 6840
-    /// 5.8); others never get it.
-    pub fn relay(&mut self, relayed: &Relayed, age: u32, wants_ad: bool) {
+    /// The AD bit only for clients that asked for it ([`Reply::wants_ad`]).
+    pub fn relay(&mut self, relayed: &Relayed, age: u32) {
         self.meta.response_code = relayed.response_code;
         self.meta.authoritative = relayed.authoritative;
-        self.meta.authentic_data = relayed.authentic_data && wants_ad;
+        self.meta.authentic_data = relayed.authentic_data && self.wants_ad;
         self.meta.recursion_available = true;
         self.meta.truncation = relayed.truncated;
         if let Some(edns) = self.edns.as_mut() {

@@ -229,11 +229,7 @@ impl Handler {
             })
             .await;
         match upstream {
-            Some((_, relayed, age)) => {
-                let wants_ad = request.metadata.authentic_data
-                    || request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
-                reply.relay(&relayed, age, wants_ad)
-            }
+            Some((_, relayed, age)) => reply.relay(&relayed, age),
             None => {
                 warn!(name = ?request.queries.queries().first().map(|q| q.name().to_string()), "no upstream answered");
                 reply.meta.recursion_available = true;

@@ -327,9 +327,7 @@ impl Handler {
         );
         match forwarder.cached(&key) {
             Some((relayed, age)) => {
-                let wants_ad =
-                    q.header.authentic_data || q.edns.is_some_and(|e| e.flags().dnssec_ok);
-                reply.relay(&relayed, age, wants_ad);
+                reply.relay(&relayed, age);
                 reply
             }
             None => {
