@@ -342,22 +342,17 @@ impl Wire {
 
     /// The authority records' bytes and count.
     pub fn authority(&self) -> (&[u8], u16) {
-        let (at, len, n) = self.authority;
-        let bytes = self
-            .bytes
-            .get(at as usize..(at + len) as usize)
-            .unwrap_or(&[]);
-        (bytes, n)
+        self.section(self.authority)
     }
 
     /// The additional records' bytes (beyond glue) and count.
     pub fn additional(&self) -> (&[u8], u16) {
-        let (at, len, n) = self.additional;
-        let bytes = self
-            .bytes
-            .get(at as usize..(at + len) as usize)
-            .unwrap_or(&[]);
-        (bytes, n)
+        self.section(self.additional)
+    }
+
+    fn section(&self, (at, len, n): (u32, u32, u16)) -> (&[u8], u16) {
+        let bytes = self.bytes.get(at as usize..(at + len) as usize);
+        (bytes.unwrap_or(&[]), n)
     }
 }
 

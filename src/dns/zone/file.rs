@@ -224,7 +224,9 @@ impl FileZone {
                 })
                 .collect()
         };
-        let occluded = |name: &LowerName| cuts.iter().any(|cut| cut.zone_of(name) && cut != name);
+        // At or below a cut; strictly below one, a name is occluded (the delegation's data).
+        let below_cut = |n: &LowerName| cuts.iter().any(|cut| cut.zone_of(n));
+        let occluded = |n: &LowerName| below_cut(n) && !cuts.contains(n);
         let mut zone = FileZone {
             origin: lower_origin.clone(),
             nodes: Map::default(),
@@ -235,7 +237,6 @@ impl FileZone {
             has_wildcards: false,
         };
         let qname_of = |n: &LowerName| Name::from(n);
-        let below_cut = |n: &LowerName| cuts.iter().any(|cut| cut.zone_of(n));
         let mut exist = HashSet::new();
         for name in sets.keys() {
             let mut n = name.clone();
@@ -390,11 +391,6 @@ impl StaticZones {
         }
     }
 
-    /// Whether `name` is in one of the static zones.
-    pub fn contains(&self, name: &LowerName) -> bool {
-        self.zone_of(name).is_some()
-    }
-
     /// The most specific static zone holding `name`.
     pub fn zone_of(&self, name: &LowerName) -> Option<&FileZone> {
         // Sorted longest first.
@@ -532,8 +528,8 @@ mod tests {
         std::fs::write(dir.path().join("README.md"), "not a zone").unwrap();
         let z = StaticZones::load_dir(dir.path()).unwrap();
         assert_eq!(z.summary, [("example.internal.".to_string(), 4)]);
-        assert!(z.contains(&lower("WWW.example.internal.")));
-        assert!(!z.contains(&lower("example.com.")));
+        assert!(z.zone_of(&lower("WWW.example.internal.")).is_some());
+        assert!(z.zone_of(&lower("example.com.")).is_none());
         assert!(StaticZones::load_dir(&dir.path().join("missing"))
             .unwrap()
             .zones

@@ -93,6 +93,18 @@ pub struct Admitted {
 }
 
 impl Limits {
+    /// Whether one more query may go upstream with `total` in flight, `mine` of them from the
+    /// client's network.
+    fn check(&self, total: usize, mine: usize) -> Result<(), Limited> {
+        if total >= self.max {
+            Err(Limited::Total)
+        } else if mine >= self.max_per_client {
+            Err(Limited::Client)
+        } else {
+            Ok(())
+        }
+    }
+
     fn counts(&self) -> std::sync::MutexGuard<'_, (usize, HashMap<IpNet, usize>)> {
         // A poisoned lock still holds valid counts: each update is a few integer operations.
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
@@ -168,8 +180,8 @@ impl Forwarder {
     pub fn has_room(&self, client: IpAddr) -> bool {
         let guard = self.limits.counts();
         let (total, per_net) = &*guard;
-        *total < self.limits.max
-            && per_net.get(&client_net(client)).copied().unwrap_or(0) < self.limits.max_per_client
+        let mine = per_net.get(&client_net(client)).copied().unwrap_or(0);
+        self.limits.check(*total, mine).is_ok()
     }
 
     /// A place for one more forwarded query from `client`, or why there is none.
@@ -177,13 +189,8 @@ impl Forwarder {
         let net = client_net(client);
         let mut guard = self.limits.counts();
         let (total, per_net) = &mut *guard;
-        if *total >= self.limits.max {
-            return Err(Limited::Total);
-        }
         let mine = per_net.entry(net).or_insert(0);
-        if *mine >= self.limits.max_per_client {
-            return Err(Limited::Client);
-        }
+        self.limits.check(*total, *mine)?;
         *mine += 1;
         *total += 1;
         Ok(Admitted {
