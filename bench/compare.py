@@ -162,6 +162,16 @@ def load_skydns(endpoint: str, services: int, instances: int) -> None:
                        for i in range(services) for j in range(instances)])
 
 
+def tear_down(servers: list["Server"], etcd: subprocess.Popen | None, work: Path) -> None:
+    """Stops every server and etcd, and removes the work directory."""
+    for s in servers:
+        s.stop()
+    if etcd:
+        etcd.terminate()
+        etcd.wait()
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def zone_text(services: int, instances: int) -> str:
     # TTLs longer than any run: the forward case answers from ruddr's cache throughout.
     lines = ["$ORIGIN svc.internal.", "$TTL 86400",
@@ -489,12 +499,7 @@ def main() -> None:
                 print(f"  {label:<14} p50 {p50:.3f} ({spread([r[0] for r in rs], 3)})"
                       f"  p99 {p99:.3f} ({spread([r[1] for r in rs], 3)}){versus}  ({n} queries)")
     finally:
-        for s in servers:
-            s.stop()
-        if etcd:
-            etcd.terminate()
-            etcd.wait()
-        shutil.rmtree(work, ignore_errors=True)
+        tear_down(servers, etcd, work)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import argparse
 import multiprocessing
 import os
 import random
-import shutil
 import socket
 import struct
 import subprocess
@@ -41,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from compare import Server, cpu_seconds, free_port, start_etcd  # noqa: E402
+from compare import Server, cpu_seconds, free_port, start_etcd, tear_down  # noqa: E402
 from load_etcd import load as load_etcd  # noqa: E402
 
 FLOODS = {
@@ -206,12 +205,7 @@ log:
                   f"{rss_mb(ruddr.proc.pid):>8.0f}", flush=True)
             time.sleep(1)
     finally:
-        for s in servers:
-            s.stop()
-        if etcd:
-            etcd.terminate()
-            etcd.wait()
-        shutil.rmtree(work, ignore_errors=True)
+        tear_down(servers, etcd, work)
 
 
 if __name__ == "__main__":
