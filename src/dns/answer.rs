@@ -116,21 +116,19 @@ impl Wire {
 /// records, so ordering a typical answer allocates nothing.
 pub type Order = smallvec::SmallVec<[u32; 32]>;
 
-/// A built answer for one name and type, before per-response ordering.
+/// An answer for one name and type being built: its records as hickory records, with their
+/// ordering keys and glue. [`Builder::finish`] renders it into a [`Built`], which keeps the wire
+/// form alone (the records are dropped: a cached answer holds its bytes, not two copies).
 #[derive(Debug, Clone)]
-pub struct Built {
-    /// Generation of the service it was built from: a different one means it is outdated.
+pub struct Builder {
+    /// Generation of the service it is built from: a different one means it is outdated.
     pub generation: u64,
     pub outcome: Outcome,
     pub answers: Vec<Answer>,
-    /// The answers rendered (set by [`Built::finish`]).
-    pub wire: Wire,
     /// Built in panic mode: too few healthy instances, so all were used.
     pub panic: bool,
     /// The answers are alternative CNAMEs: send only the first in response order.
     pub single: bool,
-    /// Answers were left out to fit a 64 KiB message: the response says so with TC.
-    pub cut: bool,
     /// This many leading answers keep their built order (a CNAME chain before the records of
     /// its target); the rest are ordered per response.
     pub lead: u16,
@@ -141,16 +139,39 @@ pub struct Built {
     pub locality: Locality,
 }
 
-impl Built {
+/// A built answer for one name and type, rendered, before per-response ordering.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// Generation of the service it was built from: a different one means it is outdated.
+    pub generation: u64,
+    pub outcome: Outcome,
+    /// The answers rendered, with the authority and additional records.
+    pub wire: Wire,
+    /// Built in panic mode: too few healthy instances, so all were used.
+    pub panic: bool,
+    /// The answers are alternative CNAMEs: send only the first in response order.
+    pub single: bool,
+    /// Answers were left out to fit a 64 KiB message: the response says so with TC.
+    pub cut: bool,
+    /// This many leading answers keep their built order (a CNAME chain before the records of
+    /// its target); the rest are ordered per response.
+    pub lead: u16,
+    pub locality: Locality,
+}
+
+impl Builder {
+    /// An empty answer (NODATA until records are added).
+    pub fn new(generation: u64) -> Self {
+        Self::negative(generation, Outcome::NoData)
+    }
+
     pub fn negative(generation: u64, outcome: Outcome) -> Self {
         Self {
             generation,
             outcome,
             answers: Vec::new(),
-            wire: Wire::default(),
             panic: false,
             single: false,
-            cut: false,
             lead: 0,
             authority: Vec::new(),
             additional: Vec::new(),
@@ -183,10 +204,10 @@ impl Built {
         });
     }
 
-    /// Sets the outcome from the answers and records their sizes. Answers past what a TCP
-    /// message can hold (with their glue) are left out, so that a huge answer is cut rather
-    /// than failing to encode.
-    pub fn finish(mut self, qname: &Name) -> Self {
+    /// Renders the answer: sets the outcome from the answers, and leaves out answers past what
+    /// a TCP message can hold (with their glue), so that a huge answer is cut rather than
+    /// failing to encode.
+    pub fn finish(mut self, qname: &Name) -> Built {
         if !self.answers.is_empty() {
             self.outcome = Outcome::Answer;
         }
@@ -214,31 +235,41 @@ impl Built {
                 _ => {}
             }
         }
-        self.cut = keep < all;
         self.answers.truncate(keep);
-        self.lead = self.lead.min(self.answers.len() as u16);
-        self.wire = Wire::render(&self.answers, &self.authority, &self.additional);
-        self
+        Built {
+            generation: self.generation,
+            outcome: self.outcome,
+            wire: Wire::render(&self.answers, &self.authority, &self.additional),
+            panic: self.panic,
+            single: self.single,
+            cut: keep < all,
+            lead: self.lead.min(keep as u16),
+            locality: self.locality,
+        }
+    }
+}
+
+impl Built {
+    /// An answer without records.
+    pub fn negative(generation: u64, outcome: Outcome) -> Self {
+        Builder::negative(generation, outcome).finish(&Name::root())
     }
 
-    /// Approximate bytes this answer holds in memory (for the answer cache's byte limit): the
-    /// struct, each record with its wire size as a stand-in for its names' heap, and the glue.
+    /// How many answer records it holds.
+    pub fn len(&self) -> usize {
+        self.wire.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.wire.spans.is_empty()
+    }
+
+    /// Bytes this answer holds in memory (for the caches' byte limits): the struct, its spans
+    /// and its rendered bytes.
     pub fn memory_size(&self) -> usize {
-        let record = std::mem::size_of::<Record>();
-        let per_answer = std::mem::size_of::<Answer>();
-        let heap: usize = self
-            .answers
-            .iter()
-            .map(|a| a.size + a.glue.iter().map(|g| record + wire_size(g)).sum::<usize>())
-            .sum::<usize>()
-            + self
-                .authority
-                .iter()
-                .chain(&self.additional)
-                .map(|r| record + wire_size(r))
-                .sum::<usize>();
-        let wire = self.wire.bytes.len() + self.wire.spans.len() * std::mem::size_of::<Span>();
-        std::mem::size_of::<Self>() + self.answers.len() * per_answer + heap + wire
+        std::mem::size_of::<Self>()
+            + self.wire.bytes.len()
+            + self.wire.spans.len() * std::mem::size_of::<Span>()
     }
 
     /// A fresh order for one response: by priority, then weighted random (a higher weight is
@@ -246,7 +277,8 @@ impl Built {
     /// still rotates. Alternative CNAMEs keep only the first.
     pub fn order(&self, rng: &mut impl Rng) -> Order {
         // Built answers hold far fewer than 2^32 records (they are cut to fit 64 KiB on TCP).
-        let mut order: Order = (0..self.answers.len() as u32).collect();
+        let spans = &self.wire.spans;
+        let mut order: Order = (0..spans.len() as u32).collect();
         let lead = usize::from(self.lead).min(order.len());
         if self.wire.uniform || lead > 0 {
             // One priority, one weight (the common case, and every static zone's): every order
@@ -262,13 +294,13 @@ impl Built {
             // Keys on the stack for answers of up to 64 records (one allocation, the order).
             let mut small = [(0u16, 0f64); 64];
             let mut large = Vec::new();
-            let keys: &mut [(u16, f64)] = if self.answers.len() <= small.len() {
-                &mut small[..self.answers.len()]
+            let keys: &mut [(u16, f64)] = if spans.len() <= small.len() {
+                &mut small[..spans.len()]
             } else {
-                large.resize(self.answers.len(), (0, 0.0));
+                large.resize(spans.len(), (0, 0.0));
                 &mut large
             };
-            for (k, a) in keys.iter_mut().zip(&self.answers) {
+            for (k, a) in keys.iter_mut().zip(spans.iter()) {
                 *k = key(a.priority, a.weight, rng);
             }
             order.sort_unstable_by(|&x, &y| {
@@ -419,6 +451,57 @@ pub fn wire_size(record: &Record) -> usize {
     record.name.len() + 1 + 10 + rdata
 }
 
+/// The records of a built answer read back from its wire form: what a response carries, for
+/// tests. Answers written after a pointer to the question decode with the root as their owner.
+#[cfg(test)]
+impl Built {
+    pub fn answers(&self) -> Vec<Answer> {
+        (0..self.len())
+            .map(|i| {
+                let s = self.wire.spans[i];
+                let (record, glue) = self.wire.answer(i).expect("spans are inside the bytes");
+                let record = if s.owner == 0 {
+                    let mut whole = vec![0u8];
+                    whole.extend_from_slice(record);
+                    decode(&whole, 1).remove(0)
+                } else {
+                    decode(record, 1).remove(0)
+                };
+                Answer {
+                    size: wire_size(&record),
+                    record,
+                    priority: s.priority,
+                    weight: s.weight,
+                    glue: decode(glue, usize::from(s.glue_count)).into_boxed_slice(),
+                    owned: s.owner != 0,
+                }
+            })
+            .collect()
+    }
+
+    pub fn authority(&self) -> Vec<Record> {
+        let (bytes, n) = self.wire.authority();
+        decode(bytes, usize::from(n))
+    }
+
+    pub fn additional(&self) -> Vec<Record> {
+        let (bytes, n) = self.wire.additional();
+        decode(bytes, usize::from(n))
+    }
+}
+
+/// `n` whole records from `bytes`.
+#[cfg(test)]
+fn decode(bytes: &[u8], n: usize) -> Vec<Record> {
+    use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+    let mut decoder = BinDecoder::new(bytes);
+    let records: Vec<Record> = (0..n)
+        .map(|_| Record::read(&mut decoder).expect("rendered records decode"))
+        .collect();
+    assert!(decoder.is_empty(), "no bytes after the records");
+    records
+}
+
 /// An upstream's answer as ruddr relays it: its header bits, and its records rendered once
 /// (owners equal to the question as pointers to it, so each client gets its own spelling; the
 /// upstream's order kept).
@@ -439,7 +522,7 @@ impl Relayed {
     pub fn new(message: &Message) -> Self {
         let question = message.queries.first().map(|q| q.name().clone());
         let qname = question.clone().unwrap_or_else(Name::root);
-        let mut built = Built::negative(0, Outcome::NoData);
+        let mut built = Builder::new(0);
         for r in &message.answers {
             let owned = question.as_ref() != Some(&r.name);
             built.push_record(r.clone(), owned, Vec::new());
@@ -470,15 +553,15 @@ impl Relayed {
             r.ttl = r.ttl.saturating_sub(age);
             r
         };
-        for a in &self.built.answers {
+        for a in self.built.answers() {
             let mut r = aged(&a.record);
             if !a.owned {
                 r.name = question.clone();
             }
             m.answers.push(r);
         }
-        m.authorities = self.built.authority.iter().map(aged).collect();
-        m.additionals = self.built.additional.iter().map(aged).collect();
+        m.authorities = self.built.authority().iter().map(aged).collect();
+        m.additionals = self.built.additional().iter().map(aged).collect();
         m
     }
 }
@@ -495,7 +578,7 @@ mod tests {
 
     fn srv_answer(n: usize, priority: u16, weight: u16) -> Built {
         let owner = name("_web._tcp.svc.internal.");
-        let mut b = Built::negative(1, Outcome::NoData);
+        let mut b = Builder::new(1);
         for i in 0..n {
             let target = name(&format!("i{i}.web.svc.internal."));
             let glue = Record::from_rdata(
@@ -516,7 +599,7 @@ mod tests {
 
     #[test]
     fn order_puts_lower_priorities_first_and_follows_weights() {
-        let mut b = srv_answer(0, 0, 0);
+        let mut b = Builder::new(1);
         let owner = name("web.svc.internal.");
         for (prio, weight) in [(2, 1), (1, 90), (1, 10), (0, 0)] {
             b.push(
@@ -545,7 +628,7 @@ mod tests {
     #[test]
     fn zero_weights_still_rotate_and_single_keeps_one() {
         let owner = name("web.svc.internal.");
-        let mut b = Built::negative(1, Outcome::NoData);
+        let mut b = Builder::new(1);
         for i in 0..3 {
             b.push(
                 Record::from_rdata(owner.clone(), 5, RData::A(A::new(10, 0, 0, i))),
@@ -566,16 +649,18 @@ mod tests {
     #[test]
     fn answers_past_a_tcp_message_are_left_out() {
         let b = srv_answer(3000, 1, 1);
-        assert!(b.answers.len() < 3000, "{}", b.answers.len());
-        let total: usize = b.answers.iter().map(|a| a.size).sum();
+        assert!(b.len() < 3000, "{}", b.len());
+        assert!(b.cut);
+        let total: usize = b.answers().iter().map(|a| a.size).sum();
         assert!(total < 65_535, "{total}");
-        assert_eq!(srv_answer(100, 1, 1).answers.len(), 100);
+        assert_eq!(srv_answer(100, 1, 1).len(), 100);
+        assert!(!srv_answer(100, 1, 1).cut);
     }
 
     #[test]
     fn a_chain_keeps_its_lead_and_owned_records_carry_their_owner() {
         let owner = name("alias.example.");
-        let mut b = Built::negative(0, Outcome::NoData);
+        let mut b = Builder::new(0);
         let cname = hickory_proto::rr::rdata::CNAME(name("www.example."));
         b.push_record(
             Record::from_rdata(owner.clone(), 60, RData::CNAME(cname)),

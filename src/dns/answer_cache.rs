@@ -89,7 +89,7 @@ fn bytes_of(key: &AnswerKey, built: &Built) -> usize {
 /// The entry size the front sizes its slot count by: an A or SRV answer of three instances
 /// holds 1-2.3 KB (its hickory records for the general path included), so the default 16 MiB
 /// holds about 8,000 answers in 8,192 slots.
-const FRONT_TYPICAL_ENTRY: usize = 2048;
+const FRONT_TYPICAL_ENTRY: usize = 256;
 
 impl AnswerCache {
     /// `shared_bytes` bounds the shared cache; `front_bytes` each thread's front (0: no front).
@@ -272,11 +272,14 @@ mod tests {
         cache.insert(key("a."), small.clone());
         cache.confirm(&key("a."), &small, 3);
         assert!(cache.get_current(&key("a."), 3).is_some());
-        let mut large = Built::negative(2, Outcome::NoData);
-        for i in 0..50 {
-            let record = Record::from_rdata(Name::root(), 5, RData::A(A::new(10, 0, 0, i)));
+        let mut large = crate::dns::answer::Builder::new(2);
+        for i in 0..300u16 {
+            let [x, y] = i.to_be_bytes();
+            let record = Record::from_rdata(Name::root(), 5, RData::A(A::new(10, 0, x, y)));
             large.push(record, 0, 0, None);
         }
+        let large = large.finish(&Name::root());
+        assert!(large.memory_size() > (64 << 10) / 16);
         cache.insert(key("a."), Arc::new(large));
         assert!(cache.get_current(&key("a."), 3).is_none());
         assert_eq!(cache.get(&key("a.")).unwrap().generation, 2);

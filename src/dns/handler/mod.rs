@@ -23,7 +23,7 @@ use super::route::{route, Route};
 use super::wire;
 use super::zone::file::StaticZones;
 use super::zone::forward::{Forwarder, Key as ForwardKey};
-use super::zone::registry::{Built, Outcome, Zone};
+use super::zone::registry::{Builder, Built, Outcome, Zone};
 use super::zone::skydns::{SkyZone, SoaCache};
 use crate::cache::{Freshness, Mirror, Snapshot};
 use crate::config::{DnsConfig, LocalityConfig};
@@ -168,7 +168,7 @@ impl Handler {
         let ip = name::reverse_address(&labels)?;
         let owner = Name::from(qname);
         let ttl = freshness.ttl(self.zone.ttl, self.stale_ttl);
-        let mut built = Built::negative(snapshot.changes, Outcome::NoData);
+        let mut built = Builder::new(snapshot.changes);
         for (svc, (id, _)) in snapshot.instances_at(ip).iter().filter(|(svc, key)| {
             snapshot
                 .service(svc.as_str())

@@ -22,7 +22,7 @@ fn reference_message(request: &Request, reply: &Reply) -> Message {
     m.add_query(request.queries.queries()[0].original().clone());
     if let Some(built) = &reply.built {
         for &i in &reply.order {
-            let answer = &built.answers[i as usize];
+            let answer = &built.answers()[i as usize];
             let mut record = answer.record.clone();
             if !answer.owned {
                 // Written as a pointer to the question (a wildcard's too).
@@ -30,12 +30,12 @@ fn reference_message(request: &Request, reply: &Reply) -> Message {
             }
             m.add_answer(record);
         }
-        m.authorities.extend(built.authority.iter().cloned());
+        m.authorities.extend(built.authority().iter().cloned());
         for &i in &reply.order {
             m.additionals
-                .extend(built.answers[i as usize].glue.iter().cloned());
+                .extend(built.answers()[i as usize].glue.iter().cloned());
         }
-        m.additionals.extend(built.additional.iter().cloned());
+        m.additionals.extend(built.additional().iter().cloned());
     }
     m.answers.extend(reply.extra.iter().cloned());
     if let Some(soa) = &reply.soa {
@@ -302,11 +302,11 @@ fn freshness_decides_registry_names_only() {
     let (reply, _) = ask(&h, &query("web.svc.internal.", RecordType::SRV), STALE);
     let built = reply.built.unwrap();
     assert!(
-        built.answers.iter().all(|a| a.record.ttl == 30),
+        built.answers().iter().all(|a| a.record.ttl == 30),
         "stale TTL replaces the TTL"
     );
     assert!(built
-        .answers
+        .answers()
         .iter()
         .flat_map(|a| a.glue.iter())
         .all(|g| g.ttl == 30));

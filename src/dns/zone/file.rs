@@ -14,7 +14,7 @@ use hickory_proto::serialize::txt::Parser;
 
 use smallvec::SmallVec;
 
-use crate::dns::answer::{Built, Outcome, Rendered};
+use crate::dns::answer::{Builder, Built, Outcome, Rendered};
 use crate::dns::wire::{label_starts, push_lower_wire};
 
 /// A zone file that cannot be served. The message names the file and, when it can be found,
@@ -253,7 +253,7 @@ impl FileZone {
             let mut node = Node::default();
             let owner = qname_of(name);
             if cuts.contains(name) {
-                let mut referral = Built::negative(0, Outcome::Referral);
+                let mut referral = Builder::negative(0, Outcome::Referral);
                 let ns = types.get(&RecordType::NS).cloned().unwrap_or_default();
                 for r in &ns {
                     if let RData::NS(target) = &r.data {
@@ -264,7 +264,7 @@ impl FileZone {
                 node.referral = Some(Arc::new(referral.finish(&owner)));
                 // A DS query at the cut is answered from above: NODATA unless the zone has one.
                 if let Some(ds) = types.get(&RecordType::DS) {
-                    let mut b = Built::negative(0, Outcome::NoData);
+                    let mut b = Builder::new(0);
                     for r in ds {
                         b.push_record(r.clone(), false, Vec::new());
                     }
@@ -272,7 +272,7 @@ impl FileZone {
                 }
             } else if !occluded(name) {
                 for (rtype, records) in types {
-                    let mut b = Built::negative(0, Outcome::NoData);
+                    let mut b = Builder::new(0);
                     for r in records {
                         let glue = match &r.data {
                             RData::NS(n) => addresses(&n.0),
@@ -326,7 +326,7 @@ impl FileZone {
     /// NODATA (both with the SOA, RFC 2308 2.1-2.2); it stops at a zone cut (the data below is
     /// not the zone's to answer with).
     fn chain(&self, names: &Names<'_>, owner: &Name, qtype: Option<RecordType>) -> Built {
-        let mut b = Built::negative(0, Outcome::NoData);
+        let mut b = Builder::new(0);
         let mut at = LowerName::new(owner);
         let mut seen = HashSet::new();
         let mut first = true;
@@ -514,10 +514,18 @@ mod tests {
         z.zones.pop().unwrap()
     }
 
-    fn rdata(b: &Built) -> Vec<String> {
-        b.answers
+    /// Each answer as "owner data", an owner written as a pointer to the question as `question`.
+    fn rdata(b: &Built, question: &str) -> Vec<String> {
+        b.answers()
             .iter()
-            .map(|a| format!("{} {}", a.record.name, a.record.data))
+            .map(|a| {
+                let owner = if a.owned {
+                    a.record.name.to_string()
+                } else {
+                    question.to_string()
+                };
+                format!("{owner} {}", a.record.data)
+            })
             .collect()
     }
 
@@ -558,7 +566,10 @@ mod tests {
         let z = zone(GOOD);
         let www = z.lookup(&lower("WWW.example.internal."), RecordType::A);
         assert_eq!(www.outcome, Outcome::Answer);
-        assert_eq!(rdata(&www), ["www.example.internal. 10.0.0.80"]);
+        assert_eq!(
+            rdata(&www, "www.example.internal."),
+            ["www.example.internal. 10.0.0.80"]
+        );
         let nodata = z.lookup(&lower("www.example.internal."), RecordType::MX);
         assert_eq!(nodata.outcome, Outcome::NoData);
         let nx = z.lookup(&lower("nope.example.internal."), RecordType::A);
@@ -567,10 +578,10 @@ mod tests {
         assert_eq!(z.soa.record.ttl, 60);
         // NS at the apex comes with its address.
         let ns = z.lookup(&lower("example.internal."), RecordType::NS);
-        assert_eq!(ns.answers[0].glue.len(), 1);
+        assert_eq!(ns.answers()[0].glue.len(), 1);
         let any = z.lookup(&lower("example.internal."), RecordType::ANY);
-        assert_eq!(any.answers[0].record.record_type(), RecordType::SOA);
-        assert_eq!(any.answers.len(), 1);
+        assert_eq!(any.answers()[0].record.record_type(), RecordType::SOA);
+        assert_eq!(any.answers().len(), 1);
     }
 
     #[test]
@@ -581,7 +592,7 @@ mod tests {
         let w = z.lookup(&lower("x.apps.example.internal."), RecordType::A);
         assert_eq!(w.outcome, Outcome::Answer);
         // The owner is the question's name (written as a pointer to it).
-        assert!(!w.answers[0].owned);
+        assert!(!w.answers()[0].owned);
         // An existing name is not covered by the wildcard; nor a deeper name's ancestor.
         assert_eq!(
             z.lookup(&lower("apps.example.internal."), RecordType::A)
@@ -602,27 +613,27 @@ mod tests {
         );
         let alias = z.lookup(&lower("alias.example.internal."), RecordType::A);
         assert_eq!(
-            rdata(&alias),
+            rdata(&alias, "alias.example.internal."),
             [
                 "alias.example.internal. www.example.internal.",
                 "www.example.internal. 10.0.0.80"
             ]
         );
         assert_eq!(alias.lead, 1);
-        assert!(alias.answers[1].owned);
+        assert!(alias.answers()[1].owned);
         let only = z.lookup(&lower("alias.example.internal."), RecordType::CNAME);
-        assert_eq!(only.answers.len(), 1);
+        assert_eq!(only.answers().len(), 1);
         let looped = z.lookup(&lower("loop1.example.internal."), RecordType::A);
-        assert_eq!(looped.answers.len(), 2);
+        assert_eq!(looped.answers().len(), 2);
         let out = z.lookup(&lower("out.example.internal."), RecordType::AAAA);
-        assert_eq!(out.answers.len(), 1);
+        assert_eq!(out.answers().len(), 1);
         // A chain that ends in the zone without data: the CNAME, then NXDOMAIN or NODATA.
         let gone = z.lookup(&lower("dangling.example.internal."), RecordType::A);
-        assert_eq!((gone.answers.len(), gone.outcome), (1, Outcome::NxDomain));
+        assert_eq!((gone.answers().len(), gone.outcome), (1, Outcome::NxDomain));
         let ent = z.lookup(&lower("toent.example.internal."), RecordType::A);
-        assert_eq!((ent.answers.len(), ent.outcome), (1, Outcome::NoData));
+        assert_eq!((ent.answers().len(), ent.outcome), (1, Outcome::NoData));
         let mx = z.lookup(&lower("alias.example.internal."), RecordType::MX);
-        assert_eq!((mx.answers.len(), mx.outcome), (1, Outcome::NoData));
+        assert_eq!((mx.answers().len(), mx.outcome), (1, Outcome::NoData));
         for ent in ["b.c.example.internal.", "c.example.internal."] {
             assert_eq!(
                 z.lookup(&lower(ent), RecordType::A).outcome,
@@ -644,9 +655,9 @@ mod tests {
         ] {
             let r = z.lookup(&lower(name), RecordType::A);
             assert_eq!(r.outcome, Outcome::Referral, "{name}");
-            assert!(r.answers.is_empty());
-            assert_eq!(r.authority.len(), 2);
-            assert_eq!(r.additional.len(), 1);
+            assert!(r.answers().is_empty());
+            assert_eq!(r.authority().len(), 2);
+            assert_eq!(r.additional().len(), 1);
             assert_eq!(r.wire.authority().1, 2);
             assert_eq!(r.wire.additional().1, 1);
         }
@@ -660,7 +671,7 @@ mod tests {
             "{GOOD}sub IN NS ns.sub\nns.sub IN A 10.0.2.53\nalias IN CNAME ns.sub\n"
         ));
         let alias = z.lookup(&lower("alias.example.internal."), RecordType::A);
-        assert_eq!((alias.answers.len(), alias.outcome), (1, Outcome::Answer));
+        assert_eq!((alias.answers().len(), alias.outcome), (1, Outcome::Answer));
     }
 }
 
@@ -788,7 +799,7 @@ mod oracle {
                 let wildcard_nodata = name.contains("apps.")
                     && name != "apps.example.internal."
                     && code == ResponseCode::NoError
-                    && built.answers.is_empty();
+                    && built.answers().is_empty();
                 if wildcard_nodata {
                     assert_eq!(
                         theirs.metadata.response_code,
@@ -799,7 +810,7 @@ mod oracle {
                 }
                 assert_eq!(code, theirs.metadata.response_code, "{what}");
                 let mine: Vec<Record> = built
-                    .answers
+                    .answers()
                     .iter()
                     .map(|a| {
                         let mut r = a.record.clone();
@@ -811,7 +822,7 @@ mod oracle {
                     .collect();
                 assert_eq!(answers(&mine), answers(&theirs.answers), "{what}");
                 let negative = matches!(built.outcome, Outcome::NoData | Outcome::NxDomain);
-                if negative && built.answers.is_empty() {
+                if negative && built.answers().is_empty() {
                     assert!(
                         theirs
                             .authorities

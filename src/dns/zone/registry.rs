@@ -27,7 +27,7 @@ pub struct Zone {
     pub min_healthy: usize,
 }
 
-pub use crate::dns::answer::{wire_size, Built, Locality, Outcome};
+pub use crate::dns::answer::{wire_size, Builder, Built, Locality, Outcome};
 
 /// The longest service name that fits a `_<service>` label (63 bytes with the `_`).
 pub const MAX_BROWSED_SERVICE: usize = 62;
@@ -125,9 +125,9 @@ impl Zone {
         qtype: RecordType,
         ttl: u32,
     ) -> Built {
-        let mut built = Built::negative(generation, Outcome::NoData);
+        let mut built = Builder::new(generation);
         if !matches!(qtype, RecordType::PTR | RecordType::ANY) {
-            return built;
+            return built.finish(qname);
         }
         let mut names: Vec<&str> = services
             .filter(|s| self.is_browsable(s))
@@ -245,11 +245,11 @@ impl Zone {
             None => i.priority,
         };
         let srv_only = matches!(target, Target::ServiceSrv(_) | Target::NamedPort { .. });
-        let mut built = Built::negative(gen, Outcome::NoData);
+        let mut built = Builder::new(gen);
         built.panic = panic;
         built.locality = locality;
         if matches!(target, Target::ServiceNode(_)) {
-            return built;
+            return built.finish(qname);
         }
         if let Target::SdInstance { .. } = target {
             return self.sd_instance(built, svc, selected[0].0, qname, qtype, ttl);
@@ -376,7 +376,7 @@ impl Zone {
     /// over 255 bytes are left out, and no meta is one empty string (the TXT must exist).
     fn sd_instance(
         &self,
-        mut built: Built,
+        mut built: Builder,
         svc: &Service,
         i: &Instance,
         qname: &Name,
@@ -487,20 +487,21 @@ mod tests {
         let t = Target::Service("web");
         let a = z.build(&svc, t, &q("web.svc.internal."), RecordType::A, 5, None);
         assert_eq!(
-            (a.outcome, a.answers.len(), a.generation),
+            (a.outcome, a.answers().len(), a.generation),
             (Outcome::Answer, 1, 42)
         );
-        assert_eq!(a.answers[0].record.ttl, 5);
+        assert_eq!(a.answers()[0].record.ttl, 5);
         let aaaa = z.build(&svc, t, &q("web.svc.internal."), RecordType::AAAA, 5, None);
-        assert_eq!(aaaa.answers.len(), 1);
+        assert_eq!(aaaa.answers().len(), 1);
         let srv = z.build(&svc, t, &q("web.svc.internal."), RecordType::SRV, 5, None);
-        assert_eq!(srv.answers.len(), 2);
-        let RData::SRV(s) = &srv.answers[0].record.data else {
+        assert_eq!(srv.answers().len(), 2);
+        let RData::SRV(s) = &srv.answers()[0].record.data else {
             panic!()
         };
         assert_eq!((s.priority, s.weight, s.port), (1, 3, 8080));
         assert_eq!(s.target, q("a.web.svc.internal."));
-        let add = srv.answers[0].glue.first().unwrap();
+        let answers = srv.answers();
+        let add = answers[0].glue.first().unwrap();
         assert_eq!(&add.name, &q("a.web.svc.internal."));
         let mx = z.build(&svc, t, &q("web.svc.internal."), RecordType::MX, 5, None);
         assert_eq!(mx.outcome, Outcome::NoData);
@@ -548,7 +549,7 @@ mod tests {
             5,
             None,
         );
-        let RData::TXT(t) = &txt.answers[0].record.data else {
+        let RData::TXT(t) = &txt.answers()[0].record.data else {
             panic!()
         };
         let strings: Vec<&[u8]> = t.txt_data.iter().map(|s| &s[..]).collect();
@@ -580,8 +581,8 @@ mod tests {
             5,
             None,
         );
-        assert_eq!(port.answers.len(), 2);
-        let RData::SRV(s) = &port.answers[0].record.data else {
+        assert_eq!(port.answers().len(), 2);
+        let RData::SRV(s) = &port.answers()[0].record.data else {
             panic!()
         };
         assert_eq!(s.port, 9090);
@@ -620,7 +621,7 @@ mod tests {
             5,
             None,
         );
-        assert_eq!(tag.answers.len(), 1);
+        assert_eq!(tag.answers().len(), 1);
         let notag = z.build(
             &svc,
             Target::Tag {
@@ -661,12 +662,12 @@ mod tests {
         z.panic_threshold = 0.5;
         let b = z.build(&svc, Target::Service("web"), &name, RecordType::A, 5, None);
         assert!(!b.panic);
-        assert_eq!(b.answers.len(), 1, "critical 10.0.0.3 not served");
+        assert_eq!(b.answers().len(), 1, "critical 10.0.0.3 not served");
         z.panic_threshold = 0.8;
         let b = z.build(&svc, Target::Service("web"), &name, RecordType::A, 5, None);
         assert!(b.panic);
         assert_eq!(
-            b.answers.len(),
+            b.answers().len(),
             2,
             "in panic mode the critical instance is served too"
         );
@@ -682,9 +683,9 @@ mod tests {
             30,
             None,
         );
-        assert!(b.answers.iter().all(|a| a.record.ttl == 30));
+        assert!(b.answers().iter().all(|a| a.record.ttl == 30));
         assert!(b
-            .answers
+            .answers()
             .iter()
             .flat_map(|a| a.glue.iter())
             .all(|r| r.ttl == 30));
@@ -710,7 +711,7 @@ mod tests {
             5,
             None,
         );
-        let RData::TXT(txt) = &t.answers[0].record.data else {
+        let RData::TXT(txt) = &t.answers()[0].record.data else {
             panic!()
         };
         assert!(txt.txt_data.iter().all(|s| s.len() <= 255));
@@ -724,7 +725,7 @@ mod tests {
             hickory_proto::op::MessageType::Response,
             hickory_proto::op::OpCode::Query,
         );
-        m.add_answers(t.answers.iter().map(|a| a.record.clone()));
+        m.add_answers(t.answers().iter().map(|a| a.record.clone()));
         assert!(m.to_vec().is_ok());
     }
 
@@ -741,11 +742,11 @@ mod tests {
         let name = q("web.svc.internal.");
         let a = z.build(&svc, Target::Service("web"), &name, RecordType::A, 5, None);
         assert_eq!(
-            (a.outcome, a.answers.len(), a.single),
+            (a.outcome, a.answers().len(), a.single),
             (Outcome::Answer, 2, true)
         );
-        let RData::CNAME(c) = &a.answers[0].record.data else {
-            panic!("{:?}", a.answers[0])
+        let RData::CNAME(c) = &a.answers()[0].record.data else {
+            panic!("{:?}", a.answers()[0])
         };
         assert_eq!(c.0, q("db1.example.com."));
         let srv = z.build(
@@ -756,11 +757,11 @@ mod tests {
             5,
             None,
         );
-        let RData::SRV(s) = &srv.answers[0].record.data else {
+        let RData::SRV(s) = &srv.answers()[0].record.data else {
             panic!()
         };
         assert_eq!(s.target, q("db1.example.com."));
-        assert!(srv.answers.iter().all(|a| a.glue.is_empty()));
+        assert!(srv.answers().iter().all(|a| a.glue.is_empty()));
         let txt = z.build(
             &svc,
             Target::Instance {
@@ -772,7 +773,7 @@ mod tests {
             5,
             None,
         );
-        let RData::CNAME(c) = &txt.answers[0].record.data else {
+        let RData::CNAME(c) = &txt.answers()[0].record.data else {
             panic!()
         };
         assert_eq!(c.0, q("db2.example.com."));
@@ -780,8 +781,8 @@ mod tests {
         let ip = inst("a", "10.0.0.1", Health::Passing);
         svc.instances.insert((ip.id.clone(), ip.source), ip);
         let a = z.build(&svc, Target::Service("web"), &name, RecordType::A, 5, None);
-        assert_eq!((a.answers.len(), a.single), (1, false));
-        assert!(matches!(a.answers[0].record.data, RData::A(_)));
+        assert_eq!((a.answers().len(), a.single), (1, false));
+        assert!(matches!(a.answers()[0].record.data, RData::A(_)));
     }
 
     /// `web` with instances in two localities: a1, a2 (passing) and a3 (critical) in `a`,
@@ -806,7 +807,7 @@ mod tests {
     }
 
     fn addresses(b: &Built) -> Vec<String> {
-        b.answers
+        b.answers()
             .iter()
             .map(|a| match &a.record.data {
                 RData::A(ip) => ip.to_string(),
@@ -831,14 +832,14 @@ mod tests {
         assert_eq!(addresses(&b), ["10.0.2.1", "10.0.2.2"]);
         // No locality, or one with no instance: everything served.
         let all = z.build(&svc, t, &name, RecordType::A, 5, None);
-        assert_eq!((all.locality, all.answers.len()), (Locality::Unlocated, 5));
+        assert_eq!((all.locality, all.answers().len()), (Locality::Unlocated, 5));
         let c = z.build(&svc, t, &name, RecordType::A, 5, Some("c"));
-        assert_eq!((c.locality, c.answers.len()), (Locality::SpillOver, 5));
+        assert_eq!((c.locality, c.answers().len()), (Locality::SpillOver, 5));
         // Fewer than min_healthy served local instances: spill over.
         z.min_healthy = 3;
         let spill = z.build(&svc, t, &name, RecordType::A, 5, Some("a"));
         assert_eq!(
-            (spill.locality, spill.answers.len()),
+            (spill.locality, spill.answers().len()),
             (Locality::SpillOver, 5)
         );
         // Tags, named ports and the RFC 2782 name follow locality; instance names do not.
@@ -866,7 +867,7 @@ mod tests {
             5,
             Some("b"),
         );
-        assert_eq!(port.answers.len(), 2);
+        assert_eq!(port.answers().len(), 2);
         let srv = z.build(
             &svc,
             Target::ServiceSrv("web"),
@@ -902,7 +903,7 @@ mod tests {
             5,
             Some("a"),
         );
-        assert_eq!((own.locality, own.answers.len()), (Locality::Ignored, 1));
+        assert_eq!((own.locality, own.answers().len()), (Locality::Ignored, 1));
     }
 
     #[test]
@@ -917,14 +918,14 @@ mod tests {
         let name = q("web.svc.internal.");
         let b = z.build(&svc, t, &name, RecordType::A, 5, Some("a"));
         assert_eq!(
-            (b.panic, b.locality, b.answers.len()),
+            (b.panic, b.locality, b.answers().len()),
             (false, Locality::SpillOver, 5)
         );
         // Panic serves a3 too, but it is still not healthy: `a` stays at 2 healthy.
         z.panic_threshold = 0.9;
         let b = z.build(&svc, t, &name, RecordType::A, 5, Some("a"));
         assert_eq!(
-            (b.panic, b.locality, b.answers.len()),
+            (b.panic, b.locality, b.answers().len()),
             (true, Locality::SpillOver, 6)
         );
         z.min_healthy = 2;
@@ -947,8 +948,8 @@ mod tests {
         let name = q("web.svc.internal.");
         let t = Target::Service("web");
         let a = z.build(&svc, t, &name, RecordType::A, 5, Some("b"));
-        assert_eq!((a.locality, a.answers.len()), (Locality::Local, 5));
-        for ans in &a.answers {
+        assert_eq!((a.locality, a.answers().len()), (Locality::Local, 5));
+        for ans in &a.answers() {
             let RData::A(ip) = &ans.record.data else {
                 panic!()
             };
@@ -958,7 +959,7 @@ mod tests {
         // SRV: 2 x priority, + 1 outside the locality; priority still dominates.
         let srv = z.build(&svc, t, &name, RecordType::SRV, 5, Some("b"));
         let got: Vec<(String, u16, u16)> = srv
-            .answers
+            .answers()
             .iter()
             .map(|ans| {
                 let RData::SRV(s) = &ans.record.data else {
@@ -983,16 +984,16 @@ mod tests {
             i.priority = 40_000;
         }
         let srv = z.build(&big, t, &name, RecordType::SRV, 5, Some("b"));
-        assert!(srv.answers.iter().all(|a| a.priority == u16::MAX));
+        assert!(srv.answers().iter().all(|a| a.priority == u16::MAX));
         // Nobody local: ranks are all alike.
         let none = z.build(&svc, t, &name, RecordType::A, 5, Some("c"));
         assert_eq!(none.locality, Locality::SpillOver);
-        assert!(none.answers.iter().all(|a| a.priority == 1));
+        assert!(none.answers().iter().all(|a| a.priority == 1));
         // Off: locality is ignored.
         z.locality = LocalityMode::Off;
         let off = z.build(&svc, t, &name, RecordType::A, 5, Some("b"));
         assert_eq!(off.locality, Locality::Ignored);
-        assert!(off.answers.iter().all(|a| a.priority == 0));
+        assert!(off.answers().iter().all(|a| a.priority == 0));
     }
 
     #[test]
@@ -1005,17 +1006,17 @@ mod tests {
         };
         let name = q("a._web._tcp.svc.internal.");
         let srv = z.build(&svc, t, &name, RecordType::SRV, 5, None);
-        let RData::SRV(s) = &srv.answers[0].record.data else {
+        let RData::SRV(s) = &srv.answers()[0].record.data else {
             panic!()
         };
         assert_eq!((s.priority, s.weight, s.port), (1, 3, 8080));
         assert_eq!(s.target, q("a.web.svc.internal."));
         assert_eq!(
-            srv.answers[0].glue.first().unwrap().name,
+            srv.answers()[0].glue.first().unwrap().name,
             q("a.web.svc.internal.")
         );
         let txt = z.build(&svc, t, &name, RecordType::TXT, 5, None);
-        let RData::TXT(t1) = &txt.answers[0].record.data else {
+        let RData::TXT(t1) = &txt.answers()[0].record.data else {
             panic!()
         };
         let strings: Vec<&[u8]> = t1.txt_data.iter().map(|s| &s[..]).collect();
@@ -1029,7 +1030,7 @@ mod tests {
         i.meta.clear();
         i.meta.insert("big".into(), "x".repeat(300));
         let txt = z.build(&bare, t, &name, RecordType::TXT, 5, None);
-        let RData::TXT(t2) = &txt.answers[0].record.data else {
+        let RData::TXT(t2) = &txt.answers()[0].record.data else {
             panic!()
         };
         assert_eq!(t2.txt_data.len(), 1);
@@ -1083,7 +1084,7 @@ mod tests {
         let mut panicky = zone();
         panicky.panic_threshold = 0.5;
         let b = panicky.browse(services.iter(), 9, &name, RecordType::PTR, 5);
-        assert_eq!(b.answers.len(), 3);
+        assert_eq!(b.answers().len(), 3);
     }
 
     #[test]
@@ -1098,11 +1099,11 @@ mod tests {
             .collect();
         let name = q("_services._dns-sd._udp.svc.internal.");
         let b = z.browse(services.iter(), 1, &name, RecordType::PTR, 5);
-        let total: usize = b.answers.iter().map(|a| a.size).sum();
+        let total: usize = b.answers().iter().map(|a| a.size).sum();
         assert!(
-            b.answers.len() < 5000 && total < 65_535,
+            b.answers().len() < 5000 && total < 65_535,
             "{} {total}",
-            b.answers.len()
+            b.answers().len()
         );
         let mut m = hickory_proto::op::Message::new(
             1,
@@ -1110,7 +1111,7 @@ mod tests {
             hickory_proto::op::OpCode::Query,
         );
         m.add_query(hickory_proto::op::Query::query(name, RecordType::PTR));
-        m.add_answers(b.answers.iter().map(|a| a.record.clone()));
+        m.add_answers(b.answers().iter().map(|a| a.record.clone()));
         assert!(m.to_vec().unwrap().len() <= 65_535);
     }
 

@@ -22,7 +22,7 @@ use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use std::sync::Arc;
 
-use super::registry::{address_record, host_name, split_255, Built, Outcome, Zone};
+use super::registry::{address_record, host_name, split_255, Builder, Built, Outcome, Zone};
 use crate::cache::Freshness;
 use crate::cache::{Address, DomainRecord, Snapshot, SourceId};
 use crate::dns::answer::Rendered;
@@ -140,7 +140,7 @@ impl SkyZone {
             return Built::negative(snapshot.changes, Outcome::NxDomain);
         }
         let owner = Name::from(qname);
-        let mut built = Built::negative(snapshot.changes, Outcome::NoData);
+        let mut built = Builder::new(snapshot.changes);
         let hosts: Vec<&(&str, &DomainRecord)> =
             entries.iter().filter(|(_, r)| r.host.is_some()).collect();
         let want = |ip: &IpAddr| match qtype {
@@ -317,7 +317,7 @@ mod tests {
     }
 
     fn data(b: &Built) -> Vec<String> {
-        b.answers
+        b.answers()
             .iter()
             .map(|a| a.record.data.to_string())
             .collect()
@@ -336,8 +336,8 @@ mod tests {
         );
         assert_eq!(a.outcome, Outcome::Answer);
         assert_eq!(data(&a), ["10.0.0.1", "10.0.0.2"]);
-        assert_eq!(a.answers[0].record.ttl, 60, "the entry's ttl");
-        assert_eq!(a.answers[1].record.ttl, 300, "the source default");
+        assert_eq!(a.answers()[0].record.ttl, 60, "the entry's ttl");
+        assert_eq!(a.answers()[1].record.ttl, 300, "the source default");
         let stale = sky().build(
             &s,
             &q("rails.production.east.skydns.local."),
@@ -346,7 +346,7 @@ mod tests {
             30,
         );
         // Stale: every TTL is replaced by the stale TTL, longer or shorter (RFC 8767).
-        assert!(stale.answers.iter().all(|a| a.record.ttl == 30));
+        assert!(stale.answers().iter().all(|a| a.record.ttl == 30));
         // A whole region answers from everything below it.
         let east = sky().build(
             &s,
@@ -394,7 +394,7 @@ mod tests {
             30,
         );
         let recs: Vec<(u16, u16, u16, String)> = srv
-            .answers
+            .answers()
             .iter()
             .map(|a| match &a.record.data {
                 RData::SRV(s) => (s.priority, s.weight, s.port, s.target.to_string()),
@@ -424,7 +424,8 @@ mod tests {
                 ),
             ]
         );
-        let add = srv.answers[0].glue.first().unwrap();
+        let answers = srv.answers();
+        let add = answers[0].glue.first().unwrap();
         assert_eq!(
             add.name.to_string(),
             "1.rails.production.east.skydns.local."
@@ -436,11 +437,11 @@ mod tests {
             Freshness::Current,
             30,
         );
-        let RData::SRV(t) = &db.answers[0].record.data else {
+        let RData::SRV(t) = &db.answers()[0].record.data else {
             panic!()
         };
         assert_eq!(t.target.to_string(), "example.com.", "targetstrip 1");
-        assert!(db.answers[0].glue.is_empty());
+        assert!(db.answers()[0].glue.is_empty());
     }
 
     #[test]
@@ -489,7 +490,7 @@ mod tests {
             Freshness::Current,
             30,
         );
-        assert_eq!(wild.answers.len(), 2);
+        assert_eq!(wild.answers().len(), 2);
         let any = sky().build(
             &s,
             &q("*.production.any.skydns.local."),
@@ -497,7 +498,7 @@ mod tests {
             Freshness::Current,
             30,
         );
-        assert_eq!(any.answers.len(), 4);
+        assert_eq!(any.answers().len(), 4);
         let key: DomainKey = (SKY, "local/skydns/east/production/rails/1".into());
         assert!(s.domains.contains_key(&key));
     }
