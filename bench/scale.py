@@ -1002,12 +1002,19 @@ def run(args, rep: Report, rng: random.Random, layout: Layout, work: Path, binar
     lines = min(max(2 * layout.services, 10_000), 1_000_000)
     qfile = work / "queries.txt"
     with open(qfile, "w") as f:
-        for _ in range(lines):
-            f.write(f"svc{rng.randrange(layout.services)}.{ZONE.rstrip('.')} A\n")
+        for n in range(lines):
+            s = rng.randrange(layout.services)
+            if n % 2:
+                f.write(f"_svc{s}._tcp.{ZONE.rstrip('.')} SRV\n")
+            else:
+                f.write(f"svc{s}.{ZONE.rstrip('.')} A\n")
     log(f"3. dnsperf, {args.duration:g} s, {lines:,} random service names")
-    sec = f"3. dnsperf, no churn ({lines:,} random service names, A, -c 10 -T 1, {args.duration:g} s)"
+    sec = (f"3. dnsperf, no churn ({lines:,} random service names, half A, half SRV, -c 10 -T 1, "
+           f"{args.duration:g} s)")
     base = run_dnsperf(work, a.dns_port, qfile, args.duration, "baseline", a, etcd_proc.pid)
     dnsperf_rows(rep, sec, "no churn", base)
+    rss_queried = proc_status(a.proc.pid, "VmRSS")
+    rep.add(sec, "RSS after the queries", mib(rss_queried) + rss_per_instance(rss_queried, expected_base))
     code, took, killed = stop(a.proc)
     if code != 0 or killed:
         rep.problem(f"ruddr (cold) SIGTERM: exit {code}{' after SIGKILL' if killed else ''} in {took:.1f} s")

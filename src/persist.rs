@@ -137,7 +137,6 @@ struct InstanceV2 {
     weight: u16,
     priority: u16,
     health: crate::cache::Health,
-    #[serde(deserialize_with = "crate::cache::bounded_map")]
     meta: crate::cache::Meta,
     source: crate::cache::SourceId,
 }
@@ -455,7 +454,7 @@ mod tests {
         let p = Persisted::decode(&file).unwrap();
         assert_eq!(p.revision, 7);
         assert_eq!(
-            p.instances[0].1.meta.get("az").map(String::as_str),
+            p.instances[0].1.meta.get("az"),
             Some("b")
         );
         assert!(p.domains.is_empty());
@@ -515,7 +514,7 @@ mod tests {
         let (svc, i) = &p.instances[0];
         assert_eq!(svc.as_str(), "web");
         assert_eq!((i.weight, i.priority, i.source.0), (2, 3, 4));
-        assert_eq!(i.meta.get("k").map(String::as_str), Some("v"));
+        assert_eq!(i.meta.get("k"), Some("v"));
         assert_eq!(i.locality, None);
     }
 

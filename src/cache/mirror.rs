@@ -46,8 +46,9 @@ pub struct Service {
 
 /// Address -> the instances registered with it, each list sorted. A B-tree rather than a hash
 /// table: with a million addresses, a hash table's spare buckets cost more than its speed is
-/// worth for a lookup this rare.
-type Reverse = BTreeMap<IpAddr, Vec<(ServiceName, InstanceKey)>>;
+/// worth for a lookup this rare. Nearly every address holds one instance, kept inline (a
+/// vector's heap block per address cost more than the tree).
+type Reverse = BTreeMap<IpAddr, smallvec::SmallVec<[(ServiceName, InstanceKey); 1]>>;
 
 /// Services by name: a persistent map (a new snapshot shares every node it did not change),
 /// hashed with foldhash rather than imbl's default SipHash, which was most of a lookup's cost
@@ -339,7 +340,12 @@ impl Snapshot {
                 }
             }
         }
-        instances.extend(listed);
+        if instances.is_empty() {
+            // Not a second copy of a large listing.
+            instances = listed;
+        } else {
+            instances.extend(listed);
+        }
         self.owned.retain(|(s, _, _), _| !mine(*s));
         for (owner, ids) in owners {
             self.owned.insert(owner, ids);

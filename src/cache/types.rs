@@ -292,8 +292,154 @@ impl fmt::Display for Address {
 /// few entries at most, and a million instances each holding an 11-slot B-tree node would
 /// spend most of the mirror's memory on empty slots.
 pub type Ports = litemap::LiteMap<String, u16>;
-/// Metadata, sorted by key (a flat sorted vector, as [`Ports`]).
-pub type Meta = litemap::LiteMap<String, String>;
+/// Metadata: string pairs, sorted by key, keys unique, packed into one exactly sized block
+/// (per pair the key's and the value's length as LEB128 varints, then their bytes). A million
+/// instances each carrying a pair or two spent more on a vector of `String` pairs (a spare
+/// capacity of four pairs, a chunk per string) than on everything else they hold.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Meta(Box<[u8]>);
+
+impl Meta {
+    /// The pairs in key order.
+    pub fn iter(&self) -> MetaIter<'_> {
+        MetaIter(&self.0)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Sets `key` to `value` (rebuilds the block: for building and tests, not hot paths).
+    pub fn insert(&mut self, key: String, value: String) {
+        let mut pairs: Vec<(String, String)> = self
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        pairs.push((key, value));
+        *self = pairs.into_iter().collect();
+    }
+
+    pub fn clear(&mut self) {
+        self.0 = Box::default();
+    }
+}
+
+fn push_varint(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn take_varint(bytes: &mut &[u8]) -> Option<usize> {
+    let mut n = 0usize;
+    for shift in (0..usize::BITS).step_by(7) {
+        let (&b, rest) = bytes.split_first()?;
+        *bytes = rest;
+        n |= usize::from(b & 0x7f).checked_shl(shift)?;
+        if b & 0x80 == 0 {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// The pairs of a [`Meta`], in key order.
+pub struct MetaIter<'a>(&'a [u8]);
+
+impl<'a> Iterator for MetaIter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut take = || -> Option<&'a str> {
+            let len = take_varint(&mut self.0)?;
+            let (s, rest) = self.0.split_at_checked(len)?;
+            self.0 = rest;
+            // The block is only ever built from `str`s.
+            std::str::from_utf8(s).ok()
+        };
+        let pair = take().zip(take());
+        if pair.is_none() {
+            self.0 = &[];
+        }
+        pair
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Meta {
+    /// Later pairs replace earlier ones with the same key.
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        let mut sorted: Vec<(K, V)> = pairs.into_iter().collect();
+        // Stable: among equal keys the last one given stays last, and is kept.
+        sorted.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+        let mut out = Vec::new();
+        for (n, (k, v)) in sorted.iter().enumerate() {
+            if sorted.get(n + 1).is_some_and(|next| next.0.as_ref() == k.as_ref()) {
+                continue;
+            }
+            for s in [k.as_ref(), v.as_ref()] {
+                push_varint(&mut out, s.len());
+                out.extend_from_slice(s.as_bytes());
+            }
+        }
+        Self(out.into_boxed_slice())
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> Extend<(K, V)> for Meta {
+    /// Adds the pairs, each replacing what its key held (rebuilds the block once).
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, pairs: I) {
+        let old = std::mem::take(self);
+        let old = old.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let new = pairs
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()));
+        *self = old.chain(new).collect();
+    }
+}
+
+impl<'a> IntoIterator for &'a Meta {
+    type Item = (&'a str, &'a str);
+    type IntoIter = MetaIter<'a>;
+    fn into_iter(self) -> MetaIter<'a> {
+        self.iter()
+    }
+}
+
+impl fmt::Debug for Meta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// A map, as the registry contract and the snapshot file spell metadata.
+impl Serialize for Meta {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        // The length first: the snapshot's format needs it before the pairs.
+        let mut map = s.serialize_map(Some(self.len()))?;
+        for (k, v) in self.iter() {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Meta {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map: litemap::LiteMap<String, String> = bounded_map(d)?;
+        Ok(map.into_iter().collect())
+    }
+}
 
 /// Always a JSON object: litemap writes an empty map as `[]` in human-readable formats, which
 /// is not what the registry contract (or its readers) expect.
@@ -361,7 +507,6 @@ pub struct Instance {
     pub weight: u16,
     pub priority: u16,
     pub health: Health,
-    #[serde(serialize_with = "as_map", deserialize_with = "bounded_map")]
     pub meta: Meta,
     /// The source that registered it; instances of different sources never replace each other.
     #[serde(default)]
@@ -498,6 +643,36 @@ pub enum Kept {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meta_keeps_pairs_sorted_and_unique_and_encodes_as_a_map() {
+        let long = "v".repeat(300); // a length over 127 takes a two-byte varint
+        let meta: Meta = [("b", "2"), ("a", "1"), ("c", long.as_str()), ("a", "3")]
+            .into_iter()
+            .collect();
+        let pairs: Vec<(&str, &str)> = meta.iter().collect();
+        assert_eq!(pairs, [("a", "3"), ("b", "2"), ("c", long.as_str())]);
+        assert_eq!((meta.get("b"), meta.get("x"), meta.len()), (Some("2"), None, 3));
+        // The snapshot file and registry values see the same map a LiteMap gave.
+        let lite: litemap::LiteMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let lite_bytes = postcard::to_stdvec(&lite).unwrap();
+        assert_eq!(postcard::to_stdvec(&meta).unwrap(), lite_bytes);
+        let back: Meta = postcard::from_bytes(&lite_bytes).unwrap();
+        assert_eq!(back, meta);
+        assert_eq!(
+            serde_json::to_string(&Meta::default()).unwrap(),
+            "{}",
+            "empty metadata is still an object"
+        );
+        let mut more = meta.clone();
+        more.extend([("b", "9")]);
+        assert_eq!(more.get("b"), Some("9"));
+        more.clear();
+        assert!(more.is_empty() && more.iter().next().is_none());
+    }
 
     #[test]
     fn labels_are_validated_and_lowercased() {

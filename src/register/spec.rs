@@ -275,8 +275,8 @@ mod tests {
         assert_eq!(svc.as_str(), "web");
         assert_eq!(inst.health, Health::Critical);
         assert_eq!(inst.ports[&"grpc".to_string()], 9090);
-        assert_eq!(inst.meta[&"check".to_string()], "ok");
-        assert_eq!(inst.meta[&"az".to_string()], "a");
+        assert_eq!(inst.meta.get("check").unwrap(), "ok");
+        assert_eq!(inst.meta.get("az").unwrap(), "a");
     }
 
     #[test]

@@ -510,7 +510,7 @@ impl Watcher {
     /// that source's part of the mirror with it.
     async fn list(&mut self, i: usize) -> Result<(), RegistryError> {
         let source = &self.sources[i].source;
-        let mut instances = Vec::new();
+        let mut instances: Vec<(crate::cache::ServiceName, crate::cache::Instance)> = Vec::new();
         let mut keep = Vec::new();
         // Keys holding several instances: they go into the listing, and their ownership is
         // recorded again (a reset forgets it).
@@ -531,7 +531,14 @@ impl Watcher {
                 }
             };
             match source.entry(kv.key(), kv.value()) {
-                Ok(Some(Entry::Instance(service, instance))) => instances.push((service, instance)),
+                Ok(Some(Entry::Instance(service, instance))) => {
+                    // Keys come sorted: instances of a service share its name's allocation.
+                    let service = match instances.last() {
+                        Some((last, _)) if *last == service => last.clone(),
+                        _ => service,
+                    };
+                    instances.push((service, instance))
+                }
                 Ok(Some(Entry::Instances {
                     service,
                     key,

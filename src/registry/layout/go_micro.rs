@@ -101,8 +101,8 @@ mod tests {
         };
         assert_eq!(i.id.as_str(), "greeter-8b1c");
         assert_eq!(i.port, Some(43121));
-        assert_eq!(i.meta[&"protocol".to_string()], "grpc");
-        assert_eq!(i.meta[&"version".to_string()], "latest");
+        assert_eq!(i.meta.get("protocol").unwrap(), "grpc");
+        assert_eq!(i.meta.get("version").unwrap(), "latest");
         // v1 nodes: port beside the host.
         let v1 = r#"{"name":"greeter","nodes":[{"id":"n1","address":"10.0.0.8","port":8080}]}"#;
         assert_eq!(value(id("n1"), v1).unwrap()[0].port, Some(8080));
@@ -121,10 +121,10 @@ mod tests {
         let ids: Vec<&str> = got.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, ["greeter-a", "greeter-b", "greeter-c"]);
         assert_eq!(got[2].port, Some(81));
-        assert_eq!(got[0].meta[&"az".to_string()], "a");
+        assert_eq!(got[0].meta.get("az").unwrap(), "a");
         assert_eq!(got[0].locality, None, "only a `locality` key gives one");
         assert_eq!(got[1].locality.as_deref(), Some("eu-1b"));
-        assert!(got.iter().all(|i| i.meta[&"version".to_string()] == "1.2"));
+        assert!(got.iter().all(|i| i.meta.get("version").unwrap() == "1.2"));
     }
 
     #[test]

@@ -86,7 +86,7 @@ mod tests {
         assert_eq!(i.ports[&"grpc".to_string()], 9000);
         assert_eq!(i.ports[&"http".to_string()], 8000);
         assert_eq!((i.port, i.weight), (Some(9000), 10));
-        assert_eq!(i.meta[&"version".to_string()], "v1");
+        assert_eq!(i.meta.get("version").unwrap(), "v1");
         assert_eq!(i.locality, None);
         let zoned =
             r#"{"id":"a1","metadata":{"locality":"eu-1a"},"endpoints":["grpc://10.0.0.5:9000"]}"#;

@@ -104,7 +104,7 @@ pub fn value(id: InstanceId, value: &[u8]) -> Result<Instance, EntryError> {
 pub fn encode_value(instance: &Instance) -> String {
     // Objects even when empty (litemap alone writes an empty map as `[]`).
     let ports: BTreeMap<&String, &u16> = instance.ports.iter().collect();
-    let meta: BTreeMap<&String, &String> = instance.meta.iter().collect();
+    let meta: BTreeMap<&str, &str> = instance.meta.iter().collect();
     let mut value = serde_json::json!({
         "address": instance.address.to_string(),
         "port": instance.port,
@@ -148,7 +148,7 @@ mod tests {
         assert_eq!(i.ports[&"grpc".to_string()], 9090);
         assert_eq!(i.tags, ["v2"]);
         assert_eq!((i.weight, i.priority, i.health), (10, 0, Health::Passing));
-        assert_eq!(i.meta[&"az".to_string()], "a");
+        assert_eq!(i.meta.get("az").unwrap(), "a");
         assert_eq!(i.locality, None, "no locality unless given");
     }
 
@@ -167,7 +167,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(i.health, Health::Warning);
-        assert_eq!(i.meta[&"n".to_string()], "3");
+        assert_eq!(i.meta.get("n").unwrap(), "3");
     }
 
     #[test]
