@@ -144,6 +144,12 @@ def main() -> None:
                     "the senders manage)")
     ap.add_argument("--probe-every", type=float, default=0.02)
     ap.add_argument("--ruddr-args", default="")
+    ap.add_argument("--bounds", default="", metavar="SHARED,FRONT,FORWARD",
+                    help="cache bounds in bytes (dns.answer_cache_bytes, dns.answer_front_bytes, "
+                    "forward.cache_bytes), e.g. 4194304,1048576,2097152; prints the RSS rise "
+                    "against 2x their sum (the front counted per answering thread) + 16 MB")
+    ap.add_argument("--answering-threads", type=int, default=4,
+                    help="UDP socket threads plus runtime workers (4 on 2 cores)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ruddr-flood-"))
@@ -174,14 +180,30 @@ log:
 """)
         servers.append(Server("knotd", ["knotd", "-c", str(work / "knot.conf")], kport, work))
         port = free_port()
-        ruddr = Server("ruddr", [args.ruddr, "-q", "serve", "--listen", f"127.0.0.1:{port}",
+        config: list[str] = []
+        limit_mb = None
+        if args.bounds:
+            shared, front, fwd = (int(x) for x in args.bounds.split(","))
+            (work / "ruddr.toml").write_text(
+                f"[dns]\nanswer_cache_bytes = {shared}\nanswer_front_bytes = {front}\n"
+                f"[forward]\ncache_bytes = {fwd}\n")
+            config = ["-c", str(work / "ruddr.toml")]
+            limit_mb = 2 * (shared + args.answering_threads * front + fwd) / 1e6 + 16
+        ruddr = Server("ruddr", [args.ruddr, "-q", "serve", *config, "--listen", f"127.0.0.1:{port}",
                                  "--etcd-endpoints", endpoint, "--admin-listen", "", "--zones-dir", str(zones),
                                  "--upstream", f"127.0.0.1:{kport}", *args.ruddr_args.split()], port, work)
         servers.append(ruddr)
         ruddr.wait_answer("svc99.svc.internal", 3)
         ruddr.wait_answer("www.fwd.test", 1)
 
-        print(f"{'flood':<10}{'sent/s':>10}{'probes':>8}{'lost':>6}{'ruddr cpu s':>13}{'RSS MB':>8}")
+        # What a real client's traffic keeps warm, before the floods.
+        for i in range(100):
+            ruddr.wait_answer(f"svc{i}.svc.internal", 3)
+        base_mb = rss_mb(ruddr.proc.pid) * 1.048576
+        print(f"RSS before the floods: {base_mb:.1f} MB" +
+              (f"; allowed rise: {limit_mb:.1f} MB (2 x bounds + 16 MB)" if limit_mb else ""))
+        print(f"{'flood':<10}{'sent/s':>10}{'probes':>8}{'lost':>6}{'ruddr cpu s':>13}{'RSS MB':>8}"
+              f"{'rise MB':>9}")
         for kind in args.kinds.split(","):
             pattern, qtype = FLOODS[kind]
             count = multiprocessing.Value("q", 0)
@@ -201,8 +223,9 @@ log:
                 p.join()
             cpu = cpu_seconds(ruddr.proc.pid) - before
             rate = count.value / args.duration
+            rss = rss_mb(ruddr.proc.pid) * 1.048576
             print(f"{kind:<10}{rate:>10,.0f}{result['sent']:>8}{result['lost']:>6}{cpu:>13.2f}"
-                  f"{rss_mb(ruddr.proc.pid):>8.0f}", flush=True)
+                  f"{rss:>8.1f}{rss - base_mb:>9.1f}", flush=True)
             time.sleep(1)
     finally:
         tear_down(servers, etcd, work)

@@ -157,6 +157,8 @@ pub struct Built {
     /// its target); the rest are ordered per response.
     pub lead: u16,
     pub locality: Locality,
+    /// The last this many bytes of `wire.bytes` are the key it is cached under ([`Built::keyed`]).
+    key_len: u16,
 }
 
 impl Builder {
@@ -245,6 +247,7 @@ impl Builder {
             cut: keep < all,
             lead: self.lead.min(keep as u16),
             locality: self.locality,
+            key_len: 0,
         }
     }
 }
@@ -253,6 +256,26 @@ impl Built {
     /// An answer without records.
     pub fn negative(generation: u64, outcome: Outcome) -> Self {
         Builder::negative(generation, outcome).finish(&Name::root())
+    }
+
+    /// The answer with `key` (the encoded cache key, at most 64 KiB) stored after its bytes, in
+    /// the same block: the caches' per-thread tables compare keys with it rather than keeping
+    /// a copy of each key per thread.
+    pub fn keyed(mut self, key: &[u8]) -> Self {
+        let Ok(key_len) = u16::try_from(key.len()) else {
+            return self;
+        };
+        let mut bytes = std::mem::take(&mut self.wire.bytes).into_vec();
+        bytes.truncate(bytes.len() - usize::from(self.key_len));
+        bytes.extend_from_slice(key);
+        self.wire.bytes = bytes.into_boxed_slice();
+        self.key_len = key_len;
+        self
+    }
+
+    /// The key stored with [`Built::keyed`] (empty when none).
+    pub fn key(&self) -> &[u8] {
+        &self.wire.bytes[self.wire.bytes.len() - usize::from(self.key_len)..]
     }
 
     /// How many answer records it holds.

@@ -25,17 +25,31 @@ use moka::sync::Cache;
 use smallvec::SmallVec;
 
 use super::answer::{Built, Outcome};
-use super::front::{Front, Table, NEXT_ID};
+use super::front::{Front, Holds, Table, NEXT_ID};
 
 /// What a built answer is cached by: the name (lower case, in wire form: cheap to hash and to
 /// compare), type, whether it was built stale, and the client's locality when the answer
-/// follows it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// follows it; all of it encoded in `bytes`, which the cached answer keeps too
+/// ([`Built::keyed`]).
+#[derive(Clone, Debug)]
 pub struct AnswerKey {
-    name: SmallVec<[u8; 64]>,
-    qtype: RecordType,
-    stale: bool,
+    /// The name's lower-case wire form, the type (2 bytes), stale (1 byte), then the locality.
+    bytes: SmallVec<[u8; 72]>,
     locality: Option<Arc<str>>,
+}
+
+impl PartialEq for AnswerKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for AnswerKey {}
+
+impl Hash for AnswerKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bytes.hash(state)
+    }
 }
 
 impl AnswerKey {
@@ -45,29 +59,35 @@ impl AnswerKey {
         stale: bool,
         locality: Option<Arc<str>>,
     ) -> Self {
-        let mut wire = SmallVec::new();
-        super::wire::push_lower_wire(name.iter(), &mut wire);
-        Self {
-            name: wire,
-            qtype,
-            stale,
-            locality,
+        let mut bytes = SmallVec::new();
+        // A wire name ends at its root label, so what follows cannot run into it.
+        super::wire::push_lower_wire(name.iter(), &mut bytes);
+        bytes.extend_from_slice(&u16::from(qtype).to_be_bytes());
+        bytes.push(u8::from(stale));
+        if let Some(l) = &locality {
+            bytes.extend_from_slice(l.as_bytes());
         }
+        Self { bytes, locality }
     }
 
     pub fn locality(&self) -> Option<&str> {
         self.locality.as_deref()
     }
 
-    /// Approximate bytes of the key itself, for the caches' byte limits.
+    /// Bytes of the key itself, for the caches' byte limits.
     fn memory_size(&self) -> usize {
         std::mem::size_of::<Self>()
-            + if self.name.spilled() {
-                self.name.len()
+            + if self.bytes.spilled() {
+                self.bytes.len()
             } else {
                 0
             }
-            + self.locality.as_deref().map_or(0, str::len)
+    }
+}
+
+impl Holds<Arc<Built>> for AnswerKey {
+    fn held_by(&self, built: &Arc<Built>) -> bool {
+        built.key() == &self.bytes[..]
     }
 }
 
@@ -81,15 +101,23 @@ pub struct AnswerCache {
     front_slots: usize,
 }
 
-/// What a front entry for `key` holds in memory.
-fn bytes_of(key: &AnswerKey, built: &Built) -> usize {
-    built.memory_size() + key.memory_size()
+/// What a front entry holds: the answer (its key inside it) and its `Arc`'s counts; the slot
+/// itself is counted with the table.
+fn front_bytes_of(built: &Built) -> usize {
+    built.memory_size() + ARC_COUNTS
 }
 
-/// The entry size the front sizes its slot count by: an A or SRV answer of three instances
-/// holds 1-2.3 KB (its hickory records for the general path included), so the default 16 MiB
-/// holds about 8,000 answers in 8,192 slots.
-const FRONT_TYPICAL_ENTRY: usize = 256;
+/// The two counts before an `Arc`'s value.
+const ARC_COUNTS: usize = 16;
+
+/// What moka keeps per entry beyond the key and the answer (its hash table bucket, the entry's
+/// shared state with its access times and policy links, the deque nodes), measured with
+/// `moka_entry_overhead` below.
+pub(crate) const MOKA_ENTRY_OVERHEAD: usize = 320;
+
+/// The entry size the front sizes its slot count by: an A or SRV answer of a few instances
+/// takes 200-450 bytes.
+const FRONT_TYPICAL_ENTRY: usize = 320;
 
 impl AnswerCache {
     /// `shared_bytes` bounds the shared cache; `front_bytes` each thread's front (0: no front).
@@ -98,11 +126,15 @@ impl AnswerCache {
         let shared = Cache::builder()
             .max_capacity(shared_bytes)
             .weigher(|key: &AnswerKey, built: &Arc<Built>| {
-                let bytes = built.memory_size() + key.memory_size();
+                let bytes = key.memory_size()
+                    + built.memory_size()
+                    + ARC_COUNTS
+                    + MOKA_ENTRY_OVERHEAD;
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .build_with_hasher(hasher);
-        let front_slots = super::front::slots_for(front_bytes, FRONT_TYPICAL_ENTRY);
+        let front_slots =
+            super::front::slots_for::<Arc<Built>>(front_bytes, FRONT_TYPICAL_ENTRY);
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             shared,
@@ -123,11 +155,7 @@ impl AnswerCache {
             return hit;
         }
         let built = self.shared.get(key)?;
-        FRONT.with(|front| {
-            front
-                .borrow_mut()
-                .put(self.table(), hash, key, &built, bytes_of(key, &built))
-        });
+        self.put_front(hash, key, &built);
         Some(built)
     }
 
@@ -165,12 +193,17 @@ impl AnswerCache {
         });
     }
 
-    fn table(&self) -> Table {
-        Table {
+    fn put_front(&self, hash: u64, key: &AnswerKey, built: &Arc<Built>) {
+        let table = Table {
             owner: self.id,
             slots: self.front_slots,
             bytes: self.front_bytes,
-        }
+        };
+        FRONT.with(|front| {
+            front
+                .borrow_mut()
+                .put(table, hash, key, built, front_bytes_of(built))
+        });
     }
 
     /// The answer for `key` built from `generation`: the cached one when it was, else what
@@ -188,41 +221,30 @@ impl AnswerCache {
         let built = match self.get(key) {
             Some(b) if b.generation == generation => b,
             _ => {
-                let b = Arc::new(build());
+                let b = build();
                 if b.outcome == Outcome::Answer {
-                    self.insert(key.clone(), b.clone());
+                    self.insert(key.clone(), b)
                 } else {
-                    self.insert_local(key, &b);
+                    let b = Arc::new(b.keyed(&key.bytes));
+                    if self.front_slots != 0 {
+                        self.put_front(self.hasher.hash_one(key), key, &b);
+                    }
+                    b
                 }
-                b
             }
         };
         self.confirm(key, &built, changes);
         built
     }
 
-    /// Keeps `built` in this thread's front table only (bounded, no shared bookkeeping).
-    fn insert_local(&self, key: &AnswerKey, built: &Arc<Built>) {
+    /// Caches `built` for `key` (in the shared cache and this thread's front table).
+    pub fn insert(&self, key: AnswerKey, built: Built) -> Arc<Built> {
+        let built = Arc::new(built.keyed(&key.bytes));
         if self.front_slots != 0 {
-            let hash = self.hasher.hash_one(key);
-            FRONT.with(|front| {
-                front
-                    .borrow_mut()
-                    .put(self.table(), hash, key, built, bytes_of(key, built))
-            });
+            self.put_front(self.hasher.hash_one(&key), &key, &built);
         }
-    }
-
-    pub fn insert(&self, key: AnswerKey, built: Arc<Built>) {
-        if self.front_slots != 0 {
-            let hash = self.hasher.hash_one(&key);
-            FRONT.with(|front| {
-                front
-                    .borrow_mut()
-                    .put(self.table(), hash, &key, &built, bytes_of(&key, &built))
-            });
-        }
-        self.shared.insert(key, built);
+        self.shared.insert(key, built.clone());
+        built
     }
 }
 
@@ -235,8 +257,8 @@ mod tests {
     use super::*;
     use crate::dns::zone::registry::Outcome;
 
-    fn built(generation: u64) -> Arc<Built> {
-        Arc::new(Built::negative(generation, Outcome::NoData))
+    fn built(generation: u64) -> Built {
+        Built::negative(generation, Outcome::NoData)
     }
 
     fn key(name: &str) -> AnswerKey {
@@ -268,8 +290,7 @@ mod tests {
         use hickory_proto::rr::{rdata::A, Name, RData, Record};
         // Entries over 64 KiB / 16 stay out of the front.
         let cache = AnswerCache::new(1 << 20, 64 << 10);
-        let small = built(1);
-        cache.insert(key("a."), small.clone());
+        let small = cache.insert(key("a."), built(1));
         cache.confirm(&key("a."), &small, 3);
         assert!(cache.get_current(&key("a."), 3).is_some());
         let mut large = crate::dns::answer::Builder::new(2);
@@ -280,7 +301,7 @@ mod tests {
         }
         let large = large.finish(&Name::root());
         assert!(large.memory_size() > (64 << 10) / 16);
-        cache.insert(key("a."), Arc::new(large));
+        cache.insert(key("a."), large);
         assert!(cache.get_current(&key("a."), 3).is_none());
         assert_eq!(cache.get(&key("a.")).unwrap().generation, 2);
         FRONT.with(|f| assert_eq!(f.borrow().slots.iter().flatten().count(), 0));
@@ -296,8 +317,10 @@ mod tests {
             let f = f.borrow();
             assert!(f.bytes <= 64 << 10, "{}", f.bytes);
             assert_eq!(f.slots.len(), cache.front_slots);
-            let held: usize = f.slots.iter().flatten().map(|s| s.bytes).sum();
-            assert_eq!(held, f.bytes);
+            let held: usize = f.slots.iter().flatten().map(|s| s.bytes as usize).sum();
+            let table = f.slots.len() * std::mem::size_of_val(&f.slots[0]);
+            assert_eq!(held + table, f.bytes);
+            assert!(f.slots.iter().flatten().count() > 50, "the front holds entries");
         });
         // Everything is still in the shared cache.
         cache.shared.run_pending_tasks();
@@ -322,8 +345,7 @@ mod tests {
     #[test]
     fn an_answer_is_current_only_at_the_change_count_it_was_confirmed_at() {
         let cache = AnswerCache::new(1 << 20, 1 << 20);
-        let one = built(1);
-        cache.insert(key("a."), one.clone());
+        let one = cache.insert(key("a."), built(1));
         assert!(
             cache.get_current(&key("a."), 5).is_none(),
             "not confirmed yet"
@@ -335,7 +357,7 @@ mod tests {
             "the registry changed since"
         );
         // Confirming another answer than the one held changes nothing.
-        cache.confirm(&key("a."), &built(9), 6);
+        cache.confirm(&key("a."), &Arc::new(built(9).keyed(&key("a.").bytes)), 6);
         assert!(cache.get_current(&key("a."), 6).is_none());
         // A replacement starts unconfirmed.
         cache.insert(key("a."), built(2));
@@ -346,10 +368,35 @@ mod tests {
     #[test]
     fn no_front_when_its_bytes_are_zero() {
         let cache = AnswerCache::new(1 << 20, 0);
-        let one = built(1);
-        cache.insert(key("a."), one.clone());
+        let one = cache.insert(key("a."), built(1));
         assert_eq!(cache.get(&key("a.")).unwrap().generation, 1);
         cache.confirm(&key("a."), &one, 1);
         assert!(cache.get_current(&key("a."), 1).is_none());
+    }
+
+    /// Measures what moka keeps per entry beyond key and value ([`MOKA_ENTRY_OVERHEAD`]):
+    /// `cargo test --release --lib moka_entry_overhead -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn moka_entry_overhead() {
+        fn rss() -> usize {
+            let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+            statm.split(' ').nth(1).unwrap().parse::<usize>().unwrap() * 4096
+        }
+        let n = 200_000;
+        let keys: Vec<AnswerKey> = (0..n).map(|i| key(&format!("svc{i}.svc.internal."))).collect();
+        let values: Vec<Arc<Built>> = (0..n)
+            .map(|i| Arc::new(built(i as u64).keyed(&keys[i].bytes)))
+            .collect();
+        let before = rss();
+        let cache: Cache<AnswerKey, Arc<Built>> = Cache::builder().max_capacity(u64::MAX).build();
+        for (k, v) in keys.iter().zip(&values) {
+            cache.insert(k.clone(), v.clone());
+        }
+        cache.run_pending_tasks();
+        let per = (rss() - before) / n;
+        let key_size = keys[0].memory_size();
+        println!("moka: {per} bytes per entry with a {key_size}-byte key, {} counted", key_size + MOKA_ENTRY_OVERHEAD);
+        assert!(per <= key_size + MOKA_ENTRY_OVERHEAD, "MOKA_ENTRY_OVERHEAD is too low");
     }
 }

@@ -2,11 +2,21 @@
 //! comparison and a clone, without the shared cache's per-read bookkeeping. It only remembers
 //! what the shared cache handed out or was given, so it never decides anything: callers check
 //! an entry as they would a shared-cache hit. 2-way set-associative, bounded in bytes.
+//!
+//! A slot is a hash, a count and the value (an `Arc`), inline in one array: the key is not
+//! stored again, each value carries its own ([`Holds`]), so a slot costs 24 bytes rather than a
+//! boxed copy of the key per thread.
 
+use std::marker::PhantomData;
 use std::sync::atomic::AtomicU64;
 
 /// Ids for the caches that own front tables (tests run several on one thread).
 pub static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A key that can tell whether a value was stored under it (values carry their key).
+pub trait Holds<V> {
+    fn held_by(&self, value: &V) -> bool;
+}
 
 /// A front table's owner and bounds.
 #[derive(Debug, Clone, Copy)]
@@ -15,52 +25,56 @@ pub struct Table {
     pub owner: u64,
     /// Slots, a power of two (pairs of slots make a set).
     pub slots: usize,
-    /// Bytes the entries may hold in all.
+    /// Bytes the slots and the entries may hold in all.
     pub bytes: usize,
 }
 
-/// Slots for a table of `bytes` whose entries are about `typical` bytes (0: no table).
-pub fn slots_for(bytes: usize, typical: usize) -> usize {
+/// Slots for a table of `bytes` whose entries take about `typical` bytes each, counting a
+/// slot's own size (0: no table).
+pub fn slots_for<V>(bytes: usize, typical: usize) -> usize {
     if bytes == 0 {
         0
     } else {
-        (bytes / typical).next_power_of_two().clamp(64, 1 << 16)
+        let per = typical + std::mem::size_of::<Option<Slot<V>>>();
+        (bytes / per).next_power_of_two().clamp(64, 1 << 17)
     }
 }
 
 /// One thread's front table: `slots` in pairs (a 2-way set per hash).
 pub struct Front<K, V> {
     owner: u64,
-    pub(crate) slots: Vec<Option<Box<Slot<K, V>>>>,
-    /// Bytes held by the entries, at most the owner's bound.
+    pub(crate) slots: Vec<Option<Slot<V>>>,
+    /// Bytes held: the slot array and the entries' own sizes, at most the owner's bound.
     pub(crate) bytes: usize,
+    key: PhantomData<fn(&K)>,
 }
 
-pub(crate) struct Slot<K, V> {
+pub(crate) struct Slot<V> {
     hash: u64,
-    key: K,
-    value: V,
-    pub(crate) bytes: usize,
     /// A count the value was last found current at ([`NEVER`]: not yet); see
     /// [`Front::get_current`].
     current_at: u64,
+    /// The entry's size as counted against the bound.
+    pub(crate) bytes: u32,
+    value: V,
 }
 
 /// No count: counts start from 0 and never reach it.
 const NEVER: u64 = u64::MAX;
 
-impl<K: PartialEq + Clone, V: Clone> Default for Front<K, V> {
+impl<K: Holds<V>, V: Clone> Default for Front<K, V> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<K: PartialEq + Clone, V: Clone> Front<K, V> {
+impl<K: Holds<V>, V: Clone> Front<K, V> {
     pub const fn new() -> Self {
         Self {
             owner: 0,
             slots: Vec::new(),
             bytes: 0,
+            key: PhantomData,
         }
     }
 
@@ -69,7 +83,7 @@ impl<K: PartialEq + Clone, V: Clone> Front<K, V> {
         (hash as usize & (slots / 2 - 1)) * 2
     }
 
-    fn slot(&self, owner: u64, slots: usize, hash: u64, key: &K) -> Option<&Slot<K, V>> {
+    fn slot(&self, owner: u64, slots: usize, hash: u64, key: &K) -> Option<&Slot<V>> {
         if self.owner != owner || slots == 0 {
             return None;
         }
@@ -77,8 +91,7 @@ impl<K: PartialEq + Clone, V: Clone> Front<K, V> {
         self.slots[set..set + 2]
             .iter()
             .flatten()
-            .find(|s| s.hash == hash && s.key == *key)
-            .map(|s| &**s)
+            .find(|s| s.hash == hash && key.held_by(&s.value))
     }
 
     /// The value held for `key` (hashed to `hash`) in `owner`'s table of `slots`.
@@ -86,7 +99,7 @@ impl<K: PartialEq + Clone, V: Clone> Front<K, V> {
         self.slot(owner, slots, hash, key).map(|s| s.value.clone())
     }
 
-    /// The value held for `key` if it was noted current at `count` ([`Front::confirm`]).
+    /// The value held for `key` if it was noted current at `count` ([`Front::confirm_with`]).
     pub fn get_current(
         &self,
         owner: u64,
@@ -117,7 +130,7 @@ impl<K: PartialEq + Clone, V: Clone> Front<K, V> {
         let slot = self.slots[set..set + 2]
             .iter_mut()
             .flatten()
-            .find(|s| s.hash == hash && s.key == *key && same(&s.value));
+            .find(|s| s.hash == hash && key.held_by(&s.value) && same(&s.value));
         if let Some(slot) = slot {
             slot.current_at = count;
         }
@@ -132,8 +145,9 @@ impl<K: PartialEq + Clone, V: Clone> Front<K, V> {
         if self.owner != table.owner {
             self.owner = table.owner;
             self.slots.clear();
+            self.slots.shrink_to_fit();
             self.slots.resize_with(table.slots, || None);
-            self.bytes = 0;
+            self.bytes = table.slots * std::mem::size_of::<Option<Slot<V>>>();
         }
         let set = Self::set(table.slots, hash);
         // The slot holding this key (whose value this one replaces, admitted or not), else an
@@ -141,14 +155,17 @@ impl<K: PartialEq + Clone, V: Clone> Front<K, V> {
         let held = (0..2).find(|&i| {
             self.slots[set + i]
                 .as_ref()
-                .is_some_and(|s| s.hash == hash && s.key == *key)
+                .is_some_and(|s| s.hash == hash && key.held_by(&s.value))
         });
         if let Some(i) = held {
             if let Some(old) = self.slots[set + i].take() {
-                self.bytes -= old.bytes;
+                self.bytes -= old.bytes as usize;
             }
         }
         // A few large values must not take the whole table.
+        let Ok(small) = u32::try_from(bytes) else {
+            return;
+        };
         if bytes > table.bytes / 16 {
             return;
         }
@@ -156,18 +173,17 @@ impl<K: PartialEq + Clone, V: Clone> Front<K, V> {
             .or_else(|| (0..2).find(|&i| self.slots[set + i].is_none()))
             .unwrap_or((hash >> 63) as usize);
         if let Some(old) = self.slots[set + pick].take() {
-            self.bytes -= old.bytes;
+            self.bytes -= old.bytes as usize;
         }
         if self.bytes + bytes > table.bytes {
             return;
         }
         self.bytes += bytes;
-        self.slots[set + pick] = Some(Box::new(Slot {
+        self.slots[set + pick] = Some(Slot {
             hash,
-            key: key.clone(),
-            value: value.clone(),
-            bytes,
             current_at: NEVER,
-        }));
+            bytes: small,
+            value: value.clone(),
+        });
     }
 }

@@ -399,19 +399,12 @@ impl Handler {
                 let stale = freshness.is_stale();
                 let key = AnswerKey::new(qname, qtype, stale, None);
                 // Any change may add or remove a service type: keyed to the whole snapshot.
-                let built = match self.answers.get(&key) {
-                    Some(b) if b.generation == snapshot.changes => b,
-                    _ => {
-                        let ttl = freshness.ttl(self.zone.ttl, self.stale_ttl);
-                        let services = snapshot.services.values().map(|s| &**s);
-                        let b = self
-                            .zone
-                            .browse(services, snapshot.changes, qname, qtype, ttl);
-                        let b = Arc::new(b);
-                        self.answers.insert(key, b.clone());
-                        b
-                    }
-                };
+                let changes = snapshot.changes;
+                let built = self.answers.get_or_build(&key, changes, changes, || {
+                    let ttl = freshness.ttl(self.zone.ttl, self.stale_ttl);
+                    let services = snapshot.services.values().map(|s| &**s);
+                    self.zone.browse(services, changes, qname, qtype, ttl)
+                });
                 let outcome = built.outcome;
                 reply.place(built, rng);
                 outcome

@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use std::hash::BuildHasher;
 
 use crate::dns::answer::Relayed;
-use crate::dns::front::{slots_for, Front, Table, NEXT_ID};
+use crate::dns::front::{slots_for, Front, Holds, Table, NEXT_ID};
 use crate::dns::wire::push_lower_wire;
 
 /// What an upstream's answer depends on: the question (name case-insensitively) and the
@@ -66,6 +66,8 @@ impl Key {
 /// One stored answer: rendered (its size counts against the byte bound), when it was stored,
 /// and how long it may be served.
 struct Stored {
+    /// What it is stored under (the front tables compare keys with it).
+    key: Key,
     answer: Arc<Relayed>,
     upstream: SocketAddr,
     stored_at: Instant,
@@ -107,14 +109,36 @@ pub struct Answers {
     max_ttl: Duration,
 }
 
-/// Per-entry overhead counted on top of the encoded answer and the key's name.
-const ENTRY_OVERHEAD: usize = 128;
+/// What one stored answer holds beyond its rendered answer: the key (twice: moka's and the
+/// entry's own), the entry and the relayed answer with their `Arc` counts, and moka's own
+/// per-entry state (measured, see `answer_cache::MOKA_ENTRY_OVERHEAD`).
+const ENTRY_OVERHEAD: usize = 2 * std::mem::size_of::<Key>()
+    + std::mem::size_of::<Stored>()
+    + std::mem::size_of::<Relayed>()
+    + 3 * 16
+    + crate::dns::answer_cache::MOKA_ENTRY_OVERHEAD;
+
+/// Bytes of `stored` as the byte bounds count them.
+fn bytes_of(stored: &Stored) -> usize {
+    let spilled = if stored.key.name.spilled() {
+        2 * stored.key.name.len()
+    } else {
+        0
+    };
+    stored.answer.built.memory_size() + spilled + ENTRY_OVERHEAD
+}
 
 /// The entry size the front table sizes its slot count by (an answer of a few records).
 const FRONT_TYPICAL_ENTRY: usize = 1536;
 
 thread_local! {
     static FRONT: RefCell<Front<Key, Arc<Stored>>> = const { RefCell::new(Front::new()) };
+}
+
+impl Holds<Arc<Stored>> for Key {
+    fn held_by(&self, stored: &Arc<Stored>) -> bool {
+        stored.key == *self
+    }
 }
 
 impl Answers {
@@ -125,8 +149,8 @@ impl Answers {
         let entries = (bytes > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(bytes)
-                .weigher(|key: &Key, value: &Arc<Stored>| {
-                    let size = value.answer.built.memory_size() + key.name.len() + ENTRY_OVERHEAD;
+                .weigher(|_key: &Key, value: &Arc<Stored>| {
+                    let size = bytes_of(value);
                     u32::try_from(size).unwrap_or(u32::MAX)
                 })
                 .expire_after(ByTtl)
@@ -135,7 +159,7 @@ impl Answers {
         let front = Table {
             owner: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             slots: if entries.is_some() {
-                slots_for(front_bytes, FRONT_TYPICAL_ENTRY)
+                slots_for::<Arc<Stored>>(front_bytes, FRONT_TYPICAL_ENTRY)
             } else {
                 0
             },
@@ -165,7 +189,8 @@ impl Answers {
             Some(stored) => stored,
             None => {
                 let stored = entries.get(key)?;
-                let bytes = stored.answer.built.memory_size() + key.name.len() + ENTRY_OVERHEAD;
+                // The front's share: the entry is the shared cache's too, but may outlive it.
+                let bytes = bytes_of(&stored);
                 FRONT.with(|f| f.borrow_mut().put(t, hash, key, &stored, bytes));
                 stored
             }
@@ -204,8 +229,9 @@ impl Answers {
             }
         }
         entries.insert(
-            key,
+            key.clone(),
             Arc::new(Stored {
+                key,
                 answer: Arc::new(Relayed::new(&message)),
                 upstream,
                 stored_at: now,
