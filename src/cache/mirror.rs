@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use litemap::LiteMap;
 use std::net::IpAddr;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
@@ -37,11 +36,89 @@ pub type KeyOwner = (SourceId, ServiceName, InstanceId);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     pub name: ServiceName,
-    /// Sorted by key, in one exactly sized vector: a service usually has a handful of
-    /// instances, and a B-tree's fixed 11-slot nodes would waste most of their space.
-    pub instances: LiteMap<InstanceKey, Instance>,
+    pub instances: Instances,
     /// Changes whenever this service changes; answers built from it are keyed by it.
     pub generation: u64,
+}
+
+/// A service's instances, sorted by key (id, then source) in one exactly sized vector: a
+/// service usually has a handful of instances, and a B-tree's fixed 11-slot nodes would waste
+/// most of their space. The key is each instance's own id and source, not stored again.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Instances(Vec<Instance>);
+
+impl Instances {
+    fn position(&self, key: &InstanceKey) -> Result<usize, usize> {
+        self.0
+            .binary_search_by(|i| (&i.id, i.source).cmp(&(&key.0, key.1)))
+    }
+
+    pub fn get(&self, key: &InstanceKey) -> Option<&Instance> {
+        self.position(key).ok().map(|n| &self.0[n])
+    }
+
+    /// For tests: changing an instance's id or source here would break the order.
+    #[cfg(test)]
+    pub fn get_mut(&mut self, key: &InstanceKey) -> Option<&mut Instance> {
+        self.position(key).ok().map(|n| &mut self.0[n])
+    }
+
+    /// Adds `instance`, or replaces the one with its key; returns the replaced one.
+    pub fn insert(&mut self, instance: Instance) -> Option<Instance> {
+        match self.position(&key_of(&instance)) {
+            Ok(n) => Some(std::mem::replace(&mut self.0[n], instance)),
+            Err(n) => {
+                self.0.insert(n, instance);
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, key: &InstanceKey) -> Option<Instance> {
+        self.position(key).ok().map(|n| self.0.remove(n))
+    }
+
+    /// The instances in key order.
+    pub fn values(&self) -> std::slice::Iter<'_, Instance> {
+        self.0.iter()
+    }
+
+    /// For tests: changing an instance's id or source here would break the order.
+    #[cfg(test)]
+    pub fn values_mut(&mut self) -> std::slice::IterMut<'_, Instance> {
+        self.0.iter_mut()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Drops spare capacity: a service's vector is copied on every change, and growth by
+    /// doubling would keep up to half of it empty.
+    fn shrink(&mut self) {
+        self.0.shrink_to_fit();
+    }
+}
+
+impl FromIterator<Instance> for Instances {
+    /// Later instances replace earlier ones with the same key.
+    fn from_iter<I: IntoIterator<Item = Instance>>(instances: I) -> Self {
+        let mut all = Self(Vec::new());
+        all.extend(instances);
+        all
+    }
+}
+
+impl Extend<Instance> for Instances {
+    fn extend<I: IntoIterator<Item = Instance>>(&mut self, instances: I) {
+        for i in instances {
+            self.insert(i);
+        }
+    }
 }
 
 /// Address -> the instances registered with it, each list sorted. A B-tree rather than a hash
@@ -178,28 +255,30 @@ impl Snapshot {
     fn set_service(
         &mut self,
         name: &ServiceName,
-        mut instances: LiteMap<InstanceKey, Instance>,
+        mut instances: Instances,
         generation: u64,
     ) {
         let old = self.services.get(name).cloned();
-        let empty = LiteMap::new();
+        let empty = Instances::default();
         let before = old.as_ref().map_or(&empty, |s| &s.instances);
-        for (key, inst) in before {
+        for inst in before.values() {
             if let Some(ip) = inst.address.ip() {
-                if instances.get(key).and_then(|i| i.address.ip()) != Some(ip) {
-                    self.unindex(ip, name, key);
+                let key = key_of(inst);
+                if instances.get(&key).and_then(|i| i.address.ip()) != Some(ip) {
+                    self.unindex(ip, name, &key);
                 }
             }
         }
-        for (key, inst) in &instances {
+        for inst in instances.values() {
             if let Some(ip) = inst.address.ip() {
-                if before.get(key).and_then(|i| i.address.ip()) != Some(ip) {
-                    self.index(ip, name, key);
+                let key = key_of(inst);
+                if before.get(&key).and_then(|i| i.address.ip()) != Some(ip) {
+                    self.index(ip, name, &key);
                 }
             }
         }
         self.instances = self.instances - before.len() + instances.len();
-        shrink(&mut instances);
+        instances.shrink();
         if instances.is_empty() {
             self.services.remove(name);
         } else {
@@ -235,14 +314,14 @@ impl Snapshot {
         let entry = self.services.entry(service.clone()).or_insert_with(|| {
             Arc::new(Service {
                 name: service,
-                instances: LiteMap::new(),
+                instances: Instances::default(),
                 generation,
             })
         });
         // Copies this one service (if a published snapshot still holds it), nothing else.
         let svc = Arc::make_mut(entry);
-        svc.instances.insert(key, instance);
-        shrink(&mut svc.instances);
+        svc.instances.insert(instance);
+        svc.instances.shrink();
         svc.generation = generation;
         self.instances += usize::from(added);
         true
@@ -369,12 +448,9 @@ impl Snapshot {
         }
         self.domains = domains;
 
-        let mut fresh: HashMap<ServiceName, LiteMap<InstanceKey, Instance>> = HashMap::new();
+        let mut fresh: HashMap<ServiceName, Instances> = HashMap::new();
         for (service, instance) in instances {
-            fresh
-                .entry(service)
-                .or_default()
-                .insert(key_of(&instance), instance);
+            fresh.entry(service).or_default().insert(instance);
         }
         // Services this source had but no longer lists, or lists differently.
         let held: Vec<Arc<Service>> = self
@@ -384,13 +460,13 @@ impl Snapshot {
             .cloned()
             .collect();
         for svc in held {
-            let mut next: LiteMap<InstanceKey, Instance> = svc
+            let mut next: Instances = svc
                 .instances
-                .iter()
-                .filter(|(_, i)| !mine(i.source))
-                .map(|(k, i)| (k.clone(), i.clone()))
+                .values()
+                .filter(|i| !mine(i.source))
+                .cloned()
                 .collect();
-            next.extend(fresh.remove(&svc.name).unwrap_or_default());
+            next.extend(fresh.remove(&svc.name).unwrap_or_default().0);
             // Unchanged services keep their generation, so their cached answers stay.
             if next != svc.instances {
                 self.set_service(&svc.name, next, generation);
@@ -403,15 +479,6 @@ impl Snapshot {
         }
         domains_changed
     }
-}
-
-/// Drops spare capacity: a service's vector is copied on every change, and growth by doubling
-/// would keep up to half of it empty.
-fn shrink(instances: &mut LiteMap<InstanceKey, Instance>) {
-    let vec = std::mem::take(instances).into_tuple_vec();
-    let mut vec = vec;
-    vec.shrink_to_fit();
-    *instances = LiteMap::from_sorted_store_unchecked(vec);
 }
 
 /// What one [`Mirror::apply`] changed.
@@ -554,7 +621,7 @@ mod tests {
     fn web_ids(m: &Mirror) -> Vec<String> {
         m.load()
             .service("web")
-            .map(|s| s.instances.keys().map(|(id, _)| id.to_string()).collect())
+            .map(|s| s.instances.values().map(|i| i.id.to_string()).collect())
             .unwrap_or_default()
     }
 
@@ -708,12 +775,12 @@ mod tests {
             let mut count = 0;
             for svc in s.services.values() {
                 assert!(!svc.instances.is_empty(), "empty service kept");
-                for (k, i) in &svc.instances {
+                for i in svc.instances.values() {
                     count += 1;
                     let ip = i.address.ip().unwrap();
                     want.entry(ip)
                         .or_default()
-                        .push((svc.name.clone(), k.clone()));
+                        .push((svc.name.clone(), key_of(i)));
                 }
             }
             assert_eq!(s.instance_count(), count, "round {round}");
@@ -764,7 +831,12 @@ mod tests {
             6,
         );
         let snapshot = m.load();
-        let a = &snapshot.service("web").unwrap().instances[&(id("a"), SourceId::NATIVE)];
+        let a = snapshot
+            .service("web")
+            .unwrap()
+            .instances
+            .get(&(id("a"), SourceId::NATIVE))
+            .unwrap();
         assert_eq!(a.address, inst("a", "10.0.0.9").address);
         // Source 9 re-listed with its key k1 unreadable: both nodes stay, and the key still
         // owns them (a later delete of k1 removes both).

@@ -471,7 +471,7 @@ mod tests {
         }
         Service {
             name: ServiceName::new("web").unwrap(),
-            instances: instances.into_iter().collect(),
+            instances: instances.into_values().collect(),
             generation: 42,
         }
     }
@@ -640,7 +640,7 @@ mod tests {
     fn no_healthy_instance_is_nxdomain() {
         let z = zone();
         let mut svc = web();
-        for (_, i) in svc.instances.iter_mut() {
+        for i in svc.instances.values_mut() {
             i.health = Health::Critical;
         }
         let b = z.build(
@@ -733,11 +733,11 @@ mod tests {
     fn host_names_become_cnames_and_srv_targets() {
         let z = zone();
         let mut svc = web();
-        svc.instances.clear();
+        svc.instances = Default::default();
         for (id, host, w) in [("h1", "db1.example.com", 5), ("h2", "db2.example.com", 1)] {
             let mut i = inst(id, host, Health::Passing);
             i.weight = w;
-            svc.instances.insert((i.id.clone(), i.source), i);
+            svc.instances.insert(i);
         }
         let name = q("web.svc.internal.");
         let a = z.build(&svc, Target::Service("web"), &name, RecordType::A, 5, None);
@@ -779,7 +779,7 @@ mod tests {
         assert_eq!(c.0, q("db2.example.com."));
         // Beside an address, host names stay out of the address answer (one CNAME only).
         let ip = inst("a", "10.0.0.1", Health::Passing);
-        svc.instances.insert((ip.id.clone(), ip.source), ip);
+        svc.instances.insert(ip);
         let a = z.build(&svc, Target::Service("web"), &name, RecordType::A, 5, None);
         assert_eq!((a.answers().len(), a.single), (1, false));
         assert!(matches!(a.answers()[0].record.data, RData::A(_)));
@@ -789,7 +789,7 @@ mod tests {
     /// b1 (priority 1) and b2 (priority 0) in `b`, and n (no locality).
     fn zoned() -> Service {
         let mut svc = web();
-        svc.instances.clear();
+        svc.instances = Default::default();
         for (id, addr, loc, health, priority) in [
             ("a1", "10.0.1.1", Some("a"), Health::Passing, 0),
             ("a2", "10.0.1.2", Some("a"), Health::Passing, 1),
@@ -801,7 +801,7 @@ mod tests {
             let mut i = inst(id, addr, health);
             i.locality = loc.map(Into::into);
             i.priority = priority;
-            svc.instances.insert((i.id.clone(), i.source), i);
+            svc.instances.insert(i);
         }
         svc
     }
@@ -980,7 +980,7 @@ mod tests {
         }
         // Saturates at 65535.
         let mut big = zoned();
-        for (_, i) in big.instances.iter_mut() {
+        for i in big.instances.values_mut() {
             i.priority = 40_000;
         }
         let srv = z.build(&big, t, &name, RecordType::SRV, 5, Some("b"));
@@ -1048,12 +1048,12 @@ mod tests {
         let z = zone();
         let mut down = web();
         down.name = ServiceName::new("down").unwrap();
-        for (_, i) in down.instances.iter_mut() {
+        for i in down.instances.values_mut() {
             i.health = Health::Critical;
         }
         let mut portless = web();
         portless.name = ServiceName::new("portless").unwrap();
-        for (_, i) in portless.instances.iter_mut() {
+        for i in portless.instances.values_mut() {
             i.port = None;
         }
         let mut long = web();
