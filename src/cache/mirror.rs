@@ -121,11 +121,101 @@ impl Extend<Instance> for Instances {
     }
 }
 
-/// Address -> the instances registered with it, each list sorted. A B-tree rather than a hash
-/// table: with a million addresses, a hash table's spare buckets cost more than its speed is
-/// worth for a lookup this rare. Nearly every address holds one instance, kept inline (a
-/// vector's heap block per address cost more than the tree).
-type Reverse = BTreeMap<IpAddr, smallvec::SmallVec<[(ServiceName, InstanceKey); 1]>>;
+/// Address -> the services with instances registered at it, and how many in each (the
+/// instances themselves are found in their service). IPv4 and IPv6 apart, so that most keys
+/// take 4 bytes rather than a 17-byte `IpAddr`; nearly every address is one service's, kept
+/// inline. B-trees rather than hash tables: with a million addresses, spare buckets cost more
+/// than speed is worth for a lookup this rare; a re-list rebuilds them with full nodes. An
+/// entry per instance with its key took 114 bytes per instance at 100,000 instances.
+#[derive(Debug, Default)]
+struct Reverse {
+    v4: BTreeMap<u32, Holders>,
+    v6: BTreeMap<u128, Holders>,
+}
+
+/// Services, sorted, each with its count of instances at one address.
+type Holders = smallvec::SmallVec<[(ServiceName, u32); 1]>;
+
+impl Reverse {
+    fn holders(&self, ip: IpAddr) -> Option<&Holders> {
+        match ip {
+            IpAddr::V4(v4) => self.v4.get(&u32::from(v4)),
+            IpAddr::V6(v6) => self.v6.get(&u128::from(v6)),
+        }
+    }
+
+    fn add(&mut self, ip: IpAddr, service: &ServiceName) {
+        fn add<K: Ord>(map: &mut BTreeMap<K, Holders>, key: K, service: &ServiceName) {
+            let at = map.entry(key).or_default();
+            match at.binary_search_by(|(s, _)| s.cmp(service)) {
+                Ok(n) => at[n].1 += 1,
+                Err(n) => at.insert(n, (service.clone(), 1)),
+            }
+        }
+        match ip {
+            IpAddr::V4(v4) => add(&mut self.v4, u32::from(v4), service),
+            IpAddr::V6(v6) => add(&mut self.v6, u128::from(v6), service),
+        }
+    }
+
+    fn remove(&mut self, ip: IpAddr, service: &ServiceName) {
+        fn remove<K: Ord>(map: &mut BTreeMap<K, Holders>, key: K, service: &ServiceName) {
+            let Some(at) = map.get_mut(&key) else {
+                return;
+            };
+            if let Ok(n) = at.binary_search_by(|(s, _)| s.cmp(service)) {
+                at[n].1 -= 1;
+                if at[n].1 == 0 {
+                    at.remove(n);
+                }
+            }
+            if at.is_empty() {
+                map.remove(&key);
+            }
+        }
+        match ip {
+            IpAddr::V4(v4) => remove(&mut self.v4, u32::from(v4), service),
+            IpAddr::V6(v6) => remove(&mut self.v6, u128::from(v6), service),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+
+    /// The index of `services` built at once, with full tree nodes (entries added one by one,
+    /// in address order, leave them about half full).
+    fn build<'a>(services: impl Iterator<Item = &'a Service>) -> Self {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for svc in services {
+            for ip in svc.instances.values().filter_map(|i| i.address.ip()) {
+                match ip {
+                    IpAddr::V4(a) => v4.push((u32::from(a), &svc.name)),
+                    IpAddr::V6(a) => v6.push((u128::from(a), &svc.name)),
+                }
+            }
+        }
+        fn tree<K: Ord + Copy>(mut pairs: Vec<(K, &ServiceName)>) -> BTreeMap<K, Holders> {
+            pairs.sort_unstable();
+            let mut grouped: Vec<(K, Holders)> = Vec::new();
+            for (key, service) in pairs {
+                match grouped.last_mut() {
+                    Some((k, holders)) if *k == key => match holders.last_mut() {
+                        Some((s, n)) if s == service => *n += 1,
+                        _ => holders.push((service.clone(), 1)),
+                    },
+                    _ => grouped.push((key, smallvec::smallvec![(service.clone(), 1)])),
+                }
+            }
+            grouped.into_iter().collect()
+        }
+        Self {
+            v4: tree(v4),
+            v6: tree(v6),
+        }
+    }
+}
 
 /// Services by name: a persistent map (a new snapshot shares every node it did not change),
 /// hashed with foldhash rather than imbl's default SipHash, which was most of a lookup's cost
@@ -192,14 +282,21 @@ impl Snapshot {
     /// The instances registered with address `ip` in this snapshot, sorted (a snapshot older
     /// than the current one may miss instances removed since: the index is the current one).
     pub fn instances_at(&self, ip: IpAddr) -> Vec<(ServiceName, InstanceKey)> {
-        let candidates = self.reverse().get(&ip).cloned().unwrap_or_default();
-        // The index may already know of a newer snapshot's changes.
-        candidates
-            .into_iter()
-            .filter(|(svc, key)| {
-                self.service(svc.as_str())
-                    .and_then(|s| s.instances.get(key))
-                    .is_some_and(|i| i.address.ip() == Some(ip))
+        let services: Vec<ServiceName> = self
+            .reverse()
+            .holders(ip)
+            .map(|h| h.iter().map(|(s, _)| s.clone()).collect())
+            .unwrap_or_default();
+        // The index may already know of a newer snapshot's changes: each candidate is checked
+        // against this snapshot.
+        services
+            .iter()
+            .filter_map(|name| self.service(name.as_str()))
+            .flat_map(|svc| {
+                svc.instances
+                    .values()
+                    .filter(|i| i.address.ip() == Some(ip))
+                    .map(|i| (svc.name.clone(), key_of(i)))
             })
             .collect()
     }
@@ -228,26 +325,14 @@ impl Snapshot {
         self.reverse.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn index(&mut self, ip: IpAddr, service: &ServiceName, key: &InstanceKey) {
-        let entry = (service.clone(), key.clone());
-        let mut reverse = self.reverse();
-        let at = reverse.entry(ip).or_default();
-        if let Err(pos) = at.binary_search(&entry) {
-            at.insert(pos, entry);
-        }
+    /// Notes one more instance of `service` at `ip`.
+    fn index(&mut self, ip: IpAddr, service: &ServiceName) {
+        self.reverse().add(ip, service);
     }
 
-    fn unindex(&mut self, ip: IpAddr, service: &ServiceName, key: &InstanceKey) {
-        let mut reverse = self.reverse();
-        let Some(at) = reverse.get_mut(&ip) else {
-            return;
-        };
-        if let Ok(pos) = at.binary_search_by(|(s, k)| (s, k).cmp(&(service, key))) {
-            at.remove(pos);
-        }
-        if at.is_empty() {
-            reverse.remove(&ip);
-        }
+    /// Notes one instance fewer of `service` at `ip`.
+    fn unindex(&mut self, ip: IpAddr, service: &ServiceName) {
+        self.reverse().remove(ip, service);
     }
 
     /// Replaces service `name`'s instances (removes it when `instances` is empty), keeping the
@@ -257,23 +342,24 @@ impl Snapshot {
         name: &ServiceName,
         mut instances: Instances,
         generation: u64,
+        index: bool,
     ) {
         let old = self.services.get(name).cloned();
         let empty = Instances::default();
         let before = old.as_ref().map_or(&empty, |s| &s.instances);
-        for inst in before.values() {
+        for inst in before.values().filter(|_| index) {
             if let Some(ip) = inst.address.ip() {
                 let key = key_of(inst);
                 if instances.get(&key).and_then(|i| i.address.ip()) != Some(ip) {
-                    self.unindex(ip, name, &key);
+                    self.unindex(ip, name);
                 }
             }
         }
-        for inst in instances.values() {
+        for inst in instances.values().filter(|_| index) {
             if let Some(ip) = inst.address.ip() {
                 let key = key_of(inst);
                 if before.get(&key).and_then(|i| i.address.ip()) != Some(ip) {
-                    self.index(ip, name, &key);
+                    self.index(ip, name);
                 }
             }
         }
@@ -305,10 +391,10 @@ impl Snapshot {
         let added = prev.is_none();
         if prev_ip != new_ip {
             if let Some(ip) = prev_ip {
-                self.unindex(ip, &service, &key);
+                self.unindex(ip, &service);
             }
             if let Some(ip) = new_ip {
-                self.index(ip, &service, &key);
+                self.index(ip, &service);
             }
         }
         let entry = self.services.entry(service.clone()).or_insert_with(|| {
@@ -335,7 +421,7 @@ impl Snapshot {
             return false;
         };
         if let Some(ip) = prev.address.ip() {
-            self.unindex(ip, service, key);
+            self.unindex(ip, service);
         }
         let Some(entry) = self.services.get_mut(service) else {
             return false;
@@ -390,6 +476,9 @@ impl Snapshot {
         touched: &mut Vec<ServiceName>,
     ) -> bool {
         let mine = |s: SourceId| source.is_none_or(|m| m == s);
+        // No address is indexed (a first list, or nothing with an address yet): index the
+        // result at once rather than instance by instance.
+        let bulk = self.reverse().is_empty();
         // Keys listed with a value that could not be read keep what they held, as on the
         // watch path: a bad value over a good one keeps the good one. They go first, so an
         // instance listed under another key wins over a kept one of the same id.
@@ -469,13 +558,17 @@ impl Snapshot {
             next.extend(fresh.remove(&svc.name).unwrap_or_default().0);
             // Unchanged services keep their generation, so their cached answers stay.
             if next != svc.instances {
-                self.set_service(&svc.name, next, generation);
+                self.set_service(&svc.name, next, generation, !bulk);
                 touched.push(svc.name.clone());
             }
         }
         for (name, instances) in fresh {
-            self.set_service(&name, instances, generation);
+            self.set_service(&name, instances, generation, !bulk);
             touched.push(name);
+        }
+        if bulk {
+            let built = Reverse::build(self.services.values().map(|s| &**s));
+            *self.reverse() = built;
         }
         domains_changed
     }
