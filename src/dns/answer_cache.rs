@@ -99,6 +99,8 @@ pub struct AnswerCache {
     hasher: foldhash::fast::FixedState,
     front_bytes: usize,
     front_slots: usize,
+    /// The one NXDOMAIN answer (no records; never cached).
+    nxdomain: Arc<Built>,
 }
 
 /// What a front entry holds: the answer (its key inside it) and its `Arc`'s counts; the slot
@@ -141,6 +143,7 @@ impl AnswerCache {
             hasher,
             front_bytes,
             front_slots,
+            nxdomain: Arc::new(Built::negative(0, Outcome::NxDomain)),
         }
     }
 
@@ -208,9 +211,11 @@ impl AnswerCache {
 
     /// The answer for `key` built from `generation`: the cached one when it was, else what
     /// `build` gives, cached; either way noted in this thread's front table as current at the
-    /// snapshot change count `changes`. A negative answer (NXDOMAIN, NODATA) is kept in this
-    /// thread's front table only: the names that get one below a service or in a SkyDNS zone
-    /// take any label, and a flood of random ones must not churn the shared cache.
+    /// snapshot change count `changes`. NXDOMAIN is never cached: the names that get it (below
+    /// a service, in a SkyDNS zone) take any label, and a flood of random ones must neither
+    /// grow memory nor push real answers out; it is one shared answer, built again each time
+    /// (a look at one service). NODATA goes to this thread's table only: the names that get
+    /// it exist, so they are few, and the shared cache keeps positive answers.
     pub fn get_or_build(
         &self,
         key: &AnswerKey,
@@ -222,14 +227,16 @@ impl AnswerCache {
             Some(b) if b.generation == generation => b,
             _ => {
                 let b = build();
-                if b.outcome == Outcome::Answer {
-                    self.insert(key.clone(), b)
-                } else {
-                    let b = Arc::new(b.keyed(&key.bytes));
-                    if self.front_slots != 0 {
-                        self.put_front(self.hasher.hash_one(key), key, &b);
+                match b.outcome {
+                    Outcome::Answer | Outcome::Referral => self.insert(key.clone(), b),
+                    Outcome::NxDomain => return self.nxdomain.clone(),
+                    Outcome::NoData => {
+                        let b = Arc::new(b.keyed(&key.bytes));
+                        if self.front_slots != 0 {
+                            self.put_front(self.hasher.hash_one(key), key, &b);
+                        }
+                        b
                     }
-                    b
                 }
             }
         };
@@ -363,6 +370,31 @@ mod tests {
         cache.insert(key("a."), built(2));
         assert!(cache.get_current(&key("a."), 5).is_none());
         assert!(cache.get_current(&key("b."), 5).is_none());
+    }
+
+    #[test]
+    fn nxdomain_is_never_cached_and_nodata_stays_in_the_thread() {
+        let cache = AnswerCache::new(1 << 20, 1 << 20);
+        for i in 0..1000 {
+            let nx = cache.get_or_build(&key(&format!("_r{i}.web.")), 1, 1, || {
+                Built::negative(1, Outcome::NxDomain)
+            });
+            assert!(Arc::ptr_eq(&nx, &cache.nxdomain), "the one shared NXDOMAIN");
+        }
+        cache.shared.run_pending_tasks();
+        assert_eq!(cache.shared.entry_count(), 0);
+        FRONT.with(|f| assert_eq!(f.borrow().slots.iter().flatten().count(), 0));
+        let mut builds = 0;
+        for _ in 0..3 {
+            let nodata = cache.get_or_build(&key("web."), 1, 1, || {
+                builds += 1;
+                built(1)
+            });
+            assert_eq!(nodata.outcome, Outcome::NoData);
+        }
+        assert_eq!(builds, 1, "NODATA is cached in the thread's table");
+        cache.shared.run_pending_tasks();
+        assert_eq!(cache.shared.entry_count(), 0, "and only there");
     }
 
     #[test]
