@@ -453,10 +453,7 @@ mod tests {
         file.extend_from_slice(body);
         let p = Persisted::decode(&file).unwrap();
         assert_eq!(p.revision, 7);
-        assert_eq!(
-            p.instances[0].1.meta.get("az"),
-            Some("b")
-        );
+        assert_eq!(p.instances[0].1.meta.get("az"), Some("b"));
         assert!(p.domains.is_empty());
     }
 

@@ -124,6 +124,23 @@ pub async fn run(
         }
         transport.serve_tcp(tcp);
     }
+    // Threads that answer (UDP sockets, runtime workers, the forwarding thread) each keep front
+    // tables; the README's memory bound counts them.
+    let threads = udp_sockets * cfg.listen.len()
+        + tokio::runtime::Handle::current().metrics().num_workers()
+        + 1;
+    let forward_bytes = if cfg.forward.upstreams.is_empty() {
+        0
+    } else {
+        cfg.forward.cache_bytes as usize + threads * cfg.forward.cache_front_bytes
+    };
+    info!(
+        answering_threads = threads,
+        cache_bound_bytes = cfg.dns.answer_cache_bytes as usize
+            + threads * cfg.dns.answer_front_bytes
+            + forward_bytes,
+        "answer caches bounded",
+    );
 
     let admin_task = match admin::bind(cfg.admin_listen)
         .await

@@ -383,7 +383,10 @@ impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Meta {
         sorted.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
         let mut out = Vec::new();
         for (n, (k, v)) in sorted.iter().enumerate() {
-            if sorted.get(n + 1).is_some_and(|next| next.0.as_ref() == k.as_ref()) {
+            if sorted
+                .get(n + 1)
+                .is_some_and(|next| next.0.as_ref() == k.as_ref())
+            {
                 continue;
             }
             for s in [k.as_ref(), v.as_ref()] {
@@ -652,7 +655,10 @@ mod tests {
             .collect();
         let pairs: Vec<(&str, &str)> = meta.iter().collect();
         assert_eq!(pairs, [("a", "3"), ("b", "2"), ("c", long.as_str())]);
-        assert_eq!((meta.get("b"), meta.get("x"), meta.len()), (Some("2"), None, 3));
+        assert_eq!(
+            (meta.get("b"), meta.get("x"), meta.len()),
+            (Some("2"), None, 3)
+        );
         // The snapshot file and registry values see the same map a LiteMap gave.
         let lite: litemap::LiteMap<String, String> = pairs
             .iter()

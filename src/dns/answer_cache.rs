@@ -128,15 +128,12 @@ impl AnswerCache {
         let shared = Cache::builder()
             .max_capacity(shared_bytes)
             .weigher(|key: &AnswerKey, built: &Arc<Built>| {
-                let bytes = key.memory_size()
-                    + built.memory_size()
-                    + ARC_COUNTS
-                    + MOKA_ENTRY_OVERHEAD;
+                let bytes =
+                    key.memory_size() + built.memory_size() + ARC_COUNTS + MOKA_ENTRY_OVERHEAD;
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .build_with_hasher(hasher);
-        let front_slots =
-            super::front::slots_for::<Arc<Built>>(front_bytes, FRONT_TYPICAL_ENTRY);
+        let front_slots = super::front::slots_for::<Arc<Built>>(front_bytes, FRONT_TYPICAL_ENTRY);
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             shared,
@@ -327,7 +324,10 @@ mod tests {
             let held: usize = f.slots.iter().flatten().map(|s| s.bytes as usize).sum();
             let table = f.slots.len() * std::mem::size_of_val(&f.slots[0]);
             assert_eq!(held + table, f.bytes);
-            assert!(f.slots.iter().flatten().count() > 50, "the front holds entries");
+            assert!(
+                f.slots.iter().flatten().count() > 50,
+                "the front holds entries"
+            );
         });
         // Everything is still in the shared cache.
         cache.shared.run_pending_tasks();
@@ -416,7 +416,9 @@ mod tests {
             statm.split(' ').nth(1).unwrap().parse::<usize>().unwrap() * 4096
         }
         let n = 200_000;
-        let keys: Vec<AnswerKey> = (0..n).map(|i| key(&format!("svc{i}.svc.internal."))).collect();
+        let keys: Vec<AnswerKey> = (0..n)
+            .map(|i| key(&format!("svc{i}.svc.internal.")))
+            .collect();
         let values: Vec<Arc<Built>> = (0..n)
             .map(|i| Arc::new(built(i as u64).keyed(&keys[i].bytes)))
             .collect();
@@ -428,7 +430,13 @@ mod tests {
         cache.run_pending_tasks();
         let per = (rss() - before) / n;
         let key_size = keys[0].memory_size();
-        println!("moka: {per} bytes per entry with a {key_size}-byte key, {} counted", key_size + MOKA_ENTRY_OVERHEAD);
-        assert!(per <= key_size + MOKA_ENTRY_OVERHEAD, "MOKA_ENTRY_OVERHEAD is too low");
+        println!(
+            "moka: {per} bytes per entry with a {key_size}-byte key, {} counted",
+            key_size + MOKA_ENTRY_OVERHEAD
+        );
+        assert!(
+            per <= key_size + MOKA_ENTRY_OVERHEAD,
+            "MOKA_ENTRY_OVERHEAD is too low"
+        );
     }
 }

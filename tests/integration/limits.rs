@@ -274,3 +274,157 @@ fn in_a_1280_byte_mtu_namespace() {
     assert_eq!(answer_strings(&m), ["10.63.1.1"]);
     assert!(!m.metadata.truncation);
 }
+
+/// VmRSS of `pid`, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kb * 1024
+}
+
+/// Unique random names at 5,000 a second for 10 s, of every kind that could fill a cache (an
+/// unknown tag, port label or instance under a service, an unknown service, a name in a static
+/// zone, a forwarded name), with small cache bounds: RSS grows by less than twice the bound
+/// ruddr states at start (README "Memory") plus 16 MB, and a real client's queries are all
+/// answered meanwhile.
+#[test]
+fn a_random_name_flood_stays_within_the_stated_memory_bound() {
+    let etcd = Etcd::start();
+    let kvs: Vec<(String, String)> = (0..20)
+        .flat_map(|s| {
+            (0..3).map(move |i| {
+                (
+                    format!("/ruddr/services/svc{s}/i{i}"),
+                    format!(
+                        r#"{{"address":"10.63.{s}.{i}","port":8080,"ports":{{"grpc":9090}},"tags":["blue"]}}"#
+                    ),
+                )
+            })
+        })
+        .collect();
+    etcd.put_many(&kvs);
+    let dir = tempfile::tempdir().unwrap();
+    let up_zones = dir.path().join("up");
+    std::fs::create_dir_all(&up_zones).unwrap();
+    std::fs::write(
+        up_zones.join("upstream.test.zone"),
+        "$TTL 300\n@ IN SOA ns hostmaster 1 3600 600 86400 300\n@ IN NS ns\nns IN A 127.0.0.1\n",
+    )
+    .unwrap();
+    let dead_etcd = format!("http://{}:2379", own_loopback());
+    let upstream = Ruddr::start(
+        &dead_etcd,
+        &[
+            "--zones-dir",
+            up_zones.to_str().unwrap(),
+            "--zone",
+            "up-registry.test",
+        ],
+    );
+    let zones = dir.path().join("zones");
+    std::fs::create_dir_all(&zones).unwrap();
+    std::fs::write(
+        zones.join("static.test.zone"),
+        "$TTL 300\n@ IN SOA ns hostmaster 1 3600 600 86400 300\n@ IN NS ns\nns IN A 127.0.0.1\nwww IN A 192.0.2.1\n",
+    )
+    .unwrap();
+    let r = Ruddr::start_with_config(
+        &etcd.endpoint(),
+        &format!(
+            "zones_dir = {:?}\n[dns]\nanswer_cache_bytes = 4194304\nanswer_front_bytes = 1048576\n\
+             [forward]\nupstreams = [\"127.0.0.1:{}\"]\ncache_bytes = 2097152\ncache_front_bytes = 1048576\n",
+            zones.to_str().unwrap(),
+            upstream.port
+        ),
+    );
+    let bound: u64 = {
+        let log = r.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("answer caches bounded"))
+            .expect("the bound in the log");
+        let at = line.find("cache_bound_bytes=").unwrap() + "cache_bound_bytes=".len();
+        line[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    // What real clients keep warm, then the baseline.
+    for s in 0..20 {
+        assert_eq!(
+            dig_short(r.port, &format!("svc{s}.svc.internal"), "A").len(),
+            3
+        );
+    }
+    let probe_bytes = query_message("svc3.svc.internal.", RecordType::A, Some(1232))
+        .to_vec()
+        .unwrap();
+    let before = rss_bytes(r.pid());
+
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    flood.set_nonblocking(true).unwrap();
+    let probe = UdpSocket::bind("127.0.0.2:0").unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let kinds: [(&str, RecordType); 6] = [
+        ("_r{}.svc7.svc.internal.", RecordType::A),
+        ("_r{}._tcp.svc7.svc.internal.", RecordType::SRV),
+        ("r{}.svc7.svc.internal.", RecordType::A),
+        ("r{}.svc.internal.", RecordType::A),
+        ("r{}.static.test.", RecordType::A),
+        ("r{}.upstream.test.", RecordType::A),
+    ];
+    let salt: u64 = std::process::id().into();
+    let (mut sent, mut probes, mut lost) = (0u64, 0u32, 0u32);
+    let mut buf = [0u8; 4096];
+    let started = Instant::now();
+    let mut next_probe = started;
+    while started.elapsed() < Duration::from_secs(10) {
+        // 50 names every 10 ms: 5,000 a second.
+        let slice = Instant::now();
+        for _ in 0..50 {
+            let (pattern, qtype) = kinds[(sent % kinds.len() as u64) as usize];
+            let label = format!("{:x}", salt.wrapping_mul(1_000_003).wrapping_add(sent));
+            let mut q = query_message(&pattern.replace("{}", &label), qtype, Some(1232));
+            q.metadata.recursion_desired = true;
+            let _ = flood.send_to(&q.to_vec().unwrap(), r.addr());
+            sent += 1;
+        }
+        while flood.recv(&mut buf).is_ok() {}
+        if Instant::now() >= next_probe {
+            next_probe += Duration::from_millis(100);
+            probes += 1;
+            probe.send_to(&probe_bytes, r.addr()).unwrap();
+            match probe.recv(&mut buf) {
+                Ok(n) => {
+                    let m = Message::from_vec(&buf[..n]).unwrap();
+                    assert_eq!(answer_strings(&m).len(), 3, "{m:?}");
+                }
+                Err(_) => lost += 1,
+            }
+        }
+        if let Some(left) = Duration::from_millis(10).checked_sub(slice.elapsed()) {
+            std::thread::sleep(left);
+        }
+    }
+    let after = rss_bytes(r.pid());
+    let rise = after.saturating_sub(before);
+    let allowed = 2 * bound + 16_000_000;
+    eprintln!(
+        "flood: {sent} names in {:?}; RSS {before} -> {after} (+{rise}); bound {bound}, allowed {allowed}; {lost} of {probes} probes lost",
+        started.elapsed()
+    );
+    assert!(sent >= 40_000, "{sent} names sent");
+    assert_eq!(lost, 0, "real client queries lost during the flood");
+    assert!(rise < allowed, "RSS rose {rise} bytes, allowed {allowed}");
+    // Still answering everything after it.
+    assert_eq!(dig_short(r.port, "svc7.svc.internal", "A").len(), 3);
+}

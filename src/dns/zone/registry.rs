@@ -832,7 +832,10 @@ mod tests {
         assert_eq!(addresses(&b), ["10.0.2.1", "10.0.2.2"]);
         // No locality, or one with no instance: everything served.
         let all = z.build(&svc, t, &name, RecordType::A, 5, None);
-        assert_eq!((all.locality, all.answers().len()), (Locality::Unlocated, 5));
+        assert_eq!(
+            (all.locality, all.answers().len()),
+            (Locality::Unlocated, 5)
+        );
         let c = z.build(&svc, t, &name, RecordType::A, 5, Some("c"));
         assert_eq!((c.locality, c.answers().len()), (Locality::SpillOver, 5));
         // Fewer than min_healthy served local instances: spill over.

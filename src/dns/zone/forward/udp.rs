@@ -69,9 +69,12 @@ pub async fn exchange(upstream: SocketAddr, query: &Message) -> Option<Message> 
     .inspect_err(|error| debug!(%error, %upstream, "cannot send to upstream"))
     .ok()?;
     // Upstreams may send more than the size we advertised; a datagram cut short would not parse.
-    let mut buf = vec![0u8; u16::MAX as usize];
+    // Room for the largest, received into spare capacity: nothing is zeroed, so a typical
+    // answer touches a page or two of it (at most `forward.max_sockets` of these at once).
+    let mut buf: Vec<u8> = Vec::with_capacity(u16::MAX as usize);
     loop {
-        let len = match socket.recv(&mut buf).await {
+        buf.clear();
+        let len = match socket.recv_buf(&mut buf).await {
             Ok(len) => len,
             // ICMP port unreachable shows up here on a connected socket: nobody listens.
             Err(error) => {
