@@ -29,6 +29,7 @@ import argparse
 import multiprocessing
 import os
 import random
+import re
 import socket
 import struct
 import subprocess
@@ -134,6 +135,16 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def logged_bound(work: Path) -> int:
+    """The cache_bound_bytes ruddr logged at start (its "answer caches bounded" line)."""
+    for log in work.glob("*.log"):
+        m = re.search(r"answer caches bounded.*?cache_bound_bytes=(\d+)|cache_bound_bytes=(\d+).*answer caches bounded",
+                      log.read_text(errors="replace"))
+        if m:
+            return int(m.group(1) or m.group(2))
+    sys.exit("ruddr logged no cache bound (run without -q?)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ruddr", default=str(ROOT / "target/release/ruddr"))
@@ -144,12 +155,11 @@ def main() -> None:
                     "the senders manage)")
     ap.add_argument("--probe-every", type=float, default=0.02)
     ap.add_argument("--ruddr-args", default="")
-    ap.add_argument("--bounds", default="", metavar="SHARED,FRONT,FORWARD",
+    ap.add_argument("--bounds", default="", metavar="SHARED,FRONT,FORWARD[,FORWARD_FRONT]",
                     help="cache bounds in bytes (dns.answer_cache_bytes, dns.answer_front_bytes, "
-                    "forward.cache_bytes), e.g. 4194304,1048576,2097152; prints the RSS rise "
-                    "against 2x their sum (the front counted per answering thread) + 16 MB")
-    ap.add_argument("--answering-threads", type=int, default=4,
-                    help="UDP socket threads plus runtime workers (4 on 2 cores)")
+                    "forward.cache_bytes, forward.cache_front_bytes, default the front's), e.g. "
+                    "4194304,1048576,2097152; prints the RSS rise against 2x the bound ruddr "
+                    "logs at start (fronts counted per answering thread) + 16 MB")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ruddr-flood-"))
@@ -183,13 +193,14 @@ log:
         config: list[str] = []
         limit_mb = None
         if args.bounds:
-            shared, front, fwd = (int(x) for x in args.bounds.split(","))
+            sizes = [int(x) for x in args.bounds.split(",")]
+            shared, front, fwd = sizes[:3]
+            fwd_front = sizes[3] if len(sizes) > 3 else front
             (work / "ruddr.toml").write_text(
                 f"[dns]\nanswer_cache_bytes = {shared}\nanswer_front_bytes = {front}\n"
-                f"[forward]\ncache_bytes = {fwd}\n")
+                f"[forward]\ncache_bytes = {fwd}\ncache_front_bytes = {fwd_front}\n")
             config = ["-c", str(work / "ruddr.toml")]
-            limit_mb = 2 * (shared + args.answering_threads * front + fwd) / 1e6 + 16
-        ruddr = Server("ruddr", [args.ruddr, "-q", "serve", *config, "--listen", f"127.0.0.1:{port}",
+        ruddr = Server("ruddr", [args.ruddr, "serve", *config, "--listen", f"127.0.0.1:{port}",
                                  "--etcd-endpoints", endpoint, "--admin-listen", "", "--zones-dir", str(zones),
                                  "--upstream", f"127.0.0.1:{kport}", *args.ruddr_args.split()], port, work)
         servers.append(ruddr)
@@ -200,6 +211,9 @@ log:
         for i in range(100):
             ruddr.wait_answer(f"svc{i}.svc.internal", 3)
         base_mb = rss_mb(ruddr.proc.pid) * 1.048576
+        if args.bounds:
+            bound = logged_bound(work)
+            limit_mb = 2 * bound / 1e6 + 16
         print(f"RSS before the floods: {base_mb:.1f} MB" +
               (f"; allowed rise: {limit_mb:.1f} MB (2 x bounds + 16 MB)" if limit_mb else ""))
         print(f"{'flood':<10}{'sent/s':>10}{'probes':>8}{'lost':>6}{'ruddr cpu s':>13}{'RSS MB':>8}"
