@@ -26,6 +26,8 @@ pub struct ListHeader {
     pub cluster_id: u64,
     pub keys: usize,
     pub pages: usize,
+    /// Time spent waiting for etcd's pages (the rest of a list is ruddr reading them).
+    pub waited: std::time::Duration,
 }
 
 /// The end of the range of keys starting with `prefix` (etcd's `WithPrefix`): the prefix with
@@ -66,10 +68,12 @@ pub async fn list(
                 opts = opts.with_revision(h.revision);
             }
             let get = kv.get(start.clone(), Some(opts));
+            let asked = std::time::Instant::now();
             let got = match timeout {
                 Some(t) => super::deadline(t, get).await,
                 None => get.await,
             };
+            let waited = asked.elapsed();
             let resp = match got {
                 Ok(resp) => resp,
                 Err(e) => {
@@ -99,8 +103,10 @@ pub async fn list(
                 cluster_id: resp.header().map_or(0, |h| h.cluster_id()),
                 keys: 0,
                 pages: 0,
+                waited: std::time::Duration::ZERO,
             });
             h.pages += 1;
+            h.waited += waited;
             h.keys += resp.kvs().len();
             for kv in resp.kvs() {
                 each(Listed::Kv(kv));

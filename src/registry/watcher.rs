@@ -509,6 +509,7 @@ impl Watcher {
     /// Lists everything under source `i`'s prefix (in pages, at one revision) and replaces
     /// that source's part of the mirror with it.
     async fn list(&mut self, i: usize) -> Result<(), RegistryError> {
+        let listing = Instant::now();
         let source = &self.sources[i].source;
         let mut instances: Vec<(crate::cache::ServiceName, crate::cache::Instance)> = Vec::new();
         let mut keep = Vec::new();
@@ -592,9 +593,11 @@ impl Watcher {
             domains,
             keep,
         };
+        let applying = Instant::now();
         let applied = self
             .mirror
             .apply(std::iter::once(reset).chain(replaces), self.high);
+        let applied_in = applying.elapsed();
         if header.keys >= TRIM_AFTER_KEYS {
             // The pages and the parsed listing are gone now: give their memory back.
             tokio::task::spawn_blocking(crate::memory::trim);
@@ -608,6 +611,9 @@ impl Watcher {
             entries,
             skipped,
             changed = applied.changed.len(),
+            listed_in = ?listing.elapsed(),
+            etcd_wait = ?header.waited,
+            applied_in = ?applied_in,
             "registry listed",
         );
         self.sources[i].revision = Some(revision);
