@@ -129,7 +129,9 @@ pub async fn run(
     let threads = udp_sockets * cfg.listen.len()
         + tokio::runtime::Handle::current().metrics().num_workers()
         + 1;
-    let forward_bytes = if cfg.forward.upstreams.is_empty() {
+    // No upstreams, or no forward cache (its fronts exist only with it): nothing forwarded is
+    // kept.
+    let forward_bytes = if cfg.forward.upstreams.is_empty() || cfg.forward.cache_bytes == 0 {
         0
     } else {
         cfg.forward.cache_bytes as usize + threads * cfg.forward.cache_front_bytes

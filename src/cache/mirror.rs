@@ -237,7 +237,7 @@ pub struct Snapshot {
     pub changes: u64,
     /// SkyDNS entries, ordered by source and path so that a subtree is one range.
     pub domains: imbl::OrdMap<DomainKey, DomainRecord>,
-    /// Address -> instances registered with it (reverse lookups), updated in place by every
+    /// Address -> the services with instances there (reverse lookups), updated in place by every
     /// apply and shared by all snapshots: it is a lookup aid, not part of any one snapshot, so
     /// callers check each candidate against the snapshot they answer from. Kept out of the
     /// persistent maps because copying index nodes cost more per update than everything else

@@ -61,7 +61,7 @@ pub struct Answer {
     /// rather than as a pointer to the question.
     pub owned: bool,
     /// Upper bound of the record's wire size, its owner counted as a 2-byte pointer to the
-    /// question unless `owned`. Set by [`Built::finish`].
+    /// question unless `owned`. Set by [`Builder::finish`].
     pub size: usize,
 }
 
@@ -70,12 +70,13 @@ pub struct Answer {
 /// ordering keys and where its bytes are, and all the bytes in one block.
 #[derive(Debug, Clone, Default)]
 pub struct Wire {
-    /// One per answer, in the order of [`Built::answers`].
+    /// One per answer, in the order the builder was given them.
     pub spans: Box<[Span]>,
     /// Each answer's record without its owner (type, class, TTL, length and data, names
     /// uncompressed: a response writes a pointer to the question, then these bytes) or, for an
     /// owned answer, whole; followed by its glue records whole, answer after answer; then the
-    /// authority and additional records of [`Built`], whole.
+    /// authority and additional records, whole; then the key the answer is cached under, if
+    /// any ([`Built::keyed`]).
     pub bytes: Box<[u8]>,
     /// Every answer has the same priority and weight (any order is as likely as another).
     pub uniform: bool,
@@ -112,7 +113,7 @@ impl Wire {
     }
 }
 
-/// The order of one response's records: indexes into [`Built::answers`]. Inline up to 32
+/// The order of one response's records: indexes into [`Wire::spans`]. Inline up to 32
 /// records, so ordering a typical answer allocates nothing.
 pub type Order = smallvec::SmallVec<[u32; 32]>;
 

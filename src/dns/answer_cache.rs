@@ -4,16 +4,17 @@
 //! A moka lookup records every read for its admission and eviction policy (a channel push, and
 //! now and then a batch of bookkeeping), and in a profile of the UDP fast path that was a third
 //! of ruddr's own time per answer. The front table is a plain 2-way set-associative array owned
-//! by the thread: a hit is one hash, one byte comparison and an `Arc` clone. It only remembers
-//! what the shared cache handed out or was given, so it never decides anything: entries are
-//! checked against the service generation by the caller, like a shared-cache hit. A front entry
+//! by the thread: a hit is one hash, one byte comparison and an `Arc` clone. It remembers what
+//! the shared cache handed out or was given, and NODATA answers (which the shared cache never
+//! sees); it never decides anything: entries are checked against the service generation by the
+//! caller, like a shared-cache hit. A front entry
 //! also remembers the snapshot change count it was last found current at; while the registry
 //! has not changed since, the caller may skip looking the service up
 //! ([`AnswerCache::get_current`]), which was most of what remained of a hit's cost.
 //!
 //! Bounds: the shared cache by `dns.answer_cache_bytes`; each front by `dns.answer_front_bytes`
 //! (its slot count is derived from that), so in all at most `answer_front_bytes` times the
-//! number of answering threads (UDP sockets plus runtime workers) on top.
+//! number of answering threads on top (README "The memory bound").
 
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hash};
@@ -33,7 +34,8 @@ use super::front::{Front, Holds, Table, NEXT_ID};
 /// ([`Built::keyed`]).
 #[derive(Clone, Debug)]
 pub struct AnswerKey {
-    /// The name's lower-case wire form, the type (2 bytes), stale (1 byte), then the locality.
+    /// The name's lower-case wire form, the type (2 bytes), stale (1 byte), then the locality
+    /// (never empty: localities are checked to be 1-63 bytes, so none and some differ).
     bytes: SmallVec<[u8; 72]>,
     locality: Option<Arc<str>>,
 }
@@ -212,7 +214,8 @@ impl AnswerCache {
     /// a service, in a SkyDNS zone) take any label, and a flood of random ones must neither
     /// grow memory nor push real answers out; it is one shared answer, built again each time
     /// (a look at one service). NODATA goes to this thread's table only: the names that get
-    /// it exist, so they are few, and the shared cache keeps positive answers.
+    /// it exist, so they are few, and the shared cache keeps positive answers (without front
+    /// tables, `answer_front_bytes = 0`, NODATA is not cached at all).
     pub fn get_or_build(
         &self,
         key: &AnswerKey,
@@ -226,7 +229,10 @@ impl AnswerCache {
                 let b = build();
                 match b.outcome {
                     Outcome::Answer | Outcome::Referral => self.insert(key.clone(), b),
-                    Outcome::NxDomain => return self.nxdomain.clone(),
+                    // A bare NXDOMAIN is the shared one; one with records (none is built
+                    // today) goes out as it is, uncached all the same.
+                    Outcome::NxDomain if b.is_empty() && !b.panic => return self.nxdomain.clone(),
+                    Outcome::NxDomain => return Arc::new(b),
                     Outcome::NoData => {
                         let b = Arc::new(b.keyed(&key.bytes));
                         if self.front_slots != 0 {

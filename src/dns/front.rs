@@ -1,11 +1,11 @@
 //! A table per thread in front of a shared cache (moka): a hit is one hash, one key
-//! comparison and a clone, without the shared cache's per-read bookkeeping. It only remembers
-//! what the shared cache handed out or was given, so it never decides anything: callers check
-//! an entry as they would a shared-cache hit. 2-way set-associative, bounded in bytes.
+//! comparison and a clone, without the shared cache's per-read bookkeeping. It never decides
+//! anything: callers check an entry as they would a shared-cache hit. 2-way set-associative,
+//! bounded in bytes.
 //!
-//! A slot is a hash, a count and the value (an `Arc`), inline in one array: the key is not
-//! stored again, each value carries its own ([`Holds`]), so a slot costs 24 bytes rather than a
-//! boxed copy of the key per thread.
+//! A slot is a hash, a count, a size and the value (an `Arc`), inline in one array: the key is
+//! not stored again, each value carries its own ([`Holds`]), so a slot costs 32 bytes rather
+//! than a boxed copy of the key per thread.
 
 use std::marker::PhantomData;
 use std::sync::atomic::AtomicU64;
@@ -59,6 +59,13 @@ pub(crate) struct Slot<V> {
     value: V,
 }
 
+impl<V> Slot<V> {
+    /// Whether this slot holds the value for `key` (hashed to `hash`).
+    fn holds<K: Holds<V>>(&self, hash: u64, key: &K) -> bool {
+        self.hash == hash && key.held_by(&self.value)
+    }
+}
+
 /// No count: counts start from 0 and never reach it.
 const NEVER: u64 = u64::MAX;
 
@@ -91,7 +98,7 @@ impl<K: Holds<V>, V: Clone> Front<K, V> {
         self.slots[set..set + 2]
             .iter()
             .flatten()
-            .find(|s| s.hash == hash && key.held_by(&s.value))
+            .find(|s| s.holds(hash, key))
     }
 
     /// The value held for `key` (hashed to `hash`) in `owner`'s table of `slots`.
@@ -130,7 +137,7 @@ impl<K: Holds<V>, V: Clone> Front<K, V> {
         let slot = self.slots[set..set + 2]
             .iter_mut()
             .flatten()
-            .find(|s| s.hash == hash && key.held_by(&s.value) && same(&s.value));
+            .find(|s| s.holds(hash, key) && same(&s.value));
         if let Some(slot) = slot {
             slot.current_at = count;
         }
@@ -155,7 +162,7 @@ impl<K: Holds<V>, V: Clone> Front<K, V> {
         let held = (0..2).find(|&i| {
             self.slots[set + i]
                 .as_ref()
-                .is_some_and(|s| s.hash == hash && key.held_by(&s.value))
+                .is_some_and(|s| s.holds(hash, key))
         });
         if let Some(i) = held {
             if let Some(old) = self.slots[set + i].take() {

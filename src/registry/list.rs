@@ -81,10 +81,10 @@ pub async fn list(
     'list: loop {
         let mut start = prefix.as_bytes().to_vec();
         let mut header: Option<ListHeader> = None;
-        let mut next = Some(get(kv, start.clone(), limit, None));
-        while let Some(page) = next.take() {
+        let mut page = get(kv, start.clone(), limit, None);
+        loop {
             let asked = std::time::Instant::now();
-            let got = match page.await {
+            let got = match (&mut page).await {
                 Ok(got) => got,
                 Err(e) => Err(etcd_client::Error::IoError(std::io::Error::other(format!(
                     "a list page's task failed: {e}"
@@ -104,7 +104,7 @@ pub async fn list(
                             );
                             limit = (limit / 2).max(1);
                             let revision = header.as_ref().map(|h| h.revision);
-                            next = Some(get(kv, start.clone(), limit, revision));
+                            page = get(kv, start.clone(), limit, revision);
                             continue;
                         }
                         ErrorKind::Compacted if header.is_some() && restarts < MAX_RESTARTS => {
@@ -127,24 +127,31 @@ pub async fn list(
             h.pages += 1;
             h.waited += waited;
             h.keys += resp.kvs().len();
-            if let Some(last) = resp.kvs().last().filter(|_| resp.more()) {
-                // The next page starts just after the last key of this one, at the first
-                // page's revision.
-                start = last.key().to_vec();
-                start.push(0);
-                next = Some(get(kv, start.clone(), limit, Some(h.revision)));
-            }
+            let next = match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    // The next page starts just after the last key of this one, at the first
+                    // page's revision.
+                    start = last.key().to_vec();
+                    start.push(0);
+                    Some(get(kv, start.clone(), limit, Some(h.revision)))
+                }
+                // More keys said to follow an empty page: a list that ended here would drop
+                // them from the mirror.
+                None if resp.more() => {
+                    return Err(RegistryError::from(etcd_client::Error::IoError(
+                        std::io::Error::other("etcd returned an empty list page with more to come"),
+                    )))
+                }
+                _ => None,
+            };
             for kv in resp.kvs() {
                 each(Listed::Kv(kv));
             }
+            match next {
+                Some(p) => page = p,
+                None => break 'list Ok(*h),
+            }
         }
-        break Ok(header.unwrap_or(ListHeader {
-            revision: 0,
-            cluster_id: 0,
-            keys: 0,
-            pages: 0,
-            waited: std::time::Duration::ZERO,
-        }));
     }
 }
 

@@ -109,23 +109,33 @@ pub struct Answers {
     max_ttl: Duration,
 }
 
-/// What one stored answer holds beyond its rendered answer: the key (twice: moka's and the
-/// entry's own), the entry and the relayed answer with their `Arc` counts, and moka's own
-/// per-entry state (measured, see `answer_cache::MOKA_ENTRY_OVERHEAD`).
-const ENTRY_OVERHEAD: usize = 2 * std::mem::size_of::<Key>()
-    + std::mem::size_of::<Stored>()
-    + std::mem::size_of::<Relayed>()
-    + 3 * 16
-    + crate::dns::answer_cache::MOKA_ENTRY_OVERHEAD;
+/// What one stored answer holds beyond its rendered answer: the entry (with its key), the
+/// relayed answer and the built one, each with its `Arc` counts.
+const STORED_OVERHEAD: usize =
+    std::mem::size_of::<Stored>() + std::mem::size_of::<Relayed>() + 3 * 16;
 
-/// Bytes of `stored` as the byte bounds count them.
+/// Bytes of `stored` as a thread's front table counts them (as the answer cache does: the
+/// entry, not the shared cache's state for it).
 fn bytes_of(stored: &Stored) -> usize {
-    let spilled = if stored.key.name.spilled() {
-        2 * stored.key.name.len()
+    stored.answer.built.memory_size() + spilled(&stored.key) + STORED_OVERHEAD
+}
+
+/// Bytes of `stored` in the shared cache: also moka's copy of the key and its own per-entry
+/// state (measured, see `answer_cache::MOKA_ENTRY_OVERHEAD`).
+fn shared_bytes_of(stored: &Stored) -> usize {
+    bytes_of(stored)
+        + std::mem::size_of::<Key>()
+        + spilled(&stored.key)
+        + crate::dns::answer_cache::MOKA_ENTRY_OVERHEAD
+}
+
+/// Heap bytes of a key whose name did not fit inline.
+fn spilled(key: &Key) -> usize {
+    if key.name.spilled() {
+        key.name.len()
     } else {
         0
-    };
-    stored.answer.built.memory_size() + spilled + ENTRY_OVERHEAD
+    }
 }
 
 /// The entry size the front table sizes its slot count by (an answer of a few records).
@@ -150,7 +160,7 @@ impl Answers {
             moka::sync::Cache::builder()
                 .max_capacity(bytes)
                 .weigher(|_key: &Key, value: &Arc<Stored>| {
-                    let size = bytes_of(value);
+                    let size = shared_bytes_of(value);
                     u32::try_from(size).unwrap_or(u32::MAX)
                 })
                 .expire_after(ByTtl)
@@ -189,7 +199,7 @@ impl Answers {
             Some(stored) => stored,
             None => {
                 let stored = entries.get(key)?;
-                // The front's share: the entry is the shared cache's too, but may outlive it.
+                // The entry is the shared cache's too, but may outlive it there.
                 let bytes = bytes_of(&stored);
                 FRONT.with(|f| f.borrow_mut().put(t, hash, key, &stored, bytes));
                 stored
