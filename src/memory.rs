@@ -13,4 +13,15 @@ pub fn trim() {
     unsafe {
         libc::malloc_trim(0);
     }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's statistics.
+        let info = unsafe { libc::mallinfo2() };
+        tracing::debug!(
+            in_use = info.uordblks,
+            free_held = info.fordblks,
+            mmapped = info.hblkhd,
+            "heap after trim"
+        );
+    }
 }

@@ -147,16 +147,30 @@ impl AnswerCache {
     }
 
     /// The answer cached for `key`, if any (the caller checks its generation).
+    #[cfg(test)]
     pub fn get(&self, key: &AnswerKey) -> Option<Arc<Built>> {
+        self.find(key, |_| true)
+    }
+
+    /// The answer cached for `key` built from `generation`: this thread's when it is, else the
+    /// shared cache's (which another thread may have built already: each thread building its
+    /// own would keep a copy per thread alive while the registry changes).
+    fn get_generation(&self, key: &AnswerKey, generation: u64) -> Option<Arc<Built>> {
+        self.find(key, |b| b.generation == generation)
+    }
+
+    /// This thread's answer for `key` if `fits`, else the shared cache's if `fits` (then kept
+    /// in this thread's table).
+    fn find(&self, key: &AnswerKey, fits: impl Fn(&Built) -> bool) -> Option<Arc<Built>> {
         if self.front_slots == 0 {
-            return self.shared.get(key);
+            return self.shared.get(key).filter(|b| fits(b));
         }
         let hash = self.hasher.hash_one(key);
-        let hit = FRONT.with(|front| front.borrow().get(self.id, self.front_slots, hash, key));
-        if hit.is_some() {
-            return hit;
+        let held = FRONT.with(|front| front.borrow().get(self.id, self.front_slots, hash, key));
+        if let Some(b) = held.filter(|b| fits(b)) {
+            return Some(b);
         }
-        let built = self.shared.get(key)?;
+        let built = self.shared.get(key).filter(|b| fits(b))?;
         self.put_front(hash, key, &built);
         Some(built)
     }
@@ -223,9 +237,9 @@ impl AnswerCache {
         changes: u64,
         build: impl FnOnce() -> Built,
     ) -> Arc<Built> {
-        let built = match self.get(key) {
-            Some(b) if b.generation == generation => b,
-            _ => {
+        let built = match self.get_generation(key, generation) {
+            Some(b) => b,
+            None => {
                 let b = build();
                 match b.outcome {
                     Outcome::Answer | Outcome::Referral => self.insert(key.clone(), b),
