@@ -281,7 +281,7 @@ impl Snapshot {
 
     /// The instances registered with address `ip` in this snapshot, sorted (a snapshot older
     /// than the current one may miss instances removed since: the index is the current one).
-    pub fn instances_at(&self, ip: IpAddr) -> Vec<(ServiceName, InstanceKey)> {
+    pub fn instances_at(&self, ip: IpAddr) -> Vec<(&Service, &Instance)> {
         let services: Vec<ServiceName> = self
             .reverse()
             .holders(ip)
@@ -295,8 +295,8 @@ impl Snapshot {
             .flat_map(|svc| {
                 svc.instances
                     .values()
-                    .filter(|i| i.address.ip() == Some(ip))
-                    .map(|i| (svc.name.clone(), key_of(i)))
+                    .filter(move |i| i.address.ip() == Some(ip))
+                    .map(move |i| (&**svc, i))
             })
             .collect()
     }
@@ -818,7 +818,7 @@ mod tests {
         let s = m.load();
         let at = s.instances_at("10.0.0.2".parse().unwrap());
         assert_eq!(at.len(), 1);
-        assert_eq!((at[0].0.as_str(), at[0].1 .0.as_str()), ("web", "b"));
+        assert_eq!((at[0].0.name.as_str(), at[0].1.id.as_str()), ("web", "b"));
         assert!(s.instances_at("10.0.0.9".parse().unwrap()).is_empty());
         assert!(db_gen > 0);
     }
@@ -881,7 +881,12 @@ mod tests {
                 let ip: IpAddr = format!("10.0.0.{ip}").parse().unwrap();
                 let mut w = want.remove(&ip).unwrap_or_default();
                 w.sort();
-                assert_eq!(s.instances_at(ip), w.as_slice(), "round {round}, {ip}");
+                let at: Vec<(ServiceName, InstanceKey)> = s
+                    .instances_at(ip)
+                    .into_iter()
+                    .map(|(svc, i)| (svc.name.clone(), key_of(i)))
+                    .collect();
+                assert_eq!(at, w, "round {round}, {ip}");
             }
         }
     }

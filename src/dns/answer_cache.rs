@@ -209,7 +209,11 @@ impl AnswerCache {
         });
     }
 
+    /// Keeps `built` in this thread's table (when there are tables).
     fn put_front(&self, hash: u64, key: &AnswerKey, built: &Arc<Built>) {
+        if self.front_slots == 0 {
+            return;
+        }
         let table = Table {
             owner: self.id,
             slots: self.front_slots,
@@ -249,9 +253,7 @@ impl AnswerCache {
                     Outcome::NxDomain => return Arc::new(b),
                     Outcome::NoData => {
                         let b = Arc::new(b.keyed(&key.bytes));
-                        if self.front_slots != 0 {
-                            self.put_front(self.hasher.hash_one(key), key, &b);
-                        }
+                        self.put_front(self.hasher.hash_one(key), key, &b);
                         b
                     }
                 }
@@ -264,9 +266,7 @@ impl AnswerCache {
     /// Caches `built` for `key` (in the shared cache and this thread's front table).
     pub fn insert(&self, key: AnswerKey, built: Built) -> Arc<Built> {
         let built = Arc::new(built.keyed(&key.bytes));
-        if self.front_slots != 0 {
-            self.put_front(self.hasher.hash_one(&key), &key, &built);
-        }
+        self.put_front(self.hasher.hash_one(&key), &key, &built);
         self.shared.insert(key, built.clone());
         built
     }

@@ -595,6 +595,27 @@ impl Drop for Proc {
 }
 
 /// A running `ruddr serve`, with the ports it bound (read from its log).
+/// The zone of [`upstream`].
+pub const UPSTREAM_ZONE: &str = "$TTL 300\n@ IN SOA ns hostmaster 7 3600 600 86400 60\n@ IN NS ns\nns IN A 127.0.0.1\nwww IN A 192.0.2.10\n";
+
+/// A second DNS server standing in for an upstream resolver: a ruddr serving `upstream.test.`
+/// from a zone file (and nothing from etcd).
+pub fn upstream(dir: &tempfile::TempDir) -> Ruddr {
+    let zones = dir.path().join("zones");
+    std::fs::create_dir_all(&zones).unwrap();
+    std::fs::write(zones.join("upstream.test.zone"), UPSTREAM_ZONE).unwrap();
+    let dead_etcd = format!("http://{}:2379", own_loopback());
+    Ruddr::start(
+        &dead_etcd,
+        &[
+            "--zones-dir",
+            zones.to_str().unwrap(),
+            "--zone",
+            "upstream-registry.test",
+        ],
+    )
+}
+
 pub struct Ruddr {
     pub port: u16,
     /// Port of the admin HTTP listener (/metrics, /health, /ready).
@@ -618,6 +639,11 @@ impl std::ops::DerefMut for Ruddr {
 }
 
 fn logged_port(p: &Proc, line_has: &str, key: &str) -> u16 {
+    u16::try_from(logged_number(p, line_has, key)).expect("a port number")
+}
+
+/// The number after `key` in the first log line of `p` containing `line_has` (waits for it).
+pub fn logged_number(p: &Proc, line_has: &str, key: &str) -> u64 {
     eventually(Duration::from_secs(20), line_has, || {
         let text = p.log_text();
         let line = text.lines().find(|l| l.contains(line_has))?;

@@ -308,24 +308,9 @@ fn a_random_name_flood_stays_within_the_stated_memory_bound() {
         })
         .collect();
     etcd.put_many(&kvs);
+    let up_dir = tempfile::tempdir().unwrap();
+    let upstream = upstream(&up_dir);
     let dir = tempfile::tempdir().unwrap();
-    let up_zones = dir.path().join("up");
-    std::fs::create_dir_all(&up_zones).unwrap();
-    std::fs::write(
-        up_zones.join("upstream.test.zone"),
-        "$TTL 300\n@ IN SOA ns hostmaster 1 3600 600 86400 300\n@ IN NS ns\nns IN A 127.0.0.1\n",
-    )
-    .unwrap();
-    let dead_etcd = format!("http://{}:2379", own_loopback());
-    let upstream = Ruddr::start(
-        &dead_etcd,
-        &[
-            "--zones-dir",
-            up_zones.to_str().unwrap(),
-            "--zone",
-            "up-registry.test",
-        ],
-    );
     let zones = dir.path().join("zones");
     std::fs::create_dir_all(&zones).unwrap();
     std::fs::write(
@@ -342,20 +327,7 @@ fn a_random_name_flood_stays_within_the_stated_memory_bound() {
             upstream.port
         ),
     );
-    let bound: u64 = {
-        let log = r.log_text();
-        let line = log
-            .lines()
-            .find(|l| l.contains("answer caches bounded"))
-            .expect("the bound in the log");
-        let at = line.find("cache_bound_bytes=").unwrap() + "cache_bound_bytes=".len();
-        line[at..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .unwrap()
-    };
+    let bound = logged_number(&r, "answer caches bounded", "cache_bound_bytes=");
     // What real clients keep warm, then the baseline.
     for s in 0..20 {
         assert_eq!(

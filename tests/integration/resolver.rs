@@ -12,26 +12,6 @@ use hickory_proto::rr::{RData, RecordType};
 
 use crate::harness::*;
 
-const UPSTREAM_ZONE: &str = "$TTL 300\n@ IN SOA ns hostmaster 7 3600 600 86400 60\n@ IN NS ns\nns IN A 127.0.0.1\nwww IN A 192.0.2.10\n";
-
-/// A second DNS server standing in for an upstream resolver: a ruddr serving `upstream.test.`
-/// from a zone file (and nothing from etcd).
-fn upstream(dir: &tempfile::TempDir) -> Ruddr {
-    let zones = dir.path().join("zones");
-    std::fs::create_dir_all(&zones).unwrap();
-    std::fs::write(zones.join("upstream.test.zone"), UPSTREAM_ZONE).unwrap();
-    let dead_etcd = format!("http://{}:2379", own_loopback());
-    Ruddr::start(
-        &dead_etcd,
-        &[
-            "--zones-dir",
-            zones.to_str().unwrap(),
-            "--zone",
-            "upstream-registry.test",
-        ],
-    )
-}
-
 fn udp_query_from(src: &str, to: SocketAddr, name: &str, qtype: RecordType) -> Message {
     let sock = UdpSocket::bind(src).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -169,13 +169,9 @@ impl Handler {
         let owner = Name::from(qname);
         let ttl = freshness.ttl(self.zone.ttl, self.stale_ttl);
         let mut built = Builder::new(snapshot.changes);
-        for (svc, (id, _)) in snapshot.instances_at(ip).iter().filter(|(svc, key)| {
-            snapshot
-                .service(svc.as_str())
-                .and_then(|s| s.instances.get(key))
-                .is_some_and(|i| i.is_served(self.zone.serve_warning))
-        }) {
-            if let Some(target) = self.zone.instance_name(svc.as_str(), id.as_str()) {
+        let served = snapshot.instances_at(ip).into_iter();
+        for (svc, i) in served.filter(|(_, i)| i.is_served(self.zone.serve_warning)) {
+            if let Some(target) = self.zone.instance_name(svc.name.as_str(), i.id.as_str()) {
                 let ptr = RData::PTR(hickory_proto::rr::rdata::PTR(target));
                 built.push(Record::from_rdata(owner.clone(), ttl, ptr), 0, 0, None);
             }
