@@ -882,6 +882,11 @@ def parse_args() -> argparse.Namespace:
                     help="ruddr binary (default target/release/ruddr)")
     ap.add_argument("--ready-timeout", type=float, default=600, help="longest wait for /ready, s (default 600)")
     ap.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    ap.add_argument("--profile-churn", metavar="PATH",
+                    help="record `perf record -g` of ruddr during both churn-step dnsperf runs into "
+                         "PATH.control and PATH.churn (perf.data files; read with perf report -i)")
+    ap.add_argument("--profile-call-graph", default="fp", metavar="MODE",
+                    help="perf record --call-graph mode for --profile-churn (fp, dwarf; default fp)")
     a = ap.parse_args()
     if not 1 <= a.instances <= 16_000_000:
         ap.error("--instances must be 1..16000000")
@@ -1074,9 +1079,21 @@ def run(args, rep: Report, rng: random.Random, layout: Layout, work: Path, binar
                 time.sleep(1.0)
                 if writer.error:
                     raise BenchError(f"writer: {writer.error}")
+                perf = None
+                if args.profile_churn:
+                    which = "churn" if prefix == PREFIX else "control"
+                    perf = subprocess.Popen(["perf", "record", "--call-graph", args.profile_call_graph,
+                                             "-F", "999", "-o", f"{args.profile_churn}.{which}",
+                                             "-p", str(b.pid)], stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL)
                 t_dn0 = time.monotonic()
-                r = run_dnsperf(work, b.dns_port, qfile, args.duration,
-                                "churn" if prefix == PREFIX else "control", b, etcd_proc.pid)
+                try:
+                    r = run_dnsperf(work, b.dns_port, qfile, args.duration,
+                                    "churn" if prefix == PREFIX else "control", b, etcd_proc.pid)
+                finally:
+                    if perf:
+                        perf.send_signal(signal.SIGINT)
+                        perf.wait(timeout=60)
                 # The same churn without the query load: propagation alone, and what the updates
                 # cost ruddr (its CPU time with only the checker and the probe querying).
                 t_dn1 = time.monotonic()

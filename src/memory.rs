@@ -14,7 +14,8 @@ pub fn trim() {
         libc::malloc_trim(0);
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        // mallinfo2 walks every arena's free lists: only when the line is wanted.
         // SAFETY: mallinfo2 only reads the allocator's statistics.
         let info = unsafe { libc::mallinfo2() };
         tracing::debug!(

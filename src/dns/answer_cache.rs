@@ -176,17 +176,24 @@ impl AnswerCache {
     }
 
     /// The answer this thread's front table holds for `key`, if it was found current when the
-    /// snapshot's change count was `changes` (see [`AnswerCache::confirm`]). Equal counts mean
-    /// equal registry contents, so such an answer needs no look at its service to be trusted.
-    pub fn get_current(&self, key: &AnswerKey, changes: u64) -> Option<Arc<Built>> {
+    /// snapshot's change count was `changes` (see [`AnswerCache::confirm`]), or at an earlier
+    /// count that `still` vouches for (nothing it was built from changed since). Equal counts
+    /// mean equal registry contents, so such an answer needs no look at its service to be
+    /// trusted.
+    pub fn get_current(
+        &self,
+        key: &AnswerKey,
+        changes: u64,
+        still: impl FnOnce(u64) -> bool,
+    ) -> Option<Arc<Built>> {
         if self.front_slots == 0 {
             return None;
         }
         let hash = self.hasher.hash_one(key);
         FRONT.with(|front| {
             front
-                .borrow()
-                .get_current(self.id, self.front_slots, hash, key, changes)
+                .borrow_mut()
+                .get_current(self.id, self.front_slots, hash, key, changes, still)
         })
     }
 
@@ -316,7 +323,7 @@ mod tests {
         let cache = AnswerCache::new(1 << 20, 64 << 10);
         let small = cache.insert(key("a."), built(1));
         cache.confirm(&key("a."), &small, 3);
-        assert!(cache.get_current(&key("a."), 3).is_some());
+        assert!(cache.get_current(&key("a."), 3, |_| false).is_some());
         let mut large = crate::dns::answer::Builder::new(2);
         for i in 0..300u16 {
             let [x, y] = i.to_be_bytes();
@@ -326,7 +333,7 @@ mod tests {
         let large = large.finish(&Name::root());
         assert!(large.memory_size() > (64 << 10) / 16);
         cache.insert(key("a."), large);
-        assert!(cache.get_current(&key("a."), 3).is_none());
+        assert!(cache.get_current(&key("a."), 3, |_| false).is_none());
         assert_eq!(cache.get(&key("a.")).unwrap().generation, 2);
         FRONT.with(|f| assert_eq!(f.borrow().slots.iter().flatten().count(), 0));
     }
@@ -357,6 +364,39 @@ mod tests {
     }
 
     #[test]
+    fn the_front_starts_small_and_grows_with_its_entries() {
+        let cache = AnswerCache::new(64 << 20, 64 << 20);
+        assert!(cache.front_slots > 4 * 1024);
+        cache.insert(key("first."), built(0));
+        FRONT.with(|f| assert_eq!(f.borrow().slots.len(), 1024));
+        for i in 0..3000 {
+            cache.insert(key(&format!("n{i}.")), built(i));
+        }
+        FRONT.with(|f| {
+            let f = f.borrow();
+            assert!(f.slots.len() >= 4096, "grew to {}", f.slots.len());
+            let held: usize = f.slots.iter().flatten().map(|s| s.bytes as usize).sum();
+            let table = f.slots.len() * std::mem::size_of_val(&f.slots[0]);
+            assert_eq!(held + table, f.bytes);
+            assert_eq!(f.slots.iter().flatten().count(), f.taken);
+        });
+        // Growing loses nothing it held: the entries are found in the thread's table (the
+        // shared cache answers the rest, so count the front's own hits).
+        let found = (0..3000)
+            .filter(|i| {
+                let k = key(&format!("n{i}."));
+                let hash = cache.hasher.hash_one(&k);
+                FRONT.with(|f| {
+                    f.borrow()
+                        .get(cache.id, cache.front_slots, hash, &k)
+                        .is_some()
+                })
+            })
+            .count();
+        assert!(found > 2500, "{found} of 3000 in the front");
+    }
+
+    #[test]
     fn caches_sharing_a_thread_do_not_see_each_others_entries() {
         let (one, two) = (
             AnswerCache::new(1 << 20, 1 << 20),
@@ -374,22 +414,51 @@ mod tests {
         let cache = AnswerCache::new(1 << 20, 1 << 20);
         let one = cache.insert(key("a."), built(1));
         assert!(
-            cache.get_current(&key("a."), 5).is_none(),
+            cache.get_current(&key("a."), 5, |_| false).is_none(),
             "not confirmed yet"
         );
         cache.confirm(&key("a."), &one, 5);
-        assert_eq!(cache.get_current(&key("a."), 5).unwrap().generation, 1);
+        assert_eq!(
+            cache
+                .get_current(&key("a."), 5, |_| false)
+                .unwrap()
+                .generation,
+            1
+        );
         assert!(
-            cache.get_current(&key("a."), 6).is_none(),
+            cache.get_current(&key("a."), 6, |_| false).is_none(),
             "the registry changed since"
         );
         // Confirming another answer than the one held changes nothing.
         cache.confirm(&key("a."), &Arc::new(built(9).keyed(&key("a.").bytes)), 6);
-        assert!(cache.get_current(&key("a."), 6).is_none());
+        assert!(cache.get_current(&key("a."), 6, |_| false).is_none());
         // A replacement starts unconfirmed.
         cache.insert(key("a."), built(2));
-        assert!(cache.get_current(&key("a."), 5).is_none());
-        assert!(cache.get_current(&key("b."), 5).is_none());
+        assert!(cache.get_current(&key("a."), 5, |_| false).is_none());
+        assert!(cache.get_current(&key("b."), 5, |_| false).is_none());
+    }
+
+    #[test]
+    fn an_answer_vouched_for_since_its_count_is_current_and_noted_so() {
+        let cache = AnswerCache::new(1 << 20, 1 << 20);
+        let one = cache.insert(key("a."), built(1));
+        assert!(
+            cache.get_current(&key("a."), 5, |_| true).is_none(),
+            "never confirmed: nothing to vouch for"
+        );
+        cache.confirm(&key("a."), &one, 5);
+        let mut asked = None;
+        let hit = cache.get_current(&key("a."), 8, |at| {
+            asked = Some(at);
+            true
+        });
+        assert_eq!(hit.unwrap().generation, 1);
+        assert_eq!(asked, Some(5), "asked about the count it was confirmed at");
+        // Now noted current at 8: no question asked.
+        assert!(cache
+            .get_current(&key("a."), 8, |_| panic!("asked"))
+            .is_some());
+        assert!(cache.get_current(&key("a."), 9, |_| false).is_none());
     }
 
     #[test]
@@ -423,7 +492,7 @@ mod tests {
         let one = cache.insert(key("a."), built(1));
         assert_eq!(cache.get(&key("a.")).unwrap().generation, 1);
         cache.confirm(&key("a."), &one, 1);
-        assert!(cache.get_current(&key("a."), 1).is_none());
+        assert!(cache.get_current(&key("a."), 1, |_| false).is_none());
     }
 
     /// Measures what moka keeps per entry beyond key and value ([`MOKA_ENTRY_OVERHEAD`]):

@@ -35,15 +35,19 @@ pub fn slots_for<V>(bytes: usize, typical: usize) -> usize {
     if bytes == 0 {
         0
     } else {
-        let per = typical + std::mem::size_of::<Option<Slot<V>>>();
+        let per = typical + slot_bytes::<V>();
         (bytes / per).next_power_of_two().clamp(64, 1 << 17)
     }
 }
 
-/// One thread's front table: `slots` in pairs (a 2-way set per hash).
+/// One thread's front table: slots in pairs (a 2-way set per hash). The slot array starts
+/// small and doubles while more than half of it is taken, up to the owner's `slots`: a thread
+/// that answers a few names (or none: most forward tables) does not hold a full-size array.
 pub struct Front<K, V> {
     owner: u64,
     pub(crate) slots: Vec<Option<Slot<V>>>,
+    /// Slots taken.
+    pub(crate) taken: usize,
     /// Bytes held: the slot array and the entries' own sizes, at most the owner's bound.
     pub(crate) bytes: usize,
     key: PhantomData<fn(&K)>,
@@ -59,11 +63,19 @@ pub(crate) struct Slot<V> {
     value: V,
 }
 
+/// Slots a table starts with (32 KiB of 32-byte slots).
+const FIRST_SLOTS: usize = 1024;
+
 impl<V> Slot<V> {
     /// Whether this slot holds the value for `key` (hashed to `hash`).
     fn holds<K: Holds<V>>(&self, hash: u64, key: &K) -> bool {
         self.hash == hash && key.held_by(&self.value)
     }
+}
+
+/// What one slot takes.
+const fn slot_bytes<V>() -> usize {
+    std::mem::size_of::<Option<Slot<V>>>()
 }
 
 /// No count: counts start from 0 and never reach it.
@@ -80,6 +92,7 @@ impl<K: Holds<V>, V: Clone> Front<K, V> {
         Self {
             owner: 0,
             slots: Vec::new(),
+            taken: 0,
             bytes: 0,
             key: PhantomData,
         }
@@ -94,7 +107,7 @@ impl<K: Holds<V>, V: Clone> Front<K, V> {
         if self.owner != owner || slots == 0 {
             return None;
         }
-        let set = Self::set(slots, hash);
+        let set = Self::set(self.slots.len(), hash);
         self.slots[set..set + 2]
             .iter()
             .flatten()
@@ -106,18 +119,32 @@ impl<K: Holds<V>, V: Clone> Front<K, V> {
         self.slot(owner, slots, hash, key).map(|s| s.value.clone())
     }
 
-    /// The value held for `key` if it was noted current at `count` ([`Front::confirm_with`]).
+    /// The value held for `key` if it was noted current at `count` ([`Front::confirm_with`]),
+    /// or at an earlier count that `still` vouches for (it is then noted current at `count`).
     pub fn get_current(
-        &self,
+        &mut self,
         owner: u64,
         slots: usize,
         hash: u64,
         key: &K,
         count: u64,
+        still: impl FnOnce(u64) -> bool,
     ) -> Option<V> {
-        self.slot(owner, slots, hash, key)
-            .filter(|s| s.current_at == count && count != NEVER)
-            .map(|s| s.value.clone())
+        if self.owner != owner || slots == 0 || count == NEVER {
+            return None;
+        }
+        let set = Self::set(self.slots.len(), hash);
+        let slot = self.slots[set..set + 2]
+            .iter_mut()
+            .flatten()
+            .find(|s| s.holds(hash, key))?;
+        if slot.current_at != count {
+            if slot.current_at == NEVER || !still(slot.current_at) {
+                return None;
+            }
+            slot.current_at = count;
+        }
+        Some(slot.value.clone())
     }
 
     /// Notes that the value held for `key`, if it is `value` (`same`), is current at `count`.
@@ -133,7 +160,7 @@ impl<K: Holds<V>, V: Clone> Front<K, V> {
         if self.owner != owner || slots == 0 {
             return;
         }
-        let set = Self::set(slots, hash);
+        let set = Self::set(self.slots.len(), hash);
         let slot = self.slots[set..set + 2]
             .iter_mut()
             .flatten()
@@ -153,10 +180,14 @@ impl<K: Holds<V>, V: Clone> Front<K, V> {
             self.owner = table.owner;
             self.slots.clear();
             self.slots.shrink_to_fit();
-            self.slots.resize_with(table.slots, || None);
-            self.bytes = table.slots * std::mem::size_of::<Option<Slot<V>>>();
+            self.slots
+                .resize_with(table.slots.min(FIRST_SLOTS), || None);
+            self.taken = 0;
+            self.bytes = self.slots.len() * slot_bytes::<V>();
+        } else if self.taken * 2 > self.slots.len() && self.slots.len() < table.slots {
+            self.grow(table);
         }
-        let set = Self::set(table.slots, hash);
+        let set = Self::set(self.slots.len(), hash);
         // The slot holding this key (whose value this one replaces, admitted or not), else an
         // empty one, else the one the hash's high bit picks.
         let held = (0..2).find(|&i| {
@@ -165,9 +196,7 @@ impl<K: Holds<V>, V: Clone> Front<K, V> {
                 .is_some_and(|s| s.holds(hash, key))
         });
         if let Some(i) = held {
-            if let Some(old) = self.slots[set + i].take() {
-                self.bytes -= old.bytes as usize;
-            }
+            self.take(set + i);
         }
         // A few large values must not take the whole table.
         let Ok(small) = u32::try_from(bytes) else {
@@ -179,18 +208,49 @@ impl<K: Holds<V>, V: Clone> Front<K, V> {
         let pick = held
             .or_else(|| (0..2).find(|&i| self.slots[set + i].is_none()))
             .unwrap_or((hash >> 63) as usize);
-        if let Some(old) = self.slots[set + pick].take() {
-            self.bytes -= old.bytes as usize;
-        }
+        self.take(set + pick);
         if self.bytes + bytes > table.bytes {
             return;
         }
         self.bytes += bytes;
+        self.taken += 1;
         self.slots[set + pick] = Some(Slot {
             hash,
             current_at: NEVER,
             bytes: small,
             value: value.clone(),
         });
+    }
+
+    /// Empties slot `i`.
+    fn take(&mut self, i: usize) {
+        if let Some(old) = self.slots[i].take() {
+            self.bytes -= old.bytes as usize;
+            self.taken -= 1;
+        }
+    }
+
+    /// Doubles the slot array (within the table's slots and bytes), moving every entry to its
+    /// set there (two entries of a set go to two sets, so none is lost).
+    fn grow(&mut self, table: Table) {
+        let len = self.slots.len() * 2;
+        let more = self.slots.len() * slot_bytes::<V>();
+        if len > table.slots || self.bytes + more > table.bytes {
+            return;
+        }
+        let old = std::mem::take(&mut self.slots);
+        self.slots.resize_with(len, || None);
+        self.bytes += more;
+        for slot in old.into_iter().flatten() {
+            let set = Self::set(len, slot.hash);
+            let free = (0..2).find(|&i| self.slots[set + i].is_none());
+            match free {
+                Some(i) => self.slots[set + i] = Some(slot),
+                None => {
+                    self.bytes -= slot.bytes as usize;
+                    self.taken -= 1;
+                }
+            }
+        }
     }
 }

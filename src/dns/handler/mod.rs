@@ -418,9 +418,12 @@ impl Handler {
                     .clone()
                     .filter(|_| target.follows_locality());
                 let key = AnswerKey::new(qname, qtype, stale, local);
-                // Known current at this snapshot's change count (the steady state): no need
-                // to look the service up to check the answer's generation.
-                let current = self.answers.get_current(&key, snapshot.changes);
+                // Known current at this snapshot's change count (the steady state), or at an
+                // earlier one with the service unchanged since (under churn): no need to look
+                // the service up to check the answer's generation.
+                let current = self
+                    .answers
+                    .get_current(&key, snapshot.changes, |at| snapshot.unchanged_since(s, at));
                 let answer = current.or_else(|| {
                     self.service_answer(s, target, qname, qtype, key, snapshot, freshness)
                 });
@@ -499,11 +502,14 @@ impl Handler {
         }
         let key = AnswerKey::new(qname, qtype, freshness.is_stale(), None);
         let changes = snapshot.changes;
-        let built = self.answers.get_current(&key, changes).unwrap_or_else(|| {
-            self.answers.get_or_build(&key, changes, changes, || {
-                sky.build(snapshot, qname, qtype, freshness, self.stale_ttl)
-            })
-        });
+        let built = self
+            .answers
+            .get_current(&key, changes, |_| false)
+            .unwrap_or_else(|| {
+                self.answers.get_or_build(&key, changes, changes, || {
+                    sky.build(snapshot, qname, qtype, freshness, self.stale_ttl)
+                })
+            });
         let outcome = built.outcome;
         reply.place(built, rng);
         debug!(name = %qname, %qtype, ?outcome, "skydns query");
