@@ -34,5 +34,11 @@ if ! python3 -c "import dns.resolver" 2>/dev/null; then
   echo "installing: dnspython"
   python3 -m pip install --quiet --disable-pip-version-check dnspython
 fi
+# grpcio, for the xDS test: a real gRPC client resolving xds:///<service> from ruddr, and the
+# backends it calls.
+if ! python3 -c "import grpc" 2>/dev/null; then
+  echo "installing: grpcio"
+  python3 -m pip install --quiet --disable-pip-version-check grpcio
+fi
 # unshare (util-linux) and getent (libc-bin) run glibc against a private resolv.conf.
 command -v unshare >/dev/null || { echo "unshare missing: apt-get install -y util-linux"; exit 1; }

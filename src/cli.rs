@@ -75,6 +75,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub admin_listen: Option<String>,
 
+    /// Address of the xDS (ADS) server for gRPC clients (xds:///<service>); "" turns it off.
+    /// Keep it on loopback or a private network.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub xds_listen: Option<String>,
+
     /// DNS zone the services are answered under.
     #[arg(long, value_name = "Z")]
     pub zone: Option<String>,

@@ -20,6 +20,7 @@
 //! - [`register`]: the registration side (lease, keepalive, health checks, deregistration).
 //! - [`persist`]: the snapshot file, for starting while etcd is unreachable.
 //! - [`memory`]: hands freed heap back to the OS after a large list or snapshot write.
+//! - [`xds`]: the xDS (ADS) server that pushes the same data to gRPC clients.
 //! - [`metrics`]: Prometheus metrics (imports nothing from the registry: the admin side hands
 //!   it the registry's state); [`admin`]: the HTTP listener for metrics, health, readiness.
 
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod persist;
 pub mod register;
 pub mod registry;
+pub mod xds;
 
 // Fuzz targets (proptest, run as tests): see src/fuzz/mod.rs.
 #[cfg(test)]

@@ -224,6 +224,47 @@ pub struct Metrics {
     stale_seconds: Gauge<f64, AtomicU64>,
     services: Family<HealthLabels, Gauge>,
     instances: Family<HealthLabels, Gauge>,
+    xds_streams: Gauge,
+    xds_pushes: Family<XdsTypeLabels, Counter>,
+    xds_push_latency: Histogram,
+    xds_nacks: Family<XdsTypeLabels, Counter>,
+    xds_limited: Family<XdsLimitLabels, Counter>,
+    xds_left_out: Family<XdsLeftOutLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct XdsTypeLabels {
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct XdsLimitLabels {
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct XdsLeftOutLabels {
+    reason: &'static str,
+}
+
+/// Keeps `ruddr_xds_streams` one higher while it lives.
+pub struct StreamOpen(Gauge);
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The short name of an xDS resource type, for labels.
+fn xds_type(type_url: &str) -> &'static str {
+    match type_url.rsplit('.').next() {
+        Some("Listener") => "listener",
+        Some("RouteConfiguration") => "route",
+        Some("Cluster") => "cluster",
+        Some("ClusterLoadAssignment") => "endpoints",
+        _ => "other",
+    }
 }
 
 impl Default for Metrics {
@@ -233,6 +274,50 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts an xDS stream as open until the guard drops.
+    pub fn xds_stream_opened(&self) -> StreamOpen {
+        self.xds_streams.inc();
+        StreamOpen(self.xds_streams.clone())
+    }
+
+    /// Counts one xDS response of `type_url`, caused by a registry change `since` ago if it was.
+    pub fn xds_push(&self, type_url: &str, since: Option<Duration>) {
+        let labels = XdsTypeLabels {
+            r#type: xds_type(type_url),
+        };
+        self.xds_pushes.get_or_create(&labels).inc();
+        if let Some(d) = since {
+            self.xds_push_latency.observe(d.as_secs_f64());
+        }
+    }
+
+    pub fn xds_nack(&self, type_url: &str) {
+        let labels = XdsTypeLabels {
+            r#type: xds_type(type_url),
+        };
+        self.xds_nacks.get_or_create(&labels).inc();
+    }
+
+    pub fn xds_limited(&self, limit: &'static str) {
+        self.xds_limited
+            .get_or_create(&XdsLimitLabels { limit })
+            .inc();
+    }
+
+    pub fn xds_left_out(&self, host_name: usize, no_port: usize, duplicate: usize) {
+        for (reason, n) in [
+            ("host_name", host_name),
+            ("no_port", no_port),
+            ("duplicate", duplicate),
+        ] {
+            if n > 0 {
+                self.xds_left_out
+                    .get_or_create(&XdsLeftOutLabels { reason })
+                    .inc_by(n as u64);
+            }
+        }
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("ruddr");
         let m = Self {
@@ -265,8 +350,41 @@ impl Metrics {
             stale_seconds: Gauge::default(),
             services: Family::default(),
             instances: Family::default(),
+            xds_streams: Gauge::default(),
+            xds_pushes: Family::default(),
+            // 100 µs .. ~6.5 s
+            xds_push_latency: Histogram::new(exponential_buckets(0.000_1, 3.0, 11)),
+            xds_nacks: Family::default(),
+            xds_limited: Family::default(),
+            xds_left_out: Family::default(),
             registry: Registry::default(),
         };
+        registry.register("xds_streams", "Open xDS (ADS) streams", m.xds_streams.clone());
+        registry.register(
+            "xds_pushes",
+            "xDS responses sent, by resource type",
+            m.xds_pushes.clone(),
+        );
+        registry.register(
+            "xds_push_latency_seconds",
+            "From a registry change being applied to the xDS response it caused being sent",
+            m.xds_push_latency.clone(),
+        );
+        registry.register(
+            "xds_nacks",
+            "xDS responses a client rejected, by resource type",
+            m.xds_nacks.clone(),
+        );
+        registry.register(
+            "xds_limited",
+            "xDS streams refused at xds.max_streams, or requests cut at xds.max_resources_per_stream",
+            m.xds_limited.clone(),
+        );
+        registry.register(
+            "xds_endpoints_left_out",
+            "Instances left out of xDS assignments: host_name (not an IP), no_port (without the port asked for), duplicate (an address already in the assignment)",
+            m.xds_left_out.clone(),
+        );
         registry.register(
             "dns_forwarded",
             "Attempts to forward a query to an upstream, by upstream and result",

@@ -83,6 +83,15 @@ pub async fn run(
         token.clone(),
     ));
     let zone = handler.origin().to_string();
+    let xds = crate::xds::Xds::new(
+        &cfg.xds,
+        handler.zone().clone(),
+        mirror.clone(),
+        status.clone(),
+        metrics.clone(),
+        token.clone(),
+    );
+    let xds_task = crate::xds::serve(&cfg.xds, xds).await?.map(|(_, task)| task);
     let udp_sockets = match cfg.dns.udp_sockets {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -224,6 +233,11 @@ pub async fn run(
     if let Some(task) = snapshot_task {
         if let Err(error) = task.await {
             warn!(%error, "snapshot writer task failed");
+        }
+    }
+    if let Some(task) = xds_task {
+        if tokio::time::timeout(GRACE, task).await.is_err() {
+            warn!("the xDS server did not stop in time");
         }
     }
     if let Some(task) = admin_task {

@@ -643,17 +643,47 @@ pub struct Applied {
 }
 
 /// Shared handle to the current [`Snapshot`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Mirror {
     current: ArcSwap<Snapshot>,
     /// Serializes writers and holds the last generation handed out. A std `Mutex` is right here:
     /// it is never held across an await and writers are rare next to readers, which never take it.
     writer: Mutex<u64>,
+    /// Tells subscribers ([`Mirror::subscribe`]) that an apply changed something.
+    changed: tokio::sync::watch::Sender<Change>,
+}
+
+/// The latest change a subscriber learns of: subscribers see the newest one only (a burst of
+/// applies is one wake-up), then read the current snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct Change {
+    /// The snapshot's change count.
+    pub changes: u64,
+    /// When the apply that made it was published.
+    pub at: std::time::Instant,
+}
+
+impl Default for Mirror {
+    fn default() -> Self {
+        Self {
+            current: ArcSwap::default(),
+            writer: Mutex::default(),
+            changed: tokio::sync::watch::Sender::new(Change {
+                changes: 0,
+                at: std::time::Instant::now(),
+            }),
+        }
+    }
 }
 
 impl Mirror {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Wakes on every apply that changes the registry (the latest one wins).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Change> {
+        self.changed.subscribe()
     }
 
     /// The current snapshot, cheap enough for every query.
@@ -732,7 +762,15 @@ impl Mirror {
         for name in &touched {
             next.stamps.set(name.as_str(), next.changes);
         }
+        let change = (!touched.is_empty() || domains_changed).then_some(Change {
+            changes: next.changes,
+            at: std::time::Instant::now(),
+        });
         self.current.store(Arc::new(next));
+        if let Some(change) = change {
+            // No subscriber is fine: the value is kept for the next one.
+            self.changed.send_replace(change);
+        }
         Applied {
             changed: touched,
             domains_changed,

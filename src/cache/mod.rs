@@ -6,7 +6,7 @@ mod mirror;
 mod types;
 
 pub use freshness::Freshness;
-pub use mirror::{InstanceKey, KeyOwner, Mirror, Service, Snapshot};
+pub use mirror::{Change, InstanceKey, KeyOwner, Mirror, Service, Snapshot};
 pub(crate) use types::bounded_map;
 pub use types::locality;
 pub use types::{

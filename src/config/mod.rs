@@ -73,6 +73,81 @@ pub struct Config {
     pub zones_dir: PathBuf,
     /// Framework registry layouts read beside the native prefix (`[[sources]]`).
     pub sources: Vec<SourceConfig>,
+    pub xds: XdsConfig,
+}
+
+/// The xDS (ADS) server for gRPC clients (`xds:///<service>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct XdsConfig {
+    /// Address of the gRPC server; `""` (the default) turns it off.
+    #[serde(with = "optional_addr")]
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain and key: serve over TLS. Relative to the config file.
+    #[serde(with = "optional_path")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(with = "optional_path")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA bundle: clients must present a certificate it signed.
+    #[serde(with = "optional_path")]
+    pub client_ca_file: Option<PathBuf>,
+    /// ADS streams open at once; past it, new streams are refused (RESOURCE_EXHAUSTED).
+    pub max_streams: usize,
+    /// Resource names one stream may subscribe to (all types together); the rest are ignored.
+    pub max_resources_per_stream: usize,
+    /// Largest request or response message.
+    pub max_message_bytes: usize,
+    /// HTTP/2 PING interval on idle connections, and how long an unanswered PING waits before
+    /// the connection is closed (dead clients free their stream).
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for XdsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            client_ca_file: None,
+            max_streams: 10_000,
+            max_resources_per_stream: 1_000,
+            max_message_bytes: 4 << 20,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl XdsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(invalid(
+                "xds.tls_cert_file",
+                "tls_cert_file and tls_key_file go together",
+            ));
+        }
+        if self.client_ca_file.is_some() && self.tls_cert_file.is_none() {
+            return Err(invalid(
+                "xds.client_ca_file",
+                "client certificates need TLS (tls_cert_file and tls_key_file)",
+            ));
+        }
+        if self.max_streams == 0
+            || self.max_resources_per_stream == 0
+            || self.max_message_bytes < 4096
+            || self.keepalive_interval.is_zero()
+            || self.keepalive_timeout.is_zero()
+        {
+            return Err(invalid(
+                "xds.max_streams",
+                "max_streams, max_resources_per_stream, keepalive_interval and keepalive_timeout must be above zero, max_message_bytes at least 4096",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The on-disk copy of the mirror, for starting while etcd is unreachable.
@@ -115,6 +190,7 @@ impl Default for Config {
             locality: LocalityConfig::default(),
             zones_dir: PathBuf::from("zones"),
             sources: Vec::new(),
+            xds: XdsConfig::default(),
         }
     }
 }
@@ -219,6 +295,18 @@ impl Config {
         if cfg.zones_dir.is_relative() {
             cfg.zones_dir = base.join(&cfg.zones_dir);
         }
+        for p in [
+            &mut cfg.xds.tls_cert_file,
+            &mut cfg.xds.tls_key_file,
+            &mut cfg.xds.client_ca_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         if let Some(p) = &mut cfg.snapshot.file {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -243,6 +331,10 @@ impl Config {
         if let Some(admin) = &a.admin_listen {
             self.admin_listen =
                 optional_addr::parse(admin).map_err(|reason| invalid("--admin-listen", reason))?;
+        }
+        if let Some(xds) = &a.xds_listen {
+            self.xds.listen =
+                optional_addr::parse(xds).map_err(|reason| invalid("--xds-listen", reason))?;
         }
         self.etcd.apply_flags(&a.etcd);
         if let Some(z) = &a.zone {
@@ -303,6 +395,7 @@ impl Config {
         self.forward.validate()?;
         self.rate_limit.validate()?;
         self.locality.validate()?;
+        self.xds.validate()?;
         sources::validate(&mut self.sources, &self.dns.zone, &self.etcd.prefix)
     }
 }

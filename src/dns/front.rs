@@ -41,8 +41,9 @@ pub fn slots_for<V>(bytes: usize, typical: usize) -> usize {
 }
 
 /// One thread's front table: slots in pairs (a 2-way set per hash). The slot array starts
-/// small and doubles while more than half of it is taken, up to the owner's `slots`: a thread
-/// that answers a few names (or none: most forward tables) does not hold a full-size array.
+/// small and doubles whenever an entry would push another out, up to the owner's `slots`: a
+/// thread that answers a few names (or none: most forward tables) does not hold a full-size
+/// array, and a busy one loses no entry to a collision the full size would have avoided.
 pub struct Front<K, V> {
     owner: u64,
     pub(crate) slots: Vec<Option<Slot<V>>>,
@@ -184,7 +185,8 @@ impl<K: Holds<V>, V: Clone> Front<K, V> {
                 .resize_with(table.slots.min(FIRST_SLOTS), || None);
             self.taken = 0;
             self.bytes = self.slots.len() * slot_bytes::<V>();
-        } else if self.taken * 2 > self.slots.len() && self.slots.len() < table.slots {
+        } else if self.slots.len() < table.slots && self.would_evict(hash, key) {
+            // A full set: grow rather than drop an entry, while the table may.
             self.grow(table);
         }
         let set = Self::set(self.slots.len(), hash);
@@ -220,6 +222,14 @@ impl<K: Holds<V>, V: Clone> Front<K, V> {
             bytes: small,
             value: value.clone(),
         });
+    }
+
+    /// Whether holding `key` would push another key's entry out (its set is full of others).
+    fn would_evict(&self, hash: u64, key: &K) -> bool {
+        let set = Self::set(self.slots.len(), hash);
+        self.slots[set..set + 2]
+            .iter()
+            .all(|s| s.as_ref().is_some_and(|s| !s.holds(hash, key)))
     }
 
     /// Empties slot `i`.

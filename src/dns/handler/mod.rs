@@ -120,6 +120,12 @@ impl Handler {
         self
     }
 
+    /// The discovery zone's settings (which instances are served, locality), for the xDS
+    /// server to select instances as answers do.
+    pub fn zone(&self) -> &Zone {
+        &self.zone
+    }
+
     /// Also answers the zones of SkyDNS sources.
     pub fn with_sky(mut self, sky: Vec<SkyZone>) -> Self {
         self.sky = sky;

@@ -29,6 +29,36 @@ pub struct Zone {
 
 pub use crate::dns::answer::{wire_size, Builder, Built, Locality, Outcome};
 
+/// What [`Zone::select`] found for a name.
+#[derive(Debug)]
+pub struct Selection<'s> {
+    /// The instances, each with the port the name reaches it on (`None`: no such port).
+    pub selected: Vec<(&'s Instance, Option<u16>)>,
+    /// Too few were healthy: every instance is served.
+    pub panic: bool,
+    /// What the client's locality did.
+    pub locality: Locality,
+    /// `prefer` was applied for this locality: its instances rank first.
+    pub prefer: Option<&'s str>,
+}
+
+impl Selection<'_> {
+    /// 1 for an instance outside the preferred locality, else 0.
+    pub fn rank(&self, i: &Instance) -> u16 {
+        u16::from(self.prefer.is_some_and(|l| !i.is_in(l)))
+    }
+
+    /// The instance's priority, lower first: its registry priority, and under `prefer` twice
+    /// that plus its rank (local instances ahead within each registry priority).
+    pub fn priority(&self, i: &Instance) -> u16 {
+        match self.prefer {
+            Some(_) => u16::try_from(2 * u32::from(i.priority) + u32::from(self.rank(i)))
+                .unwrap_or(u16::MAX),
+            None => i.priority,
+        }
+    }
+}
+
 /// The longest service name that fits a `_<service>` label (63 bytes with the `_`).
 pub const MAX_BROWSED_SERVICE: usize = 62;
 
@@ -178,19 +208,16 @@ impl Zone {
         }
     }
 
-    /// Builds the answer for `target` (one that names `svc`) and `qtype`, owner `qname`,
-    /// with records of TTL `ttl`, for a client in locality `local` (used for names that
-    /// [follow locality](Target::follows_locality) when locality is on).
-    pub fn build(
+    /// The instances `target` (one that names `svc`) covers for a client in locality `local`,
+    /// each with the port it is reached on: the served ones (all of them in panic), then kept
+    /// or ordered by locality. `None` when there are none. DNS answers and xDS assignments
+    /// both start here.
+    pub fn select<'s>(
         &self,
-        svc: &Service,
+        svc: &'s Service,
         target: Target<'_>,
-        qname: &Name,
-        qtype: RecordType,
-        ttl: u32,
-        local: Option<&str>,
-    ) -> Built {
-        let gen = svc.generation;
+        local: Option<&'s str>,
+    ) -> Option<Selection<'s>> {
         let panic = self.in_panic(svc);
         let served = svc
             .instances
@@ -224,7 +251,7 @@ impl Zone {
             | Target::EmptyNode => Vec::new(),
         };
         if selected.is_empty() {
-            return Built::negative(gen, Outcome::NxDomain);
+            return None;
         }
         // The panic threshold decided the served set; locality orders or filters it.
         let locality = if target.follows_locality() && self.locality != LocalityMode::Off {
@@ -237,13 +264,34 @@ impl Zone {
             (Locality::Local | Locality::SpillOver, LocalityMode::Prefer, Some(l)) => Some(l),
             _ => None,
         };
-        let rank = |i: &Instance| u16::from(prefer.is_some_and(|l| !i.is_in(l)));
-        let srv_priority = |i: &Instance| match prefer {
-            Some(_) => {
-                u16::try_from(2 * u32::from(i.priority) + u32::from(rank(i))).unwrap_or(u16::MAX)
-            }
-            None => i.priority,
+        Some(Selection {
+            selected,
+            panic,
+            locality,
+            prefer,
+        })
+    }
+
+    /// Builds the answer for `target` (one that names `svc`) and `qtype`, owner `qname`,
+    /// with records of TTL `ttl`, for a client in locality `local` (used for names that
+    /// [follow locality](Target::follows_locality) when locality is on).
+    pub fn build(
+        &self,
+        svc: &Service,
+        target: Target<'_>,
+        qname: &Name,
+        qtype: RecordType,
+        ttl: u32,
+        local: Option<&str>,
+    ) -> Built {
+        let gen = svc.generation;
+        let Some(selection) = self.select(svc, target, local) else {
+            return Built::negative(gen, Outcome::NxDomain);
         };
+        let (panic, locality) = (selection.panic, selection.locality);
+        let rank = |i: &Instance| selection.rank(i);
+        let srv_priority = |i: &Instance| selection.priority(i);
+        let selected = &selection.selected;
         let srv_only = matches!(target, Target::ServiceSrv(_) | Target::NamedPort { .. });
         let mut built = Builder::new(gen);
         built.panic = panic;
@@ -257,7 +305,7 @@ impl Zone {
         if let Target::ServiceSrv(_) = target {
             if matches!(qtype, RecordType::PTR | RecordType::ANY) {
                 // DNS-SD: the instance list, `<id>._<svc>._tcp.<zone>` per instance with a port.
-                for (i, port) in &selected {
+                for (i, port) in selected {
                     let Some(instance) = port
                         .and_then(|_| Name::from_ascii(i.id.as_str()).ok())
                         .and_then(|id| id.append_name(qname).ok())
@@ -293,7 +341,7 @@ impl Zone {
             RecordType::A | RecordType::AAAA | RecordType::ANY | RecordType::CNAME
         );
         if !srv_only && any_ip {
-            for (i, _) in &selected {
+            for (i, _) in selected {
                 match i.address.ip() {
                     Some(ip) if want_addr(&ip) => {
                         built.push(self.address(qname, ip, ttl), rank(i), i.weight, None);
@@ -304,7 +352,7 @@ impl Zone {
         } else if !srv_only && addressable {
             // Only host names: one of them (weighted, as for addresses) as a CNAME, since a
             // name holds at most one CNAME and nothing beside it.
-            for (i, _) in &selected {
+            for (i, _) in selected {
                 let Address::Host(host) = &i.address else {
                     continue;
                 };
@@ -316,7 +364,7 @@ impl Zone {
         }
         let want_srv = qtype == RecordType::SRV || (srv_only && qtype == RecordType::ANY);
         if want_srv {
-            for (i, port) in &selected {
+            for (i, port) in selected {
                 let Some(port) = port else { continue };
                 let priority = srv_priority(i);
                 if let Some((record, glue)) = self.srv(svc, i, *port, priority, qname, ttl) {
