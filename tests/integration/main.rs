@@ -16,6 +16,7 @@
 //! - `resolver`: static zones, forwarding, allow list, AXFR/ANY/PTR, glibc and dnspython clients.
 //! - `robustness`: malformed packets, CLI and config errors, signals.
 //! - `scale`: registries larger than one gRPC message: paged lists, re-lists at that size.
+//! - `xds`: gRPC clients (Python grpcio) on `xds:///<service>`, following the registry.
 
 mod admin;
 mod discovery;
@@ -33,3 +34,4 @@ mod register;
 mod resolver;
 mod robustness;
 mod scale;
+mod xds;
