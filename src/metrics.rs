@@ -359,7 +359,11 @@ impl Metrics {
             xds_left_out: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("xds_streams", "Open xDS (ADS) streams", m.xds_streams.clone());
+        registry.register(
+            "xds_streams",
+            "Open xDS (ADS) streams",
+            m.xds_streams.clone(),
+        );
         registry.register(
             "xds_pushes",
             "xDS responses sent, by resource type",

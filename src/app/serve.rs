@@ -91,7 +91,9 @@ pub async fn run(
         metrics.clone(),
         token.clone(),
     );
-    let xds_task = crate::xds::serve(&cfg.xds, xds).await?.map(|(_, task)| task);
+    let xds_task = crate::xds::serve(&cfg.xds, xds)
+        .await?
+        .map(|(_, task)| task);
     let udp_sockets = match cfg.dns.udp_sockets {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,

@@ -65,7 +65,11 @@ impl Xds {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
-        let zone_name = zone.origin.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        let zone_name = zone
+            .origin
+            .to_ascii()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
         Self {
             mirror,
             status,
@@ -101,8 +105,9 @@ pub async fn serve(
         let read = |p: &std::path::PathBuf| {
             std::fs::read(p).with_context(|| format!("reading {}", p.display()))
         };
-        let mut tls = tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
+        );
         if let Some(ca) = &cfg.client_ca_file {
             tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
         }
@@ -300,7 +305,13 @@ impl StreamTask {
                 if unchanged {
                     continue;
                 }
-                let built = self.build(type_url, &state.names, &snapshot, &mut known, local.as_deref());
+                let built = self.build(
+                    type_url,
+                    &state.names,
+                    &snapshot,
+                    &mut known,
+                    local.as_deref(),
+                );
                 if !state.pending && state.sent.as_ref() == Some(&built) {
                     continue;
                 }
@@ -318,7 +329,8 @@ impl StreamTask {
                 if tx.send(Ok(response)).await.is_err() {
                     return;
                 }
-                self.metrics.xds_push(type_url, woke_at.map(|t| t.elapsed()));
+                self.metrics
+                    .xds_push(type_url, woke_at.map(|t| t.elapsed()));
             }
         }
     }
@@ -353,7 +365,8 @@ impl StreamTask {
                 }
                 ENDPOINTS => {
                     let (cla, left) = resources::assignment(&self.zone, name, &target, svc, local);
-                    self.metrics.xds_left_out(left.host_name, left.no_port, left.duplicate);
+                    self.metrics
+                        .xds_left_out(left.host_name, left.no_port, left.duplicate);
                     resources::any(cla)
                 }
                 _ => continue,

@@ -433,7 +433,10 @@ mod tests {
         let z = zone(LocalityMode::Off);
         let named = Target::parse("web:grpc", "svc.internal").unwrap();
         let (cla, left) = assignment(&z, "web:grpc", &named, Some(&svc), None);
-        assert_eq!(addrs(&cla), vec![(0, String::new(), "10.0.0.1:9000".into())]);
+        assert_eq!(
+            addrs(&cla),
+            vec![(0, String::new(), "10.0.0.1:9000".into())]
+        );
         assert_eq!(left, LeftOut::default(), "b has no such port: not selected");
         let numbered = Target::parse("web:9000", "svc.internal").unwrap();
         let (cla, left) = assignment(&z, "web:9000", &numbered, Some(&svc), None);
@@ -471,7 +474,13 @@ mod tests {
         let (cla, _) = assignment(&z, "web", &target, Some(&svc), Some("z"));
         assert_eq!(addrs(&cla)[0].0, 0);
         // `only` keeps the local ones while enough are healthy.
-        let (cla, _) = assignment(&zone(LocalityMode::Only), "web", &target, Some(&svc), Some("a"));
+        let (cla, _) = assignment(
+            &zone(LocalityMode::Only),
+            "web",
+            &target,
+            Some(&svc),
+            Some("a"),
+        );
         assert_eq!(addrs(&cla), vec![(0, "a".into(), "10.0.0.1:80".into())]);
     }
 

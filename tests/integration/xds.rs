@@ -11,7 +11,10 @@ use crate::harness::*;
 const P: &str = "/ruddr/services/";
 
 fn script(name: &str) -> String {
-    format!("{}/tests/integration/xds/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/tests/integration/xds/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 fn require_grpcio() {
@@ -62,7 +65,9 @@ struct Client {
 
 impl Client {
     fn start(xds_port: u16, target: &str, zone: Option<&str>) -> Self {
-        let locality = zone.map_or(String::new(), |z| format!(r#","locality":{{"zone":"{z}"}}"#));
+        let locality = zone.map_or(String::new(), |z| {
+            format!(r#","locality":{{"zone":"{z}"}}"#)
+        });
         let bootstrap = format!(
             r#"{{"xds_servers":[{{"server_uri":"127.0.0.1:{xds_port}","channel_creds":[{{"type":"insecure"}}],"server_features":["xds_v3"]}}],"node":{{"id":"test-client"{locality}}}}}"#
         );
@@ -80,7 +85,9 @@ impl Client {
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 if let Some((_, reply)) = line.split_once(' ') {
-                    sink.lock().unwrap().push((Instant::now(), reply.to_string()));
+                    sink.lock()
+                        .unwrap()
+                        .push((Instant::now(), reply.to_string()));
                 }
             }
         });
@@ -123,11 +130,9 @@ impl Client {
         loop {
             let replies = self.replies.lock().unwrap().clone();
             // The first reply after `from` from which on all satisfy `ok`.
-            let after: Vec<&(Instant, String)> = replies.iter().filter(|(t, _)| *t > from).collect();
-            let start = after
-                .iter()
-                .rposition(|(_, r)| !ok(r))
-                .map_or(0, |i| i + 1);
+            let after: Vec<&(Instant, String)> =
+                replies.iter().filter(|(t, _)| *t > from).collect();
+            let start = after.iter().rposition(|(_, r)| !ok(r)).map_or(0, |i| i + 1);
             if let Some((t0, _)) = after.get(start) {
                 let last = after.last().unwrap().0;
                 if last.duration_since(*t0) >= window {
@@ -160,7 +165,10 @@ fn a_grpc_client_follows_the_registry_over_xds() {
     let etcd = Etcd::start();
     let xds_port = free_port();
     let xds = xds_port.to_string();
-    let ruddr = Ruddr::start(&etcd.endpoint(), &["--xds-listen", &format!("127.0.0.1:{xds}")]);
+    let ruddr = Ruddr::start(
+        &etcd.endpoint(),
+        &["--xds-listen", &format!("127.0.0.1:{xds}")],
+    );
     ruddr.wait_log("xds listening");
     ruddr.wait_watching();
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
@@ -180,9 +188,12 @@ fn a_grpc_client_follows_the_registry_over_xds() {
     let t = Instant::now();
     etcd.delete(&format!("{P}echo/e0"));
     let took = client
-        .settles(t, Duration::from_millis(500), Duration::from_secs(10), |r| {
-            r != name(ports[0]) && !r.starts_with("ERR")
-        })
+        .settles(
+            t,
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+            |r| r != name(ports[0]) && !r.starts_with("ERR"),
+        )
         .expect("RPCs to move off the deleted backend");
     assert!(took < Duration::from_secs(1), "took {took:?}");
 
@@ -209,9 +220,12 @@ fn a_grpc_client_follows_the_registry_over_xds() {
         &value(ports[1], r#","health":"critical""#),
     );
     client
-        .settles(t, Duration::from_millis(500), Duration::from_secs(10), |r| {
-            r != name(ports[1]) && !r.starts_with("ERR")
-        })
+        .settles(
+            t,
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+            |r| r != name(ports[1]) && !r.starts_with("ERR"),
+        )
         .expect("RPCs to move off the critical backend");
 
     // etcd stopped: RPCs keep reaching the last known backends; back, changes flow again.
@@ -219,7 +233,8 @@ fn a_grpc_client_follows_the_registry_over_xds() {
     std::thread::sleep(Duration::from_secs(2));
     let t = Instant::now();
     client.wait(t, 50, "RPCs while etcd is stopped", |r| {
-        r.iter().all(|x| *x == name(ports[2]) || *x == name(ports[3]))
+        r.iter()
+            .all(|x| *x == name(ports[2]) || *x == name(ports[3]))
     });
     etcd.signal("CONT");
     let t = Instant::now();
@@ -279,9 +294,12 @@ fn a_named_port_target_reaches_that_port_and_locality_prefer_keeps_to_the_zone()
     );
     let t = Instant::now();
     local
-        .settles(t, Duration::from_millis(500), Duration::from_secs(10), |r| {
-            r == name(ports[1])
-        })
+        .settles(
+            t,
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+            |r| r == name(ports[1]),
+        )
         .expect("RPCs to spill over to zone b");
     drop(ruddr);
 }
