@@ -38,7 +38,9 @@ fi
 # backends it calls.
 if ! python3 -c "import grpc" 2>/dev/null; then
   echo "installing: grpcio"
-  python3 -m pip install --quiet --disable-pip-version-check grpcio
+  python3 -m pip install --quiet --disable-pip-version-check grpcio ||
+    { [ "$(id -u)" = 0 ] && apt-get install -y -qq --no-install-recommends python3-grpcio >/dev/null; } ||
+    sudo apt-get install -y -qq --no-install-recommends python3-grpcio >/dev/null
 fi
 # unshare (util-linux) and getent (libc-bin) run glibc against a private resolv.conf.
 command -v unshare >/dev/null || { echo "unshare missing: apt-get install -y util-linux"; exit 1; }

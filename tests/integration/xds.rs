@@ -1,7 +1,7 @@
 //! The xDS server with real gRPC programs: Python grpcio backends registered in etcd, and a
 //! grpcio client on `xds:///<service>` whose bootstrap points at ruddr.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -243,7 +243,6 @@ fn a_grpc_client_follows_the_registry_over_xds() {
         r.contains(&name(ports[1]))
     });
     drop(ruddr);
-    let _ = std::io::stdout().flush();
 }
 
 #[test]
