@@ -166,7 +166,7 @@ impl AnswerCache {
             return self.shared.get(key).filter(|b| fits(b));
         }
         let hash = self.hasher.hash_one(key);
-        let held = FRONT.with(|front| front.borrow().get(self.id, self.front_slots, hash, key));
+        let held = FRONT.with(|front| front.borrow().get(self.id, hash, key));
         if let Some(b) = held.filter(|b| fits(b)) {
             return Some(b);
         }
@@ -193,7 +193,7 @@ impl AnswerCache {
         FRONT.with(|front| {
             front
                 .borrow_mut()
-                .get_current(self.id, self.front_slots, hash, key, changes, still)
+                .get_current(self.id, hash, key, changes, still)
         })
     }
 
@@ -207,7 +207,6 @@ impl AnswerCache {
         FRONT.with(|front| {
             front.borrow_mut().confirm_with(
                 self.id,
-                self.front_slots,
                 hash,
                 key,
                 |held| Arc::ptr_eq(held, built),
@@ -386,11 +385,7 @@ mod tests {
             .filter(|i| {
                 let k = key(&format!("n{i}."));
                 let hash = cache.hasher.hash_one(&k);
-                FRONT.with(|f| {
-                    f.borrow()
-                        .get(cache.id, cache.front_slots, hash, &k)
-                        .is_some()
-                })
+                FRONT.with(|f| f.borrow().get(cache.id, hash, &k).is_some())
             })
             .count();
         assert!(found > 2500, "{found} of 3000 in the front");

@@ -104,20 +104,19 @@ impl<K: Holds<V>, V: Clone> Front<K, V> {
         (hash as usize & (slots / 2 - 1)) * 2
     }
 
-    fn slot(&self, owner: u64, slots: usize, hash: u64, key: &K) -> Option<&Slot<V>> {
-        if self.owner != owner || slots == 0 {
+    /// Where `owner`'s table holds `key` (hashed to `hash`), if it does.
+    fn find(&self, owner: u64, hash: u64, key: &K) -> Option<usize> {
+        if self.owner != owner || self.slots.is_empty() {
             return None;
         }
         let set = Self::set(self.slots.len(), hash);
-        self.slots[set..set + 2]
-            .iter()
-            .flatten()
-            .find(|s| s.holds(hash, key))
+        (set..set + 2).find(|&i| self.slots[i].as_ref().is_some_and(|s| s.holds(hash, key)))
     }
 
-    /// The value held for `key` (hashed to `hash`) in `owner`'s table of `slots`.
-    pub fn get(&self, owner: u64, slots: usize, hash: u64, key: &K) -> Option<V> {
-        self.slot(owner, slots, hash, key).map(|s| s.value.clone())
+    /// The value held for `key` (hashed to `hash`) in `owner`'s table.
+    pub fn get(&self, owner: u64, hash: u64, key: &K) -> Option<V> {
+        let i = self.find(owner, hash, key)?;
+        self.slots[i].as_ref().map(|s| s.value.clone())
     }
 
     /// The value held for `key` if it was noted current at `count` ([`Front::confirm_with`]),
@@ -125,20 +124,16 @@ impl<K: Holds<V>, V: Clone> Front<K, V> {
     pub fn get_current(
         &mut self,
         owner: u64,
-        slots: usize,
         hash: u64,
         key: &K,
         count: u64,
         still: impl FnOnce(u64) -> bool,
     ) -> Option<V> {
-        if self.owner != owner || slots == 0 || count == NEVER {
+        if count == NEVER {
             return None;
         }
-        let set = Self::set(self.slots.len(), hash);
-        let slot = self.slots[set..set + 2]
-            .iter_mut()
-            .flatten()
-            .find(|s| s.holds(hash, key))?;
+        let i = self.find(owner, hash, key)?;
+        let slot = self.slots[i].as_mut()?;
         if slot.current_at != count {
             if slot.current_at == NEVER || !still(slot.current_at) {
                 return None;
@@ -152,21 +147,15 @@ impl<K: Holds<V>, V: Clone> Front<K, V> {
     pub fn confirm_with(
         &mut self,
         owner: u64,
-        slots: usize,
         hash: u64,
         key: &K,
         same: impl Fn(&V) -> bool,
         count: u64,
     ) {
-        if self.owner != owner || slots == 0 {
+        let Some(i) = self.find(owner, hash, key) else {
             return;
-        }
-        let set = Self::set(self.slots.len(), hash);
-        let slot = self.slots[set..set + 2]
-            .iter_mut()
-            .flatten()
-            .find(|s| s.holds(hash, key) && same(&s.value));
-        if let Some(slot) = slot {
+        };
+        if let Some(slot) = self.slots[i].as_mut().filter(|s| same(&s.value)) {
             slot.current_at = count;
         }
     }
@@ -192,11 +181,7 @@ impl<K: Holds<V>, V: Clone> Front<K, V> {
         let set = Self::set(self.slots.len(), hash);
         // The slot holding this key (whose value this one replaces, admitted or not), else an
         // empty one, else the one the hash's high bit picks.
-        let held = (0..2).find(|&i| {
-            self.slots[set + i]
-                .as_ref()
-                .is_some_and(|s| s.holds(hash, key))
-        });
+        let held = self.find(table.owner, hash, key).map(|i| i - set);
         if let Some(i) = held {
             self.take(set + i);
         }

@@ -193,7 +193,7 @@ impl Answers {
         let entries = self.entries.as_ref()?;
         let hash = self.hasher.hash_one(key);
         let t = self.front;
-        let held = FRONT.with(|f| f.borrow().get(t.owner, t.slots, hash, key));
+        let held = FRONT.with(|f| f.borrow().get(t.owner, hash, key));
         // An entry past its TTL in the front is a miss there: the shared cache decides.
         let stored = match held.filter(|s| now.saturating_duration_since(s.stored_at) < s.ttl) {
             Some(stored) => stored,
