@@ -11,7 +11,7 @@
 
 pub mod resources;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::Any;
+use envoy_types::util::pack_any;
 use futures_util::Stream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -41,8 +42,11 @@ use resources::{Target, CLUSTER, ENDPOINTS, LISTENER, ROUTE};
 type Responses = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
 type DeltaResponses = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
 
-/// The ADS service.
-pub struct Xds {
+/// The ADS service (tonic holds it; every stream's task shares its [`Inner`]).
+pub struct Xds(Arc<Inner>);
+
+/// What the service and its streams' tasks share.
+struct Inner {
     mirror: Arc<Mirror>,
     status: Arc<RegistryStatus>,
     metrics: Arc<Metrics>,
@@ -53,7 +57,7 @@ pub struct Xds {
     max_resources: usize,
     shutdown: CancellationToken,
     streams_logged: AtomicBool,
-    resources_logged: Arc<AtomicBool>,
+    resources_logged: AtomicBool,
 }
 
 impl Xds {
@@ -70,7 +74,7 @@ impl Xds {
             .to_ascii()
             .trim_end_matches('.')
             .to_ascii_lowercase();
-        Self {
+        Self(Arc::new(Inner {
             mirror,
             status,
             metrics,
@@ -80,8 +84,8 @@ impl Xds {
             max_resources: cfg.max_resources_per_stream,
             shutdown,
             streams_logged: AtomicBool::new(false),
-            resources_logged: Arc::new(AtomicBool::new(false)),
-        }
+            resources_logged: AtomicBool::new(false),
+        }))
     }
 }
 
@@ -115,7 +119,7 @@ pub async fn serve(
             .tls_config(tls)
             .context("the xDS TLS certificate and key")?;
     }
-    let shutdown = xds.shutdown.clone();
+    let shutdown = xds.0.shutdown.clone();
     let service = AggregatedDiscoveryServiceServer::new(xds)
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
@@ -139,9 +143,10 @@ impl AggregatedDiscoveryService for Xds {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Responses>, Status> {
-        let Ok(permit) = self.streams.clone().try_acquire_owned() else {
-            self.metrics.xds_limited("max_streams");
-            if !self.streams_logged.swap(true, Ordering::Relaxed) {
+        let inner = &self.0;
+        let Ok(permit) = inner.streams.clone().try_acquire_owned() else {
+            inner.metrics.xds_limited("max_streams");
+            if !inner.streams_logged.swap(true, Ordering::Relaxed) {
                 warn!("xds.max_streams streams are open: refusing new ones (logged once; see ruddr_xds_limited_total)");
             }
             return Err(Status::resource_exhausted("too many xDS streams"));
@@ -151,17 +156,7 @@ impl AggregatedDiscoveryService for Xds {
         // One response in flight at most: a slow client waits on its own task, whose next
         // send is the latest state.
         let (tx, rx) = mpsc::channel(1);
-        let stream = StreamTask {
-            mirror: self.mirror.clone(),
-            status: self.status.clone(),
-            metrics: self.metrics.clone(),
-            zone: self.zone.clone(),
-            zone_name: self.zone_name.clone(),
-            max_resources: self.max_resources,
-            resources_logged: self.resources_logged.clone(),
-            shutdown: self.shutdown.clone(),
-        };
-        tokio::spawn(stream.run(inbound, tx, permit, peer));
+        tokio::spawn(inner.clone().run(inbound, tx, permit, peer));
         let out = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Response::new(Box::pin(out)))
     }
@@ -181,8 +176,8 @@ impl AggregatedDiscoveryService for Xds {
 /// What a stream holds of one resource type.
 #[derive(Default)]
 struct TypeState {
-    /// The names the client asked for last.
-    names: BTreeSet<String>,
+    /// The names the client asked for last, with the targets they name (`None`: none).
+    names: BTreeMap<String, Option<Target>>,
     /// The nonce of the last response of this type.
     nonce: String,
     /// What was sent last (`None`: nothing yet), to send only what changed.
@@ -193,21 +188,25 @@ struct TypeState {
     pending: bool,
 }
 
-/// The parts of [`Xds`] a stream's task needs.
-struct StreamTask {
-    mirror: Arc<Mirror>,
-    status: Arc<RegistryStatus>,
-    metrics: Arc<Metrics>,
-    zone: Zone,
-    zone_name: String,
-    max_resources: usize,
-    resources_logged: Arc<AtomicBool>,
-    shutdown: CancellationToken,
+/// One stream's state.
+#[derive(Default)]
+struct Session {
+    types: HashMap<&'static str, TypeState>,
+    /// Names whose Listener and Cluster were sent: they stay while the stream lasts, with an
+    /// empty assignment once their service is gone.
+    known: HashSet<String>,
+    /// The client's node id and locality (`node.locality.zone`, lower case), from its first
+    /// request.
+    node: String,
+    local: Option<String>,
+    nacks_logged: bool,
+    /// Responses sent: the nonces.
+    seq: u64,
 }
 
-impl StreamTask {
+impl Inner {
     async fn run(
-        self,
+        self: Arc<Self>,
         mut inbound: Streaming<DiscoveryRequest>,
         tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
         _permit: OwnedSemaphorePermit,
@@ -216,63 +215,13 @@ impl StreamTask {
         let _open = self.metrics.xds_stream_opened();
         let mut changes = self.mirror.subscribe();
         changes.borrow_and_update();
-        let mut types: HashMap<&'static str, TypeState> = HashMap::new();
-        // Names whose Listener and Cluster were sent: they stay while the stream lasts, with an
-        // empty assignment once their service is gone.
-        let mut known: HashSet<String> = HashSet::new();
-        let mut node = String::new();
-        let mut local: Option<String> = None;
-        let mut nacks_logged = false;
-        let mut seq = 0u64;
+        let mut session = Session::default();
         loop {
             let mut woke_at: Option<Instant> = None;
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 message = inbound.message() => match message {
-                    Ok(Some(request)) => {
-                        if let Some(n) = &request.node {
-                            if node.is_empty() {
-                                node = n.id.clone();
-                                local = n.locality.as_ref()
-                                    .map(|l| l.zone.to_ascii_lowercase())
-                                    .filter(|z| !z.is_empty());
-                                debug!(node = %node, ?local, ?peer, "xds stream");
-                            }
-                        }
-                        let Some(type_url) = resources::TYPES.iter().copied().find(|t| *t == request.type_url) else {
-                            debug!(type_url = %request.type_url, "xds: a type ruddr does not serve");
-                            continue;
-                        };
-                        let state = types.entry(type_url).or_default();
-                        if !request.response_nonce.is_empty() && request.response_nonce != state.nonce {
-                            // An answer to an older response: a newer one is on its way.
-                            continue;
-                        }
-                        if let Some(error) = &request.error_detail {
-                            self.metrics.xds_nack(type_url);
-                            if !nacks_logged {
-                                nacks_logged = true;
-                                warn!(node = %node, type_url, code = error.code, detail = %error.message,
-                                    "an xDS client rejected an update (logged once per stream; see ruddr_xds_nacks_total)");
-                            }
-                        }
-                        let names: BTreeSet<String> = request.resource_names.into_iter().collect();
-                        if names != state.names {
-                            state.names = names;
-                            state.pending = true;
-                        }
-                        let total: usize = types.values().map(|t| t.names.len()).sum();
-                        if total > self.max_resources {
-                            self.metrics.xds_limited("max_resources_per_stream");
-                            if !self.resources_logged.swap(true, Ordering::Relaxed) {
-                                warn!(node = %node, limit = self.max_resources,
-                                    "an xDS stream asks for more than xds.max_resources_per_stream names: the rest are ignored (logged once; see ruddr_xds_limited_total)");
-                            }
-                            let state = types.get_mut(type_url).unwrap();
-                            let keep = self.max_resources.saturating_sub(total - state.names.len());
-                            state.names = std::mem::take(&mut state.names).into_iter().take(keep).collect();
-                        }
-                    }
+                    Ok(Some(request)) => self.request(&mut session, request, peer),
                     Ok(None) | Err(_) => return,
                 },
                 changed = changes.changed() => {
@@ -288,65 +237,145 @@ impl StreamTask {
                 continue;
             }
             let snapshot = self.mirror.load_full();
-            for type_url in resources::TYPES {
-                let Some(state) = types.get_mut(type_url) else {
-                    continue;
-                };
-                if state.names.is_empty() && !state.pending {
-                    continue;
-                }
-                let unchanged = !state.pending
-                    && state.sent.is_some()
-                    && state.names.iter().all(|n| {
-                        Target::parse(n, &self.zone_name)
-                            .is_none_or(|t| snapshot.unchanged_since(&t.service, state.built_at))
-                    });
-                state.built_at = snapshot.changes;
-                if unchanged {
-                    continue;
-                }
-                let built = self.build(
-                    type_url,
-                    &state.names,
-                    &snapshot,
-                    &mut known,
-                    local.as_deref(),
-                );
-                if !state.pending && state.sent.as_ref() == Some(&built) {
-                    continue;
-                }
-                state.pending = false;
-                seq += 1;
-                state.nonce = seq.to_string();
-                let response = DiscoveryResponse {
-                    version_info: format!("{}.{seq}", snapshot.revision),
-                    resources: built.clone(),
-                    type_url: type_url.to_string(),
-                    nonce: state.nonce.clone(),
-                    ..Default::default()
-                };
-                state.sent = Some(built);
+            for response in self.due(&mut session, &snapshot) {
+                let type_url = response.type_url.clone();
                 if tx.send(Ok(response)).await.is_err() {
                     return;
                 }
                 self.metrics
-                    .xds_push(type_url, woke_at.map(|t| t.elapsed()));
+                    .xds_push(&type_url, woke_at.map(|t| t.elapsed()));
             }
         }
+    }
+
+    /// Takes in a client's request: its node (the first time), an ACK or NACK, the names it
+    /// now wants.
+    fn request(
+        &self,
+        s: &mut Session,
+        request: DiscoveryRequest,
+        peer: Option<std::net::SocketAddr>,
+    ) {
+        if let Some(n) = request.node.as_ref().filter(|_| s.node.is_empty()) {
+            s.node = n.id.clone();
+            s.local = n
+                .locality
+                .as_ref()
+                .map(|l| l.zone.to_ascii_lowercase())
+                .filter(|z| !z.is_empty());
+            debug!(node = %s.node, local = ?s.local, ?peer, "xds stream");
+        }
+        let Some(type_url) = resources::TYPES
+            .iter()
+            .copied()
+            .find(|t| *t == request.type_url)
+        else {
+            debug!(type_url = %request.type_url, "xds: a type ruddr does not serve");
+            return;
+        };
+        let state = s.types.entry(type_url).or_default();
+        if !request.response_nonce.is_empty() && request.response_nonce != state.nonce {
+            // An answer to an older response: a newer one is on its way.
+            return;
+        }
+        if let Some(error) = &request.error_detail {
+            self.metrics.xds_nack(type_url);
+            if !s.nacks_logged {
+                s.nacks_logged = true;
+                warn!(node = %s.node, type_url, code = error.code, detail = %error.message,
+                    "an xDS client rejected an update (logged once per stream; see ruddr_xds_nacks_total)");
+            }
+        }
+        let others: usize = s
+            .types
+            .iter()
+            .filter(|(t, _)| **t != type_url)
+            .map(|(_, t)| t.names.len())
+            .sum();
+        let room = self.max_resources.saturating_sub(others);
+        if request.resource_names.len() > room {
+            self.metrics.xds_limited("max_resources_per_stream");
+            if !self.resources_logged.swap(true, Ordering::Relaxed) {
+                warn!(node = %s.node, limit = self.max_resources,
+                    "an xDS stream asks for more than xds.max_resources_per_stream names: the rest are ignored (logged once; see ruddr_xds_limited_total)");
+            }
+        }
+        // Compared after the cut: a client repeating an over-long list is not answered again.
+        let mut names = request.resource_names;
+        names.truncate(room);
+        names.sort_unstable();
+        names.dedup();
+        let state = s.types.get_mut(type_url).expect("entered above");
+        if !names.iter().eq(state.names.keys()) {
+            state.names = names
+                .into_iter()
+                .map(|n| {
+                    let target = Target::parse(&n, &self.zone_name);
+                    (n, target)
+                })
+                .collect();
+            state.pending = true;
+        }
+    }
+
+    /// The responses `s` is owed at `snapshot`: per type, when the client asked for new names
+    /// or what its names hold changed; each recorded as sent.
+    fn due(&self, s: &mut Session, snapshot: &Snapshot) -> Vec<DiscoveryResponse> {
+        let mut out = Vec::new();
+        for type_url in resources::TYPES {
+            let Some(state) = s.types.get_mut(type_url) else {
+                continue;
+            };
+            if state.names.is_empty() && !state.pending {
+                continue;
+            }
+            let unchanged = !state.pending
+                && state
+                    .names
+                    .values()
+                    .flatten()
+                    .all(|t| snapshot.unchanged_since(&t.service, state.built_at));
+            state.built_at = snapshot.changes;
+            if unchanged {
+                continue;
+            }
+            let built = self.build(
+                type_url,
+                &state.names,
+                snapshot,
+                &mut s.known,
+                s.local.as_deref(),
+            );
+            if !state.pending && state.sent.as_ref() == Some(&built) {
+                continue;
+            }
+            state.pending = false;
+            s.seq += 1;
+            state.nonce = s.seq.to_string();
+            out.push(DiscoveryResponse {
+                version_info: format!("{}.{}", snapshot.revision, s.seq),
+                resources: built.clone(),
+                type_url: type_url.to_string(),
+                nonce: state.nonce.clone(),
+                ..Default::default()
+            });
+            state.sent = Some(built);
+        }
+        out
     }
 
     /// The resources of `type_url` for `names` in `snapshot`.
     fn build(
         &self,
         type_url: &str,
-        names: &BTreeSet<String>,
+        names: &BTreeMap<String, Option<Target>>,
         snapshot: &Snapshot,
         known: &mut HashSet<String>,
         local: Option<&str>,
     ) -> Vec<Any> {
         let mut out = Vec::new();
-        for name in names {
-            let Some(target) = Target::parse(name, &self.zone_name) else {
+        for (name, target) in names {
+            let Some(target) = target else {
                 continue;
             };
             let svc = snapshot.service(&target.service).map(|s| &**s);
@@ -356,23 +385,102 @@ impl StreamTask {
             let any = match type_url {
                 LISTENER => {
                     known.insert(name.clone());
-                    resources::any(resources::listener(name))
+                    pack_any(resources::listener(name))
                 }
-                ROUTE => resources::any(resources::route(name)),
+                ROUTE => pack_any(resources::route(name)),
                 CLUSTER => {
                     known.insert(name.clone());
-                    resources::any(resources::cluster(name))
+                    pack_any(resources::cluster(name))
                 }
                 ENDPOINTS => {
-                    let (cla, left) = resources::assignment(&self.zone, name, &target, svc, local);
+                    let (cla, left) = resources::assignment(&self.zone, name, target, svc, local);
                     self.metrics
                         .xds_left_out(left.host_name, left.no_port, left.duplicate);
-                    resources::any(cla)
+                    pack_any(cla)
                 }
                 _ => continue,
             };
             out.push(any);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{Instance, ServiceName, Update};
+    use crate::config::LocalityMode;
+
+    fn inner(max_resources: usize) -> Inner {
+        let cfg = XdsConfig {
+            max_resources_per_stream: max_resources,
+            ..XdsConfig::default()
+        };
+        let mirror = Arc::new(Mirror::new());
+        mirror.apply(
+            [Update::Put {
+                service: ServiceName::new("web").unwrap(),
+                instance: Instance::for_test("a", "10.0.0.1", Some(80)),
+            }],
+            1,
+        );
+        let xds = Xds::new(
+            &cfg,
+            resources::tests::zone(LocalityMode::Off),
+            mirror,
+            Arc::new(RegistryStatus::new(None)),
+            Arc::new(Metrics::new()),
+            CancellationToken::new(),
+        );
+        Arc::into_inner(xds.0).unwrap()
+    }
+
+    fn lds(names: &[&str], nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: LISTENER.to_string(),
+            resource_names: names.iter().map(|n| n.to_string()).collect(),
+            response_nonce: nonce.to_string(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn new_names_are_answered_once_and_an_ack_is_not() {
+        let x = inner(100);
+        let mut s = Session::default();
+        let snap = x.mirror.load_full();
+        x.request(&mut s, lds(&["web", "nosuch"], ""), None);
+        let sent = x.due(&mut s, &snap);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            sent[0].resources.len(),
+            1,
+            "no resource for a name with no service"
+        );
+        x.request(&mut s, lds(&["web", "nosuch"], &sent[0].nonce), None);
+        assert!(x.due(&mut s, &snap).is_empty(), "an ACK is not answered");
+        // A request answering an older response is ignored.
+        x.request(&mut s, lds(&["web"], "0"), None);
+        assert!(x.due(&mut s, &snap).is_empty());
+        x.request(&mut s, lds(&["web"], &sent[0].nonce), None);
+        assert_eq!(
+            x.due(&mut s, &snap).len(),
+            1,
+            "a changed name set is answered"
+        );
+    }
+
+    #[test]
+    fn names_past_the_limit_are_cut_and_a_repeated_long_list_is_not_answered_again() {
+        let x = inner(2);
+        let mut s = Session::default();
+        let snap = x.mirror.load_full();
+        x.request(&mut s, lds(&["a", "b", "web"], ""), None);
+        assert_eq!(s.types[LISTENER].names.len(), 2);
+        let sent = x.due(&mut s, &snap);
+        assert_eq!(sent.len(), 1);
+        x.request(&mut s, lds(&["a", "b", "web"], &sent[0].nonce), None);
+        assert!(x.due(&mut s, &snap).is_empty());
     }
 }

@@ -41,7 +41,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter,
 };
-use envoy_types::pb::google::protobuf::{Any, UInt32Value, UInt64Value};
+use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
 use envoy_types::util::pack_any;
 
 use crate::cache::Service;
@@ -289,19 +289,14 @@ fn endpoint(ip: IpAddr, port: u16, weight: u16) -> LbEndpoint {
     }
 }
 
-/// `value` packed for a response.
-pub fn any<T: prost::Name + prost::Message>(value: T) -> Any {
-    pack_any(value)
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cache::{Health, Instance};
     use crate::config::LocalityMode;
     use hickory_proto::rr::Name;
 
-    fn zone(mode: LocalityMode) -> Zone {
+    pub(crate) fn zone(mode: LocalityMode) -> Zone {
         Zone {
             origin: Name::from_ascii("svc.internal.").unwrap(),
             ttl: 5,
@@ -487,7 +482,7 @@ mod tests {
     #[test]
     fn resources_decode_as_their_types() {
         use prost::Message;
-        let l = any(listener("web:grpc"));
+        let l = pack_any(listener("web:grpc"));
         assert_eq!(l.type_url, LISTENER);
         let decoded = Listener::decode(l.value.as_slice()).unwrap();
         let api = decoded.api_listener.unwrap().api_listener.unwrap();
@@ -496,8 +491,11 @@ mod tests {
             hcm.http_filters.last().unwrap().name,
             "envoy.filters.http.router"
         );
-        assert_eq!(any(cluster("web")).type_url, CLUSTER);
-        assert_eq!(any(route("web")).type_url, ROUTE);
-        assert_eq!(any(ClusterLoadAssignment::default()).type_url, ENDPOINTS);
+        assert_eq!(pack_any(cluster("web")).type_url, CLUSTER);
+        assert_eq!(pack_any(route("web")).type_url, ROUTE);
+        assert_eq!(
+            pack_any(ClusterLoadAssignment::default()).type_url,
+            ENDPOINTS
+        );
     }
 }
