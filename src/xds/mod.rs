@@ -2,19 +2,21 @@
 //! which is what gRPC clients speak to resolve `xds:///<service>`. Fed by the same mirror as
 //! DNS, with the same rules for which instances are served ([`resources`]).
 //!
-//! One task per stream. It reads the client's requests and wakes on every mirror change (a
-//! `watch`: a burst of changes is one wake-up, the latest snapshot wins), and sends a type's
-//! resources when the client asks for a new set of names or when what it holds changed. Each
-//! stream remembers, per type, the snapshot change count it last built at: a change to other
-//! services costs it one stamp check per name ([`crate::cache::Snapshot::unchanged_since`]).
-//! A slow client holds up only its own task; its next send carries the latest state.
+//! One task per stream. It reads the client's requests and sends a type's resources when the
+//! client asks for a new set of names or when what they hold changed. One dispatcher task
+//! follows the mirror (a `watch`: a burst of changes is one wake-up, the latest snapshot wins)
+//! and wakes only the streams subscribed to a service that changed, found by its change stamp
+//! ([`crate::cache::Snapshot::unchanged_since`]): waking every stream on every change cost
+//! half of DNS's throughput at 1,000 streams and 100 changes a second. A slow client holds up
+//! only its own task; its next send carries the latest state.
 
 pub mod resources;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -27,7 +29,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 use futures_util::Stream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
@@ -38,6 +40,9 @@ use crate::dns::zone::registry::Zone;
 use crate::metrics::Metrics;
 use crate::registry::Status as RegistryStatus;
 use resources::{Target, CLUSTER, ENDPOINTS, LISTENER, ROUTE};
+
+/// How often a stream that has nothing to send before the first data looks again.
+const NO_DATA_RETRY: Duration = Duration::from_millis(100);
 
 type Responses = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
 type DeltaResponses = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
@@ -58,6 +63,11 @@ struct Inner {
     shutdown: CancellationToken,
     streams_logged: AtomicBool,
     resources_logged: AtomicBool,
+    /// Service -> the streams subscribed to it (by id) and how to wake them.
+    subscribers: Mutex<HashMap<String, HashMap<u64, Arc<Notify>>>>,
+    next_stream: AtomicU64,
+    /// When the change the dispatcher last passed on was applied (for the push latency).
+    last_change: Mutex<Option<Instant>>,
 }
 
 impl Xds {
@@ -85,6 +95,9 @@ impl Xds {
             shutdown,
             streams_logged: AtomicBool::new(false),
             resources_logged: AtomicBool::new(false),
+            subscribers: Mutex::default(),
+            next_stream: AtomicU64::new(0),
+            last_change: Mutex::default(),
         }))
     }
 }
@@ -120,6 +133,7 @@ pub async fn serve(
             .context("the xDS TLS certificate and key")?;
     }
     let shutdown = xds.0.shutdown.clone();
+    tokio::spawn(xds.0.clone().dispatch());
     let service = AggregatedDiscoveryServiceServer::new(xds)
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
@@ -202,9 +216,55 @@ struct Session {
     nacks_logged: bool,
     /// Responses sent: the nonces.
     seq: u64,
+    /// The services this stream is registered as subscribed to (see [`Inner::dispatch`]).
+    services: HashSet<String>,
+}
+
+/// A stream's registration with the dispatcher; dropping it unregisters the stream.
+struct Registration {
+    inner: Arc<Inner>,
+    id: u64,
+    wake: Arc<Notify>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut subscribers = self.inner.lock_subscribers();
+        subscribers.retain(|_, streams| {
+            streams.remove(&self.id);
+            !streams.is_empty()
+        });
+    }
 }
 
 impl Inner {
+    fn lock_subscribers(&self) -> MutexGuard<'_, HashMap<String, HashMap<u64, Arc<Notify>>>> {
+        // Every operation on the map leaves it whole: a poisoned lock is still usable.
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Follows the mirror and wakes the streams subscribed to the services each change
+    /// touched (a burst of changes is one pass).
+    async fn dispatch(self: Arc<Self>) {
+        let mut changes = self.mirror.subscribe();
+        let mut seen = changes.borrow_and_update().changes;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            let change = *changes.borrow_and_update();
+            *self.last_change.lock().unwrap_or_else(|e| e.into_inner()) = Some(change.at);
+            let snapshot = self.mirror.load();
+            for (service, streams) in self.lock_subscribers().iter() {
+                if !snapshot.unchanged_since(service, seen) {
+                    streams.values().for_each(|wake| wake.notify_one());
+                }
+            }
+            seen = snapshot.changes;
+        }
+    }
+
     async fn run(
         self: Arc<Self>,
         mut inbound: Streaming<DiscoveryRequest>,
@@ -213,23 +273,30 @@ impl Inner {
         peer: Option<std::net::SocketAddr>,
     ) {
         let _open = self.metrics.xds_stream_opened();
-        let mut changes = self.mirror.subscribe();
-        changes.borrow_and_update();
+        let registration = Registration {
+            inner: self.clone(),
+            id: self.next_stream.fetch_add(1, Ordering::Relaxed),
+            wake: Arc::new(Notify::new()),
+        };
         let mut session = Session::default();
         loop {
             let mut woke_at: Option<Instant> = None;
+            // Before the first data nothing is sent; its arrival may come before the status
+            // says so, so look again shortly rather than wait for the next change.
+            let no_data = self.status.freshness() == crate::cache::Freshness::Empty;
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 message = inbound.message() => match message {
-                    Ok(Some(request)) => self.request(&mut session, request, peer),
+                    Ok(Some(request)) => {
+                        self.request(&mut session, request, peer);
+                        self.register(&registration, &mut session);
+                    }
                     Ok(None) | Err(_) => return,
                 },
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    woke_at = Some(changes.borrow_and_update().at);
+                _ = registration.wake.notified() => {
+                    woke_at = *self.last_change.lock().unwrap_or_else(|e| e.into_inner());
                 }
+                _ = tokio::time::sleep(NO_DATA_RETRY), if no_data => {}
             }
             // Nothing to say before the first data (from etcd or the snapshot file): never an
             // empty assignment because etcd is away.
@@ -246,6 +313,35 @@ impl Inner {
                     .xds_push(&type_url, woke_at.map(|t| t.elapsed()));
             }
         }
+    }
+
+    /// Registers the stream as subscribed to the services its names now hold (of every type).
+    fn register(&self, registration: &Registration, s: &mut Session) {
+        let wanted: HashSet<&str> = s
+            .types
+            .values()
+            .flat_map(|t| t.names.values().flatten())
+            .map(|t| t.service.as_str())
+            .collect();
+        if wanted.len() == s.services.len() && wanted.iter().all(|w| s.services.contains(*w)) {
+            return;
+        }
+        let mut subscribers = self.lock_subscribers();
+        for gone in s.services.iter().filter(|x| !wanted.contains(x.as_str())) {
+            if let Some(streams) = subscribers.get_mut(gone) {
+                streams.remove(&registration.id);
+                if streams.is_empty() {
+                    subscribers.remove(gone);
+                }
+            }
+        }
+        for new in wanted.iter().filter(|w| !s.services.contains(**w)) {
+            subscribers
+                .entry(new.to_string())
+                .or_default()
+                .insert(registration.id, registration.wake.clone());
+        }
+        s.services = wanted.into_iter().map(str::to_string).collect();
     }
 
     /// Takes in a client's request: its node (the first time), an ACK or NACK, the names it

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A gRPC client resolving xds:///<target> from ruddr (GRPC_XDS_BOOTSTRAP_CONFIG points at it).
-Makes one RPC every 20 ms and prints "<monotonic seconds> <backend name or ERR:code>" per RPC,
-until stdin closes."""
+Makes one RPC every <interval> seconds (default 0.02) and prints "<monotonic seconds> <backend
+name or ERR:code>" per RPC, until stdin closes."""
 import sys
 import threading
 import time
@@ -9,6 +9,7 @@ import time
 import grpc
 
 target = sys.argv[1]
+interval = float(sys.argv[2]) if len(sys.argv) > 2 else 0.02
 stop = threading.Event()
 
 
@@ -26,4 +27,4 @@ while not stop.is_set():
     except grpc.RpcError as e:
         reply = f"ERR:{e.code().name}"
     print(f"{time.monotonic():.3f} {reply}", flush=True)
-    time.sleep(0.02)
+    time.sleep(interval)
