@@ -11,6 +11,9 @@ command -v dig >/dev/null || need+=(bind9-dnsutils)
 command -v ip >/dev/null || need+=(iproute2)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 [ -e /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+# Node and npm, for the xDS test's Node gRPC client.
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 if [ "${WITH_BENCH:-0}" = 1 ]; then
   command -v dnsperf >/dev/null || need+=(dnsperf)
   # Reference servers for bench/compare.sh, and perf for its --profile.
@@ -41,6 +44,12 @@ if ! python3 -c "import grpc" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check grpcio ||
     { [ "$(id -u)" = 0 ] && apt-get install -y -qq --no-install-recommends python3-grpcio >/dev/null; } ||
     sudo apt-get install -y -qq --no-install-recommends python3-grpcio >/dev/null
+fi
+# @grpc/grpc-js-xds, the Node gRPC client of the xDS test (into tests/integration/xds, ignored
+# by git).
+if [ ! -d "$(dirname "$0")/../tests/integration/xds/node_modules/@grpc/grpc-js-xds" ]; then
+  echo "installing: @grpc/grpc-js-xds (npm)"
+  npm install --silent --no-audit --no-fund --prefix "$(dirname "$0")/../tests/integration/xds"
 fi
 # unshare (util-linux) and getent (libc-bin) run glibc against a private resolv.conf.
 command -v unshare >/dev/null || { echo "unshare missing: apt-get install -y util-linux"; exit 1; }

@@ -194,8 +194,8 @@ struct TypeState {
     names: BTreeMap<String, Option<Target>>,
     /// The nonce of the last response of this type.
     nonce: String,
-    /// What was sent last (`None`: nothing yet), to send only what changed.
-    sent: Option<Vec<Any>>,
+    /// A hash of each resource last sent, by name, to send only what changed.
+    sent: HashMap<String, u64>,
     /// The snapshot change count the last build saw.
     built_at: u64,
     /// The client asked for something not sent yet.
@@ -288,8 +288,9 @@ impl Inner {
                 _ = self.shutdown.cancelled() => return,
                 message = inbound.message() => match message {
                     Ok(Some(request)) => {
-                        self.request(&mut session, request, peer);
-                        self.register(&registration, &mut session);
+                        if self.request(&mut session, request, peer) {
+                            self.register(&registration, &mut session);
+                        }
                     }
                     Ok(None) | Err(_) => return,
                 },
@@ -345,13 +346,13 @@ impl Inner {
     }
 
     /// Takes in a client's request: its node (the first time), an ACK or NACK, the names it
-    /// now wants.
+    /// now wants; whether those changed.
     fn request(
         &self,
         s: &mut Session,
         request: DiscoveryRequest,
         peer: Option<std::net::SocketAddr>,
-    ) {
+    ) -> bool {
         if let Some(n) = request.node.as_ref().filter(|_| s.node.is_empty()) {
             s.node = n.id.clone();
             s.local = n
@@ -367,12 +368,12 @@ impl Inner {
             .find(|t| *t == request.type_url)
         else {
             debug!(type_url = %request.type_url, "xds: a type ruddr does not serve");
-            return;
+            return false;
         };
         let state = s.types.entry(type_url).or_default();
         if !request.response_nonce.is_empty() && request.response_nonce != state.nonce {
             // An answer to an older response: a newer one is on its way.
-            return;
+            return false;
         }
         if let Some(error) = &request.error_detail {
             self.metrics.xds_nack(type_url);
@@ -411,7 +412,9 @@ impl Inner {
                 })
                 .collect();
             state.pending = true;
+            return true;
         }
+        false
     }
 
     /// The responses `s` is owed at `snapshot`: per type, when the client asked for new names
@@ -425,52 +428,82 @@ impl Inner {
             if state.names.is_empty() && !state.pending {
                 continue;
             }
-            let unchanged = !state.pending
-                && state
-                    .names
-                    .values()
-                    .flatten()
-                    .all(|t| snapshot.unchanged_since(&t.service, state.built_at));
+            // New names: all of them; else those whose service changed since the last build.
+            let stale: Vec<(&String, &Option<Target>)> = state
+                .names
+                .iter()
+                .filter(|(_, t)| {
+                    state.pending
+                        || t.as_ref()
+                            .is_some_and(|t| !snapshot.unchanged_since(&t.service, state.built_at))
+                })
+                .collect();
             state.built_at = snapshot.changes;
-            if unchanged {
+            if stale.is_empty() && !state.pending {
                 continue;
             }
-            let built = self.build(
-                type_url,
-                &state.names,
-                snapshot,
-                &mut s.known,
-                s.local.as_deref(),
-            );
-            if !state.pending && state.sent.as_ref() == Some(&built) {
+            let built = self.build(type_url, &stale, snapshot, &mut s.known, s.local.as_deref());
+            if state.pending {
+                state.sent.clear();
+            }
+            let mut changed: HashSet<&String> = HashSet::new();
+            for (name, _) in &stale {
+                let now = built
+                    .iter()
+                    .find(|(n, _)| n == *name)
+                    .map(|(_, any)| digest(any));
+                let before = match now {
+                    Some(h) => state.sent.insert((*name).clone(), h),
+                    None => state.sent.remove(*name),
+                };
+                if before != now {
+                    changed.insert(*name);
+                }
+            }
+            if changed.is_empty() && !state.pending {
                 continue;
             }
+            // Listeners and clusters go all together (one missing from a response is deleted);
+            // routes and assignments may go alone, so only the changed ones do.
+            let resources: Vec<Any> = if !state.pending && matches!(type_url, LISTENER | CLUSTER) {
+                let all: Vec<_> = state.names.iter().collect();
+                self.build(type_url, &all, snapshot, &mut s.known, s.local.as_deref())
+                    .into_iter()
+                    .map(|(_, any)| any)
+                    .collect()
+            } else {
+                built
+                    .into_iter()
+                    .filter(|(n, _)| state.pending || changed.contains(n))
+                    .map(|(_, any)| any)
+                    .collect()
+            };
             state.pending = false;
             s.seq += 1;
             state.nonce = s.seq.to_string();
             out.push(DiscoveryResponse {
                 version_info: format!("{}.{}", snapshot.revision, s.seq),
-                resources: built.clone(),
+                resources,
                 type_url: type_url.to_string(),
                 nonce: state.nonce.clone(),
                 ..Default::default()
             });
-            state.sent = Some(built);
         }
         out
     }
 
-    /// The resources of `type_url` for `names` in `snapshot`.
+    /// The resources of `type_url` for `names` in `snapshot`, each with its name (a name with
+    /// no resource is left out).
     fn build(
         &self,
         type_url: &str,
-        names: &BTreeMap<String, Option<Target>>,
+        names: &[(&String, &Option<Target>)],
         snapshot: &Snapshot,
         known: &mut HashSet<String>,
         local: Option<&str>,
-    ) -> Vec<Any> {
+    ) -> Vec<(String, Any)> {
         let mut out = Vec::new();
-        for (name, target) in names {
+        for &(name, target) in names {
             let Some(target) = target else {
                 continue;
             };
@@ -496,10 +529,16 @@ impl Inner {
                 }
                 _ => continue,
             };
-            out.push(any);
+            out.push((name.clone(), any));
         }
         out
     }
+}
+
+/// What a resource is compared by: a hash of its bytes.
+fn digest(any: &Any) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one(&any.value)
 }
 
 #[cfg(test)]
@@ -507,6 +546,7 @@ mod tests {
     use super::*;
     use crate::cache::{Instance, ServiceName, Update};
     use crate::config::LocalityMode;
+    use prost::Message;
 
     fn inner(max_resources: usize) -> Inner {
         let cfg = XdsConfig {
@@ -565,6 +605,49 @@ mod tests {
             1,
             "a changed name set is answered"
         );
+    }
+
+    fn put(x: &Inner, service: &str, addr: &str, revision: i64) {
+        x.mirror.apply(
+            [Update::Put {
+                service: ServiceName::new(service).unwrap(),
+                instance: Instance::for_test("a", addr, Some(80)),
+            }],
+            revision,
+        );
+    }
+
+    #[test]
+    fn a_change_sends_the_changed_assignment_alone_and_no_listener() {
+        let x = inner(100);
+        put(&x, "db", "10.0.0.9", 2);
+        let mut s = Session::default();
+        let snap = x.mirror.load_full();
+        let eds = |nonce: &str| DiscoveryRequest {
+            type_url: ENDPOINTS.to_string(),
+            resource_names: vec!["web".into(), "db".into()],
+            response_nonce: nonce.to_string(),
+            ..Default::default()
+        };
+        x.request(&mut s, lds(&["web", "db"], ""), None);
+        x.request(&mut s, eds(""), None);
+        let sent = x.due(&mut s, &snap);
+        assert_eq!(sent.len(), 2);
+        assert!(sent.iter().all(|r| r.resources.len() == 2));
+        x.request(&mut s, lds(&["web", "db"], &sent[0].nonce), None);
+        x.request(&mut s, eds(&sent[1].nonce), None);
+        put(&x, "web", "10.0.0.2", 3);
+        let sent = x.due(&mut s, &x.mirror.load_full());
+        assert_eq!(sent.len(), 1, "the listeners did not change");
+        assert_eq!(sent[0].type_url, ENDPOINTS);
+        assert_eq!(sent[0].resources.len(), 1, "only web's assignment");
+        let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
+            sent[0].resources[0].value.as_slice(),
+        )
+        .unwrap();
+        assert_eq!(cla.cluster_name, "web");
+        // The same change seen again sends nothing.
+        assert!(x.due(&mut s, &x.mirror.load_full()).is_empty());
     }
 
     #[test]

@@ -65,20 +65,34 @@ struct Client {
 
 impl Client {
     fn start(xds_port: u16, target: &str, zone: Option<&str>) -> Self {
-        let locality = zone.map_or(String::new(), |z| {
-            format!(r#","locality":{{"zone":"{z}"}}"#)
-        });
+        Self::start_in("python3", "client.py", xds_port, target, zone)
+    }
+
+    /// The same client in Node (@grpc/grpc-js-xds, installed by scripts/deps.sh).
+    fn node(xds_port: u16, target: &str) -> Self {
+        Self::start_in("node", "client.js", xds_port, target, None)
+    }
+
+    fn start_in(
+        program: &str,
+        client: &str,
+        xds_port: u16,
+        target: &str,
+        zone: Option<&str>,
+    ) -> Self {
+        // grpc-js-xds rejects a bootstrap whose node has no locality (empty is fine).
+        let locality = format!(r#","locality":{{"zone":"{}"}}"#, zone.unwrap_or(""));
         let bootstrap = format!(
             r#"{{"xds_servers":[{{"server_uri":"127.0.0.1:{xds_port}","channel_creds":[{{"type":"insecure"}}],"server_features":["xds_v3"]}}],"node":{{"id":"test-client"{locality}}}}}"#
         );
-        let mut child = Command::new("python3")
-            .arg(script("client.py"))
+        let mut child = Command::new(program)
+            .arg(script(client))
             .arg(target)
             .env("GRPC_XDS_BOOTSTRAP_CONFIG", bootstrap)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .expect("python3 client.py");
+            .unwrap_or_else(|e| panic!("{program} {client}: {e}"));
         let replies = Arc::new(Mutex::new(Vec::new()));
         let out = child.stdout.take().unwrap();
         let sink = replies.clone();
@@ -300,5 +314,48 @@ fn a_named_port_target_reaches_that_port_and_locality_prefer_keeps_to_the_zone()
             |r| r == name(ports[1]),
         )
         .expect("RPCs to spill over to zone b");
+    drop(ruddr);
+}
+
+#[test]
+fn a_node_grpc_js_xds_client_follows_the_registry_too() {
+    require_grpcio();
+    let modules = script("node_modules/@grpc/grpc-js-xds");
+    assert!(
+        std::path::Path::new(&modules).exists(),
+        "@grpc/grpc-js-xds is missing: npm install --prefix tests/integration/xds (scripts/deps.sh does)"
+    );
+    let etcd = Etcd::start();
+    let xds_port = free_port();
+    let ruddr = Ruddr::start(
+        &etcd.endpoint(),
+        &["--xds-listen", &format!("127.0.0.1:{xds_port}")],
+    );
+    ruddr.wait_watching();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let _backends = Backends::start(&ports);
+    let name = |p: u16| format!("b{p}");
+    for (i, p) in ports[..2].iter().enumerate() {
+        etcd.put(&format!("{P}node/n{i}"), &value(*p, ""));
+    }
+    let client = Client::node(xds_port, "node");
+    let t0 = Instant::now();
+    client.wait(t0, 20, "Node RPCs reaching both backends", |r| {
+        ports[..2].iter().all(|p| r.contains(&name(*p)))
+    });
+    let t = Instant::now();
+    etcd.delete(&format!("{P}node/n0"));
+    etcd.put(&format!("{P}node/n2"), &value(ports[2], ""));
+    client
+        .settles(
+            t,
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+            |r| r == name(ports[1]) || r == name(ports[2]),
+        )
+        .expect("Node RPCs to follow the change");
+    client.wait(t, 1, "Node RPCs reaching the new backend", |r| {
+        r.contains(&name(ports[2]))
+    });
     drop(ruddr);
 }
