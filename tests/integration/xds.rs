@@ -28,6 +28,8 @@ fn require_grpcio() {
     );
 }
 
+const INSECURE: &str = r#"{"type":"insecure"}"#;
+
 /// gRPC backends on `ports`, each answering with its name `b<port>`.
 struct Backends(Child);
 
@@ -65,12 +67,17 @@ struct Client {
 
 impl Client {
     fn start(xds_port: u16, target: &str, zone: Option<&str>) -> Self {
-        Self::start_in("python3", "client.py", xds_port, target, zone)
+        Self::start_in("python3", "client.py", xds_port, target, zone, INSECURE)
     }
 
     /// The same client in Node (@grpc/grpc-js-xds, installed by scripts/deps.sh).
     fn node(xds_port: u16, target: &str) -> Self {
-        Self::start_in("node", "client.js", xds_port, target, None)
+        Self::start_in("node", "client.js", xds_port, target, None, INSECURE)
+    }
+
+    /// The Python client reaching ruddr with the bootstrap channel credentials `creds`.
+    fn with_creds(xds_port: u16, target: &str, creds: &str) -> Self {
+        Self::start_in("python3", "client.py", xds_port, target, None, creds)
     }
 
     fn start_in(
@@ -79,11 +86,12 @@ impl Client {
         xds_port: u16,
         target: &str,
         zone: Option<&str>,
+        creds: &str,
     ) -> Self {
         // grpc-js-xds rejects a bootstrap whose node has no locality (empty is fine).
         let locality = format!(r#","locality":{{"zone":"{}"}}"#, zone.unwrap_or(""));
         let bootstrap = format!(
-            r#"{{"xds_servers":[{{"server_uri":"127.0.0.1:{xds_port}","channel_creds":[{{"type":"insecure"}}],"server_features":["xds_v3"]}}],"node":{{"id":"test-client"{locality}}}}}"#
+            r#"{{"xds_servers":[{{"server_uri":"127.0.0.1:{xds_port}","channel_creds":[{creds}],"server_features":["xds_v3"]}}],"node":{{"id":"test-client"{locality}}}}}"#
         );
         let mut child = Command::new(program)
             .arg(script(client))
@@ -356,6 +364,59 @@ fn a_node_grpc_js_xds_client_follows_the_registry_too() {
         .expect("Node RPCs to follow the change");
     client.wait(t, 1, "Node RPCs reaching the new backend", |r| {
         r.contains(&name(ports[2]))
+    });
+    drop(ruddr);
+}
+
+#[test]
+fn xds_over_tls_with_client_certificates() {
+    require_grpcio();
+    let pki = Pki::new();
+    let etcd = Etcd::start();
+    let xds_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ruddr.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[xds]\nlisten = \"127.0.0.1:{xds_port}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\nclient_ca_file = \"{}\"\n",
+            pki.path("server.pem"),
+            pki.path("server.key"),
+            pki.path("ca.pem")
+        ),
+    )
+    .unwrap();
+    let ruddr = Ruddr::start(&etcd.endpoint(), &["--config", cfg.to_str().unwrap()]);
+    ruddr.wait_log("tls=true");
+    ruddr.wait_watching();
+    let port = free_port();
+    let _backends = Backends::start(&[port]);
+    etcd.put(&format!("{P}secure/s0"), &value(port, ""));
+
+    let tls = format!(
+        r#"{{"type":"tls","config":{{"ca_certificate_file":"{}","certificate_file":"{}","private_key_file":"{}"}}}}"#,
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key")
+    );
+    let client = Client::with_creds(xds_port, "secure", &tls);
+    let t0 = Instant::now();
+    client.wait(t0, 10, "RPCs over an xDS config fetched with TLS", |r| {
+        r.iter().any(|x| *x == format!("b{port}"))
+    });
+    // Without a client certificate (or without TLS), no configuration: RPCs fail.
+    let plain = Client::start(xds_port, "secure", None);
+    let t = Instant::now();
+    plain.wait(t, 20, "RPCs of a client without TLS", |r| {
+        r.iter().all(|x| x.starts_with("ERR"))
+    });
+    let no_cert = format!(
+        r#"{{"type":"tls","config":{{"ca_certificate_file":"{}"}}}}"#,
+        pki.path("ca.pem")
+    );
+    let anonymous = Client::with_creds(xds_port, "secure", &no_cert);
+    anonymous.wait(t, 20, "RPCs of a TLS client without a certificate", |r| {
+        r.iter().all(|x| x.starts_with("ERR"))
     });
     drop(ruddr);
 }
