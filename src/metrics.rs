@@ -225,6 +225,7 @@ pub struct Metrics {
     services: Family<HealthLabels, Gauge>,
     instances: Family<HealthLabels, Gauge>,
     xds_streams: Gauge,
+    xds_subscribed: Gauge,
     xds_pushes: Family<XdsTypeLabels, Counter>,
     xds_push_latency: Histogram,
     xds_nacks: Family<XdsTypeLabels, Counter>,
@@ -278,6 +279,11 @@ impl Metrics {
     pub fn xds_stream_opened(&self) -> StreamOpen {
         self.xds_streams.inc();
         StreamOpen(self.xds_streams.clone())
+    }
+
+    /// Moves the count of subscribed xDS resource names by `delta`.
+    pub fn xds_subscribed(&self, delta: i64) {
+        self.xds_subscribed.inc_by(delta);
     }
 
     /// Counts one xDS response of `type_url`, caused by a registry change `since` ago if it was.
@@ -351,6 +357,7 @@ impl Metrics {
             services: Family::default(),
             instances: Family::default(),
             xds_streams: Gauge::default(),
+            xds_subscribed: Gauge::default(),
             xds_pushes: Family::default(),
             // 100 µs .. ~6.5 s
             xds_push_latency: Histogram::new(exponential_buckets(0.000_1, 3.0, 11)),
@@ -359,6 +366,11 @@ impl Metrics {
             xds_left_out: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "xds_subscribed_resources",
+            "Resource names the open xDS streams subscribe to, all types together",
+            m.xds_subscribed.clone(),
+        );
         registry.register(
             "xds_streams",
             "Open xDS (ADS) streams",

@@ -225,10 +225,13 @@ struct Registration {
     inner: Arc<Inner>,
     id: u64,
     wake: Arc<Notify>,
+    /// The resource names the stream subscribes to (counted in `ruddr_xds_subscribed_resources`).
+    names: std::sync::atomic::AtomicI64,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        self.inner.metrics.xds_subscribed(-*self.names.get_mut());
         let mut subscribers = self.inner.lock_subscribers();
         subscribers.retain(|_, streams| {
             streams.remove(&self.id);
@@ -277,6 +280,7 @@ impl Inner {
             inner: self.clone(),
             id: self.next_stream.fetch_add(1, Ordering::Relaxed),
             wake: Arc::new(Notify::new()),
+            names: std::sync::atomic::AtomicI64::new(0),
         };
         let mut session = Session::default();
         loop {
@@ -318,6 +322,10 @@ impl Inner {
 
     /// Registers the stream as subscribed to the services its names now hold (of every type).
     fn register(&self, registration: &Registration, s: &mut Session) {
+        let names: usize = s.types.values().map(|t| t.names.len()).sum();
+        let names = i64::try_from(names).unwrap_or(i64::MAX);
+        self.metrics
+            .xds_subscribed(names - registration.names.swap(names, Ordering::Relaxed));
         let wanted: HashSet<&str> = s
             .types
             .values()

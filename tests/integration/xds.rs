@@ -205,6 +205,10 @@ fn a_grpc_client_follows_the_registry_over_xds() {
     client.wait(t0, 30, "RPCs reaching all three backends", |r| {
         ports[..3].iter().all(|p| r.contains(&name(*p)))
     });
+    assert_eq!(ruddr.metric("ruddr_xds_streams"), 1.0);
+    // Listener, cluster and assignment of `echo` (the route is inline).
+    assert_eq!(ruddr.metric("ruddr_xds_subscribed_resources"), 3.0);
+    assert!(ruddr.metric(r#"ruddr_xds_pushes_total{type="endpoints"}"#) >= 1.0);
 
     // A deregistered backend stops getting RPCs.
     let t = Instant::now();
