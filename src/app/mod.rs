@@ -63,6 +63,8 @@ pub fn execute(command: Command) -> Result<u8, Failure> {
         Command::Serve(args) => {
             let cfg = Config::load(&args).map_err(Failure::usage)?;
             let zones = StaticZones::load_dir(&cfg.zones_dir).map_err(Failure::usage)?;
+            // Before the runtimes start their threads, which take arenas as they first allocate.
+            crate::memory::limit_arenas();
             let runtime = tokio::runtime::Runtime::new().map_err(|e| {
                 Failure::Runtime(anyhow::anyhow!("cannot start the async runtime: {e}"))
             })?;
