@@ -14,6 +14,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod api;
+
 use crate::cache::Mirror;
 use crate::metrics::Metrics;
 use crate::registry::{ErrorKind, Status};
@@ -26,15 +28,21 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub serve_warning: bool,
     pub started: Instant,
+    /// The status page and its JSON API are served (`admin_ui`).
+    pub ui: bool,
+    /// What the status page shows of the configuration.
+    pub sources: Arc<[crate::registry::Source]>,
+    pub endpoints: Arc<[String]>,
 }
 
 impl Admin {
     pub fn router(self) -> Router {
-        Router::new()
+        let router = Router::new()
             .route("/metrics", get(metrics))
             .route("/health", get(health))
-            .route("/ready", get(ready))
-            .with_state(self)
+            .route("/ready", get(ready));
+        let router = if self.ui { api::routes(router) } else { router };
+        router.with_state(self)
     }
 
     /// Serves on `listener` until `shutdown` is cancelled: HTTP/1.1, each connection closed if

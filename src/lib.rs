@@ -30,6 +30,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dns;
+pub mod dnstap;
 pub mod memory;
 pub mod metrics;
 pub mod persist;

@@ -103,6 +103,8 @@ pub struct QueryLabels {
     pub qtype: QType,
     pub rcode: Rcode,
     pub proto: Proto,
+    /// Which kind of zone answered.
+    pub path: crate::dns::observe::ZoneKind,
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -231,6 +233,40 @@ pub struct Metrics {
     xds_nacks: Family<XdsTypeLabels, Counter>,
     xds_limited: Family<XdsLimitLabels, Counter>,
     xds_left_out: Family<XdsLeftOutLabels, Counter>,
+    /// dnstap messages written to the collector.
+    pub dnstap_sent: Counter,
+    dnstap_dropped: Family<DnstapDropLabels, Counter>,
+    /// 1 while the dnstap collector is connected (or the file open).
+    pub dnstap_connected: Gauge,
+    /// Answers by where they came from: this thread's table, the shared cache, or built.
+    answer_cache: Family<AnswerCacheLabels, Counter>,
+}
+
+/// Why dnstap messages were dropped.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DnstapDrop {
+    queue_full,
+    disconnected,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DnstapDropLabels {
+    reason: DnstapDrop,
+}
+
+/// Where a registry answer came from.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AnswerSource {
+    front_hit,
+    shared_hit,
+    built,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnswerCacheLabels {
+    result: AnswerSource,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -364,8 +400,35 @@ impl Metrics {
             xds_nacks: Family::default(),
             xds_limited: Family::default(),
             xds_left_out: Family::default(),
+            dnstap_sent: Counter::default(),
+            dnstap_dropped: Family::default(),
+            dnstap_connected: Gauge::default(),
+            answer_cache: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "dnstap_sent",
+            "dnstap messages written to the collector",
+            m.dnstap_sent.clone(),
+        );
+        registry.register(
+            "dnstap_dropped",
+            "dnstap messages dropped: the queue was full (dnstap.buffer) or the collector away",
+            m.dnstap_dropped.clone(),
+        );
+        for reason in [DnstapDrop::queue_full, DnstapDrop::disconnected] {
+            let _ = m.dnstap_dropped.get_or_create(&DnstapDropLabels { reason });
+        }
+        registry.register(
+            "dnstap_connected",
+            "1 while the dnstap collector is connected (or its file open)",
+            m.dnstap_connected.clone(),
+        );
+        registry.register(
+            "dns_answer_cache",
+            "Registry and zone answers by source: this thread's table, the shared cache, built",
+            m.answer_cache.clone(),
+        );
         registry.register(
             "xds_subscribed_resources",
             "Resource names the open xDS streams subscribe to, all types together",
@@ -542,6 +605,27 @@ impl Metrics {
             m.instances.clone(),
         );
         Self { registry, ..m }
+    }
+
+    /// Counts `n` dropped dnstap messages.
+    pub fn dnstap_dropped(&self, reason: DnstapDrop, n: u64) {
+        self.dnstap_dropped
+            .get_or_create(&DnstapDropLabels { reason })
+            .inc_by(n);
+    }
+
+    #[cfg(test)]
+    pub fn dnstap_dropped_count(&self, reason: DnstapDrop) -> u64 {
+        self.dnstap_dropped
+            .get_or_create(&DnstapDropLabels { reason })
+            .get()
+    }
+
+    /// The counter of answers taken from `source`, for the answer cache to keep.
+    pub fn answer_source(&self, source: AnswerSource) -> Counter {
+        self.answer_cache
+            .get_or_create(&AnswerCacheLabels { result: source })
+            .clone()
     }
 
     /// Records one answered query.

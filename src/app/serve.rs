@@ -61,8 +61,14 @@ pub async fn run(
         info!(%zone, records, "serving static zone");
     }
     let zones = Arc::new(arc_swap::ArcSwap::from_pointee(zones));
-    let forwarder =
-        (!cfg.forward.upstreams.is_empty()).then(|| Forwarder::from_config(&cfg.forward, &metrics));
+    // dnstap's writer is background work too: on the registry runtime.
+    let (tap, dnstap_task) =
+        match crate::dnstap::Tap::new(&cfg.dnstap, metrics.clone(), token.clone()) {
+            Some((tap, writer)) => (Some(tap), Some(registry_rt.spawn(writer))),
+            None => (None, None),
+        };
+    let forwarder = (!cfg.forward.upstreams.is_empty())
+        .then(|| Forwarder::from_config(&cfg.forward, &metrics).with_tap(tap.clone()));
     if let Some(f) = &forwarder {
         let upstreams: Vec<String> = f.upstreams().map(|a| a.to_string()).collect();
         info!(upstreams = %upstreams.join(","), timeout = ?cfg.forward.timeout, "forwarding other names");
@@ -113,6 +119,7 @@ pub async fn run(
         dns_cfg,
         rate_limit,
         metrics.clone(),
+        crate::dns::observe::Observer::new(&cfg.dns, tap),
         token.clone(),
     );
     for addr in &cfg.listen {
@@ -168,6 +175,9 @@ pub async fn run(
                 metrics: metrics.clone(),
                 serve_warning: cfg.dns.serve_warning,
                 started,
+                ui: cfg.admin_ui,
+                sources: sources.clone().into(),
+                endpoints: cfg.etcd.endpoints.clone().into(),
             };
             Some(tokio::spawn(admin.serve(
                 listener,
@@ -243,6 +253,11 @@ pub async fn run(
     if let Some(task) = snapshot_task {
         if let Err(error) = task.await {
             warn!(%error, "snapshot writer task failed");
+        }
+    }
+    if let Some(task) = dnstap_task {
+        if tokio::time::timeout(GRACE * 2, task).await.is_err() {
+            warn!("the dnstap writer did not stop in time");
         }
     }
     if let Some(task) = xds_task {

@@ -651,6 +651,43 @@ pub struct Mirror {
     writer: Mutex<u64>,
     /// Tells subscribers ([`Mirror::subscribe`]) that an apply changed something.
     changed: tokio::sync::watch::Sender<Change>,
+    /// The last [`CHANGE_LOG`] changes, oldest first (the status page's list).
+    log: Mutex<std::collections::VecDeque<Logged>>,
+}
+
+/// How many registry changes [`Mirror::recent_changes`] keeps.
+pub const CHANGE_LOG: usize = 200;
+
+/// One registry change as the status page lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logged {
+    pub time: std::time::SystemTime,
+    pub revision: i64,
+    pub kind: ChangeKind,
+    pub service: Option<ServiceName>,
+    pub instance: Option<InstanceId>,
+    /// A SkyDNS entry's path.
+    pub path: Option<String>,
+    /// `None`: every source (a re-list of all of them).
+    pub source: Option<SourceId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Put,
+    Delete,
+    /// A whole source listed again (one entry however much it changed).
+    Relist,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Put => "put",
+            Self::Delete => "delete",
+            Self::Relist => "relist",
+        }
+    }
 }
 
 /// The latest change a subscriber learns of: subscribers see the newest one only (a burst of
@@ -672,6 +709,7 @@ impl Default for Mirror {
                 changes: 0,
                 at: std::time::Instant::now(),
             }),
+            log: Mutex::default(),
         }
     }
 }
@@ -691,6 +729,12 @@ impl Mirror {
         self.current.load()
     }
 
+    /// The last [`CHANGE_LOG`] registry changes, newest first.
+    pub fn recent_changes(&self) -> Vec<Logged> {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter().rev().cloned().collect()
+    }
+
     /// The current snapshot as an owned handle, for holding across awaits.
     pub fn load_full(&self) -> Arc<Snapshot> {
         self.current.load_full()
@@ -708,10 +752,33 @@ impl Mirror {
         let mut touched: Vec<ServiceName> = Vec::new();
         let mut domains_changed = false;
 
+        let mut logged = std::collections::VecDeque::new();
+        let mut log = |kind, service: Option<&ServiceName>, instance, path, source| {
+            if logged.len() == CHANGE_LOG {
+                logged.pop_front();
+            }
+            logged.push_back(Logged {
+                time: std::time::SystemTime::UNIX_EPOCH,
+                revision,
+                kind,
+                service: service.cloned(),
+                instance,
+                path,
+                source,
+            });
+        };
         for update in updates {
             match update {
                 Update::Put { service, instance } => {
+                    let (id, source) = key_of(&instance);
                     if next.put(service.clone(), instance, gen) {
+                        log(
+                            ChangeKind::Put,
+                            Some(&service),
+                            Some(id),
+                            None,
+                            Some(source),
+                        );
                         touched.push(service);
                     }
                 }
@@ -720,7 +787,15 @@ impl Mirror {
                     id,
                     source,
                 } => {
-                    if next.delete(&service, &(id, source), gen) {
+                    let key = (id, source);
+                    if next.delete(&service, &key, gen) {
+                        log(
+                            ChangeKind::Delete,
+                            Some(&service),
+                            Some(key.0),
+                            None,
+                            Some(source),
+                        );
                         touched.push(service);
                     }
                 }
@@ -730,18 +805,34 @@ impl Mirror {
                     key,
                     instances,
                 } => {
+                    let kind = if instances.is_empty() {
+                        ChangeKind::Delete
+                    } else {
+                        ChangeKind::Put
+                    };
                     if next.replace(&service, source, key, instances, gen) {
+                        log(kind, Some(&service), None, None, Some(source));
                         touched.push(service);
                     }
                 }
                 Update::DomainPut { key, record } => {
                     if next.domains.get(&key) != Some(&record) {
+                        log(
+                            ChangeKind::Put,
+                            None,
+                            None,
+                            Some(key.1.clone()),
+                            Some(key.0),
+                        );
                         next.domains.insert(key, record);
                         domains_changed = true;
                     }
                 }
                 Update::DomainDelete { key } => {
-                    domains_changed |= next.domains.remove(&key).is_some();
+                    if next.domains.remove(&key).is_some() {
+                        log(ChangeKind::Delete, None, None, Some(key.1), Some(key.0));
+                        domains_changed = true;
+                    }
                 }
                 Update::Reset {
                     source,
@@ -749,9 +840,21 @@ impl Mirror {
                     domains,
                     keep,
                 } => {
+                    log(ChangeKind::Relist, None, None, None, source);
                     domains_changed |=
                         next.reset(source, instances, domains, keep, gen, &mut touched);
                 }
+            }
+        }
+        if !logged.is_empty() {
+            let now = std::time::SystemTime::now();
+            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            for mut entry in logged {
+                entry.time = now;
+                if log.len() == CHANGE_LOG {
+                    log.pop_front();
+                }
+                log.push_back(entry);
             }
         }
 

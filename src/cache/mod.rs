@@ -6,7 +6,9 @@ mod mirror;
 mod types;
 
 pub use freshness::Freshness;
-pub use mirror::{Change, InstanceKey, KeyOwner, Mirror, Service, Snapshot};
+pub use mirror::{
+    Change, ChangeKind, InstanceKey, KeyOwner, Logged, Mirror, Service, Snapshot, CHANGE_LOG,
+};
 pub(crate) use types::bounded_map;
 pub use types::locality;
 pub use types::{

@@ -304,6 +304,20 @@ pub struct DnsConfig {
     /// When the share of healthy instances of a service is below this (0.0-1.0), answer with all
     /// its instances instead of the few healthy ones. 0 turns it off.
     pub panic_threshold: f64,
+    /// One log line per query on the `ruddr::query` target: `off`, `all`, or `errors`
+    /// (SERVFAIL, REFUSED and FORMERR answers only).
+    pub query_log: QueryLogMode,
+    /// Log one query in this many (of those `query_log` selects).
+    pub query_log_sample: u32,
+}
+
+/// Which queries get a query log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueryLogMode {
+    Off,
+    All,
+    Errors,
 }
 
 impl Default for DnsConfig {
@@ -332,6 +346,8 @@ impl Default for DnsConfig {
             max_stale: None,
             stale_ttl: 30,
             panic_threshold: 0.0,
+            query_log: QueryLogMode::Off,
+            query_log_sample: 1,
         }
     }
 }
@@ -341,6 +357,9 @@ impl DnsConfig {
     pub fn validate(&mut self) -> Result<(), ConfigError> {
         let d = self;
         d.zone = normalize_name("dns.zone", &d.zone)?;
+        if d.query_log_sample == 0 {
+            return Err(invalid("dns.query_log_sample", "must be at least 1"));
+        }
         if d.zone == "." {
             return Err(invalid("dns.zone", "the root zone cannot be served"));
         }

@@ -15,8 +15,8 @@ mod etcd;
 mod sources;
 
 pub use dns::{
-    ClientLocality, DnsConfig, ForwardConfig, LocalityConfig, LocalityMode, RateLimitConfig,
-    UdpSteering,
+    ClientLocality, DnsConfig, ForwardConfig, LocalityConfig, LocalityMode, QueryLogMode,
+    RateLimitConfig, UdpSteering,
 };
 pub use etcd::{EtcdConfig, TlsConfig};
 pub use sources::{framework_prefix, Format, SourceConfig};
@@ -74,6 +74,100 @@ pub struct Config {
     /// Framework registry layouts read beside the native prefix (`[[sources]]`).
     pub sources: Vec<SourceConfig>,
     pub xds: XdsConfig,
+    pub dnstap: DnstapConfig,
+    /// The status page (`/`) and its JSON API (`/v1/...`) on the admin listener: the whole
+    /// registry, to whoever reaches the admin address.
+    pub admin_ui: bool,
+}
+
+/// dnstap output (off unless one of `socket`, `tcp`, `file` is set).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnstapConfig {
+    /// A collector's Unix socket (Frame Streams, bidirectional). Relative to the config file.
+    #[serde(with = "optional_path")]
+    pub socket: Option<PathBuf>,
+    /// A collector's TCP address, `ADDR:PORT` (Frame Streams, bidirectional).
+    #[serde(with = "optional_addr")]
+    pub tcp: Option<SocketAddr>,
+    /// A file to write (Frame Streams, unidirectional), replaced at start. Relative to the
+    /// config file.
+    #[serde(with = "optional_path")]
+    pub file: Option<PathBuf>,
+    /// The `identity` field; `""`: the host name.
+    pub identity: String,
+    /// The `version` field; `""`: `ruddr <version>`.
+    pub version: String,
+    /// Exchanges queued for the writer; past it (a slow or absent collector) they are dropped
+    /// and counted, never the answer.
+    pub buffer: usize,
+    /// Send the query messages (`*_QUERY`).
+    pub log_queries: bool,
+    /// Send the response messages (`*_RESPONSE`).
+    pub log_responses: bool,
+}
+
+impl Default for DnstapConfig {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            tcp: None,
+            file: None,
+            identity: String::new(),
+            version: String::new(),
+            buffer: 10_000,
+            log_queries: true,
+            log_responses: true,
+        }
+    }
+}
+
+impl DnstapConfig {
+    pub fn is_on(&self) -> bool {
+        self.socket.is_some() || self.tcp.is_some() || self.file.is_some()
+    }
+
+    pub fn identity(&self) -> String {
+        if !self.identity.is_empty() {
+            return self.identity.clone();
+        }
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default()
+    }
+
+    pub fn version(&self) -> String {
+        if self.version.is_empty() {
+            format!("ruddr {}", env!("CARGO_PKG_VERSION"))
+        } else {
+            self.version.clone()
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let sinks = [
+            self.socket.is_some(),
+            self.tcp.is_some(),
+            self.file.is_some(),
+        ];
+        if sinks.iter().filter(|s| **s).count() > 1 {
+            return Err(invalid(
+                "dnstap.socket",
+                "set one of dnstap.socket, dnstap.tcp and dnstap.file",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.buffer) {
+            return Err(invalid("dnstap.buffer", "must be 1 to 1,000,000"));
+        }
+        if self.is_on() && !self.log_queries && !self.log_responses {
+            return Err(invalid(
+                "dnstap.log_queries",
+                "log_queries and log_responses are both off: nothing to send",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The xDS (ADS) server for gRPC clients (`xds:///<service>`).
@@ -191,6 +285,8 @@ impl Default for Config {
             zones_dir: PathBuf::from("zones"),
             sources: Vec::new(),
             xds: XdsConfig::default(),
+            dnstap: DnstapConfig::default(),
+            admin_ui: true,
         }
     }
 }
@@ -299,6 +395,8 @@ impl Config {
             &mut cfg.xds.tls_cert_file,
             &mut cfg.xds.tls_key_file,
             &mut cfg.xds.client_ca_file,
+            &mut cfg.dnstap.socket,
+            &mut cfg.dnstap.file,
         ]
         .into_iter()
         .flatten()
@@ -396,6 +494,7 @@ impl Config {
         self.rate_limit.validate()?;
         self.locality.validate()?;
         self.xds.validate()?;
+        self.dnstap.validate()?;
         sources::validate(&mut self.sources, &self.dns.zone, &self.etcd.prefix)
     }
 }

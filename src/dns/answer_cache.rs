@@ -16,6 +16,7 @@
 //! (its slot count is derived from that), so in all at most `answer_front_bytes` times the
 //! number of answering threads on top (README "The memory bound").
 
+use prometheus_client::metrics::counter::Counter;
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::Ordering;
@@ -103,6 +104,16 @@ pub struct AnswerCache {
     front_slots: usize,
     /// The one NXDOMAIN answer (no records; never cached).
     nxdomain: Arc<Built>,
+    counters: Counters,
+}
+
+/// Where answers came from (`ruddr_dns_answer_cache_total`); unregistered until
+/// [`AnswerCache::count_into`].
+#[derive(Default)]
+struct Counters {
+    front_hit: Counter,
+    shared_hit: Counter,
+    built: Counter,
 }
 
 /// What a front entry holds: the answer (its key inside it) and its `Arc`'s counts; the slot
@@ -143,7 +154,18 @@ impl AnswerCache {
             front_bytes,
             front_slots,
             nxdomain: Arc::new(Built::negative(0, Outcome::NxDomain)),
+            counters: Counters::default(),
         }
+    }
+
+    /// Counts hits and builds in `metrics`.
+    pub fn count_into(&mut self, metrics: &crate::metrics::Metrics) {
+        use crate::metrics::AnswerSource;
+        self.counters = Counters {
+            front_hit: metrics.answer_source(AnswerSource::front_hit),
+            shared_hit: metrics.answer_source(AnswerSource::shared_hit),
+            built: metrics.answer_source(AnswerSource::built),
+        };
     }
 
     /// The answer cached for `key`, if any (the caller checks its generation).
@@ -163,14 +185,20 @@ impl AnswerCache {
     /// in this thread's table).
     fn find(&self, key: &AnswerKey, fits: impl Fn(&Built) -> bool) -> Option<Arc<Built>> {
         if self.front_slots == 0 {
-            return self.shared.get(key).filter(|b| fits(b));
+            let found = self.shared.get(key).filter(|b| fits(b));
+            if found.is_some() {
+                self.counters.shared_hit.inc();
+            }
+            return found;
         }
         let hash = self.hasher.hash_one(key);
         let held = FRONT.with(|front| front.borrow().get(self.id, hash, key));
         if let Some(b) = held.filter(|b| fits(b)) {
+            self.counters.front_hit.inc();
             return Some(b);
         }
         let built = self.shared.get(key).filter(|b| fits(b))?;
+        self.counters.shared_hit.inc();
         self.put_front(hash, key, &built);
         Some(built)
     }
@@ -190,11 +218,15 @@ impl AnswerCache {
             return None;
         }
         let hash = self.hasher.hash_one(key);
-        FRONT.with(|front| {
+        let found = FRONT.with(|front| {
             front
                 .borrow_mut()
                 .get_current(self.id, hash, key, changes, still)
-        })
+        });
+        if found.is_some() {
+            self.counters.front_hit.inc();
+        }
+        found
     }
 
     /// Notes in this thread's front table that `built`, cached for `key`, was checked against
@@ -250,6 +282,7 @@ impl AnswerCache {
         let built = match self.get_generation(key, generation) {
             Some(b) => b,
             None => {
+                self.counters.built.inc();
                 let b = build();
                 match b.outcome {
                     Outcome::Answer | Outcome::Referral => self.insert(key.clone(), b),

@@ -26,6 +26,7 @@ pub mod front;
 pub mod handler;
 pub mod locality;
 pub mod name;
+pub mod observe;
 pub mod reply;
 pub mod respond;
 pub mod route;

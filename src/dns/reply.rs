@@ -83,6 +83,8 @@ pub struct Reply {
     pub payload: u16,
     /// What the client's locality did to the answer.
     pub locality: Locality,
+    /// Which kind of zone answered.
+    pub zone: super::observe::ZoneKind,
 }
 
 impl Reply {
@@ -102,6 +104,7 @@ impl Reply {
             wants_ad: q.header.authentic_data || q.edns.is_some_and(|e| e.flags().dnssec_ok),
             payload: 512,
             locality: Locality::Ignored,
+            zone: Default::default(),
         };
         if let Some(req) = q.edns {
             let mut edns = Edns::new();
@@ -131,6 +134,7 @@ impl Reply {
     /// code and flags, its records in its order, our OPT with its DO bit.
     /// The AD bit only for clients that asked for it ([`Reply::wants_ad`]).
     pub fn relay(&mut self, relayed: &Relayed, age: u32) {
+        self.zone = super::observe::ZoneKind::Forward;
         self.meta.response_code = relayed.response_code;
         self.meta.authoritative = relayed.authoritative;
         self.meta.authentic_data = relayed.authentic_data && self.wants_ad;

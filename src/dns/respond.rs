@@ -12,6 +12,7 @@ use tracing::warn;
 
 use super::answer::Locality;
 use super::handler::Handler;
+use super::observe::{Served, ZoneKind};
 use super::reply::{Client, Question, Reply, Via};
 use super::wire;
 use super::zone::forward::{Admitted, Failure, Limited};
@@ -20,7 +21,13 @@ use crate::metrics::{self, QueryLabels};
 
 impl Handler {
     /// Counts one answered query by type, response code and transport, with its latency.
-    fn observe(&self, request: &Request, started: std::time::Instant, info: &ResponseInfo) {
+    fn observe(
+        &self,
+        request: &Request,
+        started: std::time::Instant,
+        info: &ResponseInfo,
+        zone: ZoneKind,
+    ) {
         let qtype = request
             .queries
             .queries()
@@ -32,6 +39,7 @@ impl Handler {
             request.protocol(),
             started,
             info.truncation,
+            zone,
         );
     }
 
@@ -42,6 +50,7 @@ impl Handler {
         protocol: Protocol,
         started: std::time::Instant,
         truncated: bool,
+        zone: ZoneKind,
     ) {
         let qtype = if qtype == u16::MAX {
             metrics::QType::OTHER
@@ -56,6 +65,7 @@ impl Handler {
             qtype,
             rcode: metrics::Rcode::from_u16(rcode.into()),
             proto,
+            path: zone,
         };
         self.metrics
             .observe_query(&labels, started.elapsed(), truncated);
@@ -63,17 +73,13 @@ impl Handler {
 
     /// The UDP fast path: answers a plain query (see [`wire::parse_query`]) straight from its
     /// bytes when ruddr answers it itself (every zone, forward-cache hits, and SERVFAIL past the
-    /// forwarding limits), writing the response into `out`. `false` when the query needs the
+    /// forwarding limits), writing the response into `out`. `None` when the query needs the
     /// general path (anything unusual, or a name to ask an upstream); nothing is written or
     /// counted then. The decisions are [`Handler::answer`]'s, as on the general path.
-    pub fn answer_fast(&self, message: &[u8], src: IpAddr, out: &mut Vec<u8>) -> bool {
+    pub fn answer_fast(&self, message: &[u8], src: IpAddr, out: &mut Vec<u8>) -> Option<Served> {
         let started = std::time::Instant::now();
-        let Some(q) = wire::parse_query(message) else {
-            return false;
-        };
-        let Some(query) = wire::lower_query(&q) else {
-            return false;
-        };
+        let q = wire::parse_query(message)?;
+        let query = wire::lower_query(&q)?;
         let edns = q.edns.map(wire::EdnsInfo::to_edns);
         let question = Question {
             header: &q.header.metadata,
@@ -91,7 +97,7 @@ impl Handler {
         if reply.via == Via::Forward {
             if self.forwarder.as_ref().is_some_and(|f| f.has_room(src)) {
                 // An upstream is asked from a task: the general path admits and spawns it.
-                return false;
+                return None;
             }
             // Past the forwarding limits: SERVFAIL here, with no decoding and no task, so a
             // flood of names to forward costs little more than one of registry names.
@@ -105,16 +111,22 @@ impl Handler {
             Protocol::Udp,
             started,
             written.truncated,
+            reply.zone,
         );
         self.count_reply(&reply, freshness);
-        true
+        Some(Served {
+            zone: reply.zone,
+            fast: true,
+            stale: reply.from_registry && freshness.is_stale(),
+            started,
+        })
     }
 
     /// Answers `request` at once if ruddr itself answers it, writing the encoded response into
     /// `out`. A forwarded name not in the cache comes back as [`Deferred`], for
     /// [`Handler::answer_later`] (which waits on the network), once the forwarding limits have
     /// admitted it; past them, it is answered SERVFAIL here, without a task.
-    pub fn answer_now(&self, request: &Request, out: &mut Vec<u8>) -> Result<(), Deferred> {
+    pub fn answer_now(&self, request: &Request, out: &mut Vec<u8>) -> Result<Served, Deferred> {
         let started = std::time::Instant::now();
         let snapshot = self.mirror.load();
         let freshness = self.status.freshness();
@@ -140,9 +152,14 @@ impl Handler {
             }
         }
         let info = encode_reply(request, &reply, out);
-        self.observe(request, started, &info);
+        self.observe(request, started, &info, reply.zone);
         self.count_reply(&reply, freshness);
-        Ok(())
+        Ok(Served {
+            zone: reply.zone,
+            fast: false,
+            stale: reply.from_registry && freshness.is_stale(),
+            started,
+        })
     }
 
     /// A place among the forwarded queries in flight for `client`, or `None` (counted, and
@@ -191,7 +208,12 @@ impl Handler {
     }
 
     /// Answers a request [`Handler::answer_now`] deferred: asks an upstream.
-    pub async fn answer_later(&self, request: &Request, deferred: Deferred, out: &mut Vec<u8>) {
+    pub async fn answer_later(
+        &self,
+        request: &Request,
+        deferred: Deferred,
+        out: &mut Vec<u8>,
+    ) -> Served {
         let Deferred {
             reply,
             admitted,
@@ -200,16 +222,29 @@ impl Handler {
         let reply = self.forward(request, *reply).await;
         drop(admitted);
         let info = encode_reply(request, &reply, out);
-        self.observe(request, started, &info);
+        self.observe(request, started, &info, ZoneKind::Forward);
+        Served {
+            zone: ZoneKind::Forward,
+            fast: false,
+            stale: false,
+            started,
+        }
     }
 
     /// A SERVFAIL for `request`, when the server cannot take on more work for it.
-    pub fn answer_busy(&self, request: &Request, out: &mut Vec<u8>) {
+    /// Only forwarded names wait on anything, so the answer counts as theirs.
+    pub fn answer_busy(&self, request: &Request, out: &mut Vec<u8>) -> Served {
         let started = std::time::Instant::now();
         let mut reply = Reply::to(request, self.max_udp_payload).code(ResponseCode::ServFail);
         reply.meta.recursion_available = self.may_recurse(request.src().ip());
         let info = encode_reply(request, &reply, out);
-        self.observe(request, started, &info);
+        self.observe(request, started, &info, ZoneKind::Forward);
+        Served {
+            zone: ZoneKind::Forward,
+            fast: false,
+            stale: false,
+            started,
+        }
     }
 
     /// The upstream's answer, or SERVFAIL when no upstream answered.

@@ -43,6 +43,8 @@ pub struct Status {
     /// How old data may get before registry names answer SERVFAIL (`None`: no limit).
     max_stale: Option<Duration>,
     epoch: Instant,
+    /// Sources etcd refuses, by prefix, with the reason (the status page shows them).
+    refused: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// A snapshot written more than this far in the future has no believable age.
@@ -57,6 +59,7 @@ impl Default for Status {
             stale_since: AtomicI64::new(NONE),
             confirmed_ms: AtomicU64::new(0),
             problem: Mutex::new(None),
+            refused: Mutex::default(),
             age_unknown: AtomicBool::new(false),
             max_stale: None,
             epoch: Instant::now(),
@@ -88,6 +91,25 @@ impl Status {
             self.is_age_unknown(),
             self.max_stale,
         )
+    }
+
+    /// Notes whether etcd refuses the source at `prefix` (`Some(reason)`) or serves it.
+    pub fn set_source_refused(&self, prefix: &str, reason: Option<&str>) {
+        let mut map = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        match reason {
+            Some(r) => {
+                map.insert(prefix.to_string(), r.to_string());
+            }
+            None => {
+                map.remove(prefix);
+            }
+        }
+    }
+
+    /// Why etcd refuses the source at `prefix`, if it does.
+    pub fn source_refused(&self, prefix: &str) -> Option<String> {
+        let map = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(prefix).cloned()
     }
 
     /// The configured `max_stale`.

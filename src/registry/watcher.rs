@@ -632,6 +632,8 @@ impl Watcher {
                 "etcd refuses this source; its names keep their last known data",
             );
         }
+        self.status
+            .set_source_refused(&w.source.prefix, Some(&reason));
         w.refused = Some(reason);
         w.revision = None;
         self.count_refused();
@@ -641,6 +643,7 @@ impl Watcher {
         let w = &mut self.sources[i];
         if w.refused.take().is_some() {
             info!(prefix = %w.source.prefix, "etcd serves this source again");
+            self.status.set_source_refused(&w.source.prefix, None);
         }
         self.count_refused();
     }

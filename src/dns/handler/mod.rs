@@ -18,6 +18,7 @@ use super::answer::Rendered;
 use super::answer_cache::{AnswerCache, AnswerKey};
 use super::locality::{Located, Policy};
 use super::name::{self, Target};
+use super::observe::ZoneKind;
 use super::reply::{Client, Question, Reply, Via};
 use super::route::{route, Route};
 use super::wire;
@@ -92,12 +93,14 @@ impl Handler {
             min_healthy: 1,
         };
         let soa = SoaCache::default();
+        let mut answers = AnswerCache::new(cfg.answer_cache_bytes, cfg.answer_front_bytes);
+        answers.count_into(&metrics);
         Ok(Self {
             apex: LowerName::new(&origin),
             ns: zone.ns(),
             zone,
             mirror,
-            answers: AnswerCache::new(cfg.answer_cache_bytes, cfg.answer_front_bytes),
+            answers,
             locality: Policy::default(),
             soa,
             max_udp_payload: cfg.max_udp_payload,
@@ -254,6 +257,7 @@ impl Handler {
         let zones = self.zones.load();
         match route(qname, &self.apex, &self.sky, zones.zone_of(qname)) {
             Route::Static(zone) => {
+                reply.zone = ZoneKind::Static;
                 reply.meta.authoritative = true;
                 if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
                     return reply.code(ResponseCode::Refused);
@@ -269,6 +273,10 @@ impl Handler {
             }
             Route::Outside => self.outside(reply, q, client, snapshot, freshness, rng),
             route @ (Route::Registry | Route::Sky(_)) => {
+                reply.zone = match route {
+                    Route::Sky(_) => ZoneKind::Skydns,
+                    _ => ZoneKind::Registry,
+                };
                 // Both kinds of zone are ours: authoritative, no transfers, and registry names
                 // only while the data is usable.
                 reply.meta.authoritative = true;
@@ -307,6 +315,7 @@ impl Handler {
             if let Some(ptrs) = self.reverse(snapshot, query.name(), freshness) {
                 reply.meta.authoritative = true;
                 reply.from_registry = true;
+                reply.zone = ZoneKind::Registry;
                 reply.place(Arc::new(ptrs), rng);
                 return reply;
             }
@@ -334,6 +343,7 @@ impl Handler {
             }
             None => {
                 reply.via = Via::Forward;
+                reply.zone = ZoneKind::Forward;
                 reply
             }
         }

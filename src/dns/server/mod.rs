@@ -37,6 +37,7 @@ pub mod socket;
 mod tcp;
 mod udp;
 
+use super::observe::Observer;
 use super::rrl::RateLimiter;
 use super::wire;
 use super::Handler;
@@ -62,6 +63,8 @@ pub struct Transport {
     /// Where forwarded UDP queries wait for their upstream (see [`forwarding_runtime`]).
     forwarding: Option<tokio::runtime::Handle>,
     logged: Logged,
+    /// The query log and dnstap.
+    observer: Observer,
 }
 
 /// Limits hit, each logged once per process.
@@ -128,6 +131,7 @@ impl Transport {
         cfg: DnsConfig,
         rate_limit: Option<RateLimiter>,
         metrics: Arc<Metrics>,
+        observer: Observer,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let tasks = TaskTracker::new();
@@ -154,6 +158,7 @@ impl Transport {
             forwarding,
             forwarding_thread: Mutex::new(forwarding_thread),
             logged: Logged::default(),
+            observer,
         })
     }
 

@@ -17,6 +17,8 @@ use tracing::{debug, warn};
 
 use super::connections::Slot;
 use super::{decode, first_time, format_error, is_answerable, Decoded, Transport};
+use crate::dns::observe::Served;
+use crate::dnstap::Transport::Tcp;
 
 impl Transport {
     /// Accepts on `listener` until shutdown.
@@ -83,8 +85,9 @@ impl Transport {
 
     /// Serves one TCP connection: length-prefixed queries, answered in any order, at most
     /// `tcp_max_pipelined` at once.
-    async fn connection(&self, stream: TcpStream, peer: SocketAddr, slot: &Slot) {
+    async fn connection(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, slot: &Slot) {
         let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().ok();
         let (read, mut write) = stream.into_split();
         let mut frames = FramedRead::new(
             read,
@@ -126,25 +129,29 @@ impl Transport {
                     };
                     slot.touch(&self.connections);
                     idle.as_mut().reset(tokio::time::Instant::now() + self.cfg.tcp_idle_timeout);
+                    let started = std::time::Instant::now();
                     let request = match decode(&bytes, peer, Protocol::Tcp) {
                         Decoded::Drop => { self.metrics.dropped.inc(); continue }
                         Decoded::Malformed(header) => {
                             format_error(&header, &mut out);
+                            self.observer.served(&bytes, &out, peer, local, Tcp, &Served::unzoned(started));
                             if !self.write(&mut write, &out).await { return }
                             continue;
                         }
                         Decoded::Request(r) => r,
                     };
                     match self.handler.answer_now(&request, &mut out) {
-                        Ok(()) => {
+                        Ok(served) => {
+                            self.observer.served(&bytes, &out, peer, local, Tcp, &served);
                             if !self.write(&mut write, &out).await { return }
                         }
                         Err(deferred) => {
-                            let handler = self.handler.clone();
+                            let this = self.clone();
                             slot.busy.fetch_add(1, Relaxed);
                             in_flight.push(Box::pin(async move {
                                 let mut out = Vec::new();
-                                handler.answer_later(&request, deferred, &mut out).await;
+                                let served = this.handler.answer_later(&request, deferred, &mut out).await;
+                                this.observer.served(request.as_slice(), &out, peer, local, Tcp, &served);
                                 out
                             }));
                         }

@@ -12,8 +12,10 @@ use tracing::{debug, warn};
 
 use super::batch::{is_timeout, Batch};
 use super::{decode, first_time, format_error, is_answerable, Decoded, Transport};
+use crate::dns::observe::Served;
 use crate::dns::rrl::{Kind, Verdict};
 use crate::dns::wire;
+use crate::dnstap;
 
 impl Transport {
     /// Serves `socket` (blocking, with a receive timeout so shutdown is seen) on a thread of
@@ -40,6 +42,11 @@ impl Transport {
         runtime: tokio::runtime::Handle,
     ) {
         let mut batch = Batch::new();
+        // For dnstap's response address; a wildcard bind says nothing, so it is left out.
+        let local = socket
+            .local_addr()
+            .ok()
+            .filter(|a| !a.ip().is_unspecified());
         while !self.shutdown.is_cancelled() {
             let received = match batch.receive(&socket) {
                 Ok(n) => n,
@@ -56,7 +63,7 @@ impl Transport {
                     self.metrics.dropped.inc();
                     continue;
                 };
-                if !self.answer_udp(query, src, out, &socket, &runtime) {
+                if !self.answer_udp(query, src, local, out, &socket, &runtime) {
                     out.clear();
                 }
             }
@@ -66,20 +73,22 @@ impl Transport {
 
     /// Answers one UDP query into `out` (left empty when nothing is to be sent now). Queries
     /// that wait for an upstream go to a task (on the forwarding thread) that sends its own answer.
+    #[allow(clippy::too_many_arguments)]
     fn answer_udp(
         self: &Arc<Self>,
         query: &[u8],
         src: SocketAddr,
+        local: Option<SocketAddr>,
         out: &mut Vec<u8>,
         socket: &Arc<std::net::UdpSocket>,
         runtime: &tokio::runtime::Handle,
     ) -> bool {
-        if self.cfg.udp_fast_path
-            && is_answerable(src)
-            && self.handler.answer_fast(query, src.ip(), out)
-        {
-            return self.shape_udp(out, src, query);
+        if self.cfg.udp_fast_path && is_answerable(src) {
+            if let Some(served) = self.handler.answer_fast(query, src.ip(), out) {
+                return self.finish_udp(out, src, local, query, &served);
+            }
         }
+        let started = Instant::now();
         let request = match decode(query, src, Protocol::Udp) {
             Decoded::Drop => {
                 self.metrics.dropped.inc();
@@ -87,12 +96,12 @@ impl Transport {
             }
             Decoded::Malformed(header) => {
                 format_error(&header, out);
-                return self.shape_udp(out, src, query);
+                return self.finish_udp(out, src, local, query, &Served::unzoned(started));
             }
             Decoded::Request(r) => r,
         };
         let deferred = match self.handler.answer_now(&request, out) {
-            Ok(()) => return self.shape_udp(out, src, query),
+            Ok(served) => return self.finish_udp(out, src, local, query, &served),
             Err(deferred) => deferred,
         };
         let Ok(permit) = self.pending.clone().try_acquire_owned() else {
@@ -103,17 +112,18 @@ impl Transport {
                     "too many queries waiting on upstreams: answering SERVFAIL (logged once; see ruddr_dns_pending_limited_total)",
                 );
             }
-            self.handler.answer_busy(&request, out);
-            return self.shape_udp(out, src, query);
+            let served = self.handler.answer_busy(&request, out);
+            return self.finish_udp(out, src, local, query, &served);
         };
         let (this, socket) = (self.clone(), socket.clone());
         let forwarded = async move {
             let mut out = Vec::new();
-            this.handler
+            let served = this
+                .handler
                 .answer_later(&request, deferred, &mut out)
                 .await;
             drop(permit);
-            if this.shape_udp(&mut out, src, request.as_slice()) {
+            if this.finish_udp(&mut out, src, local, request.as_slice(), &served) {
                 let mut sent = socket.send_to(&out, src);
                 if matches!(&sent, Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE)) {
                     // Larger than the interface MTU (sockets never fragment): see Batch::send.
@@ -128,6 +138,24 @@ impl Transport {
         self.tasks
             .spawn_on(forwarded, self.forwarding.as_ref().unwrap_or(runtime));
         false
+    }
+
+    /// Shapes the response in `out` ([`Transport::shape_udp`]) and, when it goes out, records
+    /// it (query log, dnstap); whether to send it.
+    fn finish_udp(
+        &self,
+        out: &mut Vec<u8>,
+        to: SocketAddr,
+        local: Option<SocketAddr>,
+        query: &[u8],
+        served: &Served,
+    ) -> bool {
+        let send = self.shape_udp(out, to, query);
+        if send {
+            self.observer
+                .served(query, out, to, local, dnstap::Transport::Udp, served);
+        }
+        send
     }
 
     /// Applies the response rate limit to the UDP response in `out` for `query`: `false` to

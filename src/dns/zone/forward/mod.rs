@@ -57,6 +57,8 @@ pub struct Forwarder {
     answers: Answers,
     flights: InFlight,
     counters: Counters,
+    /// dnstap, for the upstream exchanges (FORWARDER_QUERY / FORWARDER_RESPONSE).
+    tap: Option<Arc<crate::dnstap::Tap>>,
 }
 
 /// The forwarder's counters (see `Metrics`); unregistered ones when built without metrics.
@@ -173,7 +175,45 @@ impl Forwarder {
             answers: Answers::new(cfg.cache_bytes, cfg.cache_max_ttl, cfg.cache_front_bytes),
             flights: InFlight::default(),
             counters,
+            tap: None,
         }
+    }
+
+    /// Sends the upstream exchanges to `tap` too.
+    pub fn with_tap(mut self, tap: Option<Arc<crate::dnstap::Tap>>) -> Self {
+        self.tap = tap;
+        self
+    }
+
+    /// Hands one upstream exchange to dnstap (when on).
+    fn tap_exchange(
+        &self,
+        upstream: SocketAddr,
+        asked_at: Option<std::time::SystemTime>,
+        query: &Message,
+        answer: &Message,
+    ) {
+        let (Some(tap), Some(asked_at)) = (&self.tap, asked_at) else {
+            return;
+        };
+        let (Ok(q), Ok(r)) = (query.to_vec(), answer.to_vec()) else {
+            return;
+        };
+        // The query left from a fresh socket on a random port: only its family is known.
+        let from: SocketAddr = if upstream.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        tap.exchange(
+            crate::dnstap::Role::Forwarder,
+            crate::dnstap::Transport::Udp,
+            from,
+            Some(upstream),
+            asked_at,
+            &q,
+            &r,
+        );
     }
 
     /// Whether `client` would be admitted now ([`Forwarder::admit`] without taking a place).
@@ -321,6 +361,7 @@ impl Forwarder {
             let addr = self.upstreams[i];
             // A new random id for every attempt, as each goes from a new random port.
             msg.metadata.id = rand::random();
+            let asked_at = self.tap.is_some().then(std::time::SystemTime::now);
             let result = tokio::time::timeout(self.timeout, udp::exchange(addr, &msg)).await;
             let message = match result {
                 Ok(Some(m)) if m.metadata.truncation => {
@@ -347,6 +388,7 @@ impl Forwarder {
                     continue;
                 }
             };
+            self.tap_exchange(addr, asked_at, &msg, &message);
             if matches!(
                 message.metadata.response_code,
                 ResponseCode::ServFail | ResponseCode::Refused
