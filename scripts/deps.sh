@@ -14,12 +14,20 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 # Node and npm, for the xDS test's Node gRPC client.
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+# Observability tests: fstrm_capture (dnstap collector), promtool (alert rules), Chromium and a
+# font for the status page's browser test.
+command -v fstrm_capture >/dev/null || need+=(fstrm-bin)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null || need+=(chromium)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 if [ "${WITH_BENCH:-0}" = 1 ]; then
   command -v dnsperf >/dev/null || need+=(dnsperf)
   # Reference servers for bench/compare.sh, and perf for its --profile.
   command -v knotd >/dev/null || need+=(knot)
   command -v nsd >/dev/null || need+=(nsd)
   command -v perf >/dev/null || need+=(linux-perf)
+  # knotd's dnstap module, the reference for the dnstap benchmark.
+  [ -e /usr/lib/x86_64-linux-gnu/knot/modules-3.2/dnstap.so ] || ls /usr/lib/*/knot/*/dnstap.so >/dev/null 2>&1 || need+=(knot-module-dnstap)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
@@ -44,6 +52,12 @@ if ! python3 -c "import grpc" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check grpcio ||
     { [ "$(id -u)" = 0 ] && apt-get install -y -qq --no-install-recommends python3-grpcio >/dev/null; } ||
     sudo apt-get install -y -qq --no-install-recommends python3-grpcio >/dev/null
+fi
+# Playwright for Python drives the system Chromium in the status page test (its own browser
+# download is not used).
+if ! python3 -c "import playwright" 2>/dev/null; then
+  echo "installing: playwright (Python)"
+  python3 -m pip install --quiet --disable-pip-version-check playwright
 fi
 # @grpc/grpc-js-xds, the Node gRPC client of the xDS test (into tests/integration/xds, ignored
 # by git).

@@ -57,6 +57,9 @@ pub enum Command {
     Register(RegisterArgs),
     /// List registered services (healthy/total), or the instances of one service.
     Services(ServicesArgs),
+    /// Print every Prometheus metric family `serve` exports, one `name type` per line (for
+    /// checking dashboards and alert rules).
+    MetricsFamilies,
 }
 
 /// Flags of `ruddr serve`; each overrides the same setting in the config file.

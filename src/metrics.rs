@@ -667,6 +667,57 @@ impl Metrics {
             .inc();
     }
 
+    /// Every metric family ruddr exports, as `name type` lines: families with labels appear in
+    /// a scrape only once a label set was used, so this renders a registry with one of each.
+    pub fn families() -> String {
+        let m = Self::new();
+        m.observe_query(
+            &QueryLabels {
+                qtype: QType::A,
+                rcode: Rcode::NOERROR,
+                proto: Proto::udp,
+                path: crate::dns::observe::ZoneKind::Registry,
+            },
+            Duration::ZERO,
+            false,
+        );
+        m.rate_limited
+            .get_or_create(&RateLimitLabels {
+                action: RateLimitAction::drop,
+            })
+            .inc();
+        let _ = m.forward_cache(CacheResult::hit);
+        m.observe_locality(LocalityResult::local);
+        m.observe_registry_error("unreachable");
+        m.observe_forward(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 53)),
+            ForwardResult::answered,
+        );
+        m.xds_push(
+            "type.googleapis.com/envoy.config.listener.v3.Listener",
+            None,
+        );
+        m.xds_nack("type.googleapis.com/envoy.config.listener.v3.Listener");
+        m.xds_limited("max_streams");
+        m.xds_left_out(1, 1, 1);
+        let _ = m.answer_source(AnswerSource::built);
+        let failing = [("unreachable", false)];
+        let text = m.render(
+            &Snapshot::default(),
+            &RegistryState {
+                connected: true,
+                failing: &failing,
+                confirmed_age: None,
+                stale_for: None,
+            },
+            true,
+        );
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
     /// Refreshes the state gauges and renders the Prometheus text format.
     pub fn render(
         &self,
@@ -711,5 +762,18 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod families_tests {
+    #[test]
+    fn families_lists_every_registered_metric() {
+        let text = super::Metrics::families();
+        let listed = text.lines().count();
+        let source = include_str!("metrics.rs");
+        // The patterns below occur once more, in this test.
+        let registered = source.matches("registry.register(").count() - 1;
+        assert_eq!(listed, registered, "{text}");
     }
 }

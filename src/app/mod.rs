@@ -60,6 +60,10 @@ pub fn execute(command: Command) -> Result<u8, Failure> {
                 .map_err(Failure::Runtime)?;
             Ok(0)
         }
+        Command::MetricsFamilies => {
+            print!("{}", crate::metrics::Metrics::families());
+            Ok(0)
+        }
         Command::Serve(args) => {
             let cfg = Config::load(&args).map_err(Failure::usage)?;
             let zones = StaticZones::load_dir(&cfg.zones_dir).map_err(Failure::usage)?;

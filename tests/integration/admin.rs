@@ -7,9 +7,12 @@ use hickory_proto::rr::RecordType;
 
 use crate::harness::*;
 
-const A_OK_UDP: &str = r#"ruddr_dns_queries_total{qtype="A",rcode="NOERROR",proto="udp"}"#;
-const A_NX_UDP: &str = r#"ruddr_dns_queries_total{qtype="A",rcode="NXDOMAIN",proto="udp"}"#;
-const SRV_OK_TCP: &str = r#"ruddr_dns_queries_total{qtype="SRV",rcode="NOERROR",proto="tcp"}"#;
+const A_OK_UDP: &str =
+    r#"ruddr_dns_queries_total{qtype="A",rcode="NOERROR",proto="udp",path="registry"}"#;
+const A_NX_UDP: &str =
+    r#"ruddr_dns_queries_total{qtype="A",rcode="NXDOMAIN",proto="udp",path="registry"}"#;
+const SRV_OK_TCP: &str =
+    r#"ruddr_dns_queries_total{qtype="SRV",rcode="NOERROR",proto="tcp",path="registry"}"#;
 
 #[test]
 fn ready_is_503_until_the_first_sync_then_200() {

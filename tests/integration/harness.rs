@@ -339,6 +339,11 @@ impl Etcd {
         });
     }
 
+    /// etcd's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("etcd running").id()
+    }
+
     /// Sends `sig` (for example `STOP`, `CONT`) to etcd itself.
     pub fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().expect("etcd running").id();
@@ -750,7 +755,7 @@ impl Ruddr {
     }
 
     /// The value of one sample in /metrics, e.g. `ruddr_registry_connected` or
-    /// `ruddr_dns_queries_total{qtype="A",rcode="NOERROR",proto="udp"}`; 0 when absent.
+    /// `ruddr_dns_queries_total{qtype="A",rcode="NOERROR",proto="udp",path="registry"}`; 0 when absent.
     pub fn metric(&self, sample: &str) -> f64 {
         let (code, body) = self.http_get("/metrics");
         assert_eq!(code, 200);

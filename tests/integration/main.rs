@@ -10,6 +10,8 @@
 //! - `limits`: hostile and careless traffic: idle TCP floods, response rate limiting.
 //! - `liveness`: registrar repair and bounded shutdown, supervised and leader-aware watching.
 //! - `mirror`: registry changes reaching answers; bad values; etcd outages; compaction.
+//! - `observe`: dnstap to fstrm_capture, the query log, the status page (API and headless
+//!   Chromium), the dashboard's and alert rules' metrics, promtool.
 //! - `outage`: 3-member cluster failover under load, leases across outages, snapshots, max_stale.
 //! - `ordering`: randomized, weighted answer order.
 //! - `register`: `ruddr register` (leases, health checks, signals, child mode) and `ruddr services`.
@@ -28,6 +30,7 @@ mod harness;
 mod limits;
 mod liveness;
 mod mirror;
+mod observe;
 mod ordering;
 mod outage;
 mod register;
