@@ -4,7 +4,7 @@ in the same run, interleaved.
 
     bench/compare.py [--ruddr new=target/release/ruddr] [--ruddr old=/path/to/other/ruddr]
                      [--servers knot,nsd] [--hickory PATH] [--rounds 3] [--duration 10]
-                     [--setups shared,pinned] [--mixes plain,nx10] [--latency]
+                     [--setups shared,pinned] [--mixes plain,nx10] [--latency] [--dnstap]
 
 Data: 1,000 services x 3 instances (--services/--instances), in etcd for ruddr and as a zone file
 for the others. Queries: half `svcN A`, half `_http._tcp.svcN SRV` (answered with the targets'
@@ -32,6 +32,21 @@ the forward case needs knot among the reference servers.
 --latency also runs dnsperf at a fixed 5,000 QPS (`-Q 5000 -v`, pinned) once per server per
 round, interleaved, and reports the medians (and spread) of the p50/p99 of the per-query latencies
 it prints, with each p99's distance from knotd's.
+
+--dnstap measures what dnstap costs, in the same interleaved rounds: each ruddr server `X` gets a
+twin `X-tap` (the same binary, data and flags, its config extended by `[dnstap] socket = ...`, and
+an admin listener for its metrics), and knotd a twin `knotd-tap` (mod-dnstap, global-module, to a
+Unix socket). Both log every query and every response (two messages per answer). Each tap socket
+is read by its own `fstrm_capture -t protobuf:dnstap.Dnstap -u SOCK -w /dev/null` (pinned to the
+dnsperf core in the pinned setup), started before its server and stopped after it; its CPU is not
+in the server's (printed per round on its own). With --dnstap, CPU is read once the server's CPU
+time stops growing after dnsperf (up to 2 s), so a tap still draining its queue is charged. After
+each table it prints, per pair, answers per CPU-second and QPS of the tap twin as a ratio of its
+twin's without dnstap, and for ruddr the messages sent and dropped (ruddr_dnstap_sent_total and
+ruddr_dnstap_dropped_total by reason, from /metrics: a tap that drops is cheaper than one that
+sends). At the end, per tap server over the whole run: what ruddr sent and dropped and how many
+messages fstrm_capture received, per answer (knotd does not count its drops; 2.00 per answer
+means none). Needs fstrm-bin and knot-module-dnstap.
 
 Needs etcd, dnsperf, knot and nsd (Debian packages; WITH_BENCH=1 scripts/deps.sh installs them).
 Loopback only; everything lives in a temp dir.
@@ -195,14 +210,102 @@ def queries(services: int, nx_every: int, srv: str = "_http._tcp.{}") -> str:
     return "\n".join(out) + "\n"
 
 
+class Collector:
+    """`fstrm_capture` reading one tap server's dnstap socket and writing it to /dev/null."""
+
+    def __init__(self, sock: Path, log: Path, cpu: str | None):
+        sock.unlink(missing_ok=True)
+        self.log = log
+        argv = ["fstrm_capture", "-t", "protobuf:dnstap.Dnstap", "-u", str(sock), "-w", "/dev/null"]
+        if cpu:
+            argv = ["taskset", "-c", cpu, *argv]
+        self.proc = subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + 10
+        while not sock.exists():
+            if self.proc.poll() is not None or time.time() > deadline:
+                sys.exit(f"fstrm_capture did not listen on {sock}: see {log}")
+            time.sleep(0.05)
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self) -> int | None:
+        """Stops it (SIGTERM: it closes its output and says how many frames it wrote); the data
+        frames, i.e. dnstap messages, it received, or None if it did not say."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        # Every output file starts with a START and ends with a STOP control frame.
+        counts = re.findall(r"wrote (\d+) frames", self.log.read_text(errors="replace"))
+        return sum(int(n) - 2 for n in counts) if counts else None
+
+
+# Per tap server label, summed over its lifetimes (servers restart per setup): answers dnsperf got,
+# ruddr's dnstap counters when it stopped, and the messages its fstrm_capture received.
+TAP_TOTALS: dict[str, dict[str, float]] = {}
+
+
 class Server:
-    def __init__(self, label: str, argv: list[str], port: int, work: Path, env=None, queries: str = ""):
+    def __init__(self, label: str, argv: list[str], port: int, work: Path, env=None, queries: str = "",
+                 collector: Collector | None = None, admin: int | None = None):
         self.label, self.port = label, port
         # Which query files this server gets: "" the common ones, "sky" the SkyDNS names.
         self.queries = queries
+        # A dnstap twin: its fstrm_capture, and for ruddr the admin port its metrics are on.
+        self.collector, self.admin = collector, admin
+        self.answers = 0.0
+        self.stopped = False
         log = open(work / f"{label}.log", "w")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
+
+    def tap_metrics(self) -> dict[str, float] | None:
+        """ruddr's dnstap counters from its /metrics, if it is a ruddr tap."""
+        if not self.admin:
+            return None
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=5).read().decode()
+        except OSError:
+            return None
+
+        def val(name: str) -> float:
+            m = re.search(r"^" + re.escape(name) + r"\s+([0-9.eE+-]+)", text, re.M)
+            return float(m.group(1)) if m else 0.0
+        return {"sent": val("ruddr_dnstap_sent_total"),
+                "queue_full": val('ruddr_dnstap_dropped_total{reason="queue_full"}'),
+                "disconnected": val('ruddr_dnstap_dropped_total{reason="disconnected"}'),
+                "connected": val("ruddr_dnstap_connected")}
+
+    def wait_tap(self) -> None:
+        """Until a ruddr tap is connected to its collector (knotd connects as it starts)."""
+        if not self.admin:
+            return
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            m = self.tap_metrics()
+            if m and m["connected"] >= 1:
+                return
+            time.sleep(0.2)
+        sys.exit(f"{self.label} never connected to its dnstap collector: see its log")
+
+    def settle(self, limit: float = 2.0) -> None:
+        """Waits (up to `limit` s) until the server's CPU time stops growing: a dnstap writer may
+        still be sending what it queued when dnsperf stopped, and that belongs to this run."""
+        deadline = time.time() + limit
+        last = self.cpu()
+        while time.time() < deadline:
+            time.sleep(0.1)
+            now = self.cpu()
+            if now - last < 1.5 / TICK:
+                return
+            last = now
 
     def wait_answer(self, name: str, want: int) -> None:
         deadline = time.time() + 60
@@ -220,6 +323,17 @@ class Server:
         return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        totals = None
+        if self.collector:
+            totals = TAP_TOTALS.setdefault(self.label, {})
+            totals["answers"] = totals.get("answers", 0.0) + self.answers
+            m = self.tap_metrics()
+            if m:
+                for k in ("sent", "queue_full", "disconnected"):
+                    totals[k] = totals.get(k, 0.0) + m[k]
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -228,6 +342,13 @@ class Server:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        if self.collector:
+            frames = self.collector.stop()
+            if frames is None:
+                totals["unknown"] = 1.0
+            else:
+                totals["received"] = totals.get("received", 0.0) + frames
 
 
 def dnsperf(port: int, qfile: Path, duration: int, client_cpu: str | None, extra=()) -> str:
@@ -259,49 +380,81 @@ def start_servers(args, ruddrs, refs, work: Path, zones: Path, endpoint: str, cp
     servers: list[Server] = []
     pre = ["taskset", "-c", cpus] if cpus else []
     cases = [c for c in args.cases.split(",") if c]
+    # fstrm_capture runs where dnsperf does when the server is pinned, so the server's core is its own.
+    pinned = {int(c) for c in cpus.split(",")} if cpus else set()
+    collector_cpu = ",".join(str(c) for c in sorted(os.sched_getaffinity(0) - pinned)) if cpus else None
 
-    def ruddr(label: str, path: str, extra: list[str]) -> Server:
-        port = free_port()
-        argv = [path, "-q", "serve", "--listen", f"127.0.0.1:{port}", "--etcd-endpoints", endpoint,
-                "--admin-listen", "", *extra, *args.ruddr_args.split()]
-        return Server(label, pre + argv, port, work)
+    def ruddr(label: str, path: str, extra: list[str], config: str = "", queries: str = "") -> list[Server]:
+        """The ruddr server `label`, and with --dnstap its twin `label-tap`."""
+        out = []
+        for tap in [False, True] if args.dnstap else [False]:
+            name = f"{label}-tap" if tap else label
+            port = free_port()
+            text, collector, admin = config, None, None
+            if tap:
+                sock = work / f"{name}.sock"
+                text += f'\n[dnstap]\nsocket = "{sock}"\n'
+                collector = Collector(sock, work / f"{name}.fstrm.log", collector_cpu)
+                admin = free_port()
+            conf = []
+            if text:
+                (work / f"{name}.toml").write_text(text)
+                conf = ["--config", str(work / f"{name}.toml")]
+            argv = [path, "-q", "serve", *conf, "--listen", f"127.0.0.1:{port}", "--etcd-endpoints", endpoint,
+                    "--admin-listen", f"127.0.0.1:{admin}" if admin else "", *extra, *args.ruddr_args.split()]
+            out.append(Server(name, pre + argv, port, work, queries=queries, collector=collector, admin=admin))
+        return out
 
     for label, path in ruddrs:
         if "registry" in cases:
-            servers.append(ruddr(label, path, ["--zones-dir", str(work / "no-zones")]))
+            servers += ruddr(label, path, ["--zones-dir", str(work / "no-zones")])
         if "static" in cases:
             # The registry moves to another zone; svc.internal comes from the zone file.
-            servers.append(ruddr(f"{label}-static", path,
-                                 ["--zone", "registry.internal", "--zones-dir", str(zones)]))
+            servers += ruddr(f"{label}-static", path, ["--zone", "registry.internal", "--zones-dir", str(zones)])
         if "skydns" in cases:
-            (work / "sky.toml").write_text('[[sources]]\nformat = "skydns"\nprefix = "/skydns/"\n'
-                                           'zones = ["svc.internal."]\n')
-            sky = ruddr(f"{label}-sky", path, ["--config", str(work / "sky.toml"), "--zone", "registry.internal",
-                                               "--zones-dir", str(work / "no-zones")])
-            sky.queries = "sky"
-            servers.append(sky)
+            servers += ruddr(f"{label}-sky", path, ["--zone", "registry.internal", "--zones-dir", str(work / "no-zones")],
+                             config='[[sources]]\nformat = "skydns"\nprefix = "/skydns/"\nzones = ["svc.internal."]\n',
+                             queries="sky")
     if "knot" in refs:
-        port = free_port()
-        (work / "knot").mkdir(exist_ok=True)
         # knotd sizes its workers by the CPUs online, not those it may use: give it one per CPU
         # it is pinned to, as ruddr and nsd have.
         workers = len(cpus.split(",")) if cpus else os.cpu_count()
-        (work / "knot.conf").write_text(f"""server:
+        for name in ["knotd", "knotd-tap"] if args.dnstap else ["knotd"]:
+            port = free_port()
+            run = work / name
+            run.mkdir(exist_ok=True)
+            tap, collector = "", None
+            if name.endswith("-tap"):
+                # mod-dnstap (knot-module-dnstap, loaded from knot's module directory) on every
+                # query; it logs queries and responses by default.
+                sock = work / f"{name}.sock"
+                collector = Collector(sock, work / f"{name}.fstrm.log", collector_cpu)
+                tap = f"""mod-dnstap:
+  - id: tap
+    sink: "unix:{sock}"
+    log-queries: on
+    log-responses: on
+template:
+  - id: default
+    global-module: mod-dnstap/tap
+"""
+            (work / f"{name}.conf").write_text(f"""server:
     listen: 127.0.0.1@{port}
-    rundir: {work / 'knot'}
+    rundir: {run}
     udp-workers: {workers}
     tcp-workers: 1
     background-workers: 1
 database:
-    storage: {work / 'knot'}
-zone:
+    storage: {run}
+{tap}zone:
   - domain: svc.internal
     file: {zones / 'svc.internal.zone'}
 log:
   - target: stderr
     any: error
 """)
-        servers.append(Server("knotd", pre + ["knotd", "-c", str(work / "knot.conf")], port, work))
+            servers.append(Server(name, pre + ["knotd", "-c", str(work / f"{name}.conf")], port, work,
+                                  collector=collector))
     if "nsd" in refs:
         port = free_port()
         (work / "nsd").mkdir(exist_ok=True)
@@ -343,9 +496,8 @@ file = "svc.internal.zone"
         if knot is None:
             sys.exit("--cases forward needs knot in --servers (the upstream)")
         for label, path in ruddrs:
-            servers.append(ruddr(f"{label}-fwd", path,
-                                 ["--zone", "registry.internal", "--zones-dir", str(work / "no-zones"),
-                                  "--upstream", f"127.0.0.1:{knot.port}"]))
+            servers += ruddr(f"{label}-fwd", path, ["--zone", "registry.internal", "--zones-dir", str(work / "no-zones"),
+                                                    "--upstream", f"127.0.0.1:{knot.port}"])
     return servers
 
 
@@ -372,6 +524,8 @@ def main() -> None:
     ap.add_argument("--ruddr-args", default="", help="extra arguments for every ruddr")
     ap.add_argument("--cases", default="registry", help="what each ruddr serves: registry, static, forward "
                     "(comma list)")
+    ap.add_argument("--dnstap", action="store_true", help="also run each ruddr server and knotd with dnstap "
+                    "to fstrm_capture (`<label>-tap`, `knotd-tap`) and print what it costs")
     args = ap.parse_args()
     ruddrs = [r.split("=", 1) for r in (args.ruddr or [f"ruddr={ROOT / 'target/release/ruddr'}"])]
     refs = [s for s in args.servers.split(",") if s]
@@ -406,23 +560,38 @@ def main() -> None:
             servers[:] = start_servers(args, ruddrs, refs, work, zones, endpoint, "0" if pinned else None)
             for srv in servers:
                 srv.wait_answer(last, args.instances)
+                srv.wait_tap()
             for mix, qf in qfiles.items():
                 runs: dict[str, list[dict]] = {s.label: [] for s in servers}
                 for rnd in range(args.rounds):
                     order = servers if rnd % 2 == 0 else list(reversed(servers))
                     for s in order:
+                        tap0 = s.tap_metrics()
                         count = EventCount(s.proc.pid, work) if args.events else None
+                        cap0 = s.collector.cpu() if s.collector else 0.0
                         before = s.cpu()
                         sqf = sky_qfiles[mix] if s.queries == "sky" else qf
                         r = parse(dnsperf(s.port, sqf, args.duration, "1" if pinned else None))
+                        if args.dnstap:
+                            s.settle()
                         r["cpu"] = s.cpu() - before
                         r["per_cpu"] = r["completed"] / r["cpu"] if r["cpu"] > 0 else 0.0
+                        s.answers += r["completed"]
                         extra = ""
+                        if s.collector:
+                            r["cap_cpu"] = s.collector.cpu() - cap0
+                            extra += f", fstrm_capture cpu {r['cap_cpu']:.2f}s (not counted)"
+                        tap1 = s.tap_metrics()
+                        if tap0 and tap1:
+                            for k in ("sent", "queue_full", "disconnected"):
+                                r[f"tap_{k}"] = tap1[k] - tap0[k]
+                            extra += (f", dnstap sent {r['tap_sent']:,.0f} dropped "
+                                      f"{r['tap_queue_full'] + r['tap_disconnected']:,.0f}")
                         if count:
                             calls, switches = count.stop()
                             n = max(r["completed"], 1)
                             r["syscalls"], r["switches"] = calls / n, switches / n
-                            extra = f", per answer {r['syscalls']:.2f} syscalls, {r['switches']:.3f} switches"
+                            extra += f", per answer {r['syscalls']:.2f} syscalls, {r['switches']:.3f} switches"
                         runs[s.label].append(r)
                         print(f"  {setup}/{mix} round {rnd + 1} {s.label}: {r['qps']:,.0f} QPS, lost {r['lost']:.0f}, "
                               f"cpu {r['cpu']:.2f}s, {r['per_cpu']:,.0f}/cpu-s{extra}", file=sys.stderr, flush=True)
@@ -435,6 +604,7 @@ def main() -> None:
             servers[:] = start_servers(args, ruddrs, refs, work, zones, endpoint, "0")
             for srv in servers:
                 srv.wait_answer(last, args.instances)
+                srv.wait_tap()
         if args.latency:
             # One run per server per round, interleaved like the throughput runs.
             qf = next(iter(qfiles.values()))
@@ -442,6 +612,7 @@ def main() -> None:
                 order = servers if rnd % 2 == 0 else list(reversed(servers))
                 for s in order:
                     out = dnsperf(s.port, qf, args.duration, "1", ["-Q", "5000", "-v"])
+                    s.answers += parse(out)["completed"]
                     lat = sorted(float(m.group(1)) for m in re.finditer(r"\b(0\.\d{6})\s*$", out, re.M))
                     if lat:
                         p50, p99 = lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
@@ -455,7 +626,7 @@ def main() -> None:
             perf = subprocess.Popen(["perf", "record", "--call-graph", args.profile_call_graph, "-o", str(data), "-p", str(target.proc.pid)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
-            dnsperf(target.port, next(iter(qfiles.values())), args.duration, "1")
+            target.answers += parse(dnsperf(target.port, next(iter(qfiles.values())), args.duration, "1"))["completed"]
             perf.send_signal(signal.SIGINT)
             perf.wait()
             report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--percent-limit", str(args.profile_limit),
