@@ -382,7 +382,7 @@ def start_servers(args, ruddrs, refs, work: Path, zones: Path, endpoint: str, cp
     cases = [c for c in args.cases.split(",") if c]
     # fstrm_capture runs where dnsperf does when the server is pinned, so the server's core is its own.
     pinned = {int(c) for c in cpus.split(",")} if cpus else set()
-    collector_cpu = ",".join(str(c) for c in sorted(os.sched_getaffinity(0) - pinned)) if cpus else None
+    collector_cpu = (",".join(str(c) for c in sorted(os.sched_getaffinity(0) - pinned)) or None) if cpus else None
 
     def ruddr(label: str, path: str, extra: list[str], config: str = "", queries: str = "") -> list[Server]:
         """The ruddr server `label`, and with --dnstap its twin `label-tap`."""
@@ -637,12 +637,20 @@ def main() -> None:
             print(f"\n[profile of {args.profile}, pinned, self time >= {args.profile_limit} %]")
             print("\n".join(l for l in report.splitlines() if l.strip() and not l.startswith("#")))
 
+        # Stop the servers now: a tap's totals (its metrics, what its fstrm_capture received) come as it stops.
+        for srv in servers:
+            srv.stop()
+
+        width = max([14] + [len(s.label) + 2 for s in servers])
         print()
         print(f"data: {args.services} services x {args.instances} instances; queries 50% A, 50% SRV with glue; "
               f"dnsperf -c 10 -T 1 UDP, {args.rounds} rounds x {args.duration} s, interleaved; medians (spread)")
+        if args.dnstap:
+            print("dnstap: each -tap server sends every query and response (2 messages per answer) to its own "
+                  "fstrm_capture writing to /dev/null; fstrm_capture's CPU is not counted in the server's cpu s")
         for (setup, mix), runs in results.items():
             print(f"\n[{setup}, {mix}]")
-            print(f"  {'server':<14}{'QPS':>10} {'(spread)':>17}{'lost':>8}{'cpu s':>8}{'ans/cpu-s':>11} {'(spread)':>17}"
+            print(f"  {'server':<{width}}{'QPS':>10} {'(spread)':>17}{'lost':>8}{'cpu s':>8}{'ans/cpu-s':>11} {'(spread)':>17}"
                   f"{'QPS/knotd':>10}{'a/cpu/knotd':>12}" + (f"{'calls/ans':>10}{'cs/ans':>10}" if args.events else ""))
             med = {k: (statistics.median(r["qps"] for r in v), statistics.median(r["per_cpu"] for r in v))
                    for k, v in runs.items()}
@@ -656,8 +664,26 @@ def main() -> None:
                 if args.events:
                     events = (f"{statistics.median(r['syscalls'] for r in v):>10.2f}"
                               f"{statistics.median(r['switches'] for r in v):>10.3f}")
-                print(f"  {label:<14}{qps:>10,.0f} {spread([r['qps'] for r in v]):>17}{lost:>8.0f}{cpu:>8.2f}"
+                print(f"  {label:<{width}}{qps:>10,.0f} {spread([r['qps'] for r in v]):>17}{lost:>8.0f}{cpu:>8.2f}"
                       f"{per:>11,.0f} {spread([r['per_cpu'] for r in v]):>17}{ratio}{events}")
+            for label, v in runs.items():
+                base = label[:-len("-tap")]
+                if not label.endswith("-tap") or base not in med:
+                    continue
+                (qps, per), (qps0, per0) = med[label], med[base]
+                if not (qps0 and per0):
+                    continue
+                cap = statistics.median(r.get("cap_cpu", 0.0) for r in v)
+                print(f"  {base} dnstap cost: answers per CPU-s {per / per0:.2f}x of without ({per / per0 - 1:+.0%}), "
+                      f"QPS {qps / qps0:.2f}x ({qps / qps0 - 1:+.0%}); fstrm_capture {cap:.2f} cpu-s per round, not counted")
+                if all("tap_sent" in r for r in v):
+                    answers = sum(r["completed"] for r in v)
+                    sent = sum(r["tap_sent"] for r in v)
+                    full = sum(r["tap_queue_full"] for r in v)
+                    away = sum(r["tap_disconnected"] for r in v)
+                    print(f"    {label} over these rounds: sent {sent:,.0f} messages ({sent / max(answers, 1):.2f} per answer), "
+                          f"dropped {full + away:,.0f} ({(full + away) / max(sent + full + away, 1):.1%}: "
+                          f"queue full {full:,.0f}, disconnected {away:,.0f})")
         if latency:
             print("\n[pinned, fixed 5,000 QPS] latency per query, ms: medians over rounds (spread)")
             ref = latency.get("knotd")
@@ -667,8 +693,25 @@ def main() -> None:
                 p99 = statistics.median(r[1] for r in rs)
                 n = sum(r[2] for r in rs)
                 versus = f"  p99 - knotd's {p99 - ref99:+.3f}" if ref99 is not None else ""
-                print(f"  {label:<14} p50 {p50:.3f} ({spread([r[0] for r in rs], 3)})"
+                print(f"  {label:<{width}} p50 {p50:.3f} ({spread([r[0] for r in rs], 3)})"
                       f"  p99 {p99:.3f} ({spread([r[1] for r in rs], 3)}){versus}  ({n} queries)")
+        if TAP_TOTALS:
+            print("\n[dnstap over the whole run: every setup, mix and latency run; answers as dnsperf counted them]")
+            for label, t in TAP_TOTALS.items():
+                answers = max(t.get("answers", 0.0), 1.0)
+                line = f"  {label:<{width}}{t.get('answers', 0.0):,.0f} answers"
+                if "sent" in t:
+                    dropped = t["queue_full"] + t["disconnected"]
+                    line += (f"; sent {t['sent']:,.0f} ({t['sent'] / answers:.2f} per answer), dropped {dropped:,.0f} "
+                             f"(queue full {t['queue_full']:,.0f}, disconnected {t['disconnected']:,.0f})")
+                elif label.startswith("knotd"):
+                    line += "; knotd does not count what it drops"
+                if "unknown" in t:
+                    line += "; fstrm_capture did not say what it received"
+                elif "received" in t:
+                    line += f"; fstrm_capture received {t['received']:,.0f} ({t['received'] / answers:.2f} per answer)"
+                print(line)
+            print("  (2.00 messages per answer: nothing dropped; the readiness queries add a few)")
     finally:
         tear_down(servers, etcd, work)
 

@@ -4,9 +4,11 @@
 #
 #   bench/compare.sh                      # 3 rounds x 10 s, with p50/p99 latency at 5,000 QPS
 #   bench/compare.sh --rounds 5 --ruddr old=/path/to/an/older/ruddr ...   # more compare.py flags
+#   bench/compare.sh --dnstap             # also ruddr-tap and knotd-tap: what dnstap costs each
 #
-# Installs dnsperf, knot and nsd if missing, builds ruddr (release) and, once, the hickory-dns
-# reference server into target/bench-tools (a few minutes).
+# Installs dnsperf, knot and nsd (and fstrm-bin and knot-module-dnstap, for --dnstap) if missing,
+# builds ruddr (release) and, once, the hickory-dns reference server into target/bench-tools (a few
+# minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -176,7 +176,7 @@ impl Observer {
                 s.set(n);
                 n
             });
-            if n % self.log.sample != 0 {
+            if !n.is_multiple_of(self.log.sample) {
                 return;
             }
         }

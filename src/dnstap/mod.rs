@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crossbeam_channel as channel;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -69,7 +69,7 @@ impl std::fmt::Display for Sink {
 
 /// The query path's side: hands exchanges to the writer without waiting.
 pub struct Tap {
-    tx: mpsc::Sender<Event>,
+    tx: channel::Sender<Event>,
     queries: bool,
     responses: bool,
     metrics: Arc<Metrics>,
@@ -93,7 +93,9 @@ impl Tap {
         } else {
             Sink::File(cfg.file.clone()?)
         };
-        let (tx, rx) = mpsc::channel(cfg.buffer);
+        // A queue the writer polls: a send never wakes a thread (no system call on the query
+        // path), and the writer takes what piled up every few milliseconds.
+        let (tx, rx) = channel::bounded(cfg.buffer);
         let tap = Arc::new(Tap {
             tx,
             queries: cfg.log_queries,
@@ -142,8 +144,8 @@ impl Tap {
         };
         if let Err(e) = self.tx.try_send(event) {
             let reason = match e {
-                mpsc::error::TrySendError::Full(_) => DnstapDrop::queue_full,
-                mpsc::error::TrySendError::Closed(_) => DnstapDrop::disconnected,
+                channel::TrySendError::Full(_) => DnstapDrop::queue_full,
+                channel::TrySendError::Disconnected(_) => DnstapDrop::disconnected,
             };
             self.metrics.dnstap_dropped(reason, self.messages());
             if reason == DnstapDrop::queue_full && !self.full_logged.swap(true, Ordering::Relaxed) {
@@ -174,9 +176,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes encoded before they are written out.
 const BATCH_BYTES: usize = 256 << 10;
+/// How often the writer looks at the queue when it found it empty.
+const POLL: Duration = Duration::from_millis(5);
 
 impl Writer {
-    async fn run(self, mut rx: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+    async fn run(self, rx: channel::Receiver<Event>, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(250);
         let mut down_logged = false;
         loop {
@@ -189,7 +193,7 @@ impl Writer {
                     self.metrics.dnstap_connected.set(1);
                     backoff = Duration::from_millis(250);
                     down_logged = false;
-                    let ended = self.stream(&mut conn, &mut rx, &shutdown).await;
+                    let ended = self.stream(&mut conn, &rx, &shutdown).await;
                     self.metrics.dnstap_connected.set(0);
                     match ended {
                         Ok(()) => {
@@ -215,16 +219,16 @@ impl Writer {
             }
             // Until the next attempt, messages are dropped (counted) rather than kept: a
             // collector that comes back gets what happens from then on.
-            let wait = tokio::time::sleep(backoff);
-            tokio::pin!(wait);
-            loop {
+            let until = tokio::time::Instant::now() + backoff;
+            while tokio::time::Instant::now() < until {
+                let dropped = rx.try_iter().count() as u64;
+                if dropped > 0 {
+                    self.metrics
+                        .dnstap_dropped(DnstapDrop::disconnected, dropped * self.messages());
+                }
                 tokio::select! {
-                    _ = &mut wait => break,
+                    _ = tokio::time::sleep(POLL * 10) => {}
                     _ = shutdown.cancelled() => return,
-                    ev = rx.recv() => match ev {
-                        Some(_) => self.metrics.dnstap_dropped(DnstapDrop::disconnected, self.messages()),
-                        None => return,
-                    },
                 }
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -272,43 +276,47 @@ impl Writer {
     async fn stream(
         &self,
         conn: &mut Box<dyn Conn>,
-        rx: &mut mpsc::Receiver<Event>,
+        rx: &channel::Receiver<Event>,
         shutdown: &CancellationToken,
     ) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(BATCH_BYTES);
         loop {
-            let first = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => None,
-                ev = rx.recv() => ev,
-            };
-            let Some(first) = first else {
-                // Shutting down: what is queued goes out first.
-                let mut sent = 0;
-                while let Ok(ev) = rx.try_recv() {
-                    sent += self.encode(&mut buf, &ev);
-                }
-                let written = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.write_all(&buf)).await;
-                if matches!(written, Ok(Ok(()))) {
-                    self.metrics.dnstap_sent.inc_by(sent);
-                }
-                return Ok(());
-            };
-            let mut sent = self.encode(&mut buf, &first);
-            while buf.len() < BATCH_BYTES {
+            let stopping = shutdown.is_cancelled();
+            let mut sent = 0;
+            // Shutting down, what is queued still goes out.
+            while stopping || buf.len() < BATCH_BYTES {
                 match rx.try_recv() {
                     Ok(ev) => sent += self.encode(&mut buf, &ev),
                     Err(_) => break,
                 }
             }
-            if let Err(error) = conn.write_all(&buf).await {
-                self.metrics.dnstap_dropped(DnstapDrop::disconnected, sent);
-                return Err(error);
+            if !buf.is_empty() {
+                let write = conn.write_all(&buf);
+                let written = if stopping {
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, write)
+                        .await
+                        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+                } else {
+                    write.await
+                };
+                if let Err(error) = written {
+                    self.metrics.dnstap_dropped(DnstapDrop::disconnected, sent);
+                    return Err(error);
+                }
+                self.metrics.dnstap_sent.inc_by(sent);
+                buf.clear();
+                if buf.capacity() > 4 * BATCH_BYTES {
+                    buf.shrink_to(BATCH_BYTES);
+                }
             }
-            self.metrics.dnstap_sent.inc_by(sent);
-            buf.clear();
-            if buf.capacity() > 4 * BATCH_BYTES {
-                buf.shrink_to(BATCH_BYTES);
+            if stopping {
+                return Ok(());
+            }
+            if rx.is_empty() {
+                tokio::select! {
+                    _ = tokio::time::sleep(POLL) => {}
+                    _ = shutdown.cancelled() => {}
+                }
             }
         }
     }
