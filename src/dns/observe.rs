@@ -190,14 +190,15 @@ impl Observer {
         let answers = response
             .get(6..8)
             .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
-        let rcode = hickory_proto::op::ResponseCode::from_low(rcode);
+        // The mnemonic (NOERROR, NXDOMAIN, ...), as the metrics' label and dig spell it.
+        let rcode = crate::metrics::Rcode::from_u16(u16::from(rcode));
         tracing::info!(
             target: "ruddr::query",
             client = %client.ip(),
             port = client.port(),
             name = %name,
             qtype = %qtype,
-            rcode = %rcode,
+            rcode = ?rcode,
             answers,
             transport = match transport {
                 Transport::Udp => "udp",
