@@ -656,10 +656,15 @@ impl Watcher {
     #[cfg(feature = "test-hooks")]
     fn maybe_inject_panic(&self) {
         use std::sync::atomic::Ordering::Relaxed;
+        // Only once the watch is up: a progress tick before that (the first one fires at once)
+        // must not use up a failure without causing it.
+        if !self.status.is_connected() {
+            return;
+        }
         let left = self
             .inject_panics
             .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
-        if self.status.is_connected() && left.is_ok() {
+        if left.is_ok() {
             panic!("injected watcher failure (test switch RUDDR_TEST_WATCHER_PANICS)");
         }
     }

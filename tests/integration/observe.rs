@@ -288,9 +288,7 @@ fn the_query_log_keeps_errors_only_and_samples() {
     std::thread::sleep(Duration::from_millis(300));
     let lines = query_lines(&r);
     assert!(
-        lines
-            .iter()
-            .all(|l| l["fields"]["rcode"] == "Query Refused"),
+        lines.iter().all(|l| l["fields"]["rcode"] == "REFUSED"),
         "only errors: {lines:?}"
     );
     // One in three per answering thread: 10 of 30 with one thread, a few more with several.
