@@ -17,6 +17,9 @@ command -v npm >/dev/null || need+=(npm)
 # Observability tests: fstrm_capture (dnstap collector), promtool (alert rules), Chromium and a
 # font for the status page's browser test.
 command -v fstrm_capture >/dev/null || need+=(fstrm-bin)
+# DNS over TLS and HTTPS tests: kdig, curl (--doh-url).
+command -v kdig >/dev/null || need+=(knot-dnsutils)
+command -v curl >/dev/null || need+=(curl)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
@@ -41,9 +44,10 @@ fi
 # The Debian package registers a service; nothing here relies on it running.
 
 # dnspython, for the test that resolves and connects like a Python client would.
-if ! python3 -c "import dns.resolver" 2>/dev/null; then
-  echo "installing: dnspython"
-  python3 -m pip install --quiet --disable-pip-version-check dnspython
+# With its DNS-over-HTTPS extra (httpx, h2) for dns.query.https.
+if ! python3 -c "import dns.query, sys; sys.exit(0 if dns.query.have_doh else 1)" 2>/dev/null; then
+  echo "installing: dnspython[doh]"
+  python3 -m pip install --quiet --disable-pip-version-check "dnspython[doh]"
 fi
 # grpcio, for the xDS test: a real gRPC client resolving xds:///<service> from ruddr, and the
 # backends it calls.

@@ -96,6 +96,20 @@ impl Rcode {
 pub enum Proto {
     udp,
     tcp,
+    /// DNS over TLS.
+    dot,
+    /// DNS over HTTPS.
+    doh,
+}
+
+impl Proto {
+    /// UDP or TCP, as a decoded request says.
+    pub fn of(protocol: hickory_server::net::xfer::Protocol) -> Self {
+        match protocol {
+            hickory_server::net::xfer::Protocol::Udp => Self::udp,
+            _ => Self::tcp,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -233,6 +247,8 @@ pub struct Metrics {
     xds_nacks: Family<XdsTypeLabels, Counter>,
     xds_limited: Family<XdsLimitLabels, Counter>,
     xds_left_out: Family<XdsLeftOutLabels, Counter>,
+    /// TLS handshakes (DoT, DoH) that failed or timed out.
+    pub tls_handshake_failures: Counter,
     /// dnstap messages written to the collector.
     pub dnstap_sent: Counter,
     dnstap_dropped: Family<DnstapDropLabels, Counter>,
@@ -400,12 +416,18 @@ impl Metrics {
             xds_nacks: Family::default(),
             xds_limited: Family::default(),
             xds_left_out: Family::default(),
+            tls_handshake_failures: Counter::default(),
             dnstap_sent: Counter::default(),
             dnstap_dropped: Family::default(),
             dnstap_connected: Gauge::default(),
             answer_cache: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "dns_tls_handshake_failures",
+            "TLS handshakes (DNS over TLS and HTTPS) that failed or took longer than dns.tls_handshake_timeout",
+            m.tls_handshake_failures.clone(),
+        );
         registry.register(
             "dnstap_sent",
             "dnstap messages written to the collector",

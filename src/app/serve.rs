@@ -84,9 +84,19 @@ pub async fn run(
             cfg.forward.allow_recursion.clone(),
         )
         .with_locality(&cfg.locality);
+    let certs = match crate::dns::server::tls::CertFiles::of(&cfg.dns) {
+        Some(files) if !cfg.dns.tls_listen.is_empty() || !cfg.dns.https_listen.is_empty() => {
+            Some(Arc::new(
+                crate::dns::server::tls::Certs::load(files)
+                    .context("loading the TLS certificate")?,
+            ))
+        }
+        _ => None,
+    };
     let reload_task = tokio::spawn(reload_zones_on_sighup(
         cfg.zones_dir.clone(),
         zones,
+        certs.clone(),
         token.clone(),
     ));
     let zone = handler.origin().to_string();
@@ -142,6 +152,29 @@ pub async fn run(
                 .context("starting a UDP thread")?;
         }
         transport.serve_tcp(tcp);
+    }
+    if let Some(certs) = &certs {
+        use crate::dns::server::tls::Encrypted;
+        for (addrs, kind, what) in [
+            (
+                &cfg.dns.tls_listen,
+                Encrypted::Dot,
+                "dns over tls listening",
+            ),
+            (
+                &cfg.dns.https_listen,
+                Encrypted::Doh,
+                "dns over https listening",
+            ),
+        ] {
+            for addr in addrs {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding {addr} ({what})"))?;
+                info!(addr = %listener.local_addr()?, "{what}");
+                transport.serve_encrypted(listener, kind, certs.clone());
+            }
+        }
     }
     // Threads that answer (UDP sockets, runtime workers, the forwarding thread) each keep front
     // tables; the README's memory bound counts them.
@@ -378,6 +411,7 @@ fn sky_zones(
 async fn reload_zones_on_sighup(
     dir: std::path::PathBuf,
     zones: Arc<arc_swap::ArcSwap<StaticZones>>,
+    certs: Option<Arc<crate::dns::server::tls::Certs>>,
     shutdown: CancellationToken,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -389,6 +423,11 @@ async fn reload_zones_on_sighup(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = hup.recv() => {}
+        }
+        if let Some(certs) = &certs {
+            let certs = certs.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || crate::dns::server::tls::reload(&certs)).await;
         }
         let dir2 = dir.clone();
         match tokio::task::spawn_blocking(move || StaticZones::load_dir(&dir2)).await {

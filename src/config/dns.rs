@@ -309,6 +309,34 @@ pub struct DnsConfig {
     pub query_log: QueryLogMode,
     /// Log one query in this many (of those `query_log` selects).
     pub query_log_sample: u32,
+    /// Addresses to answer DNS over TLS on (RFC 7858; port 853 by convention). Empty: none.
+    pub tls_listen: Vec<SocketAddr>,
+    /// Addresses to answer DNS over HTTPS on (RFC 8484, path `/dns-query`). Empty: none.
+    pub https_listen: Vec<SocketAddr>,
+    /// PEM certificate chain and key for DoT and DoH. Relative to the config file.
+    #[serde(with = "super::optional_path")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    #[serde(with = "super::optional_path")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// PEM CA bundle: DoT and DoH clients must present a certificate it signed (mutual TLS).
+    #[serde(with = "super::optional_path")]
+    pub tls_client_ca_file: Option<std::path::PathBuf>,
+    /// A TLS handshake not done within this is cut.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// HTTP/2 streams a DoH connection may have open at once.
+    pub https_max_streams_per_connection: u32,
+    /// Largest HTTP request head (HTTP/1.1) or header list (HTTP/2), bytes.
+    pub https_max_header_bytes: usize,
+    /// Largest POST body, bytes (a DNS message is at most 65,535); past it, 413.
+    pub https_max_body_bytes: usize,
+    /// A request head or body not received within this is answered 408 (or the connection
+    /// closed).
+    #[serde(with = "humantime_serde")]
+    pub https_request_timeout: Duration,
+    /// HTTP/2 streams a client may reset before the server handles them, at once; past it the
+    /// connection is closed (rapid reset protection, CVE-2023-44487).
+    pub https_max_pending_resets: usize,
 }
 
 /// Which queries get a query log line.
@@ -348,6 +376,17 @@ impl Default for DnsConfig {
             panic_threshold: 0.0,
             query_log: QueryLogMode::Off,
             query_log_sample: 1,
+            tls_listen: Vec::new(),
+            https_listen: Vec::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_handshake_timeout: Duration::from_secs(5),
+            https_max_streams_per_connection: 100,
+            https_max_header_bytes: 16 << 10,
+            https_max_body_bytes: 65_535,
+            https_request_timeout: Duration::from_secs(5),
+            https_max_pending_resets: 20,
         }
     }
 }
@@ -357,6 +396,36 @@ impl DnsConfig {
     pub fn validate(&mut self) -> Result<(), ConfigError> {
         let d = self;
         d.zone = normalize_name("dns.zone", &d.zone)?;
+        let encrypted = !d.tls_listen.is_empty() || !d.https_listen.is_empty();
+        if encrypted && (d.tls_cert_file.is_none() || d.tls_key_file.is_none()) {
+            return Err(invalid(
+                "dns.tls_cert_file",
+                "tls_listen and https_listen need tls_cert_file and tls_key_file",
+            ));
+        }
+        if d.tls_cert_file.is_some() != d.tls_key_file.is_some() {
+            return Err(invalid(
+                "dns.tls_cert_file",
+                "tls_cert_file and tls_key_file go together",
+            ));
+        }
+        if d.tls_handshake_timeout.is_zero()
+            || d.https_request_timeout.is_zero()
+            || d.https_max_streams_per_connection == 0
+            || d.https_max_pending_resets == 0
+            || d.https_max_header_bytes < 1024
+            || !(512..=65_535).contains(&d.https_max_body_bytes)
+        {
+            return Err(invalid(
+                "dns.https_max_body_bytes",
+                "tls_handshake_timeout, https_request_timeout, https_max_streams_per_connection and https_max_pending_resets must be above zero, https_max_header_bytes at least 1024, https_max_body_bytes 512 to 65535",
+            ));
+        }
+        if encrypted {
+            let files = crate::dns::server::tls::CertFiles::of(d).expect("both set");
+            crate::dns::server::tls::check(&files)
+                .map_err(|e| invalid("dns.tls_cert_file", e.to_string()))?;
+        }
         if d.query_log_sample == 0 {
             return Err(invalid("dns.query_log_sample", "must be at least 1"));
         }

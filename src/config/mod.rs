@@ -397,6 +397,9 @@ impl Config {
             &mut cfg.xds.client_ca_file,
             &mut cfg.dnstap.socket,
             &mut cfg.dnstap.file,
+            &mut cfg.dns.tls_cert_file,
+            &mut cfg.dns.tls_key_file,
+            &mut cfg.dns.tls_client_ca_file,
         ]
         .into_iter()
         .flatten()

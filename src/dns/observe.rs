@@ -203,6 +203,8 @@ impl Observer {
             transport = match transport {
                 Transport::Udp => "udp",
                 Transport::Tcp => "tcp",
+                Transport::Dot => "dot",
+                Transport::Doh => "doh",
             },
             path = if served.fast { "fast" } else { "general" },
             zone = served.zone.as_str(),

@@ -27,6 +27,7 @@ impl Handler {
         started: std::time::Instant,
         info: &ResponseInfo,
         zone: ZoneKind,
+        proto: metrics::Proto,
     ) {
         let qtype = request
             .queries
@@ -36,7 +37,7 @@ impl Handler {
         self.observe_parts(
             qtype,
             info.response_code,
-            request.protocol(),
+            proto,
             started,
             info.truncation,
             zone,
@@ -47,7 +48,7 @@ impl Handler {
         &self,
         qtype: u16,
         rcode: ResponseCode,
-        protocol: Protocol,
+        proto: metrics::Proto,
         started: std::time::Instant,
         truncated: bool,
         zone: ZoneKind,
@@ -56,10 +57,6 @@ impl Handler {
             metrics::QType::OTHER
         } else {
             metrics::QType::from_u16(qtype)
-        };
-        let proto = match protocol {
-            Protocol::Udp => metrics::Proto::udp,
-            _ => metrics::Proto::tcp,
         };
         let labels = QueryLabels {
             qtype,
@@ -108,7 +105,7 @@ impl Handler {
         self.observe_parts(
             q.qtype,
             written.rcode,
-            Protocol::Udp,
+            metrics::Proto::udp,
             started,
             written.truncated,
             reply.zone,
@@ -126,7 +123,12 @@ impl Handler {
     /// `out`. A forwarded name not in the cache comes back as [`Deferred`], for
     /// [`Handler::answer_later`] (which waits on the network), once the forwarding limits have
     /// admitted it; past them, it is answered SERVFAIL here, without a task.
-    pub fn answer_now(&self, request: &Request, out: &mut Vec<u8>) -> Result<Served, Deferred> {
+    pub fn answer_now(
+        &self,
+        request: &Request,
+        out: &mut Vec<u8>,
+        proto: metrics::Proto,
+    ) -> Result<Served, Deferred> {
         let started = std::time::Instant::now();
         let snapshot = self.mirror.load();
         let freshness = self.status.freshness();
@@ -146,13 +148,14 @@ impl Handler {
                         reply: Box::new(reply),
                         admitted,
                         started,
+                        proto,
                     })
                 }
                 None => reply = reply.code(ResponseCode::ServFail),
             }
         }
-        let info = encode_reply(request, &reply, out);
-        self.observe(request, started, &info, reply.zone);
+        let info = encode_reply(request, &reply, out, proto);
+        self.observe(request, started, &info, reply.zone, proto);
         self.count_reply(&reply, freshness);
         Ok(Served {
             zone: reply.zone,
@@ -218,11 +221,12 @@ impl Handler {
             reply,
             admitted,
             started,
+            proto,
         } = deferred;
         let reply = self.forward(request, *reply).await;
         drop(admitted);
-        let info = encode_reply(request, &reply, out);
-        self.observe(request, started, &info, ZoneKind::Forward);
+        let info = encode_reply(request, &reply, out, proto);
+        self.observe(request, started, &info, ZoneKind::Forward, proto);
         Served {
             zone: ZoneKind::Forward,
             fast: false,
@@ -237,8 +241,14 @@ impl Handler {
         let started = std::time::Instant::now();
         let mut reply = Reply::to(request, self.max_udp_payload).code(ResponseCode::ServFail);
         reply.meta.recursion_available = self.may_recurse(request.src().ip());
-        let info = encode_reply(request, &reply, out);
-        self.observe(request, started, &info, ZoneKind::Forward);
+        let info = encode_reply(request, &reply, out, metrics::Proto::udp);
+        self.observe(
+            request,
+            started,
+            &info,
+            ZoneKind::Forward,
+            metrics::Proto::udp,
+        );
         Served {
             zone: ZoneKind::Forward,
             fast: false,
@@ -292,19 +302,29 @@ pub struct Deferred {
     reply: Box<Reply>,
     admitted: Admitted,
     started: std::time::Instant,
+    proto: metrics::Proto,
 }
 
 /// Writes a reply with [`wire::write_reply`], the question as the client sent it (or, for a
 /// question the fast parser does not take, as the request holds it).
-pub(crate) fn encode_reply(request: &Request, reply: &Reply, out: &mut Vec<u8>) -> ResponseInfo {
+pub(crate) fn encode_reply(
+    request: &Request,
+    reply: &Reply,
+    out: &mut Vec<u8>,
+    proto: metrics::Proto,
+) -> ResponseInfo {
     let single = request.queries.queries().len() == 1;
     let question = match wire::question(request.as_slice()) {
         Some(q) => q,
         None if single => request.queries.as_bytes(),
         None => &[],
     };
-    let udp = request.protocol() == Protocol::Udp;
+    let udp = proto == metrics::Proto::udp;
     let written = wire::write_reply(out, request.metadata.id, question, reply, udp);
+    // RFC 8467: over an encrypted transport, a padded query gets a padded response.
+    if matches!(proto, metrics::Proto::dot | metrics::Proto::doh) && wire::asks_padding(request) {
+        wire::pad_reply(out, wire::RESPONSE_PAD_BLOCK);
+    }
     let mut header = Header {
         metadata: reply.meta,
         counts: Default::default(),

@@ -391,6 +391,59 @@ pub fn slip(out: &mut Vec<u8>) {
     }
 }
 
+/// EDNS option code of padding (RFC 7830).
+const OPTION_PADDING: u16 = 12;
+
+/// RFC 8467 4.1: padded responses are a multiple of this many octets.
+pub const RESPONSE_PAD_BLOCK: usize = 468;
+
+/// Whether `request` carried the EDNS padding option (RFC 7830): then an encrypted transport
+/// pads its response (RFC 8467).
+pub fn asks_padding(request: &hickory_server::server::Request) -> bool {
+    request.edns.as_ref().is_some_and(|e| {
+        e.option(hickory_proto::rr::rdata::opt::EdnsCode::Padding)
+            .is_some()
+    })
+}
+
+/// Pads the response in `out` (as [`write_reply`] wrote it, its OPT record last) to a multiple
+/// of `block` octets with an EDNS padding option of zeros. Nothing without an OPT record, and
+/// never past 65,535 octets.
+pub fn pad_reply(out: &mut Vec<u8>, block: usize) {
+    if out.len() < 12 || block == 0 {
+        return;
+    }
+    let question_len = question(out).map_or(0, <[u8]>::len);
+    let records: usize = (0..3)
+        .map(|n| usize::from(u16::from_be_bytes([out[6 + 2 * n], out[7 + 2 * n]])))
+        .sum();
+    let Some((at, len)) = out
+        .get(12 + question_len..)
+        .and_then(|rest| find_opt(rest, records))
+    else {
+        return;
+    };
+    let opt_at = 12 + question_len + at;
+    if opt_at + len != out.len() || len < 11 {
+        return;
+    }
+    let with_option = out.len() + 4;
+    let max = usize::from(u16::MAX);
+    if with_option > max {
+        return;
+    }
+    let pad = ((block - with_option % block) % block).min(max - with_option);
+    let rdlen_at = opt_at + 9;
+    let rdlen = usize::from(u16::from_be_bytes([out[rdlen_at], out[rdlen_at + 1]])) + 4 + pad;
+    let Ok(rdlen) = u16::try_from(rdlen) else {
+        return;
+    };
+    out[rdlen_at..rdlen_at + 2].copy_from_slice(&rdlen.to_be_bytes());
+    out.extend_from_slice(&OPTION_PADDING.to_be_bytes());
+    out.extend_from_slice(&(pad as u16).to_be_bytes());
+    out.resize(out.len() + pad, 0);
+}
+
 /// Where the OPT record is among `count` records in `bytes` (names uncompressed or pointers,
 /// as written here), and its length.
 fn find_opt(bytes: &[u8], count: usize) -> Option<(usize, usize)> {

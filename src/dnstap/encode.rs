@@ -96,6 +96,8 @@ pub enum MessageType {
 pub enum Transport {
     Udp = 1,
     Tcp = 2,
+    Dot = 3,
+    Doh = 4,
 }
 
 /// One dnstap message to encode.

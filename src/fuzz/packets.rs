@@ -484,7 +484,11 @@ fn respond(
         }
         Decoded::Request(request) => {
             let payload = request.edns.as_ref().map(|e| e.max_payload());
-            if let Err(deferred) = handler.answer_now(&request, &mut out) {
+            if let Err(deferred) = handler.answer_now(
+                &request,
+                &mut out,
+                crate::metrics::Proto::of(request.protocol()),
+            ) {
                 runtime.block_on(handler.answer_later(&request, deferred, &mut out));
             }
             (Some(out), payload)

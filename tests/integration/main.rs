@@ -5,6 +5,8 @@
 //! - `discovery`: DNS-SD browsing and locality-aware answers (clients on 127.0.0.2/3/4).
 //! - `dns`: the DNS contract: name forms, NXDOMAIN/NODATA with SOA, AA, REFUSED, EDNS, TC/TCP.
 //! - `edns`: ISC's EDNS compliance checks and 0x20 case on both UDP paths; the paths agree.
+//! - `encrypted`: DNS over TLS and HTTPS with kdig, curl and dnspython; certificates, bad
+//!   requests, idle and slow connections, reloads.
 //! - `frameworks`: the etcd layouts of etcd naming, go-zero, Kratos, go-micro and SkyDNS.
 //! - `fuzz`: a million random and mutated packets over UDP and TCP; ruddr stays up and right.
 //! - `limits`: hostile and careless traffic: idle TCP floods, response rate limiting.
@@ -24,6 +26,7 @@ mod admin;
 mod discovery;
 mod dns;
 mod edns;
+mod encrypted;
 mod frameworks;
 mod fuzz;
 mod harness;

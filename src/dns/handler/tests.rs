@@ -177,7 +177,12 @@ fn ask_over(
         &mut rng,
     );
     let mut out = Vec::new();
-    encode_reply(&request, &reply, &mut out);
+    encode_reply(
+        &request,
+        &reply,
+        &mut out,
+        crate::metrics::Proto::of(request.protocol()),
+    );
     (reply, Message::from_vec(&out).unwrap())
 }
 
@@ -328,7 +333,13 @@ fn udp_answers_are_cut_to_the_clients_buffer_with_tc() {
         )
         .unwrap();
         let mut out = Vec::new();
-        h.answer_now(&request, &mut out).ok().unwrap();
+        h.answer_now(
+            &request,
+            &mut out,
+            crate::metrics::Proto::of(request.protocol()),
+        )
+        .ok()
+        .unwrap();
         // ruddr's own limit is 1232 whatever the client offers.
         assert!(
             out.len() <= usize::from(payload.min(1232)),
@@ -442,7 +453,12 @@ fn ask_from(h: &Handler, m: &Message, src: &str) -> (Reply, Message) {
         &mut rng,
     );
     let mut out = Vec::new();
-    encode_reply(&request, &reply, &mut out);
+    encode_reply(
+        &request,
+        &reply,
+        &mut out,
+        crate::metrics::Proto::of(request.protocol()),
+    );
     (reply, Message::from_vec(&out).unwrap())
 }
 
@@ -914,7 +930,13 @@ fn fast_path_gives_the_general_paths_answers() {
             sky_fast += usize::from(lower.contains("\x06skydns\x05local"));
             let request = Request::from_bytes(bytes.clone(), src, Protocol::Udp).unwrap();
             let mut general = Vec::new();
-            h.answer_now(&request, &mut general).ok().unwrap();
+            h.answer_now(
+                &request,
+                &mut general,
+                crate::metrics::Proto::of(request.protocol()),
+            )
+            .ok()
+            .unwrap();
             let (fast, general) = (
                 Message::from_vec(&fast).unwrap(),
                 Message::from_vec(&general).unwrap(),

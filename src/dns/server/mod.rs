@@ -35,6 +35,7 @@ mod batch;
 mod connections;
 pub mod socket;
 mod tcp;
+pub mod tls;
 mod udp;
 
 use super::observe::Observer;

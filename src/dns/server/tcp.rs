@@ -11,24 +11,59 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hickory_server::net::xfer::Protocol;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tracing::{debug, warn};
 
 use super::connections::Slot;
+use super::tls::{Certs, Encrypted};
 use super::{decode, first_time, format_error, is_answerable, Decoded, Transport};
 use crate::dns::observe::Served;
-use crate::dnstap::Transport::Tcp;
+use crate::dnstap;
+use crate::metrics::Proto;
+
+/// What a stream connection carries DNS over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Stream {
+    Tcp,
+    Tls,
+}
+
+impl Stream {
+    fn labels(self) -> (Proto, dnstap::Transport) {
+        match self {
+            Stream::Tcp => (Proto::tcp, dnstap::Transport::Tcp),
+            Stream::Tls => (Proto::dot, dnstap::Transport::Dot),
+        }
+    }
+}
 
 impl Transport {
     /// Accepts on `listener` until shutdown.
     pub fn serve_tcp(self: &Arc<Self>, listener: TcpListener) {
         let this = self.clone();
         self.tasks
-            .spawn(async move { this.accept_loop(listener).await });
+            .spawn(async move { this.accept_loop(listener, None).await });
     }
 
-    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+    /// Accepts DNS over TLS (`Encrypted::Dot`) or HTTPS (`Encrypted::Doh`) on `listener` until
+    /// shutdown: the same connection table and caps as TCP.
+    pub fn serve_encrypted(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        kind: Encrypted,
+        certs: Arc<Certs>,
+    ) {
+        let this = self.clone();
+        self.tasks
+            .spawn(async move { this.accept_loop(listener, Some((kind, certs))).await });
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<(Encrypted, Arc<Certs>)>,
+    ) {
         const BACKOFF_MIN: Duration = Duration::from_millis(5);
         const BACKOFF_MAX: Duration = Duration::from_secs(1);
         let mut backoff = BACKOFF_MIN;
@@ -75,20 +110,39 @@ impl Transport {
             }
             self.metrics.tcp_connections.inc();
             let this = self.clone();
+            let tls = tls.clone();
             self.tasks.spawn(async move {
-                this.connection(stream, peer, &slot).await;
+                match tls {
+                    None => {
+                        let _ = stream.set_nodelay(true);
+                        let local = stream.local_addr().ok();
+                        this.connection(stream, peer, local, &slot, Stream::Tcp)
+                            .await;
+                    }
+                    Some((kind, certs)) => {
+                        this.encrypted(stream, peer, &slot, kind, &certs).await;
+                    }
+                }
                 this.metrics.tcp_connections.dec();
                 drop(slot);
             });
         }
     }
 
-    /// Serves one TCP connection: length-prefixed queries, answered in any order, at most
-    /// `tcp_max_pipelined` at once.
-    async fn connection(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, slot: &Slot) {
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().ok();
-        let (read, mut write) = stream.into_split();
+    /// Serves one TCP or DNS-over-TLS connection: length-prefixed queries (RFC 7766), answered
+    /// in any order, at most `tcp_max_pipelined` at once.
+    pub(super) async fn connection<S>(
+        self: &Arc<Self>,
+        stream: S,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        slot: &Slot,
+        kind: Stream,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let (proto, tap) = kind.labels();
+        let (read, mut write) = tokio::io::split(stream);
         let mut frames = FramedRead::new(
             read,
             LengthDelimitedCodec::builder()
@@ -134,15 +188,15 @@ impl Transport {
                         Decoded::Drop => { self.metrics.dropped.inc(); continue }
                         Decoded::Malformed(header) => {
                             format_error(&header, &mut out);
-                            self.observer.served(&bytes, &out, peer, local, Tcp, &Served::unzoned(started));
+                            self.observer.served(&bytes, &out, peer, local, tap, &Served::unzoned(started));
                             if !self.write(&mut write, &out).await { return }
                             continue;
                         }
                         Decoded::Request(r) => r,
                     };
-                    match self.handler.answer_now(&request, &mut out) {
+                    match self.handler.answer_now(&request, &mut out, proto) {
                         Ok(served) => {
-                            self.observer.served(&bytes, &out, peer, local, Tcp, &served);
+                            self.observer.served(&bytes, &out, peer, local, tap, &served);
                             if !self.write(&mut write, &out).await { return }
                         }
                         Err(deferred) => {
@@ -151,7 +205,7 @@ impl Transport {
                             in_flight.push(Box::pin(async move {
                                 let mut out = Vec::new();
                                 let served = this.handler.answer_later(&request, deferred, &mut out).await;
-                                this.observer.served(request.as_slice(), &out, peer, local, Tcp, &served);
+                                this.observer.served(request.as_slice(), &out, peer, local, tap, &served);
                                 out
                             }));
                         }
@@ -164,15 +218,24 @@ impl Transport {
 
     /// Writes one length-prefixed message; false when the connection is gone or the client
     /// does not read it within the idle timeout.
-    async fn write(&self, write: &mut tokio::net::tcp::OwnedWriteHalf, message: &[u8]) -> bool {
+    async fn write(
+        &self,
+        write: &mut (impl tokio::io::AsyncWrite + Unpin),
+        message: &[u8],
+    ) -> bool {
         let Ok(len) = u16::try_from(message.len()) else {
             return false;
         };
         let mut frame = Vec::with_capacity(message.len() + 2);
         frame.extend_from_slice(&len.to_be_bytes());
         frame.extend_from_slice(message);
+        // The flush matters for TLS, which may keep records buffered.
+        let sent = async {
+            write.write_all(&frame).await?;
+            write.flush().await
+        };
         matches!(
-            tokio::time::timeout(self.cfg.tcp_idle_timeout, write.write_all(&frame)).await,
+            tokio::time::timeout(self.cfg.tcp_idle_timeout, sent).await,
             Ok(Ok(()))
         )
     }

@@ -100,7 +100,10 @@ impl Transport {
             }
             Decoded::Request(r) => r,
         };
-        let deferred = match self.handler.answer_now(&request, out) {
+        let deferred = match self
+            .handler
+            .answer_now(&request, out, crate::metrics::Proto::udp)
+        {
             Ok(served) => return self.finish_udp(out, src, local, query, &served),
             Err(deferred) => deferred,
         };
