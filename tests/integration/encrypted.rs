@@ -262,6 +262,7 @@ fn doh_answers_kdig_and_curl_and_rejects_bad_requests() {
         text(&fetched)
     );
     let _ = http.kill();
+    let _ = http.wait();
 
     // A good GET (`web A`, id 0) with its Cache-Control, over HTTP/1.1 and HTTP/2.
     let q = "AAABAAABAAAAAAAAA3dlYgNzdmMIaW50ZXJuYWwAAAEAAQ";
