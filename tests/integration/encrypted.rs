@@ -515,3 +515,25 @@ fn certificates_reload_on_sighup_and_bad_files_are_config_errors() {
         text(&out)
     );
 }
+
+#[test]
+fn tls_sessions_resume_over_1_2_and_1_3() {
+    let etcd = Etcd::start();
+    register(&etcd);
+    let e = start(&etcd, "", None);
+    let dir = tempfile::tempdir().unwrap();
+    for version in ["-tls1_2", "-tls1_3"] {
+        let sess = dir.path().join(format!("sess{version}.pem"));
+        let script = format!(
+            "(sleep 1) | openssl s_client {version} -connect 127.0.0.1:{port} -servername localhost -alpn dot -CAfile {ca} -sess_out {s} >/dev/null 2>&1; \
+             (sleep 1) | openssl s_client {version} -connect 127.0.0.1:{port} -servername localhost -alpn dot -CAfile {ca} -sess_in {s} 2>/dev/null",
+            port = e.dot,
+            ca = e.pki.path("ca.pem"),
+            s = sess.display()
+        );
+        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        let t = text(&out);
+        assert!(t.contains("Reused, TLSv1."), "{version}: {t}");
+        assert!(t.contains("ALPN protocol: dot"), "{version}: {t}");
+    }
+}
