@@ -29,6 +29,9 @@ if [ "${WITH_BENCH:-0}" = 1 ]; then
   command -v knotd >/dev/null || need+=(knot)
   command -v nsd >/dev/null || need+=(nsd)
   command -v perf >/dev/null || need+=(linux-perf)
+  # bench/encrypted.py: dnsdist (the DoT/DoH reference in front of knotd) and h2load (DoH load).
+  command -v dnsdist >/dev/null || need+=(dnsdist)
+  command -v h2load >/dev/null || need+=(nghttp2-client)
   # knotd's dnstap module, the reference for the dnstap benchmark.
   [ -e /usr/lib/x86_64-linux-gnu/knot/modules-3.2/dnstap.so ] || ls /usr/lib/*/knot/*/dnstap.so >/dev/null 2>&1 || need+=(knot-module-dnstap)
 fi
