@@ -261,7 +261,7 @@ impl Transport {
         let session = tokio::time::sleep(self.cfg.tcp_session_timeout);
         tokio::pin!(session);
         let idle = self.cfg.tcp_idle_timeout;
-        let mut check = tokio::time::interval(idle / 2);
+        let mut check = tokio::time::interval((idle / 2).max(Duration::from_millis(10)));
         check.tick().await;
         let mut closing = false;
         loop {
