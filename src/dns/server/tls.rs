@@ -31,6 +31,8 @@ use crate::metrics::Proto;
 pub const DOH_PATH: &str = "/dns-query";
 /// The largest DNS message.
 const MAX_MESSAGE: usize = 65_535;
+/// The largest oversized body read (and dropped) before a 413, so the client sees the answer.
+const DRAIN_MAX: usize = 1 << 20;
 
 /// The certificate files, as configured.
 #[derive(Clone, Debug)]
@@ -355,7 +357,14 @@ impl Transport {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok());
                 let limit = self.cfg.https_max_body_bytes;
-                if declared.is_some_and(|n| n > limit as u64) {
+                if let Some(n) = declared.filter(|n| *n > limit as u64) {
+                    // A client still sending its body may miss an early answer (HTTP/1.1 closes,
+                    // an HTTP/2 stream is reset under it): a body of moderate size is read and
+                    // dropped first (bounded in size and time), a larger one is not waited for.
+                    if n <= DRAIN_MAX as u64 {
+                        let drain = Limited::new(req.into_body(), DRAIN_MAX).collect();
+                        let _ = tokio::time::timeout(self.cfg.https_request_timeout, drain).await;
+                    }
                     return status(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
                 }
                 let body = Limited::new(req.into_body(), limit).collect();
