@@ -187,6 +187,19 @@ def tear_down(servers: list["Server"], etcd: subprocess.Popen | None, work: Path
     shutil.rmtree(work, ignore_errors=True)
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group of `proc`, SIGKILL after 10 s; waits for it."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def zone_text(services: int, instances: int) -> str:
     # TTLs longer than any run: the forward case answers from ruddr's cache throughout.
     lines = ["$ORIGIN svc.internal.", "$TTL 86400",
@@ -233,15 +246,7 @@ class Collector:
     def stop(self) -> int | None:
         """Stops it (SIGTERM: it closes its output and says how many frames it wrote); the data
         frames, i.e. dnstap messages, it received, or None if it did not say."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_group(self.proc)
         # Every output file starts with a START and ends with a STOP control frame.
         counts = re.findall(r"wrote (\d+) frames", self.log.read_text(errors="replace"))
         return sum(int(n) - 2 for n in counts) if counts else None
@@ -334,15 +339,7 @@ class Server:
             if m:
                 for k in ("sent", "queue_full", "disconnected"):
                     totals[k] = totals.get(k, 0.0) + m[k]
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_group(self.proc)
         if self.collector:
             frames = self.collector.stop()
             if frames is None:

@@ -100,21 +100,6 @@ impl Observer {
         }
     }
 
-    /// Neither a query log nor dnstap.
-    pub fn off() -> Self {
-        Self {
-            log: QueryLog {
-                mode: QueryLogMode::Off,
-                sample: 1,
-            },
-            tap: None,
-        }
-    }
-
-    pub fn tap(&self) -> Option<&Arc<Tap>> {
-        self.tap.as_ref()
-    }
-
     /// Records `response`, sent (or about to be) to `client` for `query`.
     #[inline]
     pub fn served(
@@ -181,8 +166,9 @@ impl Observer {
             }
         }
         let micros = served.started.elapsed().as_micros() as u64;
-        let name = super::wire::question_name(query).map_or_else(String::new, name_text);
-        let qtype = super::wire::question_name(query)
+        let question = super::wire::question_name(query);
+        let name = question.map_or_else(String::new, name_text);
+        let qtype = question
             .and_then(|n| query.get(12 + n.len()..12 + n.len() + 2))
             .map_or_else(String::new, |t| {
                 RecordType::from(u16::from_be_bytes([t[0], t[1]])).to_string()

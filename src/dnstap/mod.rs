@@ -154,10 +154,14 @@ impl Tap {
         }
     }
 
-    /// Messages one exchange makes.
     fn messages(&self) -> u64 {
-        u64::from(self.queries) + u64::from(self.responses)
+        messages(self.queries, self.responses)
     }
+}
+
+/// Messages one exchange makes: its query, its response, or both.
+fn messages(queries: bool, responses: bool) -> u64 {
+    u64::from(queries) + u64::from(responses)
 }
 
 struct Writer {
@@ -236,7 +240,7 @@ impl Writer {
     }
 
     fn messages(&self) -> u64 {
-        u64::from(self.queries) + u64::from(self.responses)
+        messages(self.queries, self.responses)
     }
 
     /// Connects (or opens the file) and starts the stream.
