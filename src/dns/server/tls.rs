@@ -71,8 +71,7 @@ impl Certs {
             rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
         let tickets = rustls::crypto::ring::Ticketer::new()
             .map_err(|e| anyhow::anyhow!("TLS session tickets: {e}"))?;
-        let dot = server_config(&files, &[b"dot"], &sessions, &tickets)?;
-        let doh = server_config(&files, &[b"h2", b"http/1.1"], &sessions, &tickets)?;
+        let (dot, doh) = configs(&files, &sessions, &tickets)?;
         Ok(Self {
             files,
             dot: ArcSwap::from(dot),
@@ -84,17 +83,25 @@ impl Certs {
 
     /// Reads the files again; on any error the old pair stays (and the error is returned).
     pub fn reload(&self) -> anyhow::Result<()> {
-        let dot = server_config(&self.files, &[b"dot"], &self.sessions, &self.tickets)?;
-        let doh = server_config(
-            &self.files,
-            &[b"h2", b"http/1.1"],
-            &self.sessions,
-            &self.tickets,
-        )?;
+        let (dot, doh) = configs(&self.files, &self.sessions, &self.tickets)?;
         self.dot.store(dot);
         self.doh.store(doh);
         Ok(())
     }
+}
+
+/// The DoT (ALPN `dot`) and DoH (`h2`, `http/1.1`) configurations of `files` (read once),
+/// sharing the session cache and ticket keys.
+fn configs(
+    files: &CertFiles,
+    sessions: &Arc<dyn rustls::server::StoresServerSessions>,
+    tickets: &Arc<dyn rustls::server::ProducesTickets>,
+) -> anyhow::Result<(Arc<ServerConfig>, Arc<ServerConfig>)> {
+    let mut dot = server_config(files, sessions, tickets)?;
+    let mut doh = dot.clone();
+    dot.alpn_protocols = vec![b"dot".to_vec()];
+    doh.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((Arc::new(dot), Arc::new(doh)))
 }
 
 /// Checks that the files make a usable configuration (for `check-config`).
@@ -108,10 +115,9 @@ fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
 
 fn server_config(
     files: &CertFiles,
-    alpn: &[&[u8]],
     sessions: &Arc<dyn rustls::server::StoresServerSessions>,
     tickets: &Arc<dyn rustls::server::ProducesTickets>,
-) -> anyhow::Result<Arc<ServerConfig>> {
+) -> anyhow::Result<ServerConfig> {
     use pki_types::pem::PemObject;
     use pki_types::{CertificateDer, PrivateKeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -156,10 +162,9 @@ fn server_config(
             files.key.display()
         )
     })?;
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     cfg.session_storage = sessions.clone();
     cfg.ticketer = tickets.clone();
-    Ok(Arc::new(cfg))
+    Ok(cfg)
 }
 
 /// Which encrypted protocol a listener speaks.
@@ -346,26 +351,19 @@ impl Transport {
                     .and_then(|v| v.split(';').next())
                     .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/dns-message"));
                 if !ok_type {
-                    return status(
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        "content type must be application/dns-message",
-                    );
+                    return self
+                        .refuse(
+                            req,
+                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                            "content type must be application/dns-message",
+                        )
+                        .await;
                 }
-                let declared = req
-                    .headers()
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
                 let limit = self.cfg.https_max_body_bytes;
-                if let Some(n) = declared.filter(|n| *n > limit as u64) {
-                    // A client still sending its body may miss an early answer (HTTP/1.1 closes,
-                    // an HTTP/2 stream is reset under it): a body of moderate size is read and
-                    // dropped first (bounded in size and time), a larger one is not waited for.
-                    if n <= DRAIN_MAX as u64 {
-                        let drain = Limited::new(req.into_body(), DRAIN_MAX).collect();
-                        let _ = tokio::time::timeout(self.cfg.https_request_timeout, drain).await;
-                    }
-                    return status(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+                if declared_length(&req).is_some_and(|n| n > limit as u64) {
+                    return self
+                        .refuse(req, StatusCode::PAYLOAD_TOO_LARGE, "body too large")
+                        .await;
                 }
                 let body = Limited::new(req.into_body(), limit).collect();
                 match tokio::time::timeout(self.cfg.https_request_timeout, body).await {
@@ -378,7 +376,9 @@ impl Transport {
                 }
             }
             _ => {
-                let mut r = status(StatusCode::METHOD_NOT_ALLOWED, "GET or POST");
+                let mut r = self
+                    .refuse(req, StatusCode::METHOD_NOT_ALLOWED, "GET or POST")
+                    .await;
                 r.headers_mut()
                     .insert(header::ALLOW, header::HeaderValue::from_static("GET, POST"));
                 return r;
@@ -420,6 +420,33 @@ impl Transport {
         }
         r
     }
+}
+
+impl Transport {
+    /// An error answer to a request whose body is not wanted. A client still sending its body
+    /// may miss an early answer (HTTP/1.1 closes, an HTTP/2 stream is reset under it), so a body
+    /// of moderate size is read and dropped first, bounded in size and time; a larger declared
+    /// one is not waited for.
+    async fn refuse(
+        &self,
+        req: Request<Incoming>,
+        code: StatusCode,
+        text: &'static str,
+    ) -> Response<Full<Bytes>> {
+        if declared_length(&req).is_none_or(|n| n <= DRAIN_MAX as u64) {
+            let drain = Limited::new(req.into_body(), DRAIN_MAX).collect();
+            let _ = tokio::time::timeout(self.cfg.https_request_timeout, drain).await;
+        }
+        status(code, text)
+    }
+}
+
+/// The body length a request declares (`Content-Length`), if any.
+fn declared_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// When a DoH connection last did something and whether a request is in flight.
