@@ -18,7 +18,8 @@ fast as the sender processes manage (pre-built packets, replies never read):
 
 Meanwhile a probe asks `svc3.svc.internal A` every --probe-every seconds (1 s timeout) from its
 own socket, and counts the probes that got no answer. Prints per kind the flood rate reached
-(packets sent per second), the probes lost, and ruddr's CPU seconds and RSS.
+(packets sent per second), the probes lost, ruddr's CPU seconds and RSS, and the datagrams the
+kernel dropped at ruddr's sockets (receive queues full) while the probe ran.
 
 Needs etcd, knot (knotd) and dig: `WITH_BENCH=1 scripts/deps.sh`. Loopback only; every loop is
 bounded by --duration; everything lives in a temp dir.
@@ -76,17 +77,23 @@ def sender(port: int, pattern: str, qtype: int, seed: int, duration: float, coun
         s.connect(("127.0.0.1", port))
         s.setblocking(False)
         socks.append(s)
-    # Pre-built packets, so the loop only sends: names are unique (seed, counter).
-    batch = [packet(i, pattern.format(f"f{seed}x{i}r{rng.getrandbits(32):08x}"), qtype) for i in range(200_000)]
+    # Pre-built packets, so the loop only sends: names are unique (seed, counter). Paced, every
+    # packet of the run is built before it starts: building a lap mid-run stalls the sender,
+    # and catching up afterwards would be a burst far above the rate.
+    laps = int(rate * duration * 1.1) + 256 if rate else 200_000
+    batch = [packet(i, pattern.format(f"f{seed}x{i}r{rng.getrandbits(32):08x}"), qtype) for i in range(laps)]
     sent, i, n = 0, 0, len(batch)
     start = time.monotonic()
     end = start + duration
     while True:
         if rate:
-            # Paced: ahead of schedule, wait for it (in steps of a burst).
+            # Paced: ahead of schedule, wait for it (in steps of a burst); behind it (the sender
+            # was descheduled), catch up by at most 20 ms of packets, not in one burst.
             ahead = sent / rate - (time.monotonic() - start)
             if ahead > 0:
                 time.sleep(ahead)
+            elif ahead < -0.02:
+                start += -0.02 - ahead
         for _ in range(256):
             try:
                 socks[i & 3].send(batch[i % n])
@@ -133,6 +140,17 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def socket_drops(port: int) -> int:
+    """Datagrams the kernel dropped at ruddr's UDP sockets on `port` (receive queue full): the
+    drops column of /proc/net/udp, summed over the sockets bound to the port."""
+    total = 0
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port:
+            total += int(fields[-1])
+    return total
 
 
 def logged_bound(work: Path) -> int:
@@ -217,7 +235,7 @@ log:
         print(f"RSS before the floods: {base_mb:.1f} MB" +
               (f"; allowed rise: {limit_mb:.1f} MB (2 x bounds + 16 MB)" if limit_mb else ""))
         print(f"{'flood':<10}{'sent/s':>10}{'probes':>8}{'lost':>6}{'ruddr cpu s':>13}{'RSS MB':>8}"
-              f"{'rise MB':>9}")
+              f"{'rise MB':>9}{'kernel drops':>14}")
         for kind in args.kinds.split(","):
             pattern, qtype = FLOODS[kind]
             count = multiprocessing.Value("q", 0)
@@ -230,6 +248,7 @@ log:
                 p.start()
             time.sleep(1.5)
             before = cpu_seconds(ruddr.proc.pid)
+            drops = socket_drops(port)
             t = threading.Thread(target=probe, args=(port, args.probe_every, args.duration - 2, result))
             t.start()
             t.join()
@@ -239,7 +258,7 @@ log:
             rate = count.value / args.duration
             rss = rss_mb(ruddr.proc.pid) * 1.048576
             print(f"{kind:<10}{rate:>10,.0f}{result['sent']:>8}{result['lost']:>6}{cpu:>13.2f}"
-                  f"{rss:>8.1f}{rss - base_mb:>9.1f}", flush=True)
+                  f"{rss:>8.1f}{rss - base_mb:>9.1f}{socket_drops(port) - drops:>14,}", flush=True)
             time.sleep(1)
     finally:
         tear_down(servers, etcd, work)
