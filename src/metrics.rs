@@ -187,6 +187,11 @@ struct LocalityLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HowLabels {
+    how: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     kind: &'static str,
 }
@@ -232,6 +237,7 @@ pub struct Metrics {
     /// Sources etcd refuses (permission denied); their names keep their last data.
     pub sources_failing: Gauge,
     registry_errors: Family<ErrorLabels, Counter>,
+    resumes: Family<HowLabels, Counter>,
     registry_failing: Family<ErrorLabels, Gauge>,
     forwarded: Family<ForwardLabels, Counter>,
     connected: Gauge,
@@ -400,6 +406,7 @@ impl Metrics {
             watcher_restarts: Counter::default(),
             sources_failing: Gauge::default(),
             registry_errors: Family::default(),
+            resumes: Family::default(),
             registry_failing: Family::default(),
             forwarded: Family::default(),
             connected: Gauge::default(),
@@ -577,6 +584,11 @@ impl Metrics {
             m.relists.clone(),
         );
         registry.register(
+            "registry_resumes",
+            "How the watcher got current at each start: \"watch\" (resumed from the snapshot's revisions, no list) or \"list\"",
+            m.resumes.clone(),
+        );
+        registry.register(
             "registry_watcher_restarts",
             "Restarts of the etcd watcher after it ended or panicked (a bug: please report it)",
             m.watcher_restarts.clone(),
@@ -660,6 +672,11 @@ impl Metrics {
     }
 
     /// Counts one failed etcd session of this kind ([`crate::registry::ErrorKind::as_str`]).
+    /// The watcher got current at a start by resuming its watch (`"watch"`) or by listing.
+    pub fn observe_resume(&self, how: &'static str) {
+        self.resumes.get_or_create(&HowLabels { how }).inc();
+    }
+
     pub fn observe_registry_error(&self, kind: &'static str) {
         self.registry_errors
             .get_or_create(&ErrorLabels { kind })
@@ -711,6 +728,7 @@ impl Metrics {
         let _ = m.forward_cache(CacheResult::hit);
         m.observe_locality(LocalityResult::local);
         m.observe_registry_error("unreachable");
+        m.observe_resume("watch");
         m.observe_forward(
             std::net::SocketAddr::from(([127, 0, 0, 1], 53)),
             ForwardResult::answered,

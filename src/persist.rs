@@ -2,8 +2,10 @@
 //! is unreachable can serve the last known state at once.
 //!
 //! Format: one header line `ruddr-snapshot <version> <crc32 hex> <body length>` and a body:
-//! version 3 (written now) is postcard, a compact binary serde format; version 2 (read still)
-//! is postcard without instance localities, version 1 (read still) is JSON. A file whose header, length or checksum does not match is reported and ignored,
+//! version 4 (written now) is postcard, a compact binary serde format, with where each
+//! source stands in etcd's history (so a restart can resume the watch rather than list);
+//! version 3 (read still) is the same without those positions, version 2 (read still) is
+//! postcard without instance localities, version 1 (read still) is JSON. A file whose header, length or checksum does not match is reported and ignored,
 //! never trusted.
 //! Writes stream the published snapshot (structurally shared, so nothing is copied) into a
 //! temporary file, fill in the header last, sync and rename it over the old one.
@@ -17,14 +19,21 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::cache::{DomainKey, DomainRecord, Instance, Mirror, ServiceName, Snapshot};
+use crate::cache::{
+    DomainKey, DomainRecord, Instance, InstanceId, KeyOwner, Mirror, ServiceName, Snapshot,
+    SourceId,
+};
 use crate::registry::Status;
 
 const MAGIC: &str = "ruddr-snapshot";
 /// How often unchanged but confirmed data is rewritten.
 const REFRESH: Duration = Duration::from_secs(30);
-/// The version written; [`JSON_VERSION`] and [`NO_LOCALITY_VERSION`] files are still read.
-const VERSION: u32 = 3;
+/// The version written; [`JSON_VERSION`], [`NO_LOCALITY_VERSION`] and
+/// [`NO_POSITIONS_VERSION`] files are still read.
+const VERSION: u32 = 4;
+/// Postcard, before the file said where each source stands in etcd's history: read as its own
+/// type, and a restart from it lists every source.
+const NO_POSITIONS_VERSION: u32 = 3;
 const JSON_VERSION: u32 = 1;
 /// Postcard, before instances had a locality: postcard is not self-describing, so the older
 /// shape is read as its own type.
@@ -61,6 +70,16 @@ pub struct Persisted {
     /// SkyDNS entries (absent in files written before sources existed).
     #[serde(default)]
     pub domains: Vec<(DomainKey, DomainRecord)>,
+    /// The etcd cluster the revisions below belong to (0: unknown, list every source).
+    #[serde(default)]
+    pub cluster_id: u64,
+    /// Per source, the last revision whose changes the file holds (absent: list the source).
+    #[serde(default)]
+    pub positions: Vec<(SourceId, i64)>,
+    /// The instance ids each multi-instance key (go-micro) gave, so that a later change of
+    /// the key replaces exactly those.
+    #[serde(default)]
+    pub owned: Vec<(KeyOwner, Vec<InstanceId>)>,
 }
 
 impl Persisted {
@@ -83,7 +102,14 @@ impl Persisted {
             .next()
             .and_then(|v| v.parse().ok())
             .ok_or(SnapshotError::Header)?;
-        if ![VERSION, JSON_VERSION, NO_LOCALITY_VERSION].contains(&version) {
+        if ![
+            VERSION,
+            JSON_VERSION,
+            NO_LOCALITY_VERSION,
+            NO_POSITIONS_VERSION,
+        ]
+        .contains(&version)
+        {
             return Err(SnapshotError::Version(version));
         }
         let crc = parts
@@ -111,8 +137,29 @@ impl Persisted {
             let old: PersistedV2 = postcard::from_bytes(body).map_err(|e| body_error(&e))?;
             return Ok(old.into());
         }
+        if version == NO_POSITIONS_VERSION {
+            let old: PersistedV3 = postcard::from_bytes(body).map_err(|e| body_error(&e))?;
+            return Ok(Persisted {
+                revision: old.revision,
+                written_at_unix_ms: old.written_at_unix_ms,
+                instances: old.instances,
+                domains: old.domains,
+                cluster_id: 0,
+                positions: Vec::new(),
+                owned: Vec::new(),
+            });
+        }
         postcard::from_bytes(body).map_err(|e| body_error(&e))
     }
+}
+
+/// A version 3 file: [`Persisted`] without the positions and the key owners.
+#[derive(Deserialize)]
+struct PersistedV3 {
+    revision: i64,
+    written_at_unix_ms: u64,
+    instances: Vec<(ServiceName, Instance)>,
+    domains: Vec<(DomainKey, DomainRecord)>,
 }
 
 /// A version 2 file: [`Persisted`] with instances that have no locality.
@@ -168,6 +215,9 @@ impl From<PersistedV2> for Persisted {
             written_at_unix_ms: old.written_at_unix_ms,
             instances,
             domains: old.domains,
+            cluster_id: 0,
+            positions: Vec::new(),
+            owned: Vec::new(),
         }
     }
 }
@@ -248,6 +298,9 @@ pub fn write(path: &Path, snapshot: &Snapshot) -> std::io::Result<Written> {
         written_at_unix_ms: now.as_millis() as u64,
         instances: Instances(snapshot),
         domains: Domains(snapshot),
+        cluster_id: snapshot.positions.cluster_id,
+        positions: &snapshot.positions.revisions,
+        owned: Owned(snapshot),
     };
     postcard::to_io(&view, &mut body).map_err(std::io::Error::other)?;
     let hashed = body.into_inner().map_err(|e| e.into_error())?;
@@ -292,6 +345,18 @@ struct View<'a> {
     written_at_unix_ms: u64,
     instances: Instances<'a>,
     domains: Domains<'a>,
+    cluster_id: u64,
+    positions: &'a [(SourceId, i64)],
+    owned: Owned<'a>,
+}
+
+/// Every multi-instance key with the ids it gave.
+struct Owned<'a>(&'a Snapshot);
+
+impl Serialize for Owned<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.owned_keys())
+    }
 }
 
 /// Every instance as `(service, instance)`, in no particular order (sorting a million names
@@ -560,6 +625,92 @@ mod tests {
         assert_eq!(
             restored.load().service("web").unwrap().instances,
             m.load().service("web").unwrap().instances
+        );
+    }
+
+    #[test]
+    fn positions_and_key_owners_round_trip_and_version_3_files_have_none() {
+        let m = mirror();
+        let web = ServiceName::new("web").unwrap();
+        let id = |s: &str| InstanceId::new(s).unwrap();
+        let micro = crate::cache::SourceId(5);
+        let node = |name: &str| Instance {
+            id: id(name),
+            address: crate::cache::Address::parse("10.0.0.9").unwrap(),
+            port: Some(8080),
+            ports: Default::default(),
+            tags: Vec::new(),
+            weight: 1,
+            priority: 0,
+            health: Health::Passing,
+            meta: Default::default(),
+            source: micro,
+            locality: None,
+        };
+        m.apply(
+            [
+                Update::Replace {
+                    service: web.clone(),
+                    source: micro,
+                    key: id("k1"),
+                    instances: vec![node("n1"), node("n2")],
+                },
+                Update::Position {
+                    source: crate::cache::SourceId::NATIVE,
+                    revision: 40,
+                    cluster_id: 77,
+                },
+                Update::Position {
+                    source: micro,
+                    revision: 42,
+                    cluster_id: 77,
+                },
+            ],
+            42,
+        );
+        let (_dir, path, bytes) = write_to_vec(&m);
+        let back = load(&path, u64::MAX).unwrap().unwrap();
+        assert_eq!(back.cluster_id, 77);
+        assert_eq!(
+            back.positions,
+            [(crate::cache::SourceId::NATIVE, 40), (micro, 42)]
+        );
+        assert_eq!(
+            back.owned,
+            [((micro, web.clone(), id("k1")), vec![id("n1"), id("n2")])]
+        );
+        // Another cluster's position forgets the old cluster's.
+        m.apply(
+            [Update::Position {
+                source: micro,
+                revision: 3,
+                cluster_id: 78,
+            }],
+            3,
+        );
+        assert_eq!(m.load().positions.revisions, [(micro, 3)]);
+
+        // The same body without the last three fields, as version 3 wrote it.
+        let v4 = &bytes[bytes.iter().position(|b| *b == b'\n').unwrap() + 1..];
+        let tail = postcard::to_allocvec(&(
+            77u64,
+            vec![(crate::cache::SourceId::NATIVE, 40i64), (micro, 42)],
+            vec![((micro, web, id("k1")), vec![id("n1"), id("n2")])],
+        ))
+        .unwrap();
+        let body = &v4[..v4.len() - tail.len()];
+        let mut file = format!(
+            "ruddr-snapshot 3 {:08x} {}\n",
+            crc32fast::hash(body),
+            body.len()
+        )
+        .into_bytes();
+        file.extend_from_slice(body);
+        let old = Persisted::decode(&file).unwrap();
+        assert_eq!(old.instances.len(), back.instances.len());
+        assert_eq!(
+            (old.cluster_id, old.positions.len(), old.owned.len()),
+            (0, 0, 0)
         );
     }
 

@@ -458,6 +458,8 @@ fn restore_snapshot(
             let configured = |id: &crate::cache::SourceId| sources.iter().any(|s| s.id == *id);
             p.instances.retain(|(_, i)| configured(&i.source));
             p.domains.retain(|((id, _), _)| configured(id));
+            p.owned.retain(|((id, _, _), _)| configured(id));
+            p.positions.retain(|(id, _)| configured(id));
             let age = std::time::SystemTime::now()
                 .duration_since(p.written_at())
                 .unwrap_or_default();
@@ -479,6 +481,34 @@ fn restore_snapshot(
                 }],
                 revision,
             );
+            // Then which key gave which instances, and where each source stands: what the
+            // watch needs to resume from there (registry::Watcher::new reads the positions).
+            let restored = mirror.load_full();
+            let replaces = p.owned.into_iter().map(|((source, service, key), ids)| {
+                let svc = restored.service(service.as_str());
+                let instances = ids
+                    .iter()
+                    .filter_map(|id| svc?.instances.get(&(id.clone(), source)).cloned())
+                    .collect();
+                Update::Replace {
+                    service,
+                    source,
+                    key,
+                    instances,
+                }
+            });
+            let cluster_id = p.cluster_id;
+            let positions =
+                p.positions
+                    .into_iter()
+                    .filter(|_| cluster_id != 0)
+                    .map(|(source, revision)| Update::Position {
+                        source,
+                        revision,
+                        cluster_id,
+                    });
+            mirror.apply(replaces.chain(positions).collect::<Vec<_>>(), revision);
+            drop(restored);
             // The file's bytes and the decoded listing are gone now.
             crate::memory::trim();
             warn!(

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, Guard};
 
 use super::types::{
-    DomainKey, DomainRecord, Instance, InstanceId, Kept, ServiceName, SourceId, Update,
+    DomainKey, DomainRecord, Instance, InstanceId, Kept, Positions, ServiceName, SourceId, Update,
 };
 
 /// An instance within its service: sources are kept apart, so two sources that use the same
@@ -249,9 +249,12 @@ pub struct Snapshot {
     /// When each service last changed (see [`Stamps`]); shared by all snapshots, like `reverse`.
     stamps: Arc<Stamps>,
     instances: usize,
-    /// The instance ids each multi-instance key gave (see [`Update::Replace`]). Not in the
-    /// snapshot file: the first list of a source records them again before any watch event.
+    /// The instance ids each multi-instance key gave (see [`Update::Replace`]), written to
+    /// the snapshot file so that a restart resuming the watch can apply a later change of
+    /// such a key exactly.
     owned: imbl::HashMap<KeyOwner, Vec<InstanceId>>,
+    /// Where each source's data stands in etcd's history (see [`Update::Position`]).
+    pub positions: Arc<Positions>,
 }
 
 impl Snapshot {
@@ -328,6 +331,11 @@ impl Snapshot {
                 .filter_map(|id| svc?.instances.get(&(id.clone(), source)).cloned())
                 .collect(),
         )
+    }
+
+    /// Every multi-instance key and the instance ids it gave (for the snapshot file).
+    pub fn owned_keys(&self) -> impl ExactSizeIterator<Item = (&KeyOwner, &Vec<InstanceId>)> {
+        self.owned.iter()
     }
 
     fn reverse(&self) -> std::sync::MutexGuard<'_, Reverse> {
@@ -844,6 +852,22 @@ impl Mirror {
                     domains_changed |=
                         next.reset(source, instances, domains, keep, gen, &mut touched);
                 }
+                Update::Position {
+                    source,
+                    revision,
+                    cluster_id,
+                } => {
+                    let p = Arc::make_mut(&mut next.positions);
+                    if p.cluster_id != cluster_id {
+                        p.revisions.clear();
+                        p.cluster_id = cluster_id;
+                    }
+                    match p.revisions.iter_mut().find(|(s, _)| *s == source) {
+                        Some((_, r)) => *r = revision,
+                        None => p.revisions.push((source, revision)),
+                    }
+                }
+                Update::ForgetPositions => next.positions = Arc::default(),
             }
         }
         if !logged.is_empty() {

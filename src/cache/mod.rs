@@ -13,6 +13,6 @@ pub(crate) use types::bounded_map;
 pub use types::locality;
 pub use types::{
     Address, DomainKey, DomainLabel, DomainRecord, Health, Instance, InstanceId, InvalidAddress,
-    InvalidDomainLabel, InvalidLabel, InvalidLocality, Kept, Meta, Ports, ServiceName, SourceId,
-    Update,
+    InvalidDomainLabel, InvalidLabel, InvalidLocality, Kept, Meta, Ports, Positions, ServiceName,
+    SourceId, Update,
 };

@@ -632,6 +632,36 @@ pub enum Update {
         domains: Vec<(DomainKey, DomainRecord)>,
         keep: Vec<Kept>,
     },
+    /// The data of `source` now reflects etcd's history up to `revision` of cluster
+    /// `cluster_id` (not a change of the data; applied in the same batch as the changes it
+    /// covers, so a snapshot never says more than it holds).
+    Position {
+        source: SourceId,
+        revision: i64,
+        cluster_id: u64,
+    },
+    /// Forget every source's position (the history they refer to is gone).
+    ForgetPositions,
+}
+
+/// Where the data of each source stands in etcd's history: what a restart needs to resume
+/// the watch instead of listing again. Set by [`Update::Position`]; written to the snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Positions {
+    /// The etcd cluster the revisions belong to (0: none yet).
+    pub cluster_id: u64,
+    /// Per source, the last revision whose changes the mirror holds.
+    pub revisions: Vec<(SourceId, i64)>,
+}
+
+impl Positions {
+    /// The revision source `id`'s data reflects, if known.
+    pub fn of(&self, id: SourceId) -> Option<i64> {
+        self.revisions
+            .iter()
+            .find(|(s, _)| *s == id)
+            .map(|(_, r)| *r)
+    }
 }
 
 /// A key a [`Update::Reset`] leaves as it was (its listed value could not be read).

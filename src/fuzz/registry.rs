@@ -228,7 +228,7 @@ fn names_of(update: &Update) -> Vec<String> {
             labels.reverse();
             vec![format!("{}.", labels.join("."))]
         }
-        Update::Reset { .. } => Vec::new(),
+        Update::Reset { .. } | Update::Position { .. } | Update::ForgetPositions => Vec::new(),
     }
 }
 

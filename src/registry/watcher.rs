@@ -158,6 +158,11 @@ pub struct Watcher {
     /// The etcd cluster the mirror came from; another one means its revisions mean nothing here.
     cluster_id: Option<u64>,
     last_stale_log: Option<Instant>,
+    /// Whether this watcher's first established watch was counted
+    /// (`ruddr_registry_resumes_total`).
+    resume_counted: bool,
+    /// Whether etcd was asked if it still has the history the resumed sources start from.
+    resume_checked: bool,
 }
 
 impl Watcher {
@@ -171,6 +176,31 @@ impl Watcher {
         metrics: Arc<Metrics>,
     ) -> Self {
         let limit = cfg.max_message_bytes;
+        // Where the mirror's data stands (from the snapshot file at start, or what an earlier
+        // watcher applied): sources with a position resume their watch from there instead of
+        // listing. The watch itself checks the rest: the cluster id, a compaction, a history
+        // behind the position.
+        let positions = mirror.load().positions.clone();
+        let known = positions.cluster_id != 0;
+        let resume = |s: &Source| positions.of(s.id).filter(|_| known);
+        let high = sources.iter().filter_map(resume).max().unwrap_or(0);
+        for s in &sources {
+            match resume(s) {
+                Some(revision) => info!(
+                    prefix = %s.prefix,
+                    revision,
+                    "resuming the watch after the revision the data holds (no list unless etcd no longer has it)",
+                ),
+                None if known => {
+                    info!(prefix = %s.prefix, "listing: this source has no position in the data yet")
+                }
+                None if high == 0 && mirror.load().instance_count() > 0 => info!(
+                    prefix = %s.prefix,
+                    "listing: the data does not say where it stands in etcd's history (a snapshot written by an older version)",
+                ),
+                None => {}
+            }
+        }
         Self {
             kv: client.kv_client().max_decoding_message_size(limit),
             watch: client.watch_client().max_decoding_message_size(limit),
@@ -178,8 +208,8 @@ impl Watcher {
             sources: sources
                 .into_iter()
                 .map(|source| Watched {
+                    revision: resume(&source),
                     source,
-                    revision: None,
                     refused: None,
                 })
                 .collect(),
@@ -195,9 +225,11 @@ impl Watcher {
             too_stale_logged: false,
             relists_in_a_row: 0,
             backoff: Backoff::new(cfg.retry_min, cfg.retry_max),
-            high: 0,
-            cluster_id: None,
+            high,
+            cluster_id: known.then_some(positions.cluster_id),
             last_stale_log: None,
+            resume_counted: false,
+            resume_checked: false,
         }
     }
 
@@ -301,6 +333,10 @@ impl Watcher {
     /// One connection's worth of work: list the sources that need it, then follow one watch per
     /// source (all on one stream) until it fails.
     async fn session(&mut self) -> Result<Infallible, Ended> {
+        if !self.resume_checked {
+            self.check_resume().await?;
+            self.resume_checked = true;
+        }
         for i in 0..self.sources.len() {
             if self.sources[i].revision.is_none() {
                 match self.list(i).await {
@@ -381,6 +417,55 @@ impl Watcher {
             }
             self.commit(batch);
         }
+    }
+
+    /// Before the first watch of sources resumed from a position (the snapshot's, or an
+    /// earlier watcher's): asks etcd, one key read at each position, whether it still has
+    /// that history. A compacted revision lists that source; another cluster or a store behind
+    /// the position lists them all. The watch would find the same, but only after it was
+    /// created, so this decides how the watcher gets current before it says it is.
+    async fn check_resume(&mut self) -> Result<(), RegistryError> {
+        for i in 0..self.sources.len() {
+            let Some(revision) = self.sources[i].revision else {
+                continue;
+            };
+            let prefix = self.sources[i].source.prefix.clone();
+            let opts = GetOptions::new()
+                .with_revision(revision)
+                .with_limit(1)
+                .with_keys_only();
+            let why = match self.kv.get(prefix.clone(), Some(opts)).await {
+                Ok(resp) => match resp.header() {
+                    Some(h) if self.cluster_id.is_some_and(|id| id != h.cluster_id()) => {
+                        Some(format!("etcd is another cluster (id {:x})", h.cluster_id()))
+                    }
+                    Some(h) if h.revision() < revision => Some(format!(
+                        "etcd is at revision {}, behind the {revision} the data holds",
+                        h.revision()
+                    )),
+                    _ => None,
+                },
+                Err(e) => {
+                    let e = RegistryError::from(e);
+                    if e.kind() != ErrorKind::Compacted {
+                        return Err(e);
+                    }
+                    info!(%prefix, revision, "listing: etcd compacted the revision the data holds");
+                    self.sources[i].revision = None;
+                    continue;
+                }
+            };
+            if let Some(why) = why {
+                info!(reason = %why, "listing every source: the data's revisions mean nothing to this etcd");
+                for w in &mut self.sources {
+                    w.revision = None;
+                }
+                self.high = 0;
+                self.cluster_id = None;
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     /// Takes one watch message: carries out what `set` makes of it, events into `batch`.
@@ -494,7 +579,17 @@ impl Watcher {
             self.high = self.high.max(revision);
         }
         let events = batch.updates.len();
-        let applied = self.mirror.apply(batch.updates, self.high);
+        let cluster_id = self.cluster_id.unwrap_or(0);
+        let positions = batch
+            .revisions
+            .iter()
+            .map(|&(i, revision)| Update::Position {
+                source: self.sources[i].source.id,
+                revision: self.sources[i].revision.unwrap_or(revision),
+                cluster_id,
+            });
+        let updates: Vec<Update> = batch.updates.into_iter().chain(positions).collect();
+        let applied = self.mirror.apply(updates, self.high);
         if !applied.changed.is_empty() || applied.domains_changed {
             debug!(
                 revision = self.high,
@@ -594,9 +689,17 @@ impl Watcher {
             keep,
         };
         let applying = Instant::now();
-        let applied = self
-            .mirror
-            .apply(std::iter::once(reset).chain(replaces), self.high);
+        let position = Update::Position {
+            source: source.id,
+            revision,
+            cluster_id: header.cluster_id,
+        };
+        let applied = self.mirror.apply(
+            std::iter::once(reset)
+                .chain(replaces)
+                .chain(std::iter::once(position)),
+            self.high,
+        );
         let applied_in = applying.elapsed();
         if header.keys >= TRIM_AFTER_KEYS {
             // The pages and the parsed listing are gone now: give their memory back.
@@ -669,11 +772,22 @@ impl Watcher {
         }
     }
 
+    /// How this watcher got current, counted and logged once (at start, or after a watcher
+    /// restart): by resuming its watch alone, or by listing.
+    fn count_resume(&mut self, how: &'static str) {
+        if !self.resume_counted {
+            self.resume_counted = true;
+            self.metrics.observe_resume(how);
+            info!(how, revision = self.high, "registry current");
+        }
+    }
+
     fn on_connected(&mut self) {
         // A session restarted without an outage (a re-list, a retry of a refused source).
         let already = self.status.is_connected();
         let was_stale = self.status.stale_since();
         self.status.set_connected();
+        self.count_resume(if self.lists > 0 { "list" } else { "watch" });
         self.backoff.reset();
         self.last_stale_log = None;
         self.too_stale_logged = false;

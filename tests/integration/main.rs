@@ -18,6 +18,7 @@
 //! - `ordering`: randomized, weighted answer order.
 //! - `register`: `ruddr register` (leases, health checks, signals, child mode) and `ruddr services`.
 //! - `resolver`: static zones, forwarding, allow list, AXFR/ANY/PTR, glibc and dnspython clients.
+//! - `restart`: restarts that resume the etcd watch from the snapshot's revisions.
 //! - `robustness`: malformed packets, CLI and config errors, signals.
 //! - `scale`: registries larger than one gRPC message: paged lists, re-lists at that size.
 //! - `xds`: gRPC clients (Python grpcio) on `xds:///<service>`, following the registry.
@@ -38,6 +39,7 @@ mod ordering;
 mod outage;
 mod register;
 mod resolver;
+mod restart;
 mod robustness;
 mod scale;
 mod xds;

@@ -294,11 +294,16 @@ fn restart_while_etcd_is_down_serves_the_snapshot() {
     // With etcd reachable, etcd wins over the snapshot.
     etcd.delete("/ruddr/services/web/w1");
     let r = Ruddr::start(&etcd.endpoint(), &args);
-    r.wait_log("registry listed");
-    assert_eq!(
-        answer_strings(&query(r.addr(), "web.svc.internal.", RecordType::A)),
-        ["10.22.0.2"]
+    // It resumes the watch after the snapshot's revision: the delete arrives as an event.
+    r.wait_log("registry current");
+    wait_answers(
+        &r,
+        "web.svc.internal.",
+        RecordType::A,
+        &["10.22.0.2"],
+        Duration::from_secs(10),
     );
+    assert!(r.log_text().contains("how=\"watch\""), "{}", r.log_text());
 }
 
 #[test]
