@@ -1,7 +1,6 @@
 //! The admin HTTP listener: `/metrics` (Prometheus text), `/health` (liveness) and `/ready`
 //! (readiness: 200 once the mirror was filled from etcd, 503 before).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -213,12 +212,4 @@ async fn ready(State(admin): State<Admin>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body))
-}
-
-/// Binds the admin listener; `None` when disabled (empty address).
-pub async fn bind(addr: Option<SocketAddr>) -> std::io::Result<Option<TcpListener>> {
-    match addr {
-        Some(a) => TcpListener::bind(a).await.map(Some),
-        None => Ok(None),
-    }
 }

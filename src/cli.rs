@@ -125,6 +125,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub snapshot_file: Option<PathBuf>,
 
+    /// Hand the listening sockets over through this Unix socket: a new `ruddr serve` with the
+    /// same path takes them from the running one, which stops once the new one answers.
+    #[arg(long, value_name = "PATH")]
+    pub handover_socket: Option<PathBuf>,
+
     #[command(flatten)]
     pub etcd: EtcdArgs,
 }

@@ -2,6 +2,7 @@
 //! plus supervision of the service's process), `services` (the registry as an operator sees
 //! it) and `check-config`. Each returns an exit code or a [`Failure`] that says which one.
 
+mod listeners;
 mod register;
 mod serve;
 mod services;

@@ -9,11 +9,11 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::admin::{self, Admin};
+use crate::admin::Admin;
 use crate::cache::{Mirror, Update};
 use crate::config::Config;
 use crate::dns::rrl::RateLimiter;
-use crate::dns::server::socket::bind_pair;
+use crate::dns::server::socket::{adopt_udp, bind_pair, bind_udp_group};
 use crate::dns::server::Transport;
 use crate::dns::zone::file::StaticZones;
 use crate::dns::zone::forward::Forwarder;
@@ -21,6 +21,8 @@ use crate::dns::Handler;
 use crate::metrics::Metrics;
 use crate::persist;
 use crate::registry::{self, Layout, Source, Status, Watcher};
+
+use super::listeners::{self, Inherited, Listening, Predecessor};
 
 /// How long in-flight queries may take to finish after a shutdown signal.
 const GRACE: Duration = Duration::from_secs(5);
@@ -40,6 +42,19 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let started = std::time::Instant::now();
     let sources = Source::all(&cfg);
+    // Sockets from systemd, or else from a running ruddr (a hand-over): taken before anything
+    // binds, matched to the configured addresses below.
+    let listening = Arc::new(Listening::default());
+    let mut inherited = Inherited::from_systemd()?;
+    let mut predecessor = None;
+    if let (true, Some(path)) = (inherited.is_empty(), &cfg.restart.handover_socket) {
+        if let Some((sockets, p)) = Predecessor::take_over(path)? {
+            inherited = sockets;
+            predecessor = Some(p);
+        }
+    }
+    // A process with inherited sockets answers only from data (see below).
+    let takes_over = !inherited.is_empty();
 
     // The snapshot goes in before any socket is bound: a restart never answers from an
     // empty mirror when a good snapshot is on disk.
@@ -108,9 +123,11 @@ pub async fn run(
         metrics.clone(),
         token.clone(),
     );
-    let xds_task = crate::xds::serve(&cfg.xds, xds)
-        .await?
-        .map(|(_, task)| task);
+    let xds_listener = match cfg.xds.listen {
+        Some(addr) => Some(listeners::tcp(addr, &mut inherited, &listening, "xDS").await?),
+        None => None,
+    };
+    let xds_task = crate::xds::serve(&cfg.xds, xds, xds_listener)?.map(|(_, task)| task);
     let udp_sockets = match cfg.dns.udp_sockets {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -132,49 +149,90 @@ pub async fn run(
         crate::dns::observe::Observer::new(&cfg.dns, tap),
         token.clone(),
     );
+    // Every listening socket first (bound, or taken from those inherited), kept for a
+    // hand-over; they answer once `serve` runs (at once, or with inherited sockets once there
+    // is data).
+    let mut dns_sockets = Vec::new();
     for addr in &cfg.listen {
-        let (udp, tcp) = bind_pair(
-            *addr,
-            udp_sockets,
-            cfg.dns.udp_steering,
-            cfg.dns.udp_receive_buffer,
-        )
-        .await?;
-        info!(
-            udp = %udp[0].local_addr()?,
-            tcp = %tcp.local_addr()?,
-            zone = %zone,
-            "dns listening",
-        );
-        for socket in udp {
-            transport
-                .serve_udp(socket)
-                .context("starting a UDP thread")?;
+        let mut udp = inherited.udp(*addr)?;
+        let tcp = inherited.tcp(*addr)?;
+        let (udp, tcp) = match (udp.is_empty(), tcp) {
+            (true, None) => {
+                let (udp, tcp) = bind_pair(
+                    *addr,
+                    udp_sockets,
+                    cfg.dns.udp_steering,
+                    cfg.dns.udp_receive_buffer,
+                )
+                .await?;
+                (udp, tcp)
+            }
+            (udp_missing, tcp) => {
+                // Inherited (both halves, or one: the other is bound here).
+                if udp_missing {
+                    udp = bind_udp_group(*addr, udp_sockets, cfg.dns.udp_receive_buffer)?;
+                }
+                for socket in &udp {
+                    adopt_udp(socket, cfg.dns.udp_receive_buffer)
+                        .with_context(|| format!("preparing the inherited UDP socket {addr}"))?;
+                }
+                // systemd passes one socket per address: several threads read it.
+                let have = udp.len();
+                for i in have..udp_sockets {
+                    udp.push(udp[i % have].try_clone()?);
+                }
+                let tcp = match tcp {
+                    Some(tcp) => tcp,
+                    None => tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("binding TCP {addr}"))?,
+                };
+                (udp, tcp)
+            }
+        };
+        for socket in &udp {
+            listening.keep(socket)?;
         }
-        transport.serve_tcp(tcp);
+        listening.keep(&tcp)?;
+        dns_sockets.push((udp, tcp));
     }
+    let mut encrypted_sockets = Vec::new();
     if let Some(certs) = &certs {
         use crate::dns::server::tls::Encrypted;
         for (addrs, kind, what) in [
-            (
-                &cfg.dns.tls_listen,
-                Encrypted::Dot,
-                "dns over tls listening",
-            ),
-            (
-                &cfg.dns.https_listen,
-                Encrypted::Doh,
-                "dns over https listening",
-            ),
+            (&cfg.dns.tls_listen, Encrypted::Dot, "dns over tls"),
+            (&cfg.dns.https_listen, Encrypted::Doh, "dns over https"),
         ] {
             for addr in addrs {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding {addr} ({what})"))?;
-                info!(addr = %listener.local_addr()?, "{what}");
-                transport.serve_encrypted(listener, kind, certs.clone());
+                let listener = listeners::tcp(*addr, &mut inherited, &listening, what).await?;
+                encrypted_sockets.push((listener, kind, certs.clone(), what));
             }
         }
+    }
+    let serve = move |transport: &Arc<Transport>| -> anyhow::Result<()> {
+        for (udp, tcp) in dns_sockets {
+            info!(
+                udp = %udp[0].local_addr()?,
+                tcp = %tcp.local_addr()?,
+                zone = %zone,
+                "dns listening",
+            );
+            for socket in udp {
+                transport
+                    .serve_udp(socket)
+                    .context("starting a UDP thread")?;
+            }
+            transport.serve_tcp(tcp);
+        }
+        for (listener, kind, certs, what) in encrypted_sockets {
+            info!(addr = %listener.local_addr()?, "{what} listening");
+            transport.serve_encrypted(listener, kind, certs);
+        }
+        Ok(())
+    };
+    let mut serve = Some(serve);
+    if !takes_over {
+        serve.take().map_or(Ok(()), |serve| serve(&transport))?;
     }
     // Threads that answer (UDP sockets, runtime workers, the forwarding thread) each keep front
     // tables; the README's memory bound counts them.
@@ -196,10 +254,12 @@ pub async fn run(
         "answer caches bounded",
     );
 
-    let admin_task = match admin::bind(cfg.admin_listen)
-        .await
-        .with_context(|| format!("binding the admin listener {:?}", cfg.admin_listen))?
-    {
+    let admin_listener = match cfg.admin_listen {
+        Some(addr) => Some(listeners::tcp(addr, &mut inherited, &listening, "admin").await?),
+        None => None,
+    };
+    inherited.close_rest();
+    let admin_task = match admin_listener {
         Some(listener) => {
             info!(addr = %listener.local_addr()?, "admin listening");
             let admin = Admin {
@@ -271,8 +331,56 @@ pub async fn run(
         token.clone(),
     ));
 
-    shutdown.await;
-    info!("shutdown requested; draining");
+    // Inherited sockets answer once there is data: the snapshot, or the first list. A
+    // predecessor goes on answering meanwhile; systemd's queues hold the queries.
+    let handed = CancellationToken::new();
+    if let Some(serve) = serve.take() {
+        let wait = cfg.restart.wait_for_data;
+        let waited = std::time::Instant::now();
+        let mut has_data = false;
+        while waited.elapsed() < wait {
+            if status.has_data() {
+                has_data = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !has_data && predecessor.is_some() {
+            token.cancel();
+            anyhow::bail!(
+                "no data (snapshot or etcd list) within restart.wait_for_data ({wait:?}): the running ruddr keeps answering"
+            );
+        }
+        if !has_data {
+            warn!(
+                ?wait,
+                "no data within restart.wait_for_data: answering anyway"
+            );
+        }
+        serve(&transport)?;
+        info!(waited = ?waited.elapsed(), "answering on the inherited sockets");
+        if let Some(p) = predecessor.take() {
+            match tokio::task::spawn_blocking(move || p.answering()).await {
+                Ok(Ok(())) => info!("the previous ruddr stopped reading; this one answers alone"),
+                Ok(Err(error)) => warn!(%error, "the previous ruddr did not confirm the hand-over"),
+                Err(error) => warn!(%error, "hand-over task failed"),
+            }
+        }
+    }
+    notify_systemd_ready();
+    let handover_task = cfg.restart.handover_socket.clone().map(|path| {
+        let (listening, token, handed) = (listening.clone(), token.clone(), handed.clone());
+        tokio::spawn(async move {
+            if let Err(error) = listeners::serve_handover(path, listening, token, handed).await {
+                warn!(error = %format!("{error:#}"), "no hand-overs: the next start binds anew");
+            }
+        })
+    });
+
+    tokio::select! {
+        _ = shutdown => info!("shutdown requested; draining"),
+        _ = handed.cancelled() => info!("handed over; draining"),
+    }
     let served = Ok(());
 
     token.cancel();
@@ -283,6 +391,9 @@ pub async fn run(
         warn!(%error, "etcd watcher task failed");
     }
     let _ = reload_task.await;
+    if let Some(task) = handover_task {
+        let _ = task.await;
+    }
     if let Some(task) = snapshot_task {
         if let Err(error) = task.await {
             warn!(%error, "snapshot writer task failed");
@@ -440,6 +551,26 @@ async fn reload_zones_on_sighup(
             }
             Err(error) => tracing::error!(%error, "zone reload task failed"),
         }
+    }
+}
+
+/// Tells systemd (`Type=notify`) that ruddr answers: `READY=1` to `$NOTIFY_SOCKET`, if set.
+fn notify_systemd_ready() {
+    use std::os::linux::net::SocketAddrExt;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name),
+        None => std::os::unix::net::SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        socket.send_to_addr(b"READY=1\n", &addr)
+    });
+    if let Err(error) = sent {
+        warn!(%error, "cannot tell systemd that ruddr is ready");
     }
 }
 

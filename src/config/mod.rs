@@ -65,6 +65,7 @@ pub struct Config {
     pub etcd: EtcdConfig,
     pub dns: DnsConfig,
     pub snapshot: SnapshotConfig,
+    pub restart: RestartConfig,
     pub forward: ForwardConfig,
     pub rate_limit: RateLimitConfig,
     pub locality: LocalityConfig,
@@ -259,6 +260,32 @@ pub struct SnapshotConfig {
     pub max_bytes: u64,
 }
 
+/// Restarts that lose no query (README "Restarts without a lost query").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestartConfig {
+    /// A Unix socket through which a running ruddr hands its listening sockets to a new one
+    /// started with the same setting (without systemd); `""` turns it off. Relative to the
+    /// config file.
+    #[serde(with = "optional_path")]
+    pub handover_socket: Option<PathBuf>,
+    /// A process with inherited sockets (systemd socket activation or a hand-over) answers
+    /// only once it has data (its snapshot or its first list), waiting at most this long: past
+    /// it a hand-over is abandoned (the old process goes on), and under systemd it answers
+    /// anyway.
+    #[serde(with = "humantime_serde")]
+    pub wait_for_data: Duration,
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        Self {
+            handover_socket: None,
+            wait_for_data: Duration::from_secs(30),
+        }
+    }
+}
+
 impl Default for SnapshotConfig {
     fn default() -> Self {
         Self {
@@ -279,6 +306,7 @@ impl Default for Config {
             etcd: EtcdConfig::default(),
             dns: DnsConfig::default(),
             snapshot: SnapshotConfig::default(),
+            restart: RestartConfig::default(),
             forward: ForwardConfig::default(),
             rate_limit: RateLimitConfig::default(),
             locality: LocalityConfig::default(),
@@ -400,6 +428,7 @@ impl Config {
             &mut cfg.dns.tls_cert_file,
             &mut cfg.dns.tls_key_file,
             &mut cfg.dns.tls_client_ca_file,
+            &mut cfg.restart.handover_socket,
         ]
         .into_iter()
         .flatten()
@@ -473,6 +502,9 @@ impl Config {
         if let Some(f) = &a.snapshot_file {
             self.snapshot.file = (!f.as_os_str().is_empty()).then(|| f.clone());
         }
+        if let Some(f) = &a.handover_socket {
+            self.restart.handover_socket = (!f.as_os_str().is_empty()).then(|| f.clone());
+        }
         Ok(())
     }
 
@@ -490,6 +522,9 @@ impl Config {
         }
         if self.snapshot.min_interval.is_zero() {
             return Err(invalid("snapshot.min_interval", "must be above zero"));
+        }
+        if self.restart.wait_for_data.is_zero() {
+            return Err(invalid("restart.wait_for_data", "must be above zero"));
         }
         self.etcd.validate()?;
         self.dns.validate()?;

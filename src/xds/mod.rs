@@ -102,18 +102,16 @@ impl Xds {
     }
 }
 
-/// Binds `cfg.listen` and serves ADS on it until `shutdown`; returns the bound address and the
-/// server's task.
-pub async fn serve(
+/// Serves ADS on `listener` (bound to `cfg.listen`, or inherited) until `shutdown`; returns
+/// its address and the server's task.
+pub fn serve(
     cfg: &XdsConfig,
     xds: Xds,
+    listener: Option<tokio::net::TcpListener>,
 ) -> anyhow::Result<Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>> {
-    let Some(addr) = cfg.listen else {
+    let Some(listener) = listener else {
         return Ok(None);
     };
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the xDS listener {addr}"))?;
     let local = listener.local_addr()?;
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(cfg.keepalive_interval))

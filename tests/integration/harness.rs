@@ -547,6 +547,26 @@ impl Proc {
         }
     }
 
+    /// Starts a prepared `command` (ruddr, or a shell that execs it) as [`Proc::ruddr`] does:
+    /// the same log level, stderr to the log file.
+    pub fn spawn(name: &'static str, mut command: Command) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = command
+            .env("RUST_LOG", "info,ruddr=debug,hickory_server=warn")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start ruddr");
+        Proc {
+            name,
+            child: Some(child),
+            log,
+            _dir: dir,
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

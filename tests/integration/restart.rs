@@ -1,7 +1,11 @@
 //! Restarts: a restart with a snapshot resumes the etcd watch after the snapshot's revisions
-//! instead of listing the registry again, and lists when etcd no longer has that history.
+//! instead of listing the registry again, and lists when etcd no longer has that history;
+//! restarts under dnsperf load lose no query, with systemd socket activation (emulated: this
+//! test holds the sockets and starts each ruddr with `LISTEN_FDS`, as systemd does) and with
+//! the hand-over from the running process to the next.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use hickory_proto::rr::RecordType;
@@ -202,4 +206,406 @@ fn a_restart_resumes_the_watch_and_lists_only_past_a_compaction() {
     let mut want = expect(999);
     want.remove("10.0.39.15"); // i9999
     assert_eq!(a_set(&r, "svc999.svc.internal."), want);
+}
+
+/// Services the restart tests query: `svc<i>.svc.internal` with three instances each.
+const SERVICES: usize = 50;
+
+fn load_services(etcd: &Etcd) {
+    let kvs: Vec<(String, String)> = (0..SERVICES * 3)
+        .map(|i| {
+            (
+                format!("/ruddr/services/svc{}/i{i}", i % SERVICES),
+                format!(r#"{{"address":"10.9.{}.{}","port":80}}"#, i / 256, i % 256),
+            )
+        })
+        .collect();
+    etcd.put_many(&kvs);
+}
+
+/// dnsperf at `qps` for `seconds` against `port` (A and SRV of every service), in the
+/// background; its report when joined.
+fn dnsperf(port: u16, qps: u32, seconds: u32) -> std::thread::JoinHandle<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("queries");
+    let mut text = String::new();
+    for i in 0..SERVICES {
+        text.push_str(&format!(
+            "svc{i}.svc.internal A\nsvc{i}.svc.internal SRV\n"
+        ));
+    }
+    std::fs::write(&file, text).unwrap();
+    std::thread::spawn(move || {
+        let out = std::process::Command::new("dnsperf")
+            .args(["-s", "127.0.0.1", "-p", &port.to_string(), "-d"])
+            .arg(&file)
+            .args([
+                "-Q",
+                &qps.to_string(),
+                "-l",
+                &seconds.to_string(),
+                "-c",
+                "4",
+                "-t",
+                "5",
+            ])
+            .output()
+            .expect("dnsperf");
+        drop(dir);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+}
+
+/// The number after `label` in dnsperf's report (`Queries lost:  0 (0.00%)`).
+fn report_number(report: &str, label: &str) -> u64 {
+    report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} in dnsperf's report:\n{report}"))
+}
+
+/// Checks a dnsperf report: every query answered, and every answer NOERROR.
+fn assert_nothing_lost(report: &str, qps: u32, seconds: u32) {
+    let sent = report_number(report, "Queries sent:");
+    let completed = report_number(report, "Queries completed:");
+    let lost = report_number(report, "Queries lost:");
+    eprintln!("{report}");
+    assert!(
+        sent as f64 >= 0.8 * f64::from(qps * seconds),
+        "dnsperf sent only {sent}"
+    );
+    assert_eq!(lost, 0, "{report}");
+    assert_eq!(completed, sent, "{report}");
+    let codes = report
+        .lines()
+        .find(|l| l.contains("Response codes:"))
+        .unwrap_or_default();
+    assert!(
+        codes.contains("NOERROR") && !codes.contains("SERVFAIL") && codes.matches('%').count() == 1,
+        "{report}"
+    );
+}
+
+/// A TCP client that keeps one connection open and asks one query at a time (20 ms apart),
+/// as a stub resolver with a persistent connection does: before each query it checks that
+/// the server has not closed the connection (then it connects again). Every query it sends
+/// must be answered on the connection it was sent on. Returns (answered, reconnects).
+fn tcp_client(
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u64, u64)> {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let query = {
+            let m = query_message("svc1.svc.internal.", RecordType::A, None);
+            m.to_vec().unwrap()
+        };
+        let (mut answered, mut reconnects) = (0u64, 0u64);
+        let mut conn: Option<std::net::TcpStream> = None;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // Closed by the server since the last answer? (EOF waiting to be read.)
+            if let Some(c) = &conn {
+                c.set_nonblocking(true).unwrap();
+                let mut b = [0u8; 1];
+                let closed = match c.peek(&mut b) {
+                    Ok(0) => true,
+                    Ok(_) => panic!("data nobody asked for on the TCP connection"),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+                    Err(_) => true,
+                };
+                c.set_nonblocking(false).unwrap();
+                if closed {
+                    conn = None;
+                }
+            }
+            let c = match &mut conn {
+                Some(c) => c,
+                None => {
+                    reconnects += 1;
+                    let c = std::net::TcpStream::connect(addr).expect("connect");
+                    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    conn.insert(c)
+                }
+            };
+            let mut frame = (query.len() as u16).to_be_bytes().to_vec();
+            frame.extend_from_slice(&query);
+            c.write_all(&frame).expect("send on an open connection");
+            let mut len = [0u8; 2];
+            c.read_exact(&mut len)
+                .expect("the query sent on this connection answered before it closed");
+            let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+            c.read_exact(&mut body).expect("a whole answer");
+            let m = hickory_proto::op::Message::from_vec(&body).unwrap();
+            assert_eq!(rcode(&m), hickory_proto::op::ResponseCode::NoError);
+            answered += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (answered, reconnects)
+    })
+}
+
+/// Binds UDP and TCP on a free loopback port as systemd does for a `.socket` unit: the UDP
+/// receive buffer raised past net.core.rmem_max (SO_RCVBUFFORCE, as `ReceiveBuffer=`) so
+/// queries queue while the service restarts.
+fn activation_sockets() -> (std::net::UdpSocket, std::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    loop {
+        let port = free_port();
+        let Ok(udp) = std::net::UdpSocket::bind(("127.0.0.1", port)) else {
+            continue;
+        };
+        let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) else {
+            continue;
+        };
+        let size: libc::c_int = 64 << 20;
+        // SAFETY: setsockopt with a pointer to a live c_int of the given size.
+        let forced = unsafe {
+            libc::setsockopt(
+                udp.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(forced, 0, "SO_RCVBUFFORCE (the tests run as root)");
+        return (udp, tcp);
+    }
+}
+
+/// Starts ruddr as systemd starts a socket-activated service: the sockets as descriptors 3
+/// and 4, `LISTEN_FDS`, `LISTEN_FDNAMES`, and `LISTEN_PID` set to the new process's own id
+/// (a shell sets it to `$$` and then execs ruddr, keeping the id).
+fn start_activated(
+    udp: &std::net::UdpSocket,
+    tcp: &std::net::TcpListener,
+    args: &[String],
+) -> Proc {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let (u, t) = (udp.as_raw_fd(), tcp.as_raw_fd());
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#"LISTEN_PID=$$ LISTEN_FDS=2 LISTEN_FDNAMES=dns-udp:dns-tcp exec "$0" "$@""#)
+        .arg(ruddr_bin())
+        .args(args);
+    // SAFETY: dup2 is async-signal-safe; the descriptors are open in the parent.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(u, 3) < 0 || libc::dup2(t, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Proc::spawn("ruddr", command)
+}
+
+fn serve_args(
+    etcd: &Etcd,
+    port: u16,
+    admin: u16,
+    snap: &std::path::Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--admin-listen",
+        &format!("127.0.0.1:{admin}"),
+        "--etcd-endpoints",
+        &etcd.endpoint(),
+        "--snapshot-file",
+        snap.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// `/ready` on `admin` says connected.
+fn wait_ready(admin: u16) {
+    eventually(Duration::from_secs(20), "/ready to say connected", || {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sf",
+                "--max-time",
+                "2",
+                &format!("http://127.0.0.1:{admin}/ready"),
+            ])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .contains("\"connected\":true")
+            .then_some(())
+    });
+}
+
+/// The load the restart tests hold: 5,000 queries/s by default (the test binary's ruddr is a
+/// debug build, sharing two cores with other tests); `RUDDR_TEST_QPS=20000` with
+/// `cargo test --release` for the figure in the README.
+fn qps() -> u32 {
+    std::env::var("RUDDR_TEST_QPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000)
+}
+
+const SECONDS: u32 = 12;
+
+#[test]
+fn socket_activated_restarts_lose_no_query() {
+    require("dnsperf", "dnsperf");
+    require("curl", "curl");
+    let etcd = Etcd::start();
+    load_services(&etcd);
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("mirror.snapshot");
+    let (udp, tcp) = activation_sockets();
+    let port = udp.local_addr().unwrap().port();
+    let admin = free_port();
+    let args = serve_args(&etcd, port, admin, &snap, &[]);
+    let mut r = start_activated(&udp, &tcp, &args);
+    wait_ready(admin);
+    assert!(
+        r.log_text().contains("socket from systemd"),
+        "{}",
+        r.log_text()
+    );
+    eventually(Duration::from_secs(10), "a snapshot", || {
+        snap.exists().then_some(())
+    });
+
+    let perf = dnsperf(port, qps(), SECONDS);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = tcp_client(SocketAddr::from(([127, 0, 0, 1], port)), stop.clone());
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(3));
+        // As systemd restarts the service: SIGTERM, wait for the exit, start the next one on
+        // the same sockets.
+        r.signal("TERM");
+        assert_eq!(
+            r.wait_exit(Duration::from_secs(15)),
+            Some(0),
+            "{}",
+            r.log_text()
+        );
+        r = start_activated(&udp, &tcp, &args);
+        wait_ready(admin);
+    }
+    let report = perf.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (answered, reconnects) = client.join().unwrap();
+    eprintln!("tcp client: {answered} answered, {reconnects} connections");
+    assert!(
+        reconnects >= 2,
+        "the restarts closed the TCP connection between queries"
+    );
+    assert_nothing_lost(&report, qps(), SECONDS);
+}
+
+#[test]
+fn handed_over_restarts_lose_no_query() {
+    require("dnsperf", "dnsperf");
+    require("curl", "curl");
+    let etcd = Etcd::start();
+    load_services(&etcd);
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("mirror.snapshot");
+    let handover = dir.path().join("handover.sock");
+    let port = free_port();
+    let admin = free_port();
+    let args = serve_args(
+        &etcd,
+        port,
+        admin,
+        &snap,
+        &["--handover-socket", handover.to_str().unwrap()],
+    );
+    let start = || {
+        let mut command = std::process::Command::new(ruddr_bin());
+        command.args(&args);
+        Proc::spawn("ruddr", command)
+    };
+    let mut r = start();
+    wait_ready(admin);
+    r.wait_log("hand-over socket listening");
+
+    let perf = dnsperf(port, qps(), SECONDS);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = tcp_client(SocketAddr::from(([127, 0, 0, 1], port)), stop.clone());
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(3));
+        // The next one starts beside it, takes its sockets, answers, and the old one goes.
+        let mut next = start();
+        assert_eq!(
+            r.wait_exit(Duration::from_secs(20)),
+            Some(0),
+            "{}",
+            r.log_text()
+        );
+        assert!(
+            r.log_text().contains("handed over; draining"),
+            "{}",
+            r.log_text()
+        );
+        next.wait_log("hand-over socket listening");
+        assert!(next.log_text().contains("socket from the running ruddr"));
+        assert!(next.is_alive());
+        r = next;
+    }
+    let report = perf.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (answered, reconnects) = client.join().unwrap();
+    eprintln!("tcp client: {answered} answered, {reconnects} connections");
+    assert!(
+        reconnects >= 2,
+        "the restarts closed the TCP connection between queries"
+    );
+    assert_nothing_lost(&report, qps(), SECONDS);
+
+    // A successor that cannot get data leaves the running one in charge.
+    let mut broken = args.clone();
+    let at = broken.iter().position(|a| a == "--etcd-endpoints").unwrap();
+    broken[at + 1] = "http://127.0.0.1:9".into();
+    let at = broken.iter().position(|a| a == "--snapshot-file").unwrap();
+    broken[at + 1] = dir.path().join("none").to_str().unwrap().into();
+    broken.extend(["--config".into(), {
+        let cfg = dir.path().join("short.toml");
+        std::fs::write(&cfg, "[restart]\nwait_for_data = \"1s\"\n").unwrap();
+        cfg.to_str().unwrap().to_string()
+    }]);
+    let mut command = std::process::Command::new(ruddr_bin());
+    command.args(&broken);
+    let mut failed = Proc::spawn("ruddr-broken", command);
+    assert_eq!(
+        failed.wait_exit(Duration::from_secs(20)),
+        Some(1),
+        "{}",
+        failed.log_text()
+    );
+    assert!(failed
+        .log_text()
+        .contains("the running ruddr keeps answering"));
+    assert!(r.is_alive());
+    let m = query(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "svc1.svc.internal.",
+        RecordType::A,
+    );
+    assert_eq!(answer_strings(&m).len(), 3);
+    // And the next hand-over still works.
+    let next = start();
+    assert_eq!(
+        r.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        r.log_text()
+    );
+    next.wait_log("hand-over socket listening");
 }

@@ -29,6 +29,34 @@ fn reuse_port_udp(addr: SocketAddr, receive_buffer: usize) -> std::io::Result<st
     Ok(socket.into())
 }
 
+/// `n` UDP sockets sharing `addr` (SO_REUSEPORT), for an address whose TCP listener was
+/// inherited without its UDP half.
+pub fn bind_udp_group(
+    addr: SocketAddr,
+    n: usize,
+    receive_buffer: usize,
+) -> anyhow::Result<Vec<std::net::UdpSocket>> {
+    (0..n.max(1))
+        .map(|_| {
+            reuse_port_udp(addr, receive_buffer).with_context(|| format!("binding UDP {addr}"))
+        })
+        .collect()
+}
+
+/// Prepares a UDP socket this process did not bind (from systemd or a predecessor) as
+/// [`reuse_port_udp`] does: the receive timeout, no fragmenting, and a receive buffer of at
+/// least `receive_buffer` (a larger one, as systemd's `ReceiveBuffer=` sets, is kept).
+pub fn adopt_udp(socket: &std::net::UdpSocket, receive_buffer: usize) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(socket);
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    dont_fragment(&sock, socket.local_addr()?.is_ipv6())?;
+    // Linux reports twice what it grants.
+    if receive_buffer > sock.recv_buffer_size()? / 2 {
+        sock.set_recv_buffer_size(receive_buffer)?;
+    }
+    Ok(())
+}
+
 /// Responses leave with the "don't fragment" bit and are never fragmented by this host, as
 /// RFC 9715 recommends (fragments are easy to spoof and often dropped): the path MTU is
 /// ignored, so forged ICMP messages cannot shrink it, and an answer larger than the interface

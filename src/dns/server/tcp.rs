@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use hickory_server::net::xfer::Protocol;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -158,60 +159,99 @@ impl Transport {
         tokio::pin!(idle);
         let mut out = Vec::with_capacity(4096);
         let mut reading = true;
+        // After shutdown: answer what is in flight and what the client already sent, then
+        // close between queries (a FIN: the client sees every query it sent before it
+        // answered, and asks again elsewhere for any it sends later).
+        let mut draining = false;
         loop {
             let can_read = reading && in_flight.len() < self.cfg.tcp_max_pipelined;
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = slot.closed.cancelled() => return,
-                _ = &mut session => return,
-                _ = &mut idle, if in_flight.is_empty() => return,
-                Some(response) = in_flight.next(), if !in_flight.is_empty() => {
-                    slot.busy.fetch_sub(1, Relaxed);
-                    if !self.write(&mut write, &response).await {
+            let frame = if draining && in_flight.is_empty() {
+                // Only what has arrived already: nothing more is waited for.
+                match frames.next().now_or_never() {
+                    Some(frame) if reading => frame,
+                    _ => {
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(1), write.shutdown()).await;
                         return;
                     }
-                    slot.touch(&self.connections);
-                    idle.as_mut().reset(tokio::time::Instant::now() + self.cfg.tcp_idle_timeout);
                 }
-                frame = frames.next(), if can_read => {
-                    let bytes = match frame {
-                        Some(Ok(bytes)) => bytes,
-                        // The client closed its side (finish what is in flight) or sent a
-                        // frame that cannot be read (close).
-                        None => { reading = false; if in_flight.is_empty() { return } continue }
-                        Some(Err(error)) => { debug!(%peer, %error, "tcp read"); return }
-                    };
-                    slot.touch(&self.connections);
-                    idle.as_mut().reset(tokio::time::Instant::now() + self.cfg.tcp_idle_timeout);
-                    let started = std::time::Instant::now();
-                    let request = match decode(&bytes, peer, Protocol::Tcp) {
-                        Decoded::Drop => { self.metrics.dropped.inc(); continue }
-                        Decoded::Malformed(header) => {
-                            format_error(&header, &mut out);
-                            self.observer.served(&bytes, &out, peer, local, tap, &Served::unzoned(started));
-                            if !self.write(&mut write, &out).await { return }
-                            continue;
+            } else {
+                tokio::select! {
+                    _ = self.shutdown.cancelled(), if !draining => { draining = true; continue }
+                    _ = slot.closed.cancelled() => return,
+                    _ = &mut session => return,
+                    _ = &mut idle, if in_flight.is_empty() => return,
+                    Some(response) = in_flight.next(), if !in_flight.is_empty() => {
+                        slot.busy.fetch_sub(1, Relaxed);
+                        if !self.write(&mut write, &response).await {
+                            return;
                         }
-                        Decoded::Request(r) => r,
-                    };
-                    match self.handler.answer_now(&request, &mut out, proto) {
-                        Ok(served) => {
-                            self.observer.served(&bytes, &out, peer, local, tap, &served);
-                            if !self.write(&mut write, &out).await { return }
-                        }
-                        Err(deferred) => {
-                            let this = self.clone();
-                            slot.busy.fetch_add(1, Relaxed);
-                            in_flight.push(Box::pin(async move {
-                                let mut out = Vec::new();
-                                let served = this.handler.answer_later(&request, deferred, &mut out).await;
-                                this.observer.served(request.as_slice(), &out, peer, local, tap, &served);
-                                out
-                            }));
-                        }
+                        slot.touch(&self.connections);
+                        idle.as_mut().reset(tokio::time::Instant::now() + self.cfg.tcp_idle_timeout);
+                        continue;
+                    }
+                    frame = frames.next(), if can_read => frame,
+                    else => return,
+                }
+            };
+            let bytes = match frame {
+                Some(Ok(bytes)) => bytes,
+                // The client closed its side (finish what is in flight) or sent a frame that
+                // cannot be read (close).
+                None => {
+                    reading = false;
+                    if in_flight.is_empty() {
+                        return;
+                    }
+                    continue;
+                }
+                Some(Err(error)) => {
+                    debug!(%peer, %error, "tcp read");
+                    return;
+                }
+            };
+            slot.touch(&self.connections);
+            idle.as_mut()
+                .reset(tokio::time::Instant::now() + self.cfg.tcp_idle_timeout);
+            let started = std::time::Instant::now();
+            let request = match decode(&bytes, peer, Protocol::Tcp) {
+                Decoded::Drop => {
+                    self.metrics.dropped.inc();
+                    continue;
+                }
+                Decoded::Malformed(header) => {
+                    format_error(&header, &mut out);
+                    self.observer
+                        .served(&bytes, &out, peer, local, tap, &Served::unzoned(started));
+                    if !self.write(&mut write, &out).await {
+                        return;
+                    }
+                    continue;
+                }
+                Decoded::Request(r) => r,
+            };
+            match self.handler.answer_now(&request, &mut out, proto) {
+                Ok(served) => {
+                    self.observer
+                        .served(&bytes, &out, peer, local, tap, &served);
+                    if !self.write(&mut write, &out).await {
+                        return;
                     }
                 }
-                else => return,
+                Err(deferred) => {
+                    let this = self.clone();
+                    slot.busy.fetch_add(1, Relaxed);
+                    in_flight.push(Box::pin(async move {
+                        let mut out = Vec::new();
+                        let served = this
+                            .handler
+                            .answer_later(&request, deferred, &mut out)
+                            .await;
+                        this.observer
+                            .served(request.as_slice(), &out, peer, local, tap, &served);
+                        out
+                    }));
+                }
             }
         }
     }
