@@ -187,6 +187,11 @@ struct LocalityLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HowLabels {
     how: &'static str,
 }
@@ -238,6 +243,7 @@ pub struct Metrics {
     pub sources_failing: Gauge,
     registry_errors: Family<ErrorLabels, Counter>,
     resumes: Family<HowLabels, Counter>,
+    config_reloads: Family<ReloadLabels, Counter>,
     registry_failing: Family<ErrorLabels, Gauge>,
     forwarded: Family<ForwardLabels, Counter>,
     connected: Gauge,
@@ -407,6 +413,7 @@ impl Metrics {
             sources_failing: Gauge::default(),
             registry_errors: Family::default(),
             resumes: Family::default(),
+            config_reloads: Family::default(),
             registry_failing: Family::default(),
             forwarded: Family::default(),
             connected: Gauge::default(),
@@ -584,6 +591,11 @@ impl Metrics {
             m.relists.clone(),
         );
         registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP) by result: \"ok\", or \"error\" (the file did not load or validate; the running configuration stays)",
+            m.config_reloads.clone(),
+        );
+        registry.register(
             "registry_resumes",
             "How the watcher got current at each start: \"watch\" (resumed from the snapshot's revisions, no list) or \"list\"",
             m.resumes.clone(),
@@ -672,6 +684,13 @@ impl Metrics {
     }
 
     /// Counts one failed etcd session of this kind ([`crate::registry::ErrorKind::as_str`]).
+    /// A configuration reload ended with `result` ("ok" or "error").
+    pub fn observe_config_reload(&self, result: &'static str) {
+        self.config_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
+    }
+
     /// The watcher got current at a start by resuming its watch (`"watch"`) or by listing.
     pub fn observe_resume(&self, how: &'static str) {
         self.resumes.get_or_create(&HowLabels { how }).inc();
@@ -729,6 +748,7 @@ impl Metrics {
         m.observe_locality(LocalityResult::local);
         m.observe_registry_error("unreachable");
         m.observe_resume("watch");
+        m.observe_config_reload("ok");
         m.observe_forward(
             std::net::SocketAddr::from(([127, 0, 0, 1], 53)),
             ForwardResult::answered,

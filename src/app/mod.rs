@@ -4,6 +4,7 @@
 
 mod listeners;
 mod register;
+mod reload;
 mod serve;
 mod services;
 
@@ -74,7 +75,7 @@ pub fn execute(command: Command) -> Result<u8, Failure> {
                 Failure::Runtime(anyhow::anyhow!("cannot start the async runtime: {e}"))
             })?;
             runtime
-                .block_on(run(cfg, zones, shutdown_signal()))
+                .block_on(run(cfg, args, zones, shutdown_signal()))
                 .map_err(Failure::Runtime)?;
             Ok(0)
         }

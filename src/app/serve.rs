@@ -12,17 +12,15 @@ use tracing::{info, warn};
 use crate::admin::Admin;
 use crate::cache::{Mirror, Update};
 use crate::config::Config;
-use crate::dns::rrl::RateLimiter;
 use crate::dns::server::socket::{adopt_udp, bind_pair, bind_udp_group};
 use crate::dns::server::Transport;
 use crate::dns::zone::file::StaticZones;
-use crate::dns::zone::forward::Forwarder;
-use crate::dns::Handler;
 use crate::metrics::Metrics;
 use crate::persist;
 use crate::registry::{self, Layout, Source, Status, Watcher};
 
 use super::listeners::{self, Inherited, Listening, Predecessor};
+use super::reload;
 
 /// How long in-flight queries may take to finish after a shutdown signal.
 const GRACE: Duration = Duration::from_secs(5);
@@ -31,6 +29,7 @@ const GRACE: Duration = Duration::from_secs(5);
 /// static zones, loaded (and checked) by the caller before anything else starts.
 pub async fn run(
     cfg: Config,
+    args: crate::cli::ServeArgs,
     zones: StaticZones,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -82,23 +81,16 @@ pub async fn run(
             Some((tap, writer)) => (Some(tap), Some(registry_rt.spawn(writer))),
             None => (None, None),
         };
-    let forwarder = (!cfg.forward.upstreams.is_empty())
-        .then(|| Forwarder::from_config(&cfg.forward, &metrics).with_tap(tap.clone()));
-    if let Some(f) = &forwarder {
-        let upstreams: Vec<String> = f.upstreams().map(|a| a.to_string()).collect();
-        info!(upstreams = %upstreams.join(","), timeout = ?cfg.forward.timeout, "forwarding other names");
-    }
-    let handler = Handler::new(&cfg.dns, mirror.clone(), status.clone(), metrics.clone())
-        .context("building the DNS handler")?;
-    let sky = sky_zones(&sources, &handler)?;
-    let handler = handler
-        .with_sky(sky)
-        .with_outside(
-            zones.clone(),
-            forwarder,
-            cfg.forward.allow_recursion.clone(),
-        )
-        .with_locality(&cfg.locality);
+    let parts = reload::Parts {
+        mirror: mirror.clone(),
+        status: status.clone(),
+        metrics: metrics.clone(),
+        zones,
+        tap: tap.clone(),
+    };
+    let forwarder = reload::forwarder(&cfg, &parts);
+    let live = reload::build_live(&cfg, &sources, forwarder.clone(), &parts)?;
+    let handler = live.handler.clone();
     let certs = match crate::dns::server::tls::CertFiles::of(&cfg.dns) {
         Some(files) if !cfg.dns.tls_listen.is_empty() || !cfg.dns.https_listen.is_empty() => {
             Some(Arc::new(
@@ -108,12 +100,6 @@ pub async fn run(
         }
         _ => None,
     };
-    let reload_task = tokio::spawn(reload_zones_on_sighup(
-        cfg.zones_dir.clone(),
-        zones,
-        certs.clone(),
-        token.clone(),
-    ));
     let zone = handler.origin().to_string();
     let xds = crate::xds::Xds::new(
         &cfg.xds,
@@ -133,22 +119,7 @@ pub async fn run(
         n => n,
     };
     let dns_cfg = crate::dns::server::for_transport(&cfg.dns);
-    let rate_limit = RateLimiter::new(&cfg.rate_limit, &metrics);
-    if rate_limit.is_some() {
-        info!(
-            responses_per_second = cfg.rate_limit.responses_per_second,
-            slip = cfg.rate_limit.slip,
-            "response rate limiting on (UDP)",
-        );
-    }
-    let transport = Transport::new(
-        Arc::new(handler),
-        dns_cfg,
-        rate_limit,
-        metrics.clone(),
-        crate::dns::observe::Observer::new(&cfg.dns, tap),
-        token.clone(),
-    );
+    let transport = Transport::new(live, dns_cfg, metrics.clone(), token.clone());
     // Every listening socket first (bound, or taken from those inherited), kept for a
     // hand-over; they answer once `serve` runs (at once, or with inherited sockets once there
     // is data).
@@ -302,34 +273,65 @@ pub async fn run(
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
     ));
-    let make_watcher = {
+    let spawn_watch = {
         let (mirror, status, metrics, etcd) = (
             mirror.clone(),
             status.clone(),
             metrics.clone(),
             cfg.etcd.clone(),
         );
-        move || {
-            let watcher = Watcher::new(
+        let handle = registry_rt.handle();
+        move |sources: Vec<Source>, token: CancellationToken| {
+            let (client, etcd, mirror, status2, metrics2) = (
                 client.clone(),
-                &etcd,
-                sources.clone(),
+                etcd.clone(),
                 mirror.clone(),
                 status.clone(),
                 metrics.clone(),
             );
             #[cfg(feature = "test-hooks")]
-            let watcher = watcher.with_injected_panics(inject.clone());
-            watcher
+            let inject = inject.clone();
+            let make_watcher = move || {
+                let watcher = Watcher::new(
+                    client.clone(),
+                    &etcd,
+                    sources.clone(),
+                    mirror.clone(),
+                    status2.clone(),
+                    metrics2.clone(),
+                );
+                #[cfg(feature = "test-hooks")]
+                let watcher = watcher.with_injected_panics(inject.clone());
+                watcher
+            };
+            handle.spawn(registry::supervise(
+                make_watcher,
+                status.clone(),
+                metrics.clone(),
+                token,
+            ))
         }
     };
     info!(endpoints = %cfg.etcd.endpoints.join(","), prefix = %cfg.etcd.prefix, "starting etcd watch");
-    let watch_task = registry_rt.spawn(registry::supervise(
-        make_watcher,
-        status.clone(),
-        metrics,
-        token.clone(),
-    ));
+    let mut watch = reload::Watch {
+        spawn: Box::new(spawn_watch),
+        current: None,
+        shutdown: token.clone(),
+    };
+    watch.start(sources.clone());
+    // SIGHUP reloads the configuration (and the zones and certificates with it).
+    let reload_task = tokio::spawn(
+        reload::Reloader {
+            args,
+            cfg: cfg.clone(),
+            parts,
+            forwarder,
+            transport: transport.clone(),
+            certs: certs.clone(),
+            watch,
+        }
+        .run(token.clone()),
+    );
 
     // Inherited sockets answer once there is data: the snapshot, or the first list. A
     // predecessor goes on answering meanwhile; systemd's queues hold the queries.
@@ -387,9 +389,7 @@ pub async fn run(
     if !transport.drain(GRACE).await {
         warn!(grace = ?GRACE, "in-flight queries did not finish in time");
     }
-    if let Err(error) = watch_task.await {
-        warn!(%error, "etcd watcher task failed");
-    }
+    // The reload task stops the watch on its way out.
     let _ = reload_task.await;
     if let Some(task) = handover_task {
         let _ = task.await;
@@ -446,6 +446,14 @@ impl RegistryRuntime {
         Ok(Self(Some(rt)))
     }
 
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("running until dropped")
+            .handle()
+            .clone()
+    }
+
     fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
@@ -489,68 +497,6 @@ fn raise_open_file_limit() {
         },
         Ok((soft, _)) => info!(limit = soft, "open-file limit"),
         Err(error) => warn!(%error, "cannot read the open-file limit"),
-    }
-}
-
-/// The zones of the SkyDNS sources, each tied to its source and TTL.
-fn sky_zones(
-    sources: &[Source],
-    handler: &Handler,
-) -> anyhow::Result<Vec<crate::dns::zone::skydns::SkyZone>> {
-    use hickory_proto::rr::{LowerName, Name};
-    let mut out = Vec::new();
-    for source in sources {
-        let Layout::Skydns { zones, ttl } = &source.layout else {
-            continue;
-        };
-        for zone in zones {
-            let origin = Name::from_ascii(zone).with_context(|| format!("skydns zone {zone}"))?;
-            info!(zone = %origin, prefix = %source.prefix, "answering a skydns zone");
-            out.push(crate::dns::zone::skydns::SkyZone {
-                soa: Default::default(),
-                apex: LowerName::new(&origin),
-                zone: handler.zone_for(origin)?,
-                source: source.id,
-                ttl: *ttl,
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// Reloads the zone files on SIGHUP; a broken reload keeps the old zones and says why.
-async fn reload_zones_on_sighup(
-    dir: std::path::PathBuf,
-    zones: Arc<arc_swap::ArcSwap<StaticZones>>,
-    certs: Option<Arc<crate::dns::server::tls::Certs>>,
-    shutdown: CancellationToken,
-) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        warn!("cannot listen for SIGHUP; zone reloads need a restart");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = hup.recv() => {}
-        }
-        if let Some(certs) = &certs {
-            let certs = certs.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || crate::dns::server::tls::reload(&certs)).await;
-        }
-        let dir2 = dir.clone();
-        match tokio::task::spawn_blocking(move || StaticZones::load_dir(&dir2)).await {
-            Ok(Ok(fresh)) => {
-                info!(dir = %dir.display(), zones = ?fresh.summary, "zones reloaded");
-                zones.store(Arc::new(fresh));
-            }
-            Ok(Err(error)) => {
-                tracing::error!(%error, "zone reload failed; keeping the zones already loaded")
-            }
-            Err(error) => tracing::error!(%error, "zone reload task failed"),
-        }
     }
 }
 

@@ -786,6 +786,29 @@ impl Ruddr {
     }
 }
 
+/// A recursion-desired UDP query from a socket bound to `src` (e.g. `127.0.0.2:0`).
+pub fn udp_query_from(src: &str, to: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    try_udp_query_from(src, to, name, qtype, Duration::from_secs(5)).expect("a response")
+}
+
+/// Like [`udp_query_from`]; `None` when no response comes within `timeout`.
+pub fn try_udp_query_from(
+    src: &str,
+    to: SocketAddr,
+    name: &str,
+    qtype: RecordType,
+    timeout: Duration,
+) -> Option<Message> {
+    let sock = std::net::UdpSocket::bind(src).unwrap();
+    sock.set_read_timeout(Some(timeout)).unwrap();
+    let mut q = query_message(name, qtype, Some(1232));
+    q.metadata.recursion_desired = true;
+    sock.send_to(&q.to_vec().unwrap(), to).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).ok()?;
+    Some(Message::from_vec(&buf[..n]).unwrap())
+}
+
 /// Runs dig against ruddr with short timeouts.
 pub fn dig(port: u16, args: &[&str]) -> String {
     require("dig", "bind9-dnsutils");

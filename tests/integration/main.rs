@@ -17,8 +17,10 @@
 //! - `outage`: 3-member cluster failover under load, leases across outages, snapshots, max_stale.
 //! - `ordering`: randomized, weighted answer order.
 //! - `register`: `ruddr register` (leases, health checks, signals, child mode) and `ruddr services`.
+//! - `reload`: SIGHUP reloads of each live setting under dnsperf load; broken files; restart-only settings.
 //! - `resolver`: static zones, forwarding, allow list, AXFR/ANY/PTR, glibc and dnspython clients.
-//! - `restart`: restarts that resume the etcd watch from the snapshot's revisions.
+//! - `restart`: restarts that resume the etcd watch from the snapshot's revisions, and
+//!   restarts under load that lose no query (socket activation, hand-over).
 //! - `robustness`: malformed packets, CLI and config errors, signals.
 //! - `scale`: registries larger than one gRPC message: paged lists, re-lists at that size.
 //! - `xds`: gRPC clients (Python grpcio) on `xds:///<service>`, following the registry.
@@ -38,6 +40,7 @@ mod observe;
 mod ordering;
 mod outage;
 mod register;
+mod reload;
 mod resolver;
 mod restart;
 mod robustness;

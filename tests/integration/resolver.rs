@@ -12,17 +12,6 @@ use hickory_proto::rr::{RData, RecordType};
 
 use crate::harness::*;
 
-fn udp_query_from(src: &str, to: SocketAddr, name: &str, qtype: RecordType) -> Message {
-    let sock = UdpSocket::bind(src).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut q = query_message(name, qtype, Some(1232));
-    q.metadata.recursion_desired = true;
-    sock.send_to(&q.to_vec().unwrap(), to).unwrap();
-    let mut buf = [0u8; 4096];
-    let (n, _) = sock.recv_from(&mut buf).expect("a response");
-    Message::from_vec(&buf[..n]).unwrap()
-}
-
 fn rd_query(addr: SocketAddr, name: &str, qtype: RecordType) -> Message {
     udp_query_from("127.0.0.1:0", addr, name, qtype)
 }
@@ -226,7 +215,7 @@ fn static_zones_axfr_any_ptr_and_reload() {
     )
     .unwrap();
     r.signal("HUP");
-    r.wait_log("zone reload failed");
+    r.wait_log("configuration reload failed");
     assert!(r.log_text().contains("line 6"), "{}", r.log_text());
     assert_eq!(dig_short(r.port, "www.static.test", "A"), ["192.0.2.11"]);
 

@@ -53,7 +53,7 @@ pub struct Handler {
     pub(super) metrics: Arc<Metrics>,
     /// Static zones, swapped whole on reload.
     pub(super) zones: Arc<ArcSwap<StaticZones>>,
-    pub(super) forwarder: Option<Forwarder>,
+    pub(super) forwarder: Option<Arc<Forwarder>>,
     pub(super) allow_recursion: Vec<ipnet::IpNet>,
     /// Zones answered from SkyDNS sources.
     pub(super) sky: Vec<SkyZone>,
@@ -151,7 +151,7 @@ impl Handler {
     pub fn with_outside(
         mut self,
         zones: Arc<ArcSwap<StaticZones>>,
-        forwarder: Option<Forwarder>,
+        forwarder: Option<Arc<Forwarder>>,
         allow_recursion: Vec<ipnet::IpNet>,
     ) -> Self {
         self.zones = zones;

@@ -48,7 +48,8 @@ use connections::Connections;
 
 /// The listeners of one server, sharing the handler, the limits and the shutdown signal.
 pub struct Transport {
-    handler: Arc<Handler>,
+    /// What a reload of the configuration replaces (see [`Live`]).
+    live: arc_swap::ArcSwap<Live>,
     /// `[dns]`: the transport reads its limits from it (see [`for_transport`]).
     cfg: DnsConfig,
     metrics: Arc<Metrics>,
@@ -56,16 +57,24 @@ pub struct Transport {
     tasks: TaskTracker,
     pending: Arc<Semaphore>,
     connections: Arc<Connections>,
-    /// Response rate limiting over UDP (`None`: off).
-    rate_limit: Option<RateLimiter>,
     /// The UDP threads, then the forwarding thread, joined on drain.
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     forwarding_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Where forwarded UDP queries wait for their upstream (see [`forwarding_runtime`]).
     forwarding: Option<tokio::runtime::Handle>,
     logged: Logged,
+}
+
+/// The parts of answering that a configuration reload replaces whole: the handler (zones,
+/// TTLs, forwarding, locality, answer caches), response rate limiting and the query log. A
+/// query is answered by one `Live` from start to end (a forwarded one too), so a reload never
+/// mixes two configurations in one answer.
+pub struct Live {
+    pub handler: Arc<Handler>,
+    /// Response rate limiting over UDP (`None`: off).
+    pub rate_limit: Option<RateLimiter>,
     /// The query log and dnstap.
-    observer: Observer,
+    pub observer: Observer,
 }
 
 /// Limits hit, each logged once per process.
@@ -128,11 +137,9 @@ pub(crate) fn format_error(header: &Header, out: &mut Vec<u8>) {
 
 impl Transport {
     pub fn new(
-        handler: Arc<Handler>,
+        live: Live,
         cfg: DnsConfig,
-        rate_limit: Option<RateLimiter>,
         metrics: Arc<Metrics>,
-        observer: Observer,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let tasks = TaskTracker::new();
@@ -149,18 +156,27 @@ impl Transport {
         Arc::new(Self {
             pending: Arc::new(Semaphore::new(cfg.max_pending)),
             connections: Arc::new(Connections::new(Instant::now())),
-            handler,
+            live: arc_swap::ArcSwap::from_pointee(live),
             cfg,
             metrics,
             shutdown,
             tasks,
-            rate_limit,
             threads: Mutex::new(Vec::new()),
             forwarding,
             forwarding_thread: Mutex::new(forwarding_thread),
             logged: Logged::default(),
-            observer,
         })
+    }
+
+    /// Answers with `live` from now on (queries under way finish with the one they started
+    /// with).
+    pub fn set_live(&self, live: Live) {
+        self.live.store(Arc::new(live));
+    }
+
+    /// The current [`Live`].
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
     }
 
     /// Waits for the listeners and in-flight queries to end after shutdown: at most `grace`

@@ -214,6 +214,7 @@ impl Transport {
             idle.as_mut()
                 .reset(tokio::time::Instant::now() + self.cfg.tcp_idle_timeout);
             let started = std::time::Instant::now();
+            let live = self.live();
             let request = match decode(&bytes, peer, Protocol::Tcp) {
                 Decoded::Drop => {
                     self.metrics.dropped.inc();
@@ -221,7 +222,7 @@ impl Transport {
                 }
                 Decoded::Malformed(header) => {
                     format_error(&header, &mut out);
-                    self.observer
+                    live.observer
                         .served(&bytes, &out, peer, local, tap, &Served::unzoned(started));
                     if !self.write(&mut write, &out).await {
                         return;
@@ -230,24 +231,23 @@ impl Transport {
                 }
                 Decoded::Request(r) => r,
             };
-            match self.handler.answer_now(&request, &mut out, proto) {
+            match live.handler.answer_now(&request, &mut out, proto) {
                 Ok(served) => {
-                    self.observer
+                    live.observer
                         .served(&bytes, &out, peer, local, tap, &served);
                     if !self.write(&mut write, &out).await {
                         return;
                     }
                 }
                 Err(deferred) => {
-                    let this = self.clone();
                     slot.busy.fetch_add(1, Relaxed);
                     in_flight.push(Box::pin(async move {
                         let mut out = Vec::new();
-                        let served = this
+                        let served = live
                             .handler
                             .answer_later(&request, deferred, &mut out)
                             .await;
-                        this.observer
+                        live.observer
                             .served(request.as_slice(), &out, peer, local, tap, &served);
                         out
                     }));

@@ -389,6 +389,7 @@ impl Transport {
         }
         let started = Instant::now();
         let mut out = Vec::new();
+        let live = self.live();
         let served = match decode(&query, peer, hickory_server::net::xfer::Protocol::Tcp) {
             Decoded::Drop => return status(StatusCode::BAD_REQUEST, "not a DNS query"),
             Decoded::Malformed(header) => {
@@ -396,17 +397,17 @@ impl Transport {
                 Served::unzoned(started)
             }
             Decoded::Request(request) => {
-                match self.handler.answer_now(&request, &mut out, Proto::doh) {
+                match live.handler.answer_now(&request, &mut out, Proto::doh) {
                     Ok(served) => served,
                     Err(deferred) => {
-                        self.handler
+                        live.handler
                             .answer_later(&request, deferred, &mut out)
                             .await
                     }
                 }
             }
         };
-        self.observer
+        live.observer
             .served(&query, &out, peer, local, dnstap::Transport::Doh, &served);
         let cache = cache_control(&out);
         let mut r = Response::new(Full::new(Bytes::from(out)));

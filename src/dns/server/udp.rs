@@ -11,7 +11,7 @@ use hickory_server::net::xfer::Protocol;
 use tracing::{debug, warn};
 
 use super::batch::{is_timeout, Batch};
-use super::{decode, first_time, format_error, is_answerable, Decoded, Transport};
+use super::{decode, first_time, format_error, is_answerable, Decoded, Live, Transport};
 use crate::dns::observe::Served;
 use crate::dns::rrl::{Kind, Verdict};
 use crate::dns::wire;
@@ -58,12 +58,14 @@ impl Transport {
                     continue;
                 }
             };
+            // One configuration per batch (a reload swaps it between batches).
+            let live = self.live();
             for slot in 0..received {
                 let Some((query, src, out)) = batch.query(slot) else {
                     self.metrics.dropped.inc();
                     continue;
                 };
-                if !self.answer_udp(query, src, local, out, &socket, &runtime) {
+                if !self.answer_udp(&live, query, src, local, out, &socket, &runtime) {
                     out.clear();
                 }
             }
@@ -76,6 +78,7 @@ impl Transport {
     #[allow(clippy::too_many_arguments)]
     fn answer_udp(
         self: &Arc<Self>,
+        live: &Arc<Live>,
         query: &[u8],
         src: SocketAddr,
         local: Option<SocketAddr>,
@@ -84,8 +87,8 @@ impl Transport {
         runtime: &tokio::runtime::Handle,
     ) -> bool {
         if self.cfg.udp_fast_path && is_answerable(src) {
-            if let Some(served) = self.handler.answer_fast(query, src.ip(), out) {
-                return self.finish_udp(out, src, local, query, &served);
+            if let Some(served) = live.handler.answer_fast(query, src.ip(), out) {
+                return self.finish_udp(live, out, src, local, query, &served);
             }
         }
         let started = Instant::now();
@@ -96,15 +99,15 @@ impl Transport {
             }
             Decoded::Malformed(header) => {
                 format_error(&header, out);
-                return self.finish_udp(out, src, local, query, &Served::unzoned(started));
+                return self.finish_udp(live, out, src, local, query, &Served::unzoned(started));
             }
             Decoded::Request(r) => r,
         };
-        let deferred = match self
+        let deferred = match live
             .handler
             .answer_now(&request, out, crate::metrics::Proto::udp)
         {
-            Ok(served) => return self.finish_udp(out, src, local, query, &served),
+            Ok(served) => return self.finish_udp(live, out, src, local, query, &served),
             Err(deferred) => deferred,
         };
         let Ok(permit) = self.pending.clone().try_acquire_owned() else {
@@ -115,18 +118,18 @@ impl Transport {
                     "too many queries waiting on upstreams: answering SERVFAIL (logged once; see ruddr_dns_pending_limited_total)",
                 );
             }
-            let served = self.handler.answer_busy(&request, out);
-            return self.finish_udp(out, src, local, query, &served);
+            let served = live.handler.answer_busy(&request, out);
+            return self.finish_udp(live, out, src, local, query, &served);
         };
-        let (this, socket) = (self.clone(), socket.clone());
+        let (this, live, socket) = (self.clone(), live.clone(), socket.clone());
         let forwarded = async move {
             let mut out = Vec::new();
-            let served = this
+            let served = live
                 .handler
                 .answer_later(&request, deferred, &mut out)
                 .await;
             drop(permit);
-            if this.finish_udp(&mut out, src, local, request.as_slice(), &served) {
+            if this.finish_udp(&live, &mut out, src, local, request.as_slice(), &served) {
                 let mut sent = socket.send_to(&out, src);
                 if matches!(&sent, Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE)) {
                     // Larger than the interface MTU (sockets never fragment): see Batch::send.
@@ -147,15 +150,16 @@ impl Transport {
     /// it (query log, dnstap); whether to send it.
     fn finish_udp(
         &self,
+        live: &Live,
         out: &mut Vec<u8>,
         to: SocketAddr,
         local: Option<SocketAddr>,
         query: &[u8],
         served: &Served,
     ) -> bool {
-        let send = self.shape_udp(out, to, query);
+        let send = Self::shape_udp(live, out, to, query);
         if send {
-            self.observer
+            live.observer
                 .served(query, out, to, local, dnstap::Transport::Udp, served);
         }
         send
@@ -164,13 +168,13 @@ impl Transport {
     /// Applies the response rate limit to the UDP response in `out` for `query`: `false` to
     /// drop it, or `true` to send `out` (cut to an empty truncated answer for a slip). TCP is
     /// never limited.
-    fn shape_udp(&self, out: &mut Vec<u8>, to: SocketAddr, query: &[u8]) -> bool {
-        if let (Some(limiter), Some(&flags)) = (&self.rate_limit, out.get(3)) {
+    fn shape_udp(live: &Live, out: &mut Vec<u8>, to: SocketAddr, query: &[u8]) -> bool {
+        if let (Some(limiter), Some(&flags)) = (&live.rate_limit, out.get(3)) {
             let name = wire::question_name(query).unwrap_or(&[]);
             let kind = match ResponseCode::from_low(flags & 0x0f) {
                 ResponseCode::NoError => Kind::Answer { name },
                 ResponseCode::NXDomain => Kind::NxDomain {
-                    zone: self.handler.zone_suffix(name),
+                    zone: live.handler.zone_suffix(name),
                 },
                 _ => Kind::Error,
             };
