@@ -60,6 +60,12 @@ if ! python3 -c "import grpc" 2>/dev/null; then
     { [ "$(id -u)" = 0 ] && apt-get install -y -qq --no-install-recommends python3-grpcio >/dev/null; } ||
     sudo apt-get install -y -qq --no-install-recommends python3-grpcio >/dev/null
 fi
+# kubernetes-validate: the Kubernetes manifests in config/kubernetes checked offline against
+# the Kubernetes schemas it ships.
+if ! command -v kubernetes-validate >/dev/null; then
+  echo "installing: kubernetes-validate"
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
+fi
 # Playwright for Python drives the system Chromium in the status page test (its own browser
 # download is not used).
 if ! python3 -c "import playwright" 2>/dev/null; then

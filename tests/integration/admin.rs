@@ -183,6 +183,55 @@ fn every_shipped_config_passes_check_config() {
 }
 
 #[test]
+fn kubernetes_manifests_validate_and_their_config_passes_check_config() {
+    require("kubernetes-validate", "kubernetes-validate (pip)");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config/kubernetes");
+    let manifests: Vec<String> = ["configmap", "deployment", "service", "pdb"]
+        .iter()
+        .map(|m| format!("{dir}/{m}.yaml"))
+        .collect();
+    // Strict: against the Kubernetes schemas, unknown fields refused.
+    let out = std::process::Command::new("kubernetes-validate")
+        .arg("--strict")
+        .args(&manifests)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("passed").count(), 4, "{text}");
+    // The ConfigMap's ruddr.toml is a valid configuration.
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, yaml; sys.stdout.write(yaml.safe_load(open(sys.argv[1]))['data']['ruddr.toml'])",
+            &manifests[0],
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("ruddr.toml");
+    std::fs::write(&cfg, &out.stdout).unwrap();
+    let check = std::process::Command::new(ruddr_bin())
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let effective = String::from_utf8_lossy(&check.stdout);
+    assert!(effective.contains("0.0.0.0:5353"), "{effective}");
+}
+
+#[test]
 fn slow_admin_connections_are_closed_after_the_header_timeout_and_health_keeps_answering() {
     use std::io::{Read, Write};
     let etcd = Etcd::start();
