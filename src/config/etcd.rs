@@ -38,6 +38,12 @@ pub struct EtcdConfig {
     pub retry_min: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
+    /// A re-list after etcd compacted the watched revision waits a random time up to this:
+    /// replicas that all fell behind at once (a compaction past every one of them) do not all
+    /// list the whole registry out of etcd at the same moment. Answers go on from the data
+    /// held meanwhile.
+    #[serde(with = "humantime_serde")]
+    pub relist_jitter: Duration,
     /// Keys per page when listing a prefix. Every page of one list is read at the revision of
     /// the first, so a list of any size is one consistent snapshot. etcd 3.4 walks the rest of
     /// the range for each page, so pages are large: small ones are for tests.
@@ -72,6 +78,7 @@ impl Default for EtcdConfig {
             confirm_within: Duration::from_secs(15),
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
+            relist_jitter: Duration::from_secs(2),
             list_page_size: 50_000,
             max_message_bytes: 64 << 20,
         }

@@ -148,6 +148,8 @@ pub struct Watcher {
     inject_panics: Arc<std::sync::atomic::AtomicU32>,
     /// How often to try again a source etcd refused (the reconnect backoff's longest delay).
     source_retry: Duration,
+    /// The longest random wait before a re-list after a compaction (`etcd.relist_jitter`).
+    relist_jitter: Duration,
     lists: u64,
     /// Whether "past max_stale" was logged for the current outage.
     too_stale_logged: bool,
@@ -221,6 +223,7 @@ impl Watcher {
             #[cfg(feature = "test-hooks")]
             inject_panics: Arc::default(),
             source_retry: cfg.retry_max.max(Duration::from_secs(1)),
+            relist_jitter: cfg.relist_jitter,
             lists: 0,
             too_stale_logged: false,
             relists_in_a_row: 0,
@@ -258,8 +261,9 @@ impl Watcher {
             let kind = err.kind();
             self.metrics.observe_registry_error(kind.as_str());
             if let RegistryError::Compacted { .. } | RegistryError::History(_) = err {
-                // Not an outage: etcd is there, our resume point is gone. Re-list at once the
-                // first time; if it keeps happening (endpoints of two clusters?), back off.
+                // Not an outage: etcd is there, our resume point is gone. Re-list after a
+                // random wait of up to etcd.relist_jitter the first time; if it keeps
+                // happening (endpoints of two clusters?), back off.
                 // A compaction re-lists the source that hit it (the session marked it); another
                 // history re-lists them all.
                 warn!(error = %err, "watch lost its revision");
@@ -271,6 +275,15 @@ impl Watcher {
                     self.cluster_id = None;
                 }
                 self.relists_in_a_row += 1;
+                if self.relists_in_a_row == 1 && !self.relist_jitter.is_zero() {
+                    // Spread: every replica of a fleet may have hit the same compaction.
+                    let delay = self.relist_jitter.mul_f64(rand::random::<f64>());
+                    debug!(?delay, "re-list after a random delay (etcd.relist_jitter)");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
                 if self.relists_in_a_row > 1 {
                     let delay = self.backoff.next_delay();
                     tokio::select! {
