@@ -86,14 +86,12 @@ pub struct Inherited {
 
 impl Inherited {
     /// The sockets systemd passed (socket activation), if it passed any to this process. The
-    /// variables are removed so that no child process takes them for its own.
+    /// variables stay (removing them is not safe once threads run); `LISTEN_PID` names this
+    /// process, so a child process never takes them for its own.
     pub fn from_systemd() -> anyhow::Result<Self> {
         let pid = std::env::var("LISTEN_PID").ok();
         let fds = std::env::var("LISTEN_FDS").ok();
         let names = std::env::var("LISTEN_FDNAMES").ok();
-        for v in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-            std::env::remove_var(v);
-        }
         let (Some(pid), Some(fds)) = (pid, fds) else {
             return Ok(Self::default());
         };
@@ -316,6 +314,12 @@ pub async fn serve_handover(
     }
     let listener = tokio::net::UnixListener::bind(&path)
         .with_context(|| format!("listening for hand-overs on {}", path.display()))?;
+    // Whoever connects gets the listening sockets: only this user may.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
+    }
     info!(path = %path.display(), "hand-over socket listening");
     loop {
         let (stream, _) = tokio::select! {
@@ -359,6 +363,15 @@ async fn hand_over(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<tokio::net::UnixStream>> {
     use tokio::io::{AsyncBufReadExt, BufReader};
+    // Another user's process gets nothing (the path's mode says the same; this holds even if
+    // it was changed).
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let peer = stream.peer_cred()?.uid();
+    anyhow::ensure!(
+        peer == me,
+        "refused a hand-over to user {peer} (this process runs as {me})"
+    );
     let mut reader = BufReader::new(stream);
     let mut hello = String::new();
     tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut hello))

@@ -78,7 +78,7 @@ impl Default for EtcdConfig {
             confirm_within: Duration::from_secs(15),
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
-            relist_jitter: Duration::from_secs(2),
+            relist_jitter: Duration::from_secs(5),
             list_page_size: 50_000,
             max_message_bytes: 64 << 20,
         }
