@@ -29,8 +29,8 @@ pub struct Admin {
     pub started: Instant,
     /// The status page and its JSON API are served (`admin_ui`).
     pub ui: bool,
-    /// What the status page shows of the configuration.
-    pub sources: Arc<[crate::registry::Source]>,
+    /// What the status page shows of the configuration (a reload replaces the sources).
+    pub sources: Arc<arc_swap::ArcSwap<Vec<crate::registry::Source>>>,
     pub endpoints: Arc<[String]>,
 }
 

@@ -61,18 +61,20 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 impl Admin {
-    fn source_prefix(&self, id: SourceId) -> Option<&str> {
+    fn source_prefix(&self, id: SourceId) -> Option<String> {
         self.sources
+            .load()
             .iter()
             .find(|s| s.id == id)
-            .map(|s| s.prefix.as_str())
+            .map(|s| s.prefix.clone())
     }
 
     /// The etcd key an instance came from where it can be derived: the native layout's keys
     /// are `<prefix><service>/<id>`; framework layouts map their keys to DNS labels, which do
     /// not lead back (`null`).
     fn key_of(&self, service: &ServiceName, instance: &Instance) -> Option<String> {
-        let source = self.sources.iter().find(|s| s.id == instance.source)?;
+        let sources = self.sources.load();
+        let source = sources.iter().find(|s| s.id == instance.source)?;
         (source.layout == Layout::Native).then(|| {
             crate::registry::layout::native::encode_key(&source.prefix, service, &instance.id)
         })
@@ -105,6 +107,7 @@ async fn status(State(admin): State<Admin>) -> impl IntoResponse {
     let problem = st.problem();
     let sources: Vec<Value> = admin
         .sources
+        .load()
         .iter()
         .map(|s| {
             let refused = st.source_refused(&s.prefix);

@@ -189,6 +189,10 @@ pub(super) struct Reloader {
     pub transport: Arc<Transport>,
     pub certs: Option<Arc<crate::dns::server::tls::Certs>>,
     pub watch: Watch,
+    /// The xDS server, when on: it selects instances as the handler's zone says.
+    pub xds: Option<crate::xds::Xds>,
+    /// The sources the status page lists.
+    pub admin_sources: Arc<ArcSwap<Vec<Source>>>,
 }
 
 impl Reloader {
@@ -264,6 +268,10 @@ impl Reloader {
             info!(%zone, records, "serving static zone");
         }
         self.parts.zones.store(Arc::new(zones));
+        if let Some(xds) = &self.xds {
+            xds.set_zone(live.handler.zone().clone());
+        }
+        self.admin_sources.store(Arc::new(sources.clone()));
         self.transport.set_live(live);
         if cfg.sources != self.cfg.sources {
             self.restart_watch(sources).await;

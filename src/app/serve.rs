@@ -113,7 +113,10 @@ pub async fn run(
         Some(addr) => Some(listeners::tcp(addr, &mut inherited, &listening, "xDS").await?),
         None => None,
     };
+    // Kept for reloads (locality and served health follow them).
+    let xds_handle = xds_listener.is_some().then(|| xds.clone());
     let xds_task = crate::xds::serve(&cfg.xds, xds, xds_listener)?.map(|(_, task)| task);
+    let admin_sources = Arc::new(arc_swap::ArcSwap::from_pointee(sources.clone()));
     let udp_sockets = match cfg.dns.udp_sockets {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -240,7 +243,7 @@ pub async fn run(
                 serve_warning: cfg.dns.serve_warning,
                 started,
                 ui: cfg.admin_ui,
-                sources: sources.clone().into(),
+                sources: admin_sources.clone(),
                 endpoints: cfg.etcd.endpoints.clone().into(),
             };
             Some(tokio::spawn(admin.serve(
@@ -329,6 +332,8 @@ pub async fn run(
             transport: transport.clone(),
             certs: certs.clone(),
             watch,
+            xds: xds_handle,
+            admin_sources,
         }
         .run(token.clone()),
     );

@@ -48,6 +48,7 @@ type Responses = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + 
 type DeltaResponses = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
 
 /// The ADS service (tonic holds it; every stream's task shares its [`Inner`]).
+#[derive(Clone)]
 pub struct Xds(Arc<Inner>);
 
 /// What the service and its streams' tasks share.
@@ -55,7 +56,8 @@ struct Inner {
     mirror: Arc<Mirror>,
     status: Arc<RegistryStatus>,
     metrics: Arc<Metrics>,
-    zone: Zone,
+    /// Which instances are served and how locality shapes them (a reload replaces it).
+    zone: arc_swap::ArcSwap<Zone>,
     /// The discovery zone without its trailing dot (`svc.internal`).
     zone_name: String,
     streams: Arc<Semaphore>,
@@ -71,6 +73,12 @@ struct Inner {
 }
 
 impl Xds {
+    /// Selects instances as `zone` says from the next assignment sent on (a configuration
+    /// reload: served health, locality).
+    pub fn set_zone(&self, zone: Zone) {
+        self.0.zone.store(Arc::new(zone));
+    }
+
     pub fn new(
         cfg: &XdsConfig,
         zone: Zone,
@@ -88,7 +96,7 @@ impl Xds {
             mirror,
             status,
             metrics,
-            zone,
+            zone: arc_swap::ArcSwap::from_pointee(zone),
             zone_name,
             streams: Arc::new(Semaphore::new(cfg.max_streams)),
             max_resources: cfg.max_resources_per_stream,
@@ -528,7 +536,8 @@ impl Inner {
                     pack_any(resources::cluster(name))
                 }
                 ENDPOINTS => {
-                    let (cla, left) = resources::assignment(&self.zone, name, target, svc, local);
+                    let (cla, left) =
+                        resources::assignment(&self.zone.load(), name, target, svc, local);
                     self.metrics
                         .xds_left_out(left.host_name, left.no_port, left.duplicate);
                     pack_any(cla)
