@@ -511,9 +511,6 @@ impl Proc {
         nofile: Option<u64>,
     ) -> Self {
         use std::os::unix::process::CommandExt;
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
         let mut command = Command::new(ruddr_bin());
         if let Some(n) = nofile {
             let limit = libc::rlimit {
@@ -531,20 +528,8 @@ impl Proc {
                 });
             }
         }
-        let child = command
-            .args(args)
-            .env("RUST_LOG", "info,ruddr=debug,hickory_server=warn")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start ruddr");
-        Proc {
-            name,
-            child: Some(child),
-            log,
-            _dir: dir,
-        }
+        command.args(args).envs(env.iter().copied());
+        Self::spawn(name, command)
     }
 
     /// Starts a prepared `command` (ruddr, or a shell that execs it) as [`Proc::ruddr`] does:
@@ -626,9 +611,18 @@ pub const UPSTREAM_ZONE: &str = "$TTL 300\n@ IN SOA ns hostmaster 7 3600 600 864
 /// A second DNS server standing in for an upstream resolver: a ruddr serving `upstream.test.`
 /// from a zone file (and nothing from etcd).
 pub fn upstream(dir: &tempfile::TempDir) -> Ruddr {
-    let zones = dir.path().join("zones");
+    upstream_at(dir.path(), "192.0.2.10")
+}
+
+/// Like [`upstream`], with `www.upstream.test.` at `ip`, its zone files below `dir`.
+pub fn upstream_at(dir: &Path, ip: &str) -> Ruddr {
+    let zones = dir.join("zones");
     std::fs::create_dir_all(&zones).unwrap();
-    std::fs::write(zones.join("upstream.test.zone"), UPSTREAM_ZONE).unwrap();
+    std::fs::write(
+        zones.join("upstream.test.zone"),
+        UPSTREAM_ZONE.replace("192.0.2.10", ip),
+    )
+    .unwrap();
     let dead_etcd = format!("http://{}:2379", own_loopback());
     Ruddr::start(
         &dead_etcd,

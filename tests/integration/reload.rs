@@ -10,27 +10,6 @@ use hickory_proto::rr::RecordType;
 
 use crate::harness::*;
 
-/// A ruddr standing in for an upstream resolver, serving `upstream.test.` with `www` at `ip`.
-fn upstream_at(dir: &std::path::Path, ip: &str) -> Ruddr {
-    let zones = dir.join("zones");
-    std::fs::create_dir_all(&zones).unwrap();
-    std::fs::write(
-        zones.join("upstream.test.zone"),
-        UPSTREAM_ZONE.replace("192.0.2.10", ip),
-    )
-    .unwrap();
-    let dead_etcd = format!("http://{}:2379", own_loopback());
-    Ruddr::start(
-        &dead_etcd,
-        &[
-            "--zones-dir",
-            zones.to_str().unwrap(),
-            "--zone",
-            "upstream-registry.test",
-        ],
-    )
-}
-
 /// The config file the test rewrites: the base plus `extra` sections.
 fn write_config(path: &std::path::Path, zones: &std::path::Path, upstream: u16, extra: &str) {
     std::fs::write(
@@ -82,6 +61,14 @@ fn sighup_changes_each_live_setting_under_load() {
     let (up1_dir, up2_dir) = (dir.path().join("up1"), dir.path().join("up2"));
     let up1 = upstream_at(&up1_dir, "192.0.2.10");
     let up2 = upstream_at(&up2_dir, "192.0.2.99");
+    let forwarded = |r: &Ruddr| {
+        answer_strings(&udp_query_from(
+            "127.0.0.1:0",
+            r.addr(),
+            "www.upstream.test.",
+            RecordType::A,
+        ))
+    };
     let zones = dir.path().join("zones");
     std::fs::create_dir_all(&zones).unwrap();
     let cfg = dir.path().join("ruddr.toml");
@@ -90,15 +77,7 @@ fn sighup_changes_each_live_setting_under_load() {
     let r = Ruddr::start(&etcd.endpoint(), &["--config", cfg.to_str().unwrap()]);
     r.wait_watching();
     assert_eq!(ttl_of(&r, "svc1.svc.internal."), 5);
-    assert_eq!(
-        answer_strings(&udp_query_from(
-            "127.0.0.1:0",
-            r.addr(),
-            "www.upstream.test.",
-            RecordType::A
-        )),
-        ["192.0.2.10"]
-    );
+    assert_eq!(forwarded(&r), ["192.0.2.10"]);
 
     // Load on registry names for the whole test: nothing may fail across the reloads.
     let queries = dir.path().join("queries");
@@ -126,15 +105,7 @@ fn sighup_changes_each_live_setting_under_load() {
     // Forward upstreams (a new forwarder: its cache does not hold the old upstream's answer).
     write_config(&cfg, &zones, up2.port, &extra);
     reload(&r, "ok");
-    assert_eq!(
-        answer_strings(&udp_query_from(
-            "127.0.0.1:0",
-            r.addr(),
-            "www.upstream.test.",
-            RecordType::A
-        )),
-        ["192.0.2.99"]
-    );
+    assert_eq!(forwarded(&r), ["192.0.2.99"]);
 
     // The query log.
     extra.push_str("query_log = \"all\"\n");

@@ -347,6 +347,25 @@ fn tcp_client(
     })
 }
 
+/// Ends the load of a restart test: dnsperf lost nothing and every answer was NOERROR, and the
+/// TCP client (every query answered on its connection) was moved to a new connection by the
+/// restarts.
+fn finish_load(
+    perf: std::thread::JoinHandle<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    client: std::thread::JoinHandle<(u64, u64)>,
+) {
+    let report = perf.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (answered, reconnects) = client.join().unwrap();
+    eprintln!("tcp client: {answered} answered, {reconnects} connections");
+    assert!(
+        reconnects >= 2,
+        "the restarts closed the TCP connection between queries"
+    );
+    assert_nothing_lost(&report, qps(), SECONDS);
+}
+
 /// Binds UDP and TCP on a free loopback port as systemd does for a `.socket` unit: the UDP
 /// receive buffer raised past net.core.rmem_max (SO_RCVBUFFORCE, as `ReceiveBuffer=`) so
 /// queries queue while the service restarts.
@@ -500,15 +519,7 @@ fn socket_activated_restarts_lose_no_query() {
         r = start_activated(&udp, &tcp, &args);
         wait_ready(admin);
     }
-    let report = perf.join().unwrap();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (answered, reconnects) = client.join().unwrap();
-    eprintln!("tcp client: {answered} answered, {reconnects} connections");
-    assert!(
-        reconnects >= 2,
-        "the restarts closed the TCP connection between queries"
-    );
-    assert_nothing_lost(&report, qps(), SECONDS);
+    finish_load(perf, stop, client);
 }
 
 #[test]
@@ -561,15 +572,7 @@ fn handed_over_restarts_lose_no_query() {
         assert!(next.is_alive());
         r = next;
     }
-    let report = perf.join().unwrap();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (answered, reconnects) = client.join().unwrap();
-    eprintln!("tcp client: {answered} answered, {reconnects} connections");
-    assert!(
-        reconnects >= 2,
-        "the restarts closed the TCP connection between queries"
-    );
-    assert_nothing_lost(&report, qps(), SECONDS);
+    finish_load(perf, stop, client);
 
     // A successor that cannot get data leaves the running one in charge.
     let mut broken = args.clone();
