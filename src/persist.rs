@@ -73,9 +73,10 @@ pub struct Persisted {
     /// The etcd cluster the revisions below belong to (0: unknown, list every source).
     #[serde(default)]
     pub cluster_id: u64,
-    /// Per source, the last revision whose changes the file holds (absent: list the source).
+    /// Per source, the fingerprint of its settings and the last revision whose changes the
+    /// file holds (absent, or another fingerprint: list the source).
     #[serde(default)]
-    pub positions: Vec<(SourceId, i64)>,
+    pub positions: Vec<(SourceId, u32, i64)>,
     /// The instance ids each multi-instance key (go-micro) gave, so that a later change of
     /// the key replaces exactly those.
     #[serde(default)]
@@ -346,7 +347,7 @@ struct View<'a> {
     instances: Instances<'a>,
     domains: Domains<'a>,
     cluster_id: u64,
-    positions: &'a [(SourceId, i64)],
+    positions: &'a [(SourceId, u32, i64)],
     owned: Owned<'a>,
 }
 
@@ -657,11 +658,13 @@ mod tests {
                 },
                 Update::Position {
                     source: crate::cache::SourceId::NATIVE,
+                    fingerprint: 1,
                     revision: 40,
                     cluster_id: 77,
                 },
                 Update::Position {
                     source: micro,
+                    fingerprint: 2,
                     revision: 42,
                     cluster_id: 77,
                 },
@@ -673,7 +676,7 @@ mod tests {
         assert_eq!(back.cluster_id, 77);
         assert_eq!(
             back.positions,
-            [(crate::cache::SourceId::NATIVE, 40), (micro, 42)]
+            [(crate::cache::SourceId::NATIVE, 1, 40), (micro, 2, 42)]
         );
         assert_eq!(
             back.owned,
@@ -683,18 +686,35 @@ mod tests {
         m.apply(
             [Update::Position {
                 source: micro,
+                fingerprint: 2,
                 revision: 3,
                 cluster_id: 78,
             }],
             3,
         );
-        assert_eq!(m.load().positions.revisions, [(micro, 3)]);
+        assert_eq!(m.load().positions.revisions, [(micro, 2, 3)]);
+        assert_eq!(m.load().positions.of(micro, 2), Some(3));
+        assert_eq!(m.load().positions.of(micro, 9), None, "other settings");
+        // A re-list of a source (or its removal) forgets its position until the list's own.
+        m.apply(
+            [Update::Reset {
+                source: Some(micro),
+                instances: Vec::new(),
+                domains: Vec::new(),
+                keep: Vec::new(),
+            }],
+            4,
+        );
+        assert!(m.load().positions.revisions.is_empty());
 
         // The same body without the last three fields, as version 3 wrote it.
         let v4 = &bytes[bytes.iter().position(|b| *b == b'\n').unwrap() + 1..];
         let tail = postcard::to_allocvec(&(
             77u64,
-            vec![(crate::cache::SourceId::NATIVE, 40i64), (micro, 42)],
+            vec![
+                (crate::cache::SourceId::NATIVE, 1u32, 40i64),
+                (micro, 2, 42),
+            ],
             vec![((micro, web, id("k1")), vec![id("n1"), id("n2")])],
         ))
         .unwrap();

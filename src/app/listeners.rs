@@ -35,8 +35,12 @@ use tracing::{info, warn};
 
 /// The hand-over protocol's greeting (new to old) and its version.
 const HELLO: &str = "ruddr-handover 1";
-/// At most this many sockets go over in one hand-over (the kernel's SCM_MAX_FD is 253).
-const MAX_SOCKETS: usize = 253;
+/// Sockets per message of a hand-over (the kernel's SCM_MAX_FD is 253); larger sets go in
+/// several messages.
+const PER_MESSAGE: usize = 250;
+/// At most this many sockets in one hand-over or from systemd (a bound, far above any
+/// configuration: UDP sockets are one per core and listen address).
+const MAX_SOCKETS: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -53,8 +57,8 @@ pub struct Held {
 }
 
 impl Held {
-    /// Reads what `fd` is (its type and address); `None` for anything but a bound UDP or TCP
-    /// socket on IPv4 or IPv6.
+    /// Reads what `fd` is (its type and address); an error for anything but a bound UDP or
+    /// TCP socket on IPv4 or IPv6.
     fn of(fd: OwnedFd) -> std::io::Result<Self> {
         let sock = socket2::SockRef::from(&fd);
         let kind = match sock.r#type()? {
@@ -103,20 +107,39 @@ impl Inherited {
             .parse()
             .with_context(|| format!("LISTEN_FDS={fds:?} is not a number"))?;
         anyhow::ensure!(n <= MAX_SOCKETS, "LISTEN_FDS={n}: too many sockets");
+        if n == 0 {
+            return Ok(Self::default());
+        }
         let names: Vec<&str> = names.as_deref().unwrap_or("").split(':').collect();
         let mut sockets = Vec::with_capacity(n);
         for i in 0..n {
             let raw = 3 + i as RawFd;
+            let name = names.get(i).copied().unwrap_or("");
+            // Only a socket is taken: a LISTEN_FDS larger than what was passed must not make
+            // this process own (and later close) a descriptor that is not one of them.
+            // SAFETY: fstat writes into the zeroed struct it is given.
+            let is_socket = unsafe {
+                let mut st: libc::stat = std::mem::zeroed();
+                libc::fstat(raw, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+            };
+            anyhow::ensure!(
+                is_socket,
+                "LISTEN_FDS={n}, but descriptor {raw} is not a socket"
+            );
             // SAFETY: sd_listen_fds(3): descriptors 3 .. 3 + LISTEN_FDS are this process's,
-            // passed open by systemd; each is wrapped (owned) exactly once here.
+            // passed open by systemd (checked a socket above); each is wrapped exactly once.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
             set_cloexec(&fd)?;
-            let name = names.get(i).copied().unwrap_or("");
-            let held = Held::of(fd).with_context(|| {
-                format!("socket {raw} from systemd (name {name:?}) cannot be served")
-            })?;
-            info!(fd = raw, name, kind = ?held.kind, addr = %held.local, "socket from systemd");
-            sockets.push(held);
+            match Held::of(fd) {
+                Ok(held) => {
+                    info!(fd = raw, name, kind = ?held.kind, addr = %held.local, "socket from systemd");
+                    sockets.push(held);
+                }
+                // Dropped, so closed: not one ruddr can serve.
+                Err(error) => {
+                    warn!(fd = raw, name, %error, "a socket from systemd that ruddr cannot serve: closed")
+                }
+            }
         }
         Ok(Self {
             sockets,
@@ -237,36 +260,52 @@ impl Predecessor {
         };
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.write_all(format!("{HELLO}\n").as_bytes())?;
-        let mut line = [0u8; 64];
-        let mut iov = [std::io::IoSliceMut::new(&mut line)];
-        let mut space = nix::cmsg_space!([RawFd; MAX_SOCKETS]);
-        let msg = recvmsg::<()>(
-            stream.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .context("receiving the sockets")?;
-        let mut raw = Vec::new();
-        for cmsg in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(fds) = cmsg {
-                raw.extend(fds);
+        // The first message: the reply line (with the count) and the first sockets; then one
+        // byte per further message of sockets.
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        let receive = |buf: &mut [u8], fds: &mut Vec<OwnedFd>| -> anyhow::Result<usize> {
+            let mut iov = [std::io::IoSliceMut::new(buf)];
+            let mut space = nix::cmsg_space!([RawFd; PER_MESSAGE]);
+            let msg = recvmsg::<()>(
+                stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .context("receiving the sockets")?;
+            for cmsg in msg.cmsgs()? {
+                if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                    // SAFETY: the kernel just installed these descriptors in this process
+                    // (SCM_RIGHTS); each is wrapped exactly once, before any check can return.
+                    fds.extend(
+                        raw.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
+                }
             }
+            anyhow::ensure!(
+                !msg.flags.contains(MsgFlags::MSG_CTRUNC),
+                "more sockets in one message than expected"
+            );
+            anyhow::ensure!(msg.bytes > 0, "the running ruddr closed the hand-over");
+            Ok(msg.bytes)
+        };
+        let mut line = [0u8; 64];
+        let got = receive(&mut line, &mut fds)?;
+        let text = String::from_utf8_lossy(&line[..got]).into_owned();
+        let total: usize = text
+            .trim_end()
+            .strip_prefix(HELLO)
+            .and_then(|n| n.trim().parse().ok())
+            .filter(|n| *n <= MAX_SOCKETS)
+            .with_context(|| format!("unexpected hand-over reply {text:?}"))?;
+        while fds.len() < total {
+            receive(&mut [0u8; 1], &mut fds)?;
         }
-        let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-        let got = msg.bytes;
-        // SAFETY: the kernel just installed these descriptors in this process (SCM_RIGHTS);
-        // each is wrapped exactly once.
-        let fds: Vec<OwnedFd> = raw
-            .into_iter()
-            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-            .collect();
-        anyhow::ensure!(got > 0, "the running ruddr closed the hand-over");
-        anyhow::ensure!(!truncated, "too many sockets to hand over");
-        let text = String::from_utf8_lossy(&line[..got]);
         anyhow::ensure!(
-            text.trim_end() == format!("{HELLO} {}", fds.len()),
-            "unexpected hand-over reply {text:?}"
+            fds.len() == total,
+            "{} sockets, {total} announced",
+            fds.len()
         );
         let sockets = fds
             .into_iter()
@@ -382,21 +421,27 @@ async fn hand_over(
     anyhow::ensure!(fds.len() <= MAX_SOCKETS, "too many sockets to hand over");
     let stream = reader.into_inner();
     let header = format!("{HELLO} {}\n", fds.len());
-    loop {
+    // The header with the first sockets, then a byte with each further batch.
+    let mut chunks = fds.chunks(PER_MESSAGE);
+    let mut next: Option<(&[u8], &[RawFd])> =
+        Some((header.as_bytes(), chunks.next().unwrap_or(&[])));
+    while let Some((bytes, batch)) = next {
         stream.writable().await?;
         let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
             use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
             sendmsg::<()>(
                 stream.as_raw_fd(),
-                &[std::io::IoSlice::new(header.as_bytes())],
-                &[ControlMessage::ScmRights(&fds)],
+                &[std::io::IoSlice::new(bytes)],
+                &[ControlMessage::ScmRights(batch)],
                 MsgFlags::empty(),
                 None,
             )
             .map_err(std::io::Error::from)
         });
         match sent {
-            Ok(_) => break,
+            // Small messages on a fresh connection go whole (a partial send would leave the
+            // successor waiting, and the hand-over would end in its timeout).
+            Ok(_) => next = chunks.next().map(|b| (&b"+"[..], b)),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e).context("sending the sockets"),
         }

@@ -45,6 +45,7 @@ pub(super) fn build_live(
     cfg: &Config,
     sources: &[Source],
     forwarder: Option<Arc<Forwarder>>,
+    rate_limit: Option<Option<Arc<RateLimiter>>>,
     parts: &Parts,
 ) -> anyhow::Result<Live> {
     let handler = Handler::new(
@@ -63,14 +64,18 @@ pub(super) fn build_live(
             cfg.forward.allow_recursion.clone(),
         )
         .with_locality(&cfg.locality);
-    let rate_limit = RateLimiter::new(&cfg.rate_limit, &parts.metrics);
-    if rate_limit.is_some() {
-        info!(
-            responses_per_second = cfg.rate_limit.responses_per_second,
-            slip = cfg.rate_limit.slip,
-            "response rate limiting on (UDP)",
-        );
-    }
+    // The running limiter when `[rate_limit]` did not change (its buckets go on).
+    let rate_limit = rate_limit.unwrap_or_else(|| {
+        let limiter = RateLimiter::new(&cfg.rate_limit, &parts.metrics).map(Arc::new);
+        if limiter.is_some() {
+            info!(
+                responses_per_second = cfg.rate_limit.responses_per_second,
+                slip = cfg.rate_limit.slip,
+                "response rate limiting on (UDP)",
+            );
+        }
+        limiter
+    });
     Ok(Live {
         handler: Arc::new(handler),
         rate_limit,
@@ -247,7 +252,9 @@ impl Reloader {
         } else {
             forwarder(&cfg, &self.parts)
         };
-        let live = match build_live(&cfg, &sources, forwarder.clone(), &self.parts) {
+        let rate_limit = (cfg.rate_limit == self.cfg.rate_limit)
+            .then(|| self.transport.live().rate_limit.clone());
+        let live = match build_live(&cfg, &sources, forwarder.clone(), rate_limit, &self.parts) {
             Ok(live) => live,
             Err(e) => return self.failed(e),
         };

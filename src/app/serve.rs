@@ -46,8 +46,11 @@ pub async fn run(
     let listening = Arc::new(Listening::default());
     let mut inherited = Inherited::from_systemd()?;
     let mut predecessor = None;
-    if let (true, Some(path)) = (inherited.is_empty(), &cfg.restart.handover_socket) {
-        if let Some((sockets, p)) = Predecessor::take_over(path)? {
+    if let (true, Some(path)) = (inherited.is_empty(), cfg.restart.handover_socket.clone()) {
+        let taken = tokio::task::spawn_blocking(move || Predecessor::take_over(&path))
+            .await
+            .context("the hand-over task")??;
+        if let Some((sockets, p)) = taken {
             inherited = sockets;
             predecessor = Some(p);
         }
@@ -89,8 +92,7 @@ pub async fn run(
         tap: tap.clone(),
     };
     let forwarder = reload::forwarder(&cfg, &parts);
-    let live = reload::build_live(&cfg, &sources, forwarder.clone(), &parts)?;
-    let handler = live.handler.clone();
+    let live = reload::build_live(&cfg, &sources, forwarder.clone(), None, &parts)?;
     let certs = match crate::dns::server::tls::CertFiles::of(&cfg.dns) {
         Some(files) if !cfg.dns.tls_listen.is_empty() || !cfg.dns.https_listen.is_empty() => {
             Some(Arc::new(
@@ -100,10 +102,11 @@ pub async fn run(
         }
         _ => None,
     };
-    let zone = handler.origin().to_string();
+    // Not the handler itself: a reload replaces it, and its caches must go with it.
+    let zone = live.handler.origin().to_string();
     let xds = crate::xds::Xds::new(
         &cfg.xds,
-        handler.zone().clone(),
+        live.handler.zone().clone(),
         mirror.clone(),
         status.clone(),
         metrics.clone(),
@@ -130,7 +133,9 @@ pub async fn run(
     for addr in &cfg.listen {
         let mut udp = inherited.udp(*addr)?;
         let tcp = inherited.tcp(*addr)?;
-        let (udp, tcp) = match (udp.is_empty(), tcp) {
+        // Each distinct socket is kept for a hand-over once (not the copies several threads
+        // read from).
+        let (udp, tcp, distinct) = match (udp.is_empty(), tcp) {
             (true, None) => {
                 let (udp, tcp) = bind_pair(
                     *addr,
@@ -139,7 +144,8 @@ pub async fn run(
                     cfg.dns.udp_receive_buffer,
                 )
                 .await?;
-                (udp, tcp)
+                let n = udp.len();
+                (udp, tcp, n)
             }
             (udp_missing, tcp) => {
                 // Inherited (both halves, or one: the other is bound here).
@@ -161,10 +167,10 @@ pub async fn run(
                         .await
                         .with_context(|| format!("binding TCP {addr}"))?,
                 };
-                (udp, tcp)
+                (udp, tcp, have)
             }
         };
-        for socket in &udp {
+        for socket in &udp[..distinct] {
             listening.keep(socket)?;
         }
         listening.keep(&tcp)?;
@@ -344,19 +350,26 @@ pub async fn run(
     if let Some(serve) = serve.take() {
         let wait = cfg.restart.wait_for_data;
         let waited = std::time::Instant::now();
-        let mut has_data = false;
-        while waited.elapsed() < wait {
-            if status.has_data() {
-                has_data = true;
-                break;
-            }
+        // Taking over from a running ruddr: wait for the watch to be current (the running one
+        // answers meanwhile, likely from current data); under systemd nobody answers
+        // meanwhile, so data is enough.
+        let ready = |st: &Status| match predecessor {
+            Some(_) => st.is_connected(),
+            None => st.has_data(),
+        };
+        while waited.elapsed() < wait && !ready(&status) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if !has_data && predecessor.is_some() {
+        let has_data = status.has_data();
+        let expired = status.freshness() == crate::cache::Freshness::Expired;
+        if predecessor.is_some() && (!has_data || expired) {
             token.cancel();
             anyhow::bail!(
-                "no data (snapshot or etcd list) within restart.wait_for_data ({wait:?}): the running ruddr keeps answering"
+                "no data within restart.wait_for_data ({wait:?}), or only data past max_stale: the running ruddr keeps answering"
             );
+        }
+        if predecessor.is_some() && !status.is_connected() {
+            warn!(?wait, "etcd not current within restart.wait_for_data: taking over with the snapshot's data");
         }
         if !has_data {
             warn!(
@@ -541,7 +554,9 @@ fn restore_snapshot(
             p.instances.retain(|(_, i)| configured(&i.source));
             p.domains.retain(|((id, _), _)| configured(id));
             p.owned.retain(|((id, _, _), _)| configured(id));
-            p.positions.retain(|(id, _)| configured(id));
+            // A position counts only for the settings its data was read with.
+            p.positions
+                .retain(|(id, f, _)| sources.iter().any(|s| s.id == *id && s.fingerprint() == *f));
             let age = std::time::SystemTime::now()
                 .duration_since(p.written_at())
                 .unwrap_or_default();
@@ -580,15 +595,14 @@ fn restore_snapshot(
                 }
             });
             let cluster_id = p.cluster_id;
-            let positions =
-                p.positions
-                    .into_iter()
-                    .filter(|_| cluster_id != 0)
-                    .map(|(source, revision)| Update::Position {
-                        source,
-                        revision,
-                        cluster_id,
-                    });
+            let positions = p.positions.into_iter().filter(|_| cluster_id != 0).map(
+                |(source, fingerprint, revision)| Update::Position {
+                    source,
+                    fingerprint,
+                    revision,
+                    cluster_id,
+                },
+            );
             mirror.apply(replaces.chain(positions).collect::<Vec<_>>(), revision);
             drop(restored);
             // The file's bytes and the decoded listing are gone now.

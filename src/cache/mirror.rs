@@ -849,11 +849,20 @@ impl Mirror {
                     keep,
                 } => {
                     log(ChangeKind::Relist, None, None, None, source);
+                    // Where the replaced data stood no longer holds: the list's own position
+                    // follows in the same batch.
+                    match source {
+                        Some(id) => Arc::make_mut(&mut next.positions)
+                            .revisions
+                            .retain(|(s, _, _)| *s != id),
+                        None => next.positions = Arc::default(),
+                    }
                     domains_changed |=
                         next.reset(source, instances, domains, keep, gen, &mut touched);
                 }
                 Update::Position {
                     source,
+                    fingerprint,
                     revision,
                     cluster_id,
                 } => {
@@ -862,10 +871,8 @@ impl Mirror {
                         p.revisions.clear();
                         p.cluster_id = cluster_id;
                     }
-                    match p.revisions.iter_mut().find(|(s, _)| *s == source) {
-                        Some((_, r)) => *r = revision,
-                        None => p.revisions.push((source, revision)),
-                    }
+                    p.revisions.retain(|(s, _, _)| *s != source);
+                    p.revisions.push((source, fingerprint, revision));
                 }
                 Update::ForgetPositions => next.positions = Arc::default(),
             }

@@ -637,6 +637,8 @@ pub enum Update {
     /// covers, so a snapshot never says more than it holds).
     Position {
         source: SourceId,
+        /// The source's settings when its data was read ([`Positions::revisions`]).
+        fingerprint: u32,
         revision: i64,
         cluster_id: u64,
     },
@@ -650,17 +652,20 @@ pub enum Update {
 pub struct Positions {
     /// The etcd cluster the revisions belong to (0: none yet).
     pub cluster_id: u64,
-    /// Per source, the last revision whose changes the mirror holds.
-    pub revisions: Vec<(SourceId, i64)>,
+    /// Per source, the fingerprint of its settings when its data was read (see
+    /// [`crate::registry::Source::fingerprint`]) and the last revision whose changes the mirror
+    /// holds.
+    pub revisions: Vec<(SourceId, u32, i64)>,
 }
 
 impl Positions {
-    /// The revision source `id`'s data reflects, if known.
-    pub fn of(&self, id: SourceId) -> Option<i64> {
+    /// The revision source `id`'s data reflects, if it was read with the settings whose
+    /// fingerprint is `fingerprint`.
+    pub fn of(&self, id: SourceId, fingerprint: u32) -> Option<i64> {
         self.revisions
             .iter()
-            .find(|(s, _)| *s == id)
-            .map(|(_, r)| *r)
+            .find(|(s, f, _)| *s == id && *f == fingerprint)
+            .map(|(_, _, r)| *r)
     }
 }
 

@@ -269,10 +269,10 @@ pub struct RestartConfig {
     /// config file.
     #[serde(with = "optional_path")]
     pub handover_socket: Option<PathBuf>,
-    /// A process with inherited sockets (systemd socket activation or a hand-over) answers
-    /// only once it has data (its snapshot or its first list), waiting at most this long: past
-    /// it a hand-over is abandoned (the old process goes on), and under systemd it answers
-    /// anyway.
+    /// How long a process with inherited sockets waits before it answers: a hand-over
+    /// successor for its watch to be current (past it, it takes over with its snapshot's data
+    /// if within max_stale, else gives up and the running one goes on); under systemd for data
+    /// (its snapshot or its first list; past it, it answers anyway).
     #[serde(with = "humantime_serde")]
     pub wait_for_data: Duration,
 }

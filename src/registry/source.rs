@@ -38,6 +38,12 @@ impl Source {
         }
     }
 
+    /// A checksum of what decides this source's data (its prefix and layout settings): a
+    /// position recorded under other settings is not resumed from.
+    pub fn fingerprint(&self) -> u32 {
+        crc32fast::hash(format!("{}\n{:?}", self.prefix, self.layout).as_bytes())
+    }
+
     /// What a framework source watches for the configured `prefix` (see
     /// [`crate::config::framework_prefix`]).
     pub fn framework_prefix(prefix: &str) -> String {

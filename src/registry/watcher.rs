@@ -184,7 +184,7 @@ impl Watcher {
         // behind the position.
         let positions = mirror.load().positions.clone();
         let known = positions.cluster_id != 0;
-        let resume = |s: &Source| positions.of(s.id).filter(|_| known);
+        let resume = |s: &Source| positions.of(s.id, s.fingerprint()).filter(|_| known);
         let high = sources.iter().filter_map(resume).max().unwrap_or(0);
         for s in &sources {
             match resume(s) {
@@ -273,6 +273,9 @@ impl Watcher {
                     }
                     self.high = 0;
                     self.cluster_id = None;
+                    // Nor may a restart resume from them (the snapshot writes the mirror's).
+                    let revision = self.mirror.load().revision;
+                    self.mirror.apply([Update::ForgetPositions], revision);
                 }
                 self.relists_in_a_row += 1;
                 if self.relists_in_a_row == 1 && !self.relist_jitter.is_zero() {
@@ -460,12 +463,25 @@ impl Watcher {
                 },
                 Err(e) => {
                     let e = RegistryError::from(e);
-                    if e.kind() != ErrorKind::Compacted {
-                        return Err(e);
+                    match e.kind() {
+                        ErrorKind::Compacted => {
+                            info!(%prefix, revision, "listing: etcd compacted the revision the data holds");
+                            self.sources[i].revision = None;
+                            continue;
+                        }
+                        // Not allowed to read it (any more): the list says so and leaves the
+                        // source out, as at a first start.
+                        ErrorKind::Refused => {
+                            self.sources[i].revision = None;
+                            continue;
+                        }
+                        // etcd answers a revision above its own with "required revision is a
+                        // future revision": a store rebuilt behind the data.
+                        _ if e.to_string().contains("future revision") => Some(format!(
+                            "etcd has not reached revision {revision}, which the data holds"
+                        )),
+                        _ => return Err(e),
                     }
-                    info!(%prefix, revision, "listing: etcd compacted the revision the data holds");
-                    self.sources[i].revision = None;
-                    continue;
                 }
             };
             if let Some(why) = why {
@@ -475,6 +491,8 @@ impl Watcher {
                 }
                 self.high = 0;
                 self.cluster_id = None;
+                let revision = self.mirror.load().revision;
+                self.mirror.apply([Update::ForgetPositions], revision);
                 return Ok(());
             }
         }
@@ -598,6 +616,7 @@ impl Watcher {
             .iter()
             .map(|&(i, revision)| Update::Position {
                 source: self.sources[i].source.id,
+                fingerprint: self.sources[i].source.fingerprint(),
                 revision: self.sources[i].revision.unwrap_or(revision),
                 cluster_id,
             });
@@ -704,6 +723,7 @@ impl Watcher {
         let applying = Instant::now();
         let position = Update::Position {
             source: source.id,
+            fingerprint: source.fingerprint(),
             revision,
             cluster_id: header.cluster_id,
         };

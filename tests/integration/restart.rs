@@ -85,7 +85,7 @@ fn a_restart_resumes_the_watch_and_lists_only_past_a_compaction() {
     eventually(Duration::from_secs(10), "a snapshot with positions", || {
         let p = ruddr::persist::load(&snap, u64::MAX).ok()??;
         (p.positions.len() == 2
-            && p.positions.iter().all(|(_, rev)| *rev >= revision - 1)
+            && p.positions.iter().all(|(_, _, rev)| *rev >= revision - 1)
             && p.owned.len() == 1)
             .then_some(())
     });
@@ -613,4 +613,42 @@ fn handed_over_restarts_lose_no_query() {
         r.log_text()
     );
     next.wait_log("hand-over socket listening");
+}
+
+/// A position counts only for the settings the data was read with: a restart with another
+/// native prefix lists it (and serves none of the old prefix's instances).
+#[test]
+fn a_restart_with_another_prefix_lists_instead_of_resuming() {
+    let etcd = Etcd::start();
+    etcd.put("/ruddr/services/web/a", r#"{"address":"10.31.0.1"}"#);
+    etcd.put("/other/services/web/b", r#"{"address":"10.31.0.2"}"#);
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("mirror.snapshot");
+    let snap_arg = snap.to_str().unwrap().to_string();
+    let mut r = Ruddr::start(&etcd.endpoint(), &["--snapshot-file", &snap_arg]);
+    r.wait_watching();
+    eventually(
+        Duration::from_secs(10),
+        "a snapshot with a position",
+        || {
+            let p = ruddr::persist::load(&snap, u64::MAX).ok()??;
+            (!p.positions.is_empty()).then_some(())
+        },
+    );
+    r.signal("TERM");
+    assert_eq!(r.wait_exit(Duration::from_secs(10)), Some(0));
+    let r = Ruddr::start(
+        &etcd.endpoint(),
+        &["--snapshot-file", &snap_arg, "--prefix", "/other/services/"],
+    );
+    r.wait_watching();
+    r.wait_log("registry current");
+    assert_eq!(r.metric("ruddr_registry_resumes_total{how=\"list\"}"), 1.0);
+    wait_answers(
+        &r,
+        "web.svc.internal.",
+        RecordType::A,
+        &["10.31.0.2"],
+        Duration::from_secs(10),
+    );
 }

@@ -72,7 +72,7 @@ pub struct Transport {
 pub struct Live {
     pub handler: Arc<Handler>,
     /// Response rate limiting over UDP (`None`: off).
-    pub rate_limit: Option<RateLimiter>,
+    pub rate_limit: Option<Arc<RateLimiter>>,
     /// The query log and dnstap.
     pub observer: Observer,
 }

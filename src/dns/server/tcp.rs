@@ -170,8 +170,13 @@ impl Transport {
                 match frames.next().now_or_never() {
                     Some(frame) if reading => frame,
                     _ => {
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(1), write.shutdown()).await;
+                        // FIN, then read (and drop) until the client closes, for at most a
+                        // second: closing with unread input would send a reset instead.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                            let _ = write.shutdown().await;
+                            while let Some(Ok(_)) = frames.next().await {}
+                        })
+                        .await;
                         return;
                     }
                 }
