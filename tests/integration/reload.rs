@@ -12,10 +12,21 @@ use crate::harness::*;
 
 /// The config file the test rewrites: the base plus `extra` sections.
 fn write_config(path: &std::path::Path, zones: &std::path::Path, upstream: u16, extra: &str) {
+    write_config_forward(path, zones, upstream, extra, "");
+}
+
+/// [`write_config`] with more `[forward]` settings.
+fn write_config_forward(
+    path: &std::path::Path,
+    zones: &std::path::Path,
+    upstream: u16,
+    extra: &str,
+    forward: &str,
+) {
     std::fs::write(
         path,
         format!(
-            "zones_dir = {:?}\n{extra}\n[forward]\nupstreams = [\"127.0.0.1:{upstream}\"]\nallow_recursion = [\"127.0.0.0/8\"]\n",
+            "zones_dir = {:?}\n{extra}\n[forward]\nupstreams = [\"127.0.0.1:{upstream}\"]\nallow_recursion = [\"127.0.0.0/8\"]\n{forward}",
             zones.to_str().unwrap()
         ),
     )
@@ -106,6 +117,43 @@ fn sighup_changes_each_live_setting_under_load() {
     write_config(&cfg, &zones, up2.port, &extra);
     reload(&r, "ok");
     assert_eq!(forwarded(&r), ["192.0.2.99"]);
+
+    // Forward limits: an upstream that never answers and one query in flight at most; of six
+    // at once, five get SERVFAIL at once.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    write_config_forward(
+        &cfg,
+        &zones,
+        silent_port,
+        &extra,
+        "max_in_flight = 1\ntimeout = \"2s\"\n",
+    );
+    reload(&r, "ok");
+    let limited = r.metric("ruddr_dns_forward_limited_total");
+    let addr = r.addr();
+    let asks: Vec<_> = (0..6)
+        .map(|i| {
+            std::thread::spawn(move || {
+                try_udp_query_from(
+                    "127.0.0.1:0",
+                    addr,
+                    &format!("n{i}.upstream.test."),
+                    RecordType::A,
+                    Duration::from_millis(1500),
+                )
+                .map(|m| rcode(&m))
+            })
+        })
+        .collect();
+    let fast_servfails = asks
+        .into_iter()
+        .filter_map(|t| t.join().unwrap())
+        .filter(|c| *c == ResponseCode::ServFail)
+        .count();
+    assert!(fast_servfails >= 5, "{fast_servfails} of 6 refused at once");
+    assert!(r.metric("ruddr_dns_forward_limited_total") >= limited + 5.0);
+    drop(silent);
 
     // The query log.
     extra.push_str("query_log = \"all\"\n");
