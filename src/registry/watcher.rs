@@ -268,14 +268,7 @@ impl Watcher {
                 // history re-lists them all.
                 warn!(error = %err, "watch lost its revision");
                 if let RegistryError::History(_) = err {
-                    for w in &mut self.sources {
-                        w.revision = None;
-                    }
-                    self.high = 0;
-                    self.cluster_id = None;
-                    // Nor may a restart resume from them (the snapshot writes the mirror's).
-                    let revision = self.mirror.load().revision;
-                    self.mirror.apply([Update::ForgetPositions], revision);
+                    self.forget_history();
                 }
                 self.relists_in_a_row += 1;
                 if self.relists_in_a_row == 1 && !self.relist_jitter.is_zero() {
@@ -486,17 +479,24 @@ impl Watcher {
             };
             if let Some(why) = why {
                 info!(reason = %why, "listing every source: the data's revisions mean nothing to this etcd");
-                for w in &mut self.sources {
-                    w.revision = None;
-                }
-                self.high = 0;
-                self.cluster_id = None;
-                let revision = self.mirror.load().revision;
-                self.mirror.apply([Update::ForgetPositions], revision);
+                self.forget_history();
                 return Ok(());
             }
         }
         Ok(())
+    }
+
+    /// The history every resume point refers to is gone (another cluster, a store behind
+    /// them): every source lists, and neither this watcher nor a restart (the snapshot writes
+    /// the mirror's positions) resumes from them.
+    fn forget_history(&mut self) {
+        for w in &mut self.sources {
+            w.revision = None;
+        }
+        self.high = 0;
+        self.cluster_id = None;
+        let revision = self.mirror.load().revision;
+        self.mirror.apply([Update::ForgetPositions], revision);
     }
 
     /// Takes one watch message: carries out what `set` makes of it, events into `batch`.
