@@ -399,11 +399,13 @@ fn mixed_sources_serve_side_by_side() {
     etcd.defragment();
     r.signal("CONT");
     r.wait_log("watch lost its revision");
-    wait_for(
+    // The re-list comes after a random wait (etcd.relist_jitter).
+    wait_answers(
         &r,
         "user-rpc.svc.internal.",
         RecordType::A,
         &["10.1.5.3", "10.1.5.5"],
+        RELIST_WAIT,
     );
     wait_for(&r, name, RecordType::A, &["10.1.5.2", "10.1.5.7"]);
     wait_for(

@@ -246,7 +246,14 @@ fn compaction_while_disconnected_rebuilds_state() {
     r.signal("CONT");
 
     r.wait_log("watch lost its revision");
-    wait_for_a(&r, "web.svc.internal.", &["10.5.0.22", "10.5.0.3"]);
+    // The re-list comes after a random wait (etcd.relist_jitter).
+    wait_answers(
+        &r,
+        "web.svc.internal.",
+        RecordType::A,
+        &["10.5.0.22", "10.5.0.3"],
+        RELIST_WAIT,
+    );
     assert_eq!(a_records(&r, "new.svc.internal."), ["10.5.2.1"]);
     assert_eq!(
         rcode(&query(r.addr(), "old.svc.internal.", RecordType::A)),
@@ -338,7 +345,13 @@ fn etcd_rebuilt_from_scratch_is_relisted() {
     // A new, empty cluster at a lower revision: resuming the watch there would miss everything.
     etcd.wipe_and_restart();
     etcd.put("/ruddr/services/web/fresh", r#"{"address":"10.5.9.99"}"#);
-    wait_for_a(&r, "web.svc.internal.", &["10.5.9.99"]);
+    wait_answers(
+        &r,
+        "web.svc.internal.",
+        RecordType::A,
+        &["10.5.9.99"],
+        RELIST_WAIT,
+    );
     assert!(r.log_text().contains("re-listing"));
 }
 

@@ -126,15 +126,16 @@ fn registry_above_the_message_limit_syncs_follows_and_relists_without_losing_a_n
     etcd.compact();
     r.signal("CONT");
     r.wait_log("watch lost its revision");
-    // svc0 lost one, fresh and later added one each.
-    wait_instances(&r, (SERVICES * PER + 1) as u64, Duration::from_secs(60));
+    // The re-list comes after a random wait (etcd.relist_jitter); `later` appears with it.
     wait_answers(
         &r,
         "later.svc.internal.",
         RecordType::A,
         &["10.99.1.1"],
-        Duration::from_secs(5),
+        RELIST_WAIT,
     );
+    // svc0 lost one, fresh and later added one each.
+    wait_instances(&r, (SERVICES * PER + 1) as u64, Duration::from_secs(5));
     let mut svc0 = addresses(SERVICES, 0, PER);
     svc0.retain(|a| a != "10.0.0.1");
     let svc0: Vec<&str> = svc0.iter().map(String::as_str).collect();
