@@ -432,10 +432,11 @@ fn idle_and_slow_tls_connections_under_a_low_file_limit() {
     let _ = idle.wait();
 
     // A client that never sends its ClientHello is cut at the handshake timeout.
+    // Timed from before the connect: the server's clock starts at its accept.
+    let started = Instant::now();
     let mut slow = TcpStream::connect(("127.0.0.1", e.dot)).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let started = Instant::now();
     let mut buf = [0u8; 16];
     let n = slow.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "closed without a byte");

@@ -464,21 +464,25 @@ fn snapshot_restores_sources_and_drops_removed_ones() {
 
     let mut r = start(&with_kratos);
     r.wait_watching();
-    eventually(WAIT, "snapshot with every source", || {
-        let p = ruddr::persist::load(&snap, u64::MAX).ok()??;
-        let mut addrs: Vec<String> = p
-            .instances
-            .iter()
-            .map(|(_, i)| i.address.to_string())
-            .chain(
-                p.domains
-                    .iter()
-                    .filter_map(|(_, d)| Some(d.host.as_ref()?.to_string())),
-            )
-            .collect();
-        addrs.sort();
-        (addrs == ["10.1.6.1", "10.1.6.2", "10.1.6.3"]).then_some(())
-    });
+    eventually(
+        Duration::from_secs(20),
+        "snapshot with every source",
+        || {
+            let p = ruddr::persist::load(&snap, u64::MAX).ok()??;
+            let mut addrs: Vec<String> = p
+                .instances
+                .iter()
+                .map(|(_, i)| i.address.to_string())
+                .chain(
+                    p.domains
+                        .iter()
+                        .filter_map(|(_, d)| Some(d.host.as_ref()?.to_string())),
+                )
+                .collect();
+            addrs.sort();
+            (addrs == ["10.1.6.1", "10.1.6.2", "10.1.6.3"]).then_some(())
+        },
+    );
     r.signal("TERM");
     assert_eq!(r.wait_exit(Duration::from_secs(10)), Some(0));
     etcd.kill();

@@ -608,7 +608,7 @@ impl Drop for Proc {
 /// The zone of [`upstream`].
 /// How long a test waits for a re-list after a compaction: ruddr first waits a random time of up
 /// to `etcd.relist_jitter` (5 s by default, left on in the tests), then lists.
-pub const RELIST_WAIT: Duration = Duration::from_secs(30);
+pub const RELIST_WAIT: Duration = Duration::from_secs(60);
 
 pub const UPSTREAM_ZONE: &str = "$TTL 300\n@ IN SOA ns hostmaster 7 3600 600 86400 60\n@ IN NS ns\nns IN A 127.0.0.1\nwww IN A 192.0.2.10\n";
 

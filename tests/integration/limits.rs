@@ -97,11 +97,12 @@ fn idle_tcp_connections_past_the_file_limit_cannot_shut_out_a_new_client() {
         "{used} CPU seconds in 2 s with idle connections"
     );
 
-    // A new client over TCP is served at once: the longest-idle connection made room.
+    // A new client over TCP is served at once (well before any idle timeout): the
+    // longest-idle connection made room. The 3 s bound allows for a loaded machine.
     let t = Instant::now();
-    let m = tcp_query(r.addr(), "web.svc.internal.", Duration::from_secs(1))
-        .expect("a TCP answer within 1 s");
-    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let m = tcp_query(r.addr(), "web.svc.internal.", Duration::from_secs(3))
+        .expect("a TCP answer within 3 s");
+    eprintln!("TCP answer at the connection limit after {:?}", t.elapsed());
     assert_eq!(answer_strings(&m), ["10.60.0.1"]);
     // And over UDP, of course.
     assert_eq!(
@@ -119,9 +120,11 @@ fn idle_tcp_connections_are_closed_after_the_idle_timeout() {
     let etcd = Etcd::start();
     etcd.put("/ruddr/services/web/w1", r#"{"address":"10.61.0.1"}"#);
     let r = Ruddr::start_with_config(&etcd.endpoint(), "[dns]\ntcp_idle_timeout = \"1s\"\n");
+    // Timed from before the connect: the server's clock starts at its accept, which may come
+    // before connect() returns here.
+    let t = Instant::now();
     let mut idle = TcpStream::connect(r.addr()).unwrap();
     idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let t = Instant::now();
     let mut buf = [0u8; 1];
     // The server closes it: a read returns end of file (or a reset).
     let n = idle.read(&mut buf).unwrap_or(0);
@@ -359,7 +362,9 @@ fn a_random_name_flood_stays_within_the_stated_memory_bound() {
     let mut buf = [0u8; 4096];
     let started = Instant::now();
     let mut next_probe = started;
-    while started.elapsed() < Duration::from_secs(10) {
+    // 50,000 names, 50 every 10 ms (5,000 a second: 10 s) when the machine keeps up; a slow
+    // one takes longer rather than sending fewer (at most 30 s).
+    while sent < 50_000 && started.elapsed() < Duration::from_secs(30) {
         // 50 names every 10 ms: 5,000 a second.
         let slice = Instant::now();
         for _ in 0..50 {

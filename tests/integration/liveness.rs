@@ -49,10 +49,10 @@ fn a_key_deleted_or_overwritten_by_hand_is_restored_and_a_fight_backs_off() {
         Duration::from_secs(10),
     );
     let written = etcd.value(key).unwrap();
-    // The registrar's own value back in etcd within 2 s, then in DNS within 2 s (DNS may not
-    // even have seen it gone).
-    let restored_within_2s = |what: &str| {
-        eventually(Duration::from_secs(2), what, || {
+    // The registrar's own value back in etcd, then in DNS (DNS may not even have seen it
+    // gone). The repair is immediate; the 5 s bounds only allow for a loaded machine.
+    let restored = |what: &str| {
+        eventually(Duration::from_secs(5), what, || {
             (etcd.value(key).as_deref() == Some(written.as_str())).then_some(())
         });
         wait_answers(
@@ -60,18 +60,18 @@ fn a_key_deleted_or_overwritten_by_hand_is_restored_and_a_fight_backs_off() {
             "web.svc.internal.",
             RecordType::A,
             &["10.40.0.1"],
-            Duration::from_secs(2),
+            Duration::from_secs(5),
         );
     };
 
     // An operator deletes the key.
     etcd.delete(key);
-    restored_within_2s("the key restored");
+    restored("the key restored");
     owner.wait_log("registration deleted by someone else");
 
     // Someone overwrites it.
     etcd.put(key, r#"{"address":"10.40.9.9"}"#);
-    restored_within_2s("the value restored");
+    restored("the value restored");
     owner.wait_log("registration overwritten by someone else");
 
     // A second registrar with the same service and id: they fight, then back off instead of
@@ -142,8 +142,9 @@ fn sigterm_with_etcd_stopped_is_bounded_and_a_deaf_child_is_killed() {
     etcd.signal("CONT");
     assert!(marker.exists(), "the child got SIGTERM");
     assert!(
-        took < Duration::from_secs(4),
-        "SIGTERM to exit took {took:?} with etcd stopped (drain 1s + 3s allowed)"
+        took < Duration::from_secs(6),
+        "SIGTERM to exit took {took:?} with etcd stopped (drain 1 s + 2.5 s hard stop; without it \
+         the delete and revoke would each wait out the 5 s request timeout)"
     );
 
     // A child that ignores SIGTERM gets SIGKILL after --stop-timeout.
@@ -290,7 +291,9 @@ fn a_member_that_lost_its_leader_is_reported_stale_and_recovers() {
     let cfg = dir.path().join("ruddr.toml");
     std::fs::write(
         &cfg,
-        "[etcd]\nkeepalive_interval = \"1s\"\nconfirm_within = \"4s\"\n",
+        // retry_max 1 s: while member 0 has no leader every attempt fails at once and the
+        // back-off would otherwise reach 5 s, most of the test's wait for the recovery.
+        "[etcd]\nkeepalive_interval = \"1s\"\nconfirm_within = \"4s\"\nretry_max = \"1s\"\n",
     )
     .unwrap();
     // Only member 0: ruddr cannot fail over, it must notice.
@@ -384,8 +387,14 @@ fn a_registration_whose_write_was_compacted_away_keeps_repairing_without_spinnin
         used < 0.5,
         "the registrar used {used} CPU-s in 2 s: spinning"
     );
-    // And it still repairs.
+    // And it still repairs: its value is written back (the answer below alone would not tell,
+    // ruddr may not have seen the delete yet).
     etcd.delete(key);
+    eventually(
+        Duration::from_secs(10),
+        "the registration written back",
+        || etcd.value(key),
+    );
     wait_answers(
         &r,
         "old.svc.internal.",

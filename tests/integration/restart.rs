@@ -274,7 +274,8 @@ fn assert_nothing_lost(report: &str, qps: u32, seconds: u32) {
     let lost = report_number(report, "Queries lost:");
     eprintln!("{report}");
     assert!(
-        sent as f64 >= 0.8 * f64::from(qps * seconds),
+        // The load really ran (a loaded machine may fall short of the rate).
+        sent as f64 >= 0.5 * f64::from(qps * seconds),
         "dnsperf sent only {sent}"
     );
     assert_eq!(lost, 0, "{report}");
@@ -498,7 +499,7 @@ fn socket_activated_restarts_lose_no_query() {
         "{}",
         r.log_text()
     );
-    eventually(Duration::from_secs(10), "a snapshot", || {
+    eventually(Duration::from_secs(20), "a snapshot", || {
         snap.exists().then_some(())
     });
 

@@ -221,7 +221,10 @@ fn a_grpc_client_follows_the_registry_over_xds() {
             |r| r != name(ports[0]) && !r.starts_with("ERR"),
         )
         .expect("RPCs to move off the deleted backend");
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    // Timing is a benchmark's business; the figure is printed, the bound only catches a push
+    // that never came promptly (the next registry change, or a poll).
+    eprintln!("RPCs off the deleted backend after {took:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
 
     // A new one gets RPCs.
     let t = Instant::now();
@@ -237,7 +240,8 @@ fn a_grpc_client_follows_the_registry_over_xds() {
         .find(|(at, r)| *at > t && *r == name(ports[3]))
         .map(|(at, _)| at.duration_since(t))
         .unwrap();
-    assert!(first < Duration::from_secs(1), "took {first:?}");
+    eprintln!("first RPC on the new backend after {first:?}");
+    assert!(first < Duration::from_secs(5), "took {first:?}");
 
     // A backend turned critical stops getting RPCs.
     let t = Instant::now();
