@@ -751,6 +751,16 @@ impl Mirror {
     /// Applies a batch of updates observed at `revision` and publishes the result at once.
     /// The revision is taken as given: after a re-list from a rebuilt etcd it may go back.
     pub fn apply(&self, updates: impl IntoIterator<Item = Update>, revision: i64) -> Applied {
+        self.apply_at(updates.into_iter().map(|u| (revision, u)), revision)
+    }
+
+    /// [`Mirror::apply`] for updates that each carry the revision of the etcd event that made
+    /// them (the change log shows it); `revision` is the one the whole batch reaches.
+    pub fn apply_at(
+        &self,
+        updates: impl IntoIterator<Item = (i64, Update)>,
+        revision: i64,
+    ) -> Applied {
         // The lock only serializes writers; a poisoned lock still holds a valid counter.
         let mut generation = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         *generation += 1;
@@ -761,7 +771,7 @@ impl Mirror {
         let mut domains_changed = false;
 
         let mut logged = std::collections::VecDeque::new();
-        let mut log = |kind, service: Option<&ServiceName>, instance, path, source| {
+        let mut log = |revision, kind, service: Option<&ServiceName>, instance, path, source| {
             if logged.len() == CHANGE_LOG {
                 logged.pop_front();
             }
@@ -775,12 +785,13 @@ impl Mirror {
                 source,
             });
         };
-        for update in updates {
+        for (at, update) in updates {
             match update {
                 Update::Put { service, instance } => {
                     let (id, source) = key_of(&instance);
                     if next.put(service.clone(), instance, gen) {
                         log(
+                            at,
                             ChangeKind::Put,
                             Some(&service),
                             Some(id),
@@ -798,6 +809,7 @@ impl Mirror {
                     let key = (id, source);
                     if next.delete(&service, &key, gen) {
                         log(
+                            at,
                             ChangeKind::Delete,
                             Some(&service),
                             Some(key.0),
@@ -819,13 +831,14 @@ impl Mirror {
                         ChangeKind::Put
                     };
                     if next.replace(&service, source, key, instances, gen) {
-                        log(kind, Some(&service), None, None, Some(source));
+                        log(at, kind, Some(&service), None, None, Some(source));
                         touched.push(service);
                     }
                 }
                 Update::DomainPut { key, record } => {
                     if next.domains.get(&key) != Some(&record) {
                         log(
+                            at,
                             ChangeKind::Put,
                             None,
                             None,
@@ -838,7 +851,7 @@ impl Mirror {
                 }
                 Update::DomainDelete { key } => {
                     if next.domains.remove(&key).is_some() {
-                        log(ChangeKind::Delete, None, None, Some(key.1), Some(key.0));
+                        log(at, ChangeKind::Delete, None, None, Some(key.1), Some(key.0));
                         domains_changed = true;
                     }
                 }
@@ -848,7 +861,7 @@ impl Mirror {
                     domains,
                     keep,
                 } => {
-                    log(ChangeKind::Relist, None, None, None, source);
+                    log(at, ChangeKind::Relist, None, None, None, source);
                     // Where the replaced data stood no longer holds: the list's own position
                     // follows in the same batch.
                     match source {
@@ -1055,6 +1068,36 @@ mod tests {
         assert_eq!((at[0].0.name.as_str(), at[0].1.id.as_str()), ("web", "b"));
         assert!(s.instances_at("10.0.0.9".parse().unwrap()).is_empty());
         assert!(db_gen > 0);
+    }
+
+    /// One batch of watch events: each change in the log carries its own event's revision.
+    #[test]
+    fn the_change_log_shows_each_events_revision() {
+        let m = Mirror::new();
+        let del = Update::Delete {
+            service: ServiceName::new("web").unwrap(),
+            id: InstanceId::new("a").unwrap(),
+            source: SourceId::NATIVE,
+        };
+        m.apply_at(
+            [
+                (41, put("web", "a", "10.0.0.1")),
+                (42, put("web", "b", "10.0.0.2")),
+                (43, del),
+            ],
+            43,
+        );
+        let log = m.recent_changes();
+        let seen: Vec<(i64, ChangeKind)> = log.iter().map(|c| (c.revision, c.kind)).collect();
+        assert_eq!(
+            seen,
+            [
+                (43, ChangeKind::Delete),
+                (42, ChangeKind::Put),
+                (41, ChangeKind::Put)
+            ]
+        );
+        assert_eq!(m.load().revision, 43);
     }
 
     /// The indexes kept up to date by every apply equal the ones rebuilt from scratch, over a

@@ -56,10 +56,11 @@ pub enum Action {
         established: bool,
     },
     /// etcd confirms the watch is current (events, a progress notification, the first parts of
-    /// a fragmented response): apply `updates` and move each listed source's resume point to
-    /// its revision (both empty until a response is complete).
+    /// a fragmented response): apply `updates` (each with the revision of the event that made
+    /// it) and move each listed source's resume point to its revision (both empty until a
+    /// response is complete).
     Apply {
-        updates: Vec<Update>,
+        updates: Vec<(i64, Update)>,
         revisions: Vec<(usize, i64)>,
     },
     /// Source `source`'s start revision `wanted` was compacted (oldest kept: `compacted`):
@@ -87,7 +88,7 @@ pub enum Action {
 /// Events of one watch whose last fragment has not arrived.
 #[derive(Default)]
 struct Partial {
-    updates: Vec<Update>,
+    updates: Vec<(i64, Update)>,
     revision: i64,
 }
 
@@ -182,12 +183,13 @@ impl WatchSet {
             part.revision = part.revision.max(event.mod_revision);
             if event.is_put {
                 match source.put(event.key, event.value) {
-                    Ok(update) => part.updates.extend(update),
+                    Ok(update) => part.updates.extend(update.map(|u| (event.mod_revision, u))),
                     Err(error) => skipped(source, event.key, &error),
                 }
             } else {
                 // Keys that never parsed were never in the mirror: nothing to delete.
-                part.updates.extend(source.delete(event.key));
+                part.updates
+                    .extend(source.delete(event.key).map(|u| (event.mod_revision, u)));
             }
         }
         if resp.fragment {
@@ -326,7 +328,9 @@ mod tests {
         let Action::Apply { updates, revisions } = receive(&mut w, &resp) else {
             panic!()
         };
-        assert_eq!(updates.len(), 2);
+        // Each update carries its own event's revision (the change log shows it).
+        let at: Vec<i64> = updates.iter().map(|(at, _)| *at).collect();
+        assert_eq!(at, [41, 42]);
         assert_eq!(revisions, [(0, 42)]);
         // A delete of a key that never parsed is no update, but still moves the point.
         let del = Event {

@@ -611,17 +611,18 @@ impl Watcher {
         }
         let events = batch.updates.len();
         let cluster_id = self.cluster_id.unwrap_or(0);
-        let positions = batch
-            .revisions
-            .iter()
-            .map(|&(i, revision)| Update::Position {
+        let positions = batch.revisions.iter().map(|&(i, revision)| {
+            let revision = self.sources[i].revision.unwrap_or(revision);
+            let position = Update::Position {
                 source: self.sources[i].source.id,
                 fingerprint: self.sources[i].source.fingerprint(),
-                revision: self.sources[i].revision.unwrap_or(revision),
+                revision,
                 cluster_id,
-            });
-        let updates: Vec<Update> = batch.updates.into_iter().chain(positions).collect();
-        let applied = self.mirror.apply(updates, self.high);
+            };
+            (revision, position)
+        });
+        let updates: Vec<(i64, Update)> = batch.updates.into_iter().chain(positions).collect();
+        let applied = self.mirror.apply_at(updates, self.high);
         if !applied.changed.is_empty() || applied.domains_changed {
             debug!(
                 revision = self.high,
@@ -858,7 +859,8 @@ impl<E: Into<RegistryError>> From<E> for Ended {
 /// Events received together, applied as one snapshot.
 #[derive(Default)]
 struct Batch {
-    updates: Vec<Update>,
+    /// Each with the revision of the event that made it.
+    updates: Vec<(i64, Update)>,
     /// The last complete revision received per source.
     revisions: Vec<(usize, i64)>,
 }
