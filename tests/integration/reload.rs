@@ -127,7 +127,7 @@ fn sighup_changes_each_live_setting_under_load() {
         &zones,
         silent_port,
         &extra,
-        "max_in_flight = 1\ntimeout = \"2s\"\n",
+        "max_in_flight = 1\ntimeout = \"5s\"\n",
     );
     reload(&r, "ok");
     let limited = r.metric("ruddr_dns_forward_limited_total");
@@ -140,7 +140,8 @@ fn sighup_changes_each_live_setting_under_load() {
                     addr,
                     &format!("n{i}.upstream.test."),
                     RecordType::A,
-                    Duration::from_millis(1500),
+                    // Well before the 5 s forward timeout: a refusal, not a timeout.
+                    Duration::from_secs(3),
                 )
                 .map(|m| rcode(&m))
             })
