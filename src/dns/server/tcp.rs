@@ -17,6 +17,12 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tracing::{debug, warn};
 
 use super::connections::Slot;
+
+/// At shutdown, how long a connection that is idle (nothing in flight, nothing sent) waits for
+/// its client's next query before it closes. The close then follows that query's answer at once,
+/// so a client that waits for each answer before sending again sees the close before its next
+/// query instead of sending one into it.
+const DRAIN_WAIT: Duration = Duration::from_millis(200);
 use super::tls::{Certs, Encrypted};
 use super::{decode, first_time, format_error, is_answerable, Decoded, Transport};
 use crate::dns::observe::Served;
@@ -160,15 +166,29 @@ impl Transport {
         let mut out = Vec::with_capacity(4096);
         let mut reading = true;
         // After shutdown: answer what is in flight and what the client already sent, then
-        // close between queries (a FIN: the client sees every query it sent before it
-        // answered, and asks again elsewhere for any it sends later).
+        // close between queries, right after an answer (a FIN: the client sees every query it
+        // sent before it answered, and asks again elsewhere for any it sends later).
         let mut draining = false;
+        // An answer was written since the drain began: close as soon as nothing is left.
+        let mut answered_while_draining = false;
         loop {
             let can_read = reading && in_flight.len() < self.cfg.tcp_max_pipelined;
             let frame = if draining && in_flight.is_empty() {
-                // Only what has arrived already: nothing more is waited for.
-                match frames.next().now_or_never() {
-                    Some(frame) if reading => frame,
+                let next = if !reading {
+                    None
+                } else if answered_while_draining {
+                    // Only what has arrived already: nothing more is waited for.
+                    frames.next().now_or_never()
+                } else {
+                    // Idle since the drain began: close after the client's next query, if it
+                    // comes soon (DRAIN_WAIT).
+                    tokio::time::timeout(DRAIN_WAIT, frames.next()).await.ok()
+                };
+                match next {
+                    Some(frame) => {
+                        answered_while_draining = true;
+                        frame
+                    }
                     _ => {
                         // FIN, then read (and drop) until the client closes, for at most a
                         // second: closing with unread input would send a reset instead.
@@ -191,6 +211,7 @@ impl Transport {
                         if !self.write(&mut write, &response).await {
                             return;
                         }
+                        answered_while_draining = draining;
                         slot.touch(&self.connections);
                         idle.as_mut().reset(tokio::time::Instant::now() + self.cfg.tcp_idle_timeout);
                         continue;
