@@ -17,17 +17,17 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tracing::{debug, warn};
 
 use super::connections::Slot;
+use super::tls::{Certs, Encrypted};
+use super::{decode, first_time, format_error, is_answerable, Decoded, Transport};
+use crate::dns::observe::Served;
+use crate::dnstap;
+use crate::metrics::Proto;
 
 /// At shutdown, how long a connection that is idle (nothing in flight, nothing sent) waits for
 /// its client's next query before it closes. The close then follows that query's answer at once,
 /// so a client that waits for each answer before sending again sees the close before its next
 /// query instead of sending one into it.
 const DRAIN_WAIT: Duration = Duration::from_millis(200);
-use super::tls::{Certs, Encrypted};
-use super::{decode, first_time, format_error, is_answerable, Decoded, Transport};
-use crate::dns::observe::Served;
-use crate::dnstap;
-use crate::metrics::Proto;
 
 /// What a stream connection carries DNS over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
