@@ -604,12 +604,11 @@ impl Drop for Proc {
     }
 }
 
-/// A running `ruddr serve`, with the ports it bound (read from its log).
-/// The zone of [`upstream`].
 /// How long a test waits for a re-list after a compaction: ruddr first waits a random time of up
 /// to `etcd.relist_jitter` (5 s by default, left on in the tests), then lists.
 pub const RELIST_WAIT: Duration = Duration::from_secs(60);
 
+/// The zone of [`upstream`].
 pub const UPSTREAM_ZONE: &str = "$TTL 300\n@ IN SOA ns hostmaster 7 3600 600 86400 60\n@ IN NS ns\nns IN A 127.0.0.1\nwww IN A 192.0.2.10\n";
 
 /// A second DNS server standing in for an upstream resolver: a ruddr serving `upstream.test.`
@@ -639,6 +638,7 @@ pub fn upstream_at(dir: &Path, ip: &str) -> Ruddr {
     )
 }
 
+/// A running `ruddr serve`, with the ports it bound (read from its log).
 pub struct Ruddr {
     pub port: u16,
     /// Port of the admin HTTP listener (/metrics, /health, /ready).
