@@ -463,9 +463,21 @@ pub async fn run_writer(
 pub const WRITE_SHARE_INVERSE: u32 = 20;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cache::{Health, InstanceId, Update};
+
+    /// A file of format `version` around `body`, with a header that matches it.
+    pub(crate) fn seal(version: u32, body: &[u8]) -> Vec<u8> {
+        let mut file = format!(
+            "{MAGIC} {version} {:08x} {}\n",
+            crc32fast::hash(body),
+            body.len()
+        )
+        .into_bytes();
+        file.extend_from_slice(body);
+        file
+    }
 
     fn mirror() -> Mirror {
         let m = Mirror::new();
@@ -510,13 +522,7 @@ mod tests {
     #[test]
     fn version_1_json_files_are_still_read() {
         let body = br#"{"revision":7,"written_at_unix_ms":1000,"instances":[["web",{"id":"a","address":"10.0.0.1","port":80,"ports":{},"tags":[],"weight":1,"priority":0,"health":"passing","meta":{"az":"b"}}]]}"#;
-        let mut file = format!(
-            "ruddr-snapshot 1 {:08x} {}\n",
-            crc32fast::hash(body),
-            body.len()
-        )
-        .into_bytes();
-        file.extend_from_slice(body);
+        let file = seal(1, body);
         let p = Persisted::decode(&file).unwrap();
         assert_eq!(p.revision, 7);
         assert_eq!(p.instances[0].1.meta.get("az"), Some("b"));
@@ -566,13 +572,7 @@ mod tests {
             domains: vec![],
         };
         let body = postcard::to_allocvec(&v2).unwrap();
-        let mut file = format!(
-            "ruddr-snapshot 2 {:08x} {}\n",
-            crc32fast::hash(&body),
-            body.len()
-        )
-        .into_bytes();
-        file.extend_from_slice(&body);
+        let file = seal(2, &body);
         let p = Persisted::decode(&file).unwrap();
         let (svc, i) = &p.instances[0];
         assert_eq!(svc.as_str(), "web");
@@ -636,17 +636,8 @@ mod tests {
         let id = |s: &str| InstanceId::new(s).unwrap();
         let micro = crate::cache::SourceId(5);
         let node = |name: &str| Instance {
-            id: id(name),
-            address: crate::cache::Address::parse("10.0.0.9").unwrap(),
-            port: Some(8080),
-            ports: Default::default(),
-            tags: Vec::new(),
-            weight: 1,
-            priority: 0,
-            health: Health::Passing,
-            meta: Default::default(),
             source: micro,
-            locality: None,
+            ..Instance::for_test(name, "10.0.0.9", Some(8080))
         };
         m.apply(
             [
@@ -719,13 +710,7 @@ mod tests {
         ))
         .unwrap();
         let body = &v4[..v4.len() - tail.len()];
-        let mut file = format!(
-            "ruddr-snapshot 3 {:08x} {}\n",
-            crc32fast::hash(body),
-            body.len()
-        )
-        .into_bytes();
-        file.extend_from_slice(body);
+        let file = seal(3, body);
         let old = Persisted::decode(&file).unwrap();
         assert_eq!(old.instances.len(), back.instances.len());
         assert_eq!(

@@ -17,6 +17,7 @@ use proptest::sample::Index;
 use super::packets::{ask, handler, runtime, wire_query, CLIENT};
 use super::{check, mutations, random_bytes, random_text, Mutation};
 use crate::cache::{Mirror, Update};
+use crate::persist::tests::seal;
 use crate::persist::{self, Persisted};
 use crate::registry::{Layout, Source};
 
@@ -72,18 +73,6 @@ fn written() -> Vec<u8> {
 fn json_file() -> Vec<u8> {
     let body = br#"{"revision":7,"written_at_unix_ms":1000,"instances":[["web",{"id":"a","address":"10.0.0.1","port":80,"ports":{"http":80},"tags":["x"],"weight":1,"priority":0,"health":"passing","meta":{"az":"b"}}],["web",{"id":"h","address":"db.example.com","port":80,"ports":{},"tags":[],"weight":1,"priority":0,"health":"passing","meta":{}}]],"domains":[[[1,"local/skydns/x"],{"host":"10.0.0.3","port":1,"priority":0,"weight":0,"text":null,"ttl":null,"target_strip":0}]]}"#;
     seal(1, body)
-}
-
-/// A file with a header that matches `body`.
-fn seal(version: u32, body: &[u8]) -> Vec<u8> {
-    let mut file = format!(
-        "ruddr-snapshot {version} {:08x} {}\n",
-        crc32fast::hash(body),
-        body.len()
-    )
-    .into_bytes();
-    file.extend_from_slice(body);
-    file
 }
 
 #[derive(Debug, Clone)]

@@ -158,6 +158,22 @@ fn metrics_move_with_queries_outages_and_bad_values() {
     }
 }
 
+/// `ruddr check-config --config <path>` must pass; what it prints (the effective config).
+fn check_config(path: &std::path::Path) -> String {
+    let out = std::process::Command::new(ruddr_bin())
+        .args(["check-config", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn every_shipped_config_passes_check_config() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
@@ -165,17 +181,7 @@ fn every_shipped_config_passes_check_config() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = std::process::Command::new(ruddr_bin())
-                .args(["check-config", "--config"])
-                .arg(&path)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}: {}",
-                path.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            check_config(&path);
             checked += 1;
         }
     }
@@ -217,17 +223,7 @@ fn kubernetes_manifests_validate_and_their_config_passes_check_config() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("ruddr.toml");
     std::fs::write(&cfg, &out.stdout).unwrap();
-    let check = std::process::Command::new(ruddr_bin())
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let effective = String::from_utf8_lossy(&check.stdout);
+    let effective = check_config(&cfg);
     assert!(effective.contains("0.0.0.0:5353"), "{effective}");
 }
 

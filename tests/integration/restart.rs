@@ -480,14 +480,21 @@ fn qps() -> u32 {
 
 const SECONDS: u32 = 12;
 
-#[test]
-fn socket_activated_restarts_lose_no_query() {
+/// What both restart tests start from: etcd with the services loaded, a directory, and the
+/// path of the snapshot file in it.
+fn restart_setup() -> (Etcd, tempfile::TempDir, std::path::PathBuf) {
     require("dnsperf", "dnsperf");
     require("curl", "curl");
     let etcd = Etcd::start();
     load_services(&etcd);
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("mirror.snapshot");
+    (etcd, dir, snap)
+}
+
+#[test]
+fn socket_activated_restarts_lose_no_query() {
+    let (etcd, _dir, snap) = restart_setup(); // the directory lives as long as the test
     let (udp, tcp) = activation_sockets();
     let port = udp.local_addr().unwrap().port();
     let admin = free_port();
@@ -525,12 +532,7 @@ fn socket_activated_restarts_lose_no_query() {
 
 #[test]
 fn handed_over_restarts_lose_no_query() {
-    require("dnsperf", "dnsperf");
-    require("curl", "curl");
-    let etcd = Etcd::start();
-    load_services(&etcd);
-    let dir = tempfile::tempdir().unwrap();
-    let snap = dir.path().join("mirror.snapshot");
+    let (etcd, dir, snap) = restart_setup();
     let handover = dir.path().join("handover.sock");
     let port = free_port();
     let admin = free_port();
