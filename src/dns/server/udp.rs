@@ -88,7 +88,7 @@ impl Transport {
     ) -> bool {
         if self.cfg.udp_fast_path && is_answerable(src) {
             if let Some(served) = live.handler.answer_fast(query, src.ip(), out) {
-                return self.finish_udp(live, out, src, local, query, &served);
+                return live.finish_udp(out, src, local, query, &served);
             }
         }
         let started = Instant::now();
@@ -99,7 +99,7 @@ impl Transport {
             }
             Decoded::Malformed(header) => {
                 format_error(&header, out);
-                return self.finish_udp(live, out, src, local, query, &Served::unzoned(started));
+                return live.finish_udp(out, src, local, query, &Served::unzoned(started));
             }
             Decoded::Request(r) => r,
         };
@@ -107,7 +107,7 @@ impl Transport {
             .handler
             .answer_now(&request, out, crate::metrics::Proto::udp)
         {
-            Ok(served) => return self.finish_udp(live, out, src, local, query, &served),
+            Ok(served) => return live.finish_udp(out, src, local, query, &served),
             Err(deferred) => deferred,
         };
         let Ok(permit) = self.pending.clone().try_acquire_owned() else {
@@ -119,9 +119,9 @@ impl Transport {
                 );
             }
             let served = live.handler.answer_busy(&request, out);
-            return self.finish_udp(live, out, src, local, query, &served);
+            return live.finish_udp(out, src, local, query, &served);
         };
-        let (this, live, socket) = (self.clone(), live.clone(), socket.clone());
+        let (live, socket) = (live.clone(), socket.clone());
         let forwarded = async move {
             let mut out = Vec::new();
             let served = live
@@ -129,7 +129,7 @@ impl Transport {
                 .answer_later(&request, deferred, &mut out)
                 .await;
             drop(permit);
-            if this.finish_udp(&live, &mut out, src, local, request.as_slice(), &served) {
+            if live.finish_udp(&mut out, src, local, request.as_slice(), &served) {
                 let mut sent = socket.send_to(&out, src);
                 if matches!(&sent, Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE)) {
                     // Larger than the interface MTU (sockets never fragment): see Batch::send.
@@ -145,21 +145,23 @@ impl Transport {
             .spawn_on(forwarded, self.forwarding.as_ref().unwrap_or(runtime));
         false
     }
+}
 
-    /// Shapes the response in `out` ([`Transport::shape_udp`]) and, when it goes out, records
+/// The UDP end of an answer, under the settings it was answered with.
+impl Live {
+    /// Shapes the response in `out` ([`Live::shape_udp`]) and, when it goes out, records
     /// it (query log, dnstap); whether to send it.
     fn finish_udp(
         &self,
-        live: &Live,
         out: &mut Vec<u8>,
         to: SocketAddr,
         local: Option<SocketAddr>,
         query: &[u8],
         served: &Served,
     ) -> bool {
-        let send = Self::shape_udp(live, out, to, query);
+        let send = self.shape_udp(out, to, query);
         if send {
-            live.observer
+            self.observer
                 .served(query, out, to, local, dnstap::Transport::Udp, served);
         }
         send
@@ -168,13 +170,13 @@ impl Transport {
     /// Applies the response rate limit to the UDP response in `out` for `query`: `false` to
     /// drop it, or `true` to send `out` (cut to an empty truncated answer for a slip). TCP is
     /// never limited.
-    fn shape_udp(live: &Live, out: &mut Vec<u8>, to: SocketAddr, query: &[u8]) -> bool {
-        if let (Some(limiter), Some(&flags)) = (&live.rate_limit, out.get(3)) {
+    fn shape_udp(&self, out: &mut Vec<u8>, to: SocketAddr, query: &[u8]) -> bool {
+        if let (Some(limiter), Some(&flags)) = (&self.rate_limit, out.get(3)) {
             let name = wire::question_name(query).unwrap_or(&[]);
             let kind = match ResponseCode::from_low(flags & 0x0f) {
                 ResponseCode::NoError => Kind::Answer { name },
                 ResponseCode::NXDomain => Kind::NxDomain {
-                    zone: live.handler.zone_suffix(name),
+                    zone: self.handler.zone_suffix(name),
                 },
                 _ => Kind::Error,
             };
