@@ -120,6 +120,8 @@ pub async fn supervise(
 /// A source and where its watch resumes.
 struct Watched {
     source: Source,
+    /// [`Source::fingerprint`], recorded with every position of this source.
+    fingerprint: u32,
     /// Last revision applied from this source; `None` means it must be listed first.
     revision: Option<i64>,
     /// Why etcd refuses this source (permission denied), if it does: it is left out of the watch
@@ -184,10 +186,21 @@ impl Watcher {
         // behind the position.
         let positions = mirror.load().positions.clone();
         let known = positions.cluster_id != 0;
-        let resume = |s: &Source| positions.of(s.id, s.fingerprint()).filter(|_| known);
+        let mut sources: Vec<Watched> = sources
+            .into_iter()
+            .map(|source| Watched {
+                fingerprint: source.fingerprint(),
+                source,
+                revision: None,
+                refused: None,
+            })
+            .collect();
+        let resume = |w: &Watched| positions.of(w.source.id, w.fingerprint).filter(|_| known);
         let high = sources.iter().filter_map(resume).max().unwrap_or(0);
-        for s in &sources {
-            match resume(s) {
+        for w in &mut sources {
+            w.revision = resume(w);
+            let s = &w.source;
+            match w.revision {
                 Some(revision) => info!(
                     prefix = %s.prefix,
                     revision,
@@ -207,14 +220,7 @@ impl Watcher {
             kv: client.kv_client().max_decoding_message_size(limit),
             watch: client.watch_client().max_decoding_message_size(limit),
             page_size: cfg.list_page_size,
-            sources: sources
-                .into_iter()
-                .map(|source| Watched {
-                    revision: resume(&source),
-                    source,
-                    refused: None,
-                })
-                .collect(),
+            sources,
             mirror,
             status,
             metrics,
@@ -615,7 +621,7 @@ impl Watcher {
             let revision = self.sources[i].revision.unwrap_or(revision);
             let position = Update::Position {
                 source: self.sources[i].source.id,
-                fingerprint: self.sources[i].source.fingerprint(),
+                fingerprint: self.sources[i].fingerprint,
                 revision,
                 cluster_id,
             };
@@ -704,7 +710,7 @@ impl Watcher {
             return Err(RegistryError::History("etcd cluster id changed".into()));
         }
         self.cluster_id = Some(header.cluster_id);
-        let source = &self.sources[i].source;
+        let (source, fingerprint) = (&self.sources[i].source, self.sources[i].fingerprint);
         let (count, entries) = (instances.len(), domains.len());
         self.high = self.high.max(revision);
         let replaces = keyed
@@ -724,7 +730,7 @@ impl Watcher {
         let applying = Instant::now();
         let position = Update::Position {
             source: source.id,
-            fingerprint: source.fingerprint(),
+            fingerprint,
             revision,
             cluster_id: header.cluster_id,
         };
