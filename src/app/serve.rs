@@ -151,10 +151,12 @@ pub async fn run(
                 // Inherited (both halves, or one: the other is bound here).
                 if udp_missing {
                     udp = bind_udp_group(*addr, udp_sockets, cfg.dns.udp_receive_buffer)?;
-                }
-                for socket in &udp {
-                    adopt_udp(socket, cfg.dns.udp_receive_buffer)
-                        .with_context(|| format!("preparing the inherited UDP socket {addr}"))?;
+                } else {
+                    for socket in &udp {
+                        adopt_udp(socket, cfg.dns.udp_receive_buffer).with_context(|| {
+                            format!("preparing the inherited UDP socket {addr}")
+                        })?;
+                    }
                 }
                 // systemd passes one socket per address: several threads read it.
                 let have = udp.len();
