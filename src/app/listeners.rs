@@ -74,18 +74,13 @@ impl Held {
     }
 }
 
-/// Where inherited sockets came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
-    Systemd,
-    Predecessor,
-}
-
 /// The sockets this process was given, taken one by one as the configuration asks for them.
 #[derive(Debug, Default)]
 pub struct Inherited {
     sockets: Vec<Held>,
-    pub origin: Option<Origin>,
+    /// Whether systemd or a predecessor passed sockets at all (even if none of them could be
+    /// served and all were closed): this process then takes over and waits for data.
+    passed: bool,
 }
 
 impl Inherited {
@@ -143,12 +138,13 @@ impl Inherited {
         }
         Ok(Self {
             sockets,
-            origin: Some(Origin::Systemd),
+            passed: true,
         })
     }
 
+    /// Nothing was passed: this process binds its own sockets.
     pub fn is_empty(&self) -> bool {
-        self.origin.is_none()
+        !self.passed
     }
 
     /// Every inherited UDP socket bound to `addr` (several when a predecessor ran a
@@ -317,7 +313,7 @@ impl Predecessor {
         }
         let inherited = Inherited {
             sockets,
-            origin: Some(Origin::Predecessor),
+            passed: true,
         };
         Ok(Some((inherited, Predecessor { stream })))
     }
