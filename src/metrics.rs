@@ -683,7 +683,6 @@ impl Metrics {
         }
     }
 
-    /// Counts one failed etcd session of this kind ([`crate::registry::ErrorKind::as_str`]).
     /// A configuration reload ended with `result` ("ok" or "error").
     pub fn observe_config_reload(&self, result: &'static str) {
         self.config_reloads
@@ -696,6 +695,7 @@ impl Metrics {
         self.resumes.get_or_create(&HowLabels { how }).inc();
     }
 
+    /// Counts one failed etcd session of this kind ([`crate::registry::ErrorKind::as_str`]).
     pub fn observe_registry_error(&self, kind: &'static str) {
         self.registry_errors
             .get_or_create(&ErrorLabels { kind })
